@@ -1,0 +1,48 @@
+# crm_ext: PGXS build.  The version lives once, in crm_ext.control.
+EXTENSION   = crm_ext
+EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
+
+# One C file per concept (see src/).  Keep this list explicit.
+MODULE_big  = crm_ext
+OBJS = \
+	src/crm_ext.o \
+	src/sample.o \
+	src/triggers.o
+
+# The install script is the concatenation of each concept's SQL, in
+# dependency order: the core schema first.
+SQL_SOURCES = \
+	src/header.sql \
+	src/core.sql \
+	src/sample.sql
+
+DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
+DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)
+EXTRA_CLEAN = $(EXTENSION)--$(EXTVERSION).sql
+
+# pg_regress: every sql/*.sql, in name order, in one fresh database that
+# already has the extension.
+REGRESS      = $(sort $(patsubst sql/%.sql,%,$(wildcard sql/*.sql)))
+REGRESS_OPTS = --load-extension=$(EXTENSION)
+
+# isolationtester: every test/isolation/specs/*.spec.
+ISOLATION      = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
+
+PG_CPPFLAGS = -Isrc
+# Our own files compile warning-free with these; PostgreSQL's headers trip
+# -Wunused-parameter and -Wsign-compare, so those two stay quiet.
+PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES) $(EXTENSION).control
+	cat $(SQL_SOURCES) > $@
+
+.PHONY: pgtap valgrind-check
+# pgTAP tests against the server PG* variables point at (the database must
+# have crm_ext and pgtap; scripts/test prepares one).
+pgtap:
+	pg_prove --verbose --ext .sql -r test/pgtap

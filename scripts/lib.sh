@@ -1,0 +1,61 @@
+# scripts/lib.sh: helpers shared by scripts/setup, scripts/demo, scripts/test
+# and bench/run.  Source it; do not run it.
+#
+# A throwaway cluster lives in a private temporary directory and listens only
+# on a Unix socket there, so it never collides with another server's port.
+
+set -euo pipefail
+
+CRM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_MAJOR=15
+PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
+
+# Run a command as root: directly when we are root, else through sudo.
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# PostgreSQL refuses to run as root; root runs the cluster as "postgres".
+if [ "$(id -u)" -eq 0 ]; then CLUSTER_USER=postgres; else CLUSTER_USER=$(id -un); fi
+as_cluster_user() {
+	if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# cluster_start DIR [extra postgresql.conf lines...]
+# Creates and starts a cluster in DIR; exports PGHOST/PGPORT/PGUSER for it.
+cluster_start() {
+	local dir=$1; shift
+	mkdir -p "$dir"
+	if [ "$(id -u)" -eq 0 ]; then chown postgres: "$dir"; chmod 700 "$dir"; fi
+	as_cluster_user "$PGBIN/initdb" -D "$dir/data" -U "$CLUSTER_USER" -A trust \
+		--encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+		|| { cat "$dir/initdb.log"; return 1; }
+	{
+		echo "listen_addresses = ''"
+		echo "unix_socket_directories = '$dir'"
+		echo "port = 5432"
+		echo "fsync = off"
+		echo "max_prepared_transactions = 10"
+		for line in "$@"; do echo "$line"; done
+	} | as_cluster_user tee -a "$dir/data/postgresql.conf" >/dev/null
+	as_cluster_user "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
+		|| { cat "$dir/server.log"; return 1; }
+	export PGHOST=$dir PGPORT=5432 PGUSER=$CLUSTER_USER PGDATABASE=postgres
+}
+
+# cluster_stop DIR: stops the cluster (if running) and removes DIR.
+cluster_stop() {
+	local dir=$1
+	if [ -f "$dir/data/postmaster.pid" ]; then
+		as_cluster_user "$PGBIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+	fi
+	rm -rf "$dir"
+}
+
+# A fresh private directory for a cluster, readable by the cluster user.
+cluster_dir() {
+	local dir
+	dir=$(mktemp -d "${TMPDIR:-/tmp}/crm_ext.$1.XXXXXX")
+	chmod 755 "$dir"
+	echo "$dir"
+}

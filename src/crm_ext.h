@@ -1,0 +1,24 @@
+/*
+ * crm_ext.h
+ *		Declarations shared by the concepts of crm_ext.
+ */
+#ifndef CRM_EXT_H
+#define CRM_EXT_H
+
+#include "postgres.h"
+
+/*
+ * The extension's own SQLSTATEs, class "CR" (documented in README.md,
+ * "Errors").  Generic conditions use PostgreSQL's standard codes instead.
+ */
+#define ERRCODE_CRM_INSUFFICIENT_POINTS		MAKE_SQLSTATE('C','R','0','0','1')
+#define ERRCODE_CRM_IDEMPOTENCY_CONFLICT	MAKE_SQLSTATE('C','R','0','0','2')
+#define ERRCODE_CRM_COUPON_UNAVAILABLE		MAKE_SQLSTATE('C','R','0','0','3')
+#define ERRCODE_CRM_MERGE_REFUSED			MAKE_SQLSTATE('C','R','0','0','4')
+#define ERRCODE_CRM_SAMPLE_NOT_EMPTY		MAKE_SQLSTATE('C','R','0','0','5')
+#define ERRCODE_CRM_MODEL_NOT_CONVERGED		MAKE_SQLSTATE('C','R','0','0','6')
+
+/* triggers.c */
+extern void crm_triggers_init(void);
+
+#endif							/* CRM_EXT_H */
