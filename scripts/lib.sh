@@ -8,11 +8,21 @@ set -euo pipefail
 
 CRM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=15
-PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# CRM_PGBIN points at another PostgreSQL 15 installation's bin directory,
+# e.g. a private copy made by scripts/private-pg so that parallel work trees
+# do not install over each other.
+PGBIN=${CRM_PGBIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
+export PATH="$PGBIN:$PATH"
 
 # Run a command as root: directly when we are root, else through sudo.
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Run a command that writes into the PostgreSQL installation: as ourselves
+# when we may write there (a private copy), else as root.
+as_installer() {
+	if [ -w "$("$PGBIN/pg_config" --pkglibdir)" ]; then "$@"; else as_root "$@"; fi
 }
 
 # PostgreSQL refuses to run as root; root runs the cluster as "postgres".

@@ -218,3 +218,97 @@ SELECT pg_catalog.pg_extension_config_dump('crm.order_line', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.event_kind', 'WHERE NOT builtin');
 SELECT pg_catalog.pg_extension_config_dump('crm.event', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.event_id_seq', '');
+
+-- ---------------------------------------------------------------------------
+-- crm.tick: all time-driven work, as registered tasks
+-- ---------------------------------------------------------------------------
+-- Each feature registers the tasks it needs (expire points, downgrade tiers,
+-- refresh time-dependent tags, ...).  A task is a function (at timestamptz)
+-- RETURNS bigint, the number of things it changed; it must be idempotent, so
+-- running tick twice for the same time changes nothing the second time.
+CREATE TABLE crm.tick_task (
+	task		text PRIMARY KEY CONSTRAINT tick_task_name_format CHECK (task ~ '^[a-z][a-z0-9_]{0,62}$'),
+	run_order	integer NOT NULL,
+	fn			regprocedure NOT NULL,
+	enabled		boolean NOT NULL DEFAULT true,
+	builtin		boolean NOT NULL DEFAULT false,
+	CONSTRAINT tick_task_order_unique UNIQUE (run_order)
+);
+COMMENT ON TABLE crm.tick_task IS 'Time-driven tasks run by crm.tick, in run_order; each is a function (at timestamptz) RETURNS bigint and must be idempotent';
+SELECT pg_catalog.pg_extension_config_dump('crm.tick_task', 'WHERE NOT builtin');
+
+CREATE FUNCTION crm.tick(at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (task text, changed bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- One tick at a time: a second caller waits, then finds nothing to do.
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.tick'));
+	FOR t IN SELECT k.task, k.fn FROM crm.tick_task k WHERE k.enabled ORDER BY k.run_order LOOP
+		task := t.task;
+		EXECUTE pg_catalog.format('SELECT %s($1)', t.fn::oid::regproc) INTO changed USING at;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.tick(timestamptz) IS
+	'Runs every enabled crm.tick_task for time "at" (default now()) and reports what each changed; idempotent, safe to run from pg_cron every few minutes';
+
+-- ---------------------------------------------------------------------------
+-- Customer hooks: what each feature does when customers merge, unmerge or
+-- are forgotten.  Merging moves the core rows itself; features that keep
+-- per-customer state (points, stats, tags) register a hook to move theirs.
+--   merge:   fn(survivor bigint, merged bigint)   RETURNS void
+--   unmerge: fn(survivor bigint, restored bigint) RETURNS void
+--   forget:  fn(customer bigint)                  RETURNS void
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.customer_hook (
+	event		text NOT NULL CONSTRAINT customer_hook_event_valid CHECK (event IN ('merge', 'unmerge', 'forget')),
+	hook		text NOT NULL,
+	run_order	integer NOT NULL,
+	fn			regprocedure NOT NULL,
+	builtin		boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (event, hook),
+	CONSTRAINT customer_hook_order_unique UNIQUE (event, run_order)
+);
+COMMENT ON TABLE crm.customer_hook IS 'Per-feature functions run, in run_order, when customers are merged, unmerged or forgotten';
+SELECT pg_catalog.pg_extension_config_dump('crm.customer_hook', 'WHERE NOT builtin');
+
+CREATE FUNCTION crm.run_customer_hooks(event text, a bigint, b bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: b is NULL for 'forget'.
+DECLARE
+	h record;
+	n integer := 0;
+BEGIN
+	IF event IS NULL OR event NOT IN ('merge', 'unmerge', 'forget') THEN
+		RAISE EXCEPTION 'unknown customer hook event "%"', event
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use merge, unmerge or forget.';
+	END IF;
+	IF a IS NULL OR (event <> 'forget' AND b IS NULL) THEN
+		RAISE EXCEPTION 'customer hook "%" needs its customer ids', event
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	FOR h IN SELECT k.fn FROM crm.customer_hook k WHERE k.event = run_customer_hooks.event ORDER BY k.run_order LOOP
+		IF event = 'forget' THEN
+			EXECUTE pg_catalog.format('SELECT %s($1)', h.fn::oid::regproc) USING a;
+		ELSE
+			EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.fn::oid::regproc) USING a, b;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.run_customer_hooks(text, bigint, bigint) IS
+	'Runs the crm.customer_hook functions of one event (merge, unmerge, forget) in run_order; returns how many ran';

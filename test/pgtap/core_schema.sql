@@ -1,7 +1,7 @@
 -- pgTAP: the core schema's tables, columns, keys, indexes, and the security
 -- rules every function of the extension follows.
 BEGIN;
-SELECT plan(52);
+SELECT plan(53);
 
 SELECT has_schema('crm');
 SELECT tables_are('crm', ARRAY['store', 'customer', 'identity_kind', 'identity', 'orders', 'order_line', 'event_kind', 'event']
