@@ -4,22 +4,32 @@
  *		INSERT row trigger on crm.identity, and the setting
  *		crm.stitch_on_insert that turns it off.
  *
- * The hot path is an insert of an identifier nobody else holds: one cached
- * plan probes the (kind, value, customer_id) unique index and the customer's
- * merged_into, and the trigger returns.  Only when another customer holds
- * the value (or the row was inserted for a merged-away customer) does it
- * call crm.stitch_identity(identity_id), which applies the kind's policy and
- * merges (src/identity.sql).
+ * The hot path is an insert of an identifier nobody else holds, or one the
+ * policy does not let link (blocklisted, a weak kind over its limit): one
+ * cached plan probes the (kind, value, customer_id) unique index and the
+ * customer's merged_into, and the trigger returns (a second small plan checks the policy only when somebody else
+ * holds the value).  Only when the value may link another customer (or the row was
+ * inserted for a merged-away customer) does it call
+ * crm.stitch_identity(identity_id), which merges (src/identity.sql).
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "storage/lmgr.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/builtins.h"
-#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/rel.h"
 
@@ -29,6 +39,7 @@
 bool		crm_stitch_on_insert = true;
 
 static SPIPlanPtr probe_plan = NULL;
+static SPIPlanPtr policy_plan = NULL;
 static SPIPlanPtr stitch_plan = NULL;
 
 void
@@ -81,13 +92,71 @@ stitch_attnum(Relation rel, const char *name)
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	/* Always the generic plan: re-planning on every row would cost more. */
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "SPI_keepplan failed");
 	return plan;
+}
+
+/*
+ * Another transaction may be inserting the same (kind, value) for another
+ * customer right now; neither would see the other's row and the link would
+ * be lost.  Look with a dirty snapshot (as unique checks do): when an older
+ * transaction holds an uncommitted row of this value, wait for it to end and
+ * return true, so the caller probes again.  Only the younger of two such
+ * transactions waits, so they cannot deadlock.
+ */
+static bool
+waited_for_concurrent_holder(Relation rel, Datum kind, Datum value)
+{
+	Oid			indexoid = get_relname_relid("identity_unique_per_customer", RelationGetNamespace(rel));
+	Relation	idx;
+	SnapshotData dirty;
+	ScanKeyData keys[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	TransactionId xwait = InvalidTransactionId;
+	TransactionId mine = GetTopTransactionIdIfAny();
+	ItemPointerData tid;
+
+	if (!OidIsValid(indexoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.identity_stitch_trigger() needs index \"identity_unique_per_customer\" on table \"%s\"",
+						RelationGetRelationName(rel))));
+	idx = index_open(indexoid, AccessShareLock);
+	InitDirtySnapshot(dirty);
+	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ, kind);
+	ScanKeyEntryInitialize(&keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ, value);
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, &dirty, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		TransactionId other = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+
+		if (TransactionIdIsValid(other) && TransactionIdIsValid(mine) &&
+			TransactionIdPrecedes(other, mine))
+		{
+			xwait = other;
+			tid = slot->tts_tid;
+			break;
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+
+	if (!TransactionIdIsValid(xwait))
+		return false;
+	XactLockTableWait(xwait, rel, &tid, XLTW_InsertIndex);
+	return true;
 }
 
 PG_FUNCTION_INFO_V1(crm_identity_stitch_trigger);
@@ -107,6 +176,8 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 	Datum		args[3];
 	char		nulls[3] = {' ', ' ', ' '};
 	bool		isnull;
+	bool		held;
+	bool		merged;
 	bool		found;
 	int			ret;
 
@@ -127,22 +198,6 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 	if (isnull)
 		return PointerGetDatum(NULL);
 
-	/*
-	 * Two sessions inserting the same (kind, value) for different customers
-	 * would not see each other's row: serialize them on the value, so the
-	 * second one finds the first's committed row and links to it.
-	 */
-	{
-		text	   *k = DatumGetTextPP(args[0]);
-		text	   *v = DatumGetTextPP(args[1]);
-		uint32		hk = hash_any((unsigned char *) VARDATA_ANY(k), VARSIZE_ANY_EXHDR(k));
-		uint32		hv = hash_any((unsigned char *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
-
-		DirectFunctionCall2(pg_advisory_xact_lock_int4,
-							Int32GetDatum((int32) (hk ^ 0x43524d49)),	/* "CRMI" */
-							Int32GetDatum((int32) hv));
-	}
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (probe_plan == NULL)
@@ -153,18 +208,60 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 			"SELECT EXISTS (SELECT 1 FROM crm.identity i"
 			"                WHERE i.kind OPERATOR(pg_catalog.=) $1"
 			"                  AND i.value OPERATOR(pg_catalog.=) $2"
-			"                  AND i.customer_id OPERATOR(pg_catalog.<>) $3)"
-			"    OR EXISTS (SELECT 1 FROM crm.customer c"
+			"                  AND i.customer_id OPERATOR(pg_catalog.<>) $3),"
+			"       EXISTS (SELECT 1 FROM crm.customer c"
 			"                WHERE c.customer_id OPERATOR(pg_catalog.=) $3"
 			"                  AND c.merged_into IS NOT NULL)",
 			3, types);
 	}
-	ret = SPI_execute_plan(probe_plan, args, nulls, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "identity probe failed: %s", SPI_result_code_string(ret));
-	found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	for (;;)
+	{
+		/* A fresh snapshot each time (read_only = false). */
+		ret = SPI_execute_plan(probe_plan, args, nulls, false, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "identity probe failed: %s", SPI_result_code_string(ret));
+		held = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		/* Nobody else holds it (as far as we can see): is somebody adding it? */
+		if (held || !waited_for_concurrent_holder(rel, args[0], args[1]))
+			break;
+	}
 
-	if (found && !isnull)
+	found = merged;
+	if (held && !found)
+	{
+		/* May the value link?  Not blocklisted; weak kinds under their limit. */
+		if (policy_plan == NULL)
+		{
+			Oid			types[2] = {TEXTOID, TEXTOID};
+
+			policy_plan = prepare_kept(
+				"SELECT NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b"
+				"                    WHERE b.value OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim($2))"
+				"                      AND (b.kind IS NULL OR b.kind OPERATOR(pg_catalog.=) $1))"
+				"   AND (k.strength OPERATOR(pg_catalog.=) 'strong'"
+				"        OR (SELECT pg_catalog.count(*) FROM"
+				"             (SELECT 1 FROM crm.identity i"
+				"               WHERE i.kind OPERATOR(pg_catalog.=) $1"
+				"                 AND i.value OPERATOR(pg_catalog.=) $2"
+				"               LIMIT (SELECT k2.max_customers OPERATOR(pg_catalog.+) 1 FROM crm.identity_kind k2"
+				"                       WHERE k2.kind OPERATOR(pg_catalog.=) $1)) x)"
+				"           OPERATOR(pg_catalog.<=) k.max_customers)"
+				"  FROM crm.identity_kind k WHERE k.kind OPERATOR(pg_catalog.=) $1",
+				2, types);
+		}
+		ret = SPI_execute_plan(policy_plan, args, nulls, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "identity policy probe failed: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+		{
+			found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			if (isnull)
+				found = false;
+		}
+	}
+
+	if (found)
 	{
 		Datum		idarg[1];
 		char		idnull[1] = {' '};

@@ -63,9 +63,10 @@ CREATE TABLE crm.identity_review (
 	review_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	customer_a		bigint NOT NULL REFERENCES crm.customer (customer_id),
 	customer_b		bigint NOT NULL REFERENCES crm.customer (customer_id),
-	conflict_kind	text NOT NULL REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE,
+	conflict_kind	text REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE,
 	via_kind		text REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE,
-	source			text NOT NULL CONSTRAINT identity_review_source_valid CHECK (source IN ('online', 'batch')),
+	source			text NOT NULL CONSTRAINT identity_review_source_valid CHECK (source IN ('online', 'batch', 'unmerge')),
+	merge_id		bigint,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	resolved_at		timestamptz,
 	resolution		text CONSTRAINT identity_review_resolution_valid CHECK (resolution IN ('merged', 'kept_apart')),
@@ -74,8 +75,10 @@ CREATE TABLE crm.identity_review (
 );
 CREATE UNIQUE INDEX identity_review_open_pair ON crm.identity_review (customer_a, customer_b) WHERE resolved_at IS NULL;
 COMMENT ON TABLE crm.identity_review IS
-	'Pairs of golden customers linked by an identifier but holding different values of a single-valued kind (two member numbers): not merged, waiting for a person to decide';
-COMMENT ON COLUMN crm.identity_review.conflict_kind IS 'The single-valued kind both customers hold with different values';
+	'Pairs of customers stitching will not merge: linked by an identifier but holding different values of a single-valued kind (two member numbers), waiting for a person to decide; and pairs kept apart (resolution kept_apart, e.g. by crm.unmerge), which stitching never merges again';
+COMMENT ON COLUMN crm.identity_review.conflict_kind IS 'The single-valued kind both customers hold with different values (NULL for a pair an unmerge separated)';
+COMMENT ON COLUMN crm.identity_review.merge_id IS 'For source unmerge: the merge that was undone';
+COMMENT ON COLUMN crm.identity_review.resolution IS 'merged: a person merged them (crm.merge_customers); kept_apart: stitching must never merge them';
 COMMENT ON COLUMN crm.identity_review.via_kind IS 'The kind of the shared identifier that linked them (NULL from batch stitching)';
 SELECT pg_catalog.pg_extension_config_dump('crm.identity_review', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.identity_review_review_id_seq', '');
@@ -187,8 +190,18 @@ BEGIN
 	ORDER BY c.created_at, c.customer_id LIMIT 1;
 	m := CASE WHEN s = ga THEN gb ELSE ga END;
 
-	-- Two different values of a single-valued kind mean two people.
 	IF source <> 'manual' THEN
+		-- A pair a person kept apart (or an unmerge separated) stays apart:
+		-- any record of one golden against any record of the other.
+		IF EXISTS (SELECT 1 FROM crm.identity_review r
+		           JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		           JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		           WHERE r.resolution = 'kept_apart'
+		             AND ((COALESCE(ca.merged_into, ca.customer_id) = s AND COALESCE(cb.merged_into, cb.customer_id) = m)
+		               OR (COALESCE(ca.merged_into, ca.customer_id) = m AND COALESCE(cb.merged_into, cb.customer_id) = s))) THEN
+			RETURN NULL;
+		END IF;
+		-- Two different values of a single-valued kind mean two people.
 		SELECT i1.kind INTO conflict
 		FROM crm.identity i1
 		JOIN crm.identity_kind k ON k.kind = i1.kind AND k.single_valued
@@ -323,6 +336,14 @@ BEGIN
 
 	UPDATE crm.merge_log g SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
 	WHERE g.merge_id = l.merge_id;
+	-- Stitching must not merge them again: the pair is kept apart (delete
+	-- the row to let stitching decide again).
+	UPDATE crm.identity_review r SET resolved_at = pg_catalog.now(), resolution = 'kept_apart', merge_id = l.merge_id
+	WHERE r.customer_a = LEAST(l.survivor, l.merged) AND r.customer_b = GREATEST(l.survivor, l.merged) AND r.resolved_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO crm.identity_review (customer_a, customer_b, source, merge_id, resolved_at, resolution)
+		VALUES (LEAST(l.survivor, l.merged), GREATEST(l.survivor, l.merged), 'unmerge', l.merge_id, pg_catalog.now(), 'kept_apart');
+	END IF;
 	PERFORM crm.run_customer_hooks('unmerge', l.survivor, l.merged);
 	RETURN n + 1;
 END
@@ -366,8 +387,11 @@ BEGIN
 	END IF;
 	SELECT * INTO k FROM crm.identity_kind ik WHERE ik.kind = r.kind;
 	IF k.strength = 'weak' THEN
-		SELECT pg_catalog.count(DISTINCT i.origin_customer_id) INTO nrec
-		FROM crm.identity i WHERE i.kind = r.kind AND i.value = r.value;
+		-- Stop counting past the limit: a value on 100,000 records costs
+		-- no more than one on three.
+		SELECT pg_catalog.count(*) INTO nrec
+		FROM (SELECT 1 FROM crm.identity i WHERE i.kind = r.kind AND i.value = r.value
+		      LIMIT k.max_customers + 1) x;
 		IF nrec > k.max_customers THEN
 			RETURN 0;
 		END IF;
