@@ -484,6 +484,15 @@ BEGIN
 	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND e.customer_id = c.customer_id;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
+	-- identities too, unless the golden holds the value (then they are
+	-- parked duplicates and stay)
+	UPDATE crm.identity i SET customer_id = c.merged_into
+	FROM crm.customer c
+	WHERE c.merged_into IS NOT NULL AND i.customer_id = c.customer_id
+	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
 
 	graph := crm.identity_graph();
 	FOR comp IN
