@@ -154,7 +154,24 @@ INSERT INTO crm.identity (kind, value, customer_id) VALUES
 	('phone', '00000000000', 26), ('phone', '00000000000', 27),		-- junk
 	('member_no', 'M-26', 26), ('member_no', 'M-27', 27), ('pay_account', 'PA-2627', 26), ('pay_account', 'PA-2627', 27);
 SELECT count(*) AS merges_before FROM crm.merge_log WHERE source = 'batch';
+CREATE TEMP TABLE before_batch AS
+	SELECT 'o' AS t, order_id AS id, customer_id FROM crm.orders
+	UNION ALL SELECT 'e', event_id, customer_id FROM crm.event
+	UNION ALL SELECT 'i', identity_id, customer_id FROM crm.identity
+	UNION ALL SELECT 'c', customer_id, merged_into FROM crm.customer;
 SELECT * FROM crm.stitch_identities();
+SELECT survivor, merged, members, orders_moved, events_moved, identities_moved, identities_parked
+FROM crm.merge_log WHERE source = 'batch' ORDER BY merge_id;
+-- undoing the batch merges, newest first, restores every row exactly
+SAVEPOINT batch_done;
+SELECT sum(crm.unmerge(merge_id)) AS undone FROM (SELECT merge_id FROM crm.merge_log WHERE source = 'batch' ORDER BY merge_id DESC) m;
+SELECT count(*) AS rows_not_restored FROM (
+	SELECT 'o' AS t, order_id AS id, customer_id FROM crm.orders
+	UNION ALL SELECT 'e', event_id, customer_id FROM crm.event
+	UNION ALL SELECT 'i', identity_id, customer_id FROM crm.identity
+	UNION ALL SELECT 'c', customer_id, merged_into FROM crm.customer
+	EXCEPT SELECT * FROM before_batch) d;
+ROLLBACK TO SAVEPOINT batch_done;
 SELECT * FROM pg_temp.golden WHERE customer_id BETWEEN 22 AND 30 ORDER BY 1;
 SELECT customer_a, customer_b, conflict_kind, source FROM crm.identity_review WHERE resolved_at IS NULL ORDER BY 1, 2;
 SELECT * FROM crm.stitch_identities();

@@ -465,7 +465,6 @@ AS $$
 DECLARE
 	graph crm.id_merge;
 	comp record;
-	s bigint;
 	h bigint;
 	reviews_before bigint;
 	n bigint;
@@ -495,25 +494,114 @@ BEGIN
 	rows_redirected := rows_redirected + n;
 
 	graph := crm.identity_graph();
+
+	-- Every component with more than one golden customer: one row per
+	-- golden, the oldest (created_at, id) first.
+	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS
+	WITH g AS (
+		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
+		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
+	)
+	SELECT g.comp, g.cust,
+	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
+	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
+	FROM g JOIN crm.customer c ON c.customer_id = g.cust;
+	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
+
+	-- Components that need the careful path, merge by merge: a single-valued
+	-- kind with two values among its goldens, or a pair kept apart.
+	CREATE TEMP TABLE crm_stitch_pair ON COMMIT DROP AS
+	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn
+	FROM crm_stitch_golden g JOIN crm_stitch_golden s ON s.comp = g.comp AND s.rn = 1
+	WHERE g.rn > 1
+	  AND g.comp NOT IN (
+		SELECT x.comp FROM crm_stitch_golden x
+		JOIN crm.identity i ON i.customer_id = x.cust
+		JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
+		GROUP BY x.comp, i.kind HAVING pg_catalog.count(DISTINCT i.value) > 1
+		UNION
+		SELECT x.comp FROM crm.identity_review r
+		JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
+		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
+		WHERE r.resolution = 'kept_apart');
+
+	-- The fast path, set-based: lock every golden involved in id order,
+	-- drop components a concurrent merge changed meanwhile (the careful
+	-- path takes them), then move everything in one statement per table.
+	PERFORM 1 FROM crm.customer c
+	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
+	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id IN (q.survivor, q.merged)
+		WHERE c.merged_into IS NOT NULL);
+	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
+	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
+	UNION ALL
+	SELECT p.survivor, p.merged, c.customer_id FROM crm_stitch_pair p JOIN crm.customer c ON c.merged_into = p.merged;
+	CREATE TEMP TABLE crm_stitch_count (what text, merged bigint, cnt bigint) ON COMMIT DROP;
+	ANALYZE crm_stitch_pair;
+	ANALYZE crm_stitch_member;
+
+	UPDATE crm.customer c SET merged_into = m.survivor FROM crm_stitch_member m WHERE c.customer_id = m.member;
+	WITH u AS (UPDATE crm.orders o SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE o.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'orders', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	WITH u AS (UPDATE crm.event e SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE e.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'events', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	-- Identities of each merged golden move unless the survivor holds the
+	-- value already, or another merged golden of the component moves the
+	-- same value in this pass (the lowest identity_id moves, the rest stay).
+	WITH cand AS (
+		SELECT i.identity_id, p.survivor, p.merged,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, p.survivor ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm_stitch_pair p ON i.customer_id = p.merged
+		WHERE NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = p.survivor)
+	), u AS (
+		UPDATE crm.identity i SET customer_id = c.survivor FROM cand c
+		WHERE i.identity_id = c.identity_id AND c.rn = 1 RETURNING c.merged
+	)
+	INSERT INTO crm_stitch_count SELECT 'identities', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	INSERT INTO crm_stitch_count
+	SELECT 'parked', i.customer_id, pg_catalog.count(*) FROM crm.identity i
+	WHERE i.customer_id IN (SELECT p.merged FROM crm_stitch_pair p) GROUP BY i.customer_id;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	SELECT p.survivor, p.merged,
+	       ARRAY(SELECT m.member FROM crm_stitch_member m WHERE m.merged = p.merged ORDER BY 1),
+	       'batch', 'batch stitching',
+	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'orders' AND k.merged = p.merged), 0),
+	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'events' AND k.merged = p.merged), 0),
+	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'identities' AND k.merged = p.merged), 0),
+	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'parked' AND k.merged = p.merged), 0)
+	FROM crm_stitch_pair p ORDER BY p.comp, p.rn;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	merges := merges + n;
+	IF EXISTS (SELECT 1 FROM crm.customer_hook k WHERE k.event = 'merge') THEN
+		FOR comp IN SELECT p.survivor, p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn LOOP
+			PERFORM crm.run_customer_hooks('merge', comp.survivor, comp.merged);
+		END LOOP;
+	END IF;
+
+	-- The careful path: the other components, merge by merge, under
+	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
 	FOR comp IN
-		SELECT g.golden, pg_catalog.array_agg(DISTINCT COALESCE(c.merged_into, c.customer_id)) AS goldens
-		FROM crm.id_merge_groups(graph) g
-		JOIN crm.customer c ON c.customer_id = g.member
-		GROUP BY g.golden
-		HAVING pg_catalog.count(DISTINCT COALESCE(c.merged_into, c.customer_id)) > 1
-		ORDER BY g.golden
+		SELECT g.comp, pg_catalog.array_agg(g.cust ORDER BY g.rn) AS goldens
+		FROM crm_stitch_golden g
+		WHERE g.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+		GROUP BY g.comp ORDER BY g.comp
 	LOOP
-		SELECT c.customer_id INTO s FROM crm.customer c WHERE c.customer_id = ANY (comp.goldens)
-		ORDER BY c.created_at, c.customer_id LIMIT 1;
-		FOR h IN SELECT c.customer_id FROM crm.customer c
-		         WHERE c.customer_id = ANY (comp.goldens) AND c.customer_id <> s
-		         ORDER BY c.created_at, c.customer_id
-		LOOP
-			IF crm.merge_goldens(s, h, 'batch', 'batch stitching', NULL) IS NOT NULL THEN
+		FOREACH h IN ARRAY comp.goldens[2:] LOOP
+			IF crm.merge_goldens(comp.goldens[1], h, 'batch', 'batch stitching', NULL) IS NOT NULL THEN
 				merges := merges + 1;
 			END IF;
 		END LOOP;
 	END LOOP;
+	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_member, pg_temp.crm_stitch_count;
 	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
 END
 $$;
