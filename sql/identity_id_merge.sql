@@ -104,3 +104,8 @@ END
 $$;
 SELECT label, pg_temp.recv_hex(hex, :'binfile') AS result FROM bad ORDER BY label;
 DROP TABLE public.idm_edges, par, ser, bin, bin2, bad;
+
+-- huge and nested malformed input fails fast with 22P02
+SELECT pg_temp.expect_error($$SELECT repeat('{', 1000000)::crm.id_merge$$);
+SELECT pg_temp.expect_error($$SELECT ('{{' || repeat('1', 1000000) || '}}')::crm.id_merge$$);
+SELECT pg_temp.expect_error($$SELECT ('{{1' || repeat(',', 1000000) || '}}')::crm.id_merge$$);

@@ -4,12 +4,12 @@
  *		INSERT row trigger on crm.identity, and the setting
  *		crm.stitch_on_insert that turns it off.
  *
- * The hot path is an insert of an identifier nobody else holds, or one the
- * policy does not let link (blocklisted, a weak kind over its limit): one
- * cached plan probes the (kind, value, customer_id) unique index and the
- * customer's merged_into, and the trigger returns (a second small plan checks the policy only when somebody else
- * holds the value).  Only when the value may link another customer (or the row was
- * inserted for a merged-away customer) does it call
+ * The hot path is an insert of an identifier nobody else holds: one cached
+ * generic plan probes the (kind, value, customer_id) unique index and the
+ * customer's merged_into, and the trigger returns.  When somebody else
+ * holds the value, a second small plan checks the policy (blocklist, weak
+ * kinds' limit); only when the value may link (or the row was inserted for
+ * a merged-away customer) does the trigger call
  * crm.stitch_identity(identity_id), which merges (src/identity.sql).
  */
 #include "postgres.h"
