@@ -507,6 +507,7 @@ BEGIN
 	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
 	FROM g JOIN crm.customer c ON c.customer_id = g.cust;
 	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
+	ANALYZE crm_stitch_golden;
 
 	-- Components that need the careful path, merge by merge: a single-valued
 	-- kind with two values among its goldens, or a pair kept apart.
@@ -526,6 +527,7 @@ BEGIN
 		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
 		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
 		WHERE r.resolution = 'kept_apart');
+	ANALYZE crm_stitch_pair;
 
 	-- The fast path, set-based: lock every golden involved in id order,
 	-- drop components a concurrent merge changed meanwhile (the careful
@@ -534,14 +536,14 @@ BEGIN
 	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
 	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
 	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
-		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id IN (q.survivor, q.merged)
-		WHERE c.merged_into IS NOT NULL);
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
+		UNION
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL);
 	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
 	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
 	UNION ALL
 	SELECT p.survivor, p.merged, c.customer_id FROM crm_stitch_pair p JOIN crm.customer c ON c.merged_into = p.merged;
 	CREATE TEMP TABLE crm_stitch_count (what text, merged bigint, cnt bigint) ON COMMIT DROP;
-	ANALYZE crm_stitch_pair;
 	ANALYZE crm_stitch_member;
 
 	UPDATE crm.customer c SET merged_into = m.survivor FROM crm_stitch_member m WHERE c.customer_id = m.member;
@@ -571,14 +573,18 @@ BEGIN
 
 	INSERT INTO crm.merge_log (survivor, merged, members, source, reason,
 	                           orders_moved, events_moved, identities_moved, identities_parked)
-	SELECT p.survivor, p.merged,
-	       ARRAY(SELECT m.member FROM crm_stitch_member m WHERE m.merged = p.merged ORDER BY 1),
-	       'batch', 'batch stitching',
-	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'orders' AND k.merged = p.merged), 0),
-	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'events' AND k.merged = p.merged), 0),
-	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'identities' AND k.merged = p.merged), 0),
-	       COALESCE((SELECT k.cnt FROM crm_stitch_count k WHERE k.what = 'parked' AND k.merged = p.merged), 0)
-	FROM crm_stitch_pair p ORDER BY p.comp, p.rn;
+	SELECT p.survivor, p.merged, mm.members, 'batch', 'batch stitching',
+	       COALESCE(k.orders, 0), COALESCE(k.events, 0), COALESCE(k.identities, 0), COALESCE(k.parked, 0)
+	FROM crm_stitch_pair p
+	JOIN (SELECT m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
+	      FROM crm_stitch_member m GROUP BY m.merged) mm ON mm.merged = p.merged
+	LEFT JOIN (SELECT c.merged,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'orders') AS orders,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'events') AS events,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'identities') AS identities,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'parked') AS parked
+	           FROM crm_stitch_count c GROUP BY c.merged) k ON k.merged = p.merged
+	ORDER BY p.comp, p.rn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	merges := merges + n;
 	IF EXISTS (SELECT 1 FROM crm.customer_hook k WHERE k.event = 'merge') THEN
