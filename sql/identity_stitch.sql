@@ -87,6 +87,9 @@ SELECT pg_temp.expect_error($$SELECT crm.merge_customers(NULL, 12, 'null')$$);
 SELECT pg_temp.expect_error($$SELECT crm.merge_customers(12, NULL)$$);
 UPDATE crm.customer SET forgotten_at = now() WHERE customer_id = 29;
 SELECT pg_temp.expect_error($$SELECT crm.merge_customers(28, 29, 'forgotten')$$);
+-- stitching leaves a forgotten customer alone instead of failing the insert
+INSERT INTO crm.identity (kind, value, customer_id) VALUES ('openid', 'oid-2829', 29), ('openid', 'oid-2829', 28);
+SELECT * FROM pg_temp.golden WHERE customer_id IN (28, 29) ORDER BY 1;
 
 -- 8. Merge and unmerge restore every row exactly, also rows added since.
 --    Identities the survivor already holds stay on their record (parked).

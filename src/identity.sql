@@ -181,6 +181,9 @@ BEGIN
 	END LOOP;
 
 	IF EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) AND c.forgotten_at IS NOT NULL) THEN
+		IF source <> 'manual' THEN
+			RETURN NULL;	-- stitching leaves forgotten customers alone
+		END IF;
 		RAISE EXCEPTION 'merge refused: a forgotten customer cannot be merged'
 			USING ERRCODE = 'CR004';
 	END IF;
@@ -505,7 +508,8 @@ BEGIN
 	SELECT g.comp, g.cust,
 	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
 	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
-	FROM g JOIN crm.customer c ON c.customer_id = g.cust;
+	FROM g JOIN crm.customer c ON c.customer_id = g.cust
+	WHERE c.forgotten_at IS NULL;
 	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
 	ANALYZE crm_stitch_golden;
 
