@@ -21,4 +21,7 @@
 /* triggers.c */
 extern void crm_triggers_init(void);
 
+/* identity.c */
+extern void crm_identity_init(void);
+
 #endif							/* CRM_EXT_H */
