@@ -21,4 +21,7 @@
 /* triggers.c */
 extern void crm_triggers_init(void);
 
+/* seg_config.c */
+extern void crm_seg_config_init(void);
+
 #endif							/* CRM_EXT_H */
