@@ -10,7 +10,10 @@ OBJS = \
 	src/triggers.o \
 	src/seg_config.o \
 	src/rfm_score.o \
-	src/rfm.o
+	src/rfm.o \
+	src/tag_rule.o \
+	src/customer_stats.o \
+	src/segment.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
@@ -19,7 +22,9 @@ SQL_SOURCES = \
 	src/core.sql \
 	src/sample.sql \
 	src/rfm_score.sql \
-	src/rfm.sql
+	src/rfm.sql \
+	src/customer_stats.sql \
+	src/segment.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)
