@@ -420,13 +420,22 @@ days_from_bytea(CustState *st, bytea *b)
 		memcpy(st->days, d + 8, sizeof(DayBucket) * n);
 }
 
+static int
+cmp_cat(const void *a, const void *b)
+{
+	return strcmp(((const CatStat *) a)->name, ((const CatStat *) b)->name);
+}
+
+/* Categories are stored sorted by name, so equal contents give equal bytes. */
 static bytea *
-cats_to_bytea(const CustState *st)
+cats_to_bytea(CustState *st)
 {
 	StringInfoData s;
 	int32		n = st->ncats;
 	int			i;
 
+	if (n > 1)
+		qsort(st->cats, n, sizeof(CatStat), cmp_cat);
 	initStringInfo(&s);
 	appendStringInfoSpaces(&s, VARHDRSZ);
 	appendBinaryStringInfo(&s, (char *) &n, 4);
@@ -708,7 +717,7 @@ batch_load(Batch *b)
 									 "s.last_order_at, s.weekday_orders, s.events, s.last_event_at, s.days, "
 									 "s.categories, s.stage, s.stage_since "
 									 "FROM crm.customer_stats s WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
-									 1, types), args, NULL, true, 0) != SPI_OK_SELECT)
+									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read crm.customer_stats");
 		for (i = 0; i < SPI_processed; i++)
 		{
@@ -756,7 +765,7 @@ batch_load(Batch *b)
 									 "SELECT c.customer_id, c.merged_into IS NULL, s.stage, s.stage_since "
 									 "FROM crm.customer c LEFT JOIN crm.customer_stats s ON s.customer_id OPERATOR(pg_catalog.=) c.customer_id "
 									 "WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
-									 1, types), args, NULL, true, 0) != SPI_OK_SELECT)
+									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read crm.customer");
 		for (i = 0; i < SPI_processed; i++)
 		{
@@ -785,7 +794,7 @@ batch_load(Batch *b)
 								 "SELECT ct.customer_id, ct.tag_id FROM crm.customer_tag ct "
 								 "JOIN crm.tag t ON t.tag_id OPERATOR(pg_catalog.=) ct.tag_id AND t.kind OPERATOR(pg_catalog.=) 'rule' "
 								 "WHERE ct.customer_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1, 2",
-								 1, types), args, NULL, true, 0) != SPI_OK_SELECT)
+								 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.customer_tag");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -1009,7 +1018,7 @@ batch_finish(Batch *b)
 									 "days, categories, line_spend, stage, stage_since, updated_at) "
 									 "SELECT u.c, u.o, u.r, u.sp, u.fa, u.la, u.mi, u.wd::pg_catalog.int4[], u.ev, u.le, "
 									 "u.dy, u.ca, (u.lc::pg_catalog.numeric OPERATOR(pg_catalog./) 100)::pg_catalog.numeric(14,2), u.st, u.ss, pg_catalog.now() "
-									 "FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) "
+									 "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), pg_catalog.unnest($14), pg_catalog.unnest($15)) "
 									 "AS u(c, o, r, sp, fa, la, mi, wd, ev, le, dy, ca, lc, st, ss) "
 									 "ON CONFLICT (customer_id) DO UPDATE SET orders = EXCLUDED.orders, "
 									 "refunded_orders = EXCLUDED.refunded_orders, spend = EXCLUDED.spend, "
@@ -1038,7 +1047,7 @@ batch_finish(Batch *b)
 		datum_array(tdrop.v[1], tdrop.nulls[1], tdrop.n, INT4OID), TimestampTzGetDatum(b->as_of)};
 
 		if (SPI_execute_plan(prepare(&plan_tag_drop,
-									 "WITH d AS (DELETE FROM crm.customer_tag ct USING pg_catalog.unnest($1, $2) AS u(c, t) "
+									 "WITH d AS (DELETE FROM crm.customer_tag ct USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(c, t) "
 									 "WHERE ct.customer_id OPERATOR(pg_catalog.=) u.c AND ct.tag_id OPERATOR(pg_catalog.=) u.t "
 									 "RETURNING ct.customer_id, ct.tag_id) "
 									 "INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) "
@@ -1054,7 +1063,7 @@ batch_finish(Batch *b)
 
 		if (SPI_execute_plan(prepare(&plan_tag_add,
 									 "WITH a AS (INSERT INTO crm.customer_tag (customer_id, tag_id, since) "
-									 "SELECT u.c, u.t, $3 FROM pg_catalog.unnest($1, $2) AS u(c, t) "
+									 "SELECT u.c, u.t, $3 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(c, t) "
 									 "RETURNING customer_id, tag_id) "
 									 "INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) "
 									 "SELECT a.customer_id, a.tag_id, 'enter', $3 FROM a",
@@ -1070,7 +1079,7 @@ batch_finish(Batch *b)
 
 		if (SPI_execute_plan(prepare(&plan_stage,
 									 "INSERT INTO crm.lifecycle_transition (customer_id, from_stage, to_stage, at) "
-									 "SELECT u.c, u.f, u.t, $4 FROM pg_catalog.unnest($1, $2, $3) AS u(c, f, t)",
+									 "SELECT u.c, u.f, u.t, $4 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(c, f, t)",
 									 4, types), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record lifecycle transitions");
 	}
@@ -1115,7 +1124,7 @@ process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild,
 	batch_reset(&b);
 	(void) seg_config();
 
-	portal = SPI_cursor_open_with_args(NULL, sql, nargs, types, args, NULL, true, 0);
+	portal = SPI_cursor_open_with_args(NULL, sql, nargs, types, args, NULL, false, 0);
 	for (;;)
 	{
 		uint64		i,
@@ -1292,7 +1301,7 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 				appendStringInfo(&sql, " UNION ALL SELECT y.customer_id FROM %s y", quote_identifier(tg->tgnewtable));
 			appendStringInfoString(&sql, ") u");
 		}
-		if (SPI_execute(sql.data, true, 1) != SPI_OK_SELECT)
+		if (SPI_execute(sql.data, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not collect customers");
 		ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
@@ -1308,9 +1317,10 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(crm_rebuild_customer_stats);
 
 /*
- * crm.rebuild_customer_stats(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT now())
+ * crm.rebuild_customer_stats(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
  *		Rebuild stats, stage and tags of the given customers (all customer
- *		records when NULL) from their orders, lines and events.
+ *		records when NULL) from their orders, lines and events, as of "at"
+ *		(NULL: crm.segmentation_now()).
  */
 Datum
 crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
@@ -1318,11 +1328,11 @@ crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
 	TimestampTz at;
 	int64		n;
 
-	if (PG_ARGISNULL(1))
+	at = PG_ARGISNULL(1) ? crm_seg_now() : PG_GETARG_TIMESTAMPTZ(1);
+	if (TIMESTAMP_NOT_FINITE(at))
 		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("at must not be NULL")));
-	at = PG_GETARG_TIMESTAMPTZ(1);
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be a finite time")));
 	SPI_connect();
 	if (PG_ARGISNULL(0))
 	{
@@ -1330,7 +1340,7 @@ crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
 		Datum		ids;
 
 		if (SPI_execute("SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) FROM crm.customer c",
-						true, 1) != SPI_OK_SELECT)
+						false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read crm.customer");
 		ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		n = isnull ? 0 : rebuild_customers(PointerGetDatum(DatumGetArrayTypePCopy(ids)), at);
@@ -1442,4 +1452,13 @@ crm_stats_window(PG_FUNCTION_ARGS)
 	else
 		nulls[0] = nulls[1] = true;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(crm_segmentation_now);
+
+/* crm.segmentation_now(): setting crm.as_of if set, else the transaction start */
+Datum
+crm_segmentation_now(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(crm_seg_now());
 }

@@ -146,11 +146,16 @@ CREATE TRIGGER order_line_stats_delete AFTER DELETE ON crm.order_line
 CREATE TRIGGER event_stats_insert AFTER INSERT ON crm.event
 	REFERENCING NEW TABLE AS crm_new FOR EACH STATEMENT EXECUTE FUNCTION crm.customer_stats_trigger();
 
-CREATE FUNCTION crm.rebuild_customer_stats(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+CREATE FUNCTION crm.segmentation_now() RETURNS timestamptz
+	LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_segmentation_now';
+COMMENT ON FUNCTION crm.segmentation_now() IS
+	'The time segmentation work happens at: setting crm.as_of when set (simulated time for tests and backfills), else the transaction start';
+
+CREATE FUNCTION crm.rebuild_customer_stats(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
 RETURNS bigint
 	LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'crm_rebuild_customer_stats';
 COMMENT ON FUNCTION crm.rebuild_customer_stats(bigint[], timestamptz) IS
-	'Rebuilds stats, stage and rule tags of the given customers (NULL: every customer) from their orders, lines and events as of "at"; returns stage moves + tag changes. Not STRICT: NULL customers means all';
+	'Rebuilds stats, stage and rule tags of the given customers (NULL: every customer) from their orders, lines and events as of "at" (NULL: crm.segmentation_now()); returns stage moves + tag changes. Not STRICT: NULLs are defaults';
 
 CREATE FUNCTION crm.segmentation_tick(at timestamptz) RETURNS bigint
 	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_segmentation_tick';
@@ -270,14 +275,14 @@ BEGIN
 		ON CONFLICT DO NOTHING
 		RETURNING tag_id)
 	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
-	SELECT survivor, moved.tag_id, 'enter', pg_catalog.now() FROM moved;
+	SELECT survivor, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
 	WITH gone AS (
 		DELETE FROM crm.customer_tag ct USING crm.tag t
 		WHERE ct.customer_id = merged AND t.tag_id = ct.tag_id AND t.kind = 'manual'
 		RETURNING ct.tag_id)
 	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
-	SELECT merged, gone.tag_id, 'leave', pg_catalog.now() FROM gone;
-	PERFORM crm.rebuild_customer_stats(ARRAY[survivor, merged], pg_catalog.now());
+	SELECT merged, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
+	PERFORM crm.rebuild_customer_stats(ARRAY[survivor, merged], NULL);
 END
 $$;
 COMMENT ON FUNCTION crm.segmentation_on_merge(bigint, bigint) IS
@@ -288,7 +293,7 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM crm.rebuild_customer_stats(ARRAY[survivor, restored], pg_catalog.now());
+	PERFORM crm.rebuild_customer_stats(ARRAY[survivor, restored], NULL);
 END
 $$;
 COMMENT ON FUNCTION crm.segmentation_on_unmerge(bigint, bigint) IS

@@ -506,15 +506,13 @@ parse_primary(Parser *p, VType *t)
 									"function %s needs one quoted argument", name);
 					if (fn == FN_WEEKDAY_SHARE)
 					{
-						bool		ok = false;
+						const char *day = p->str[argidx];
 
+						argidx = -1;
 						for (i = 0; i < 7; i++)
-							if (strcmp(p->str[argidx], weekday_names[i]) == 0)
-							{
-								ok = true;
+							if (strcmp(day, weekday_names[i]) == 0)
 								argidx = i;
-							}
-						if (!ok)
+						if (argidx < 0)
 							return fail(p, ERRCODE_INVALID_PARAMETER_VALUE, argpos,
 										"weekday must be one of sun, mon, tue, wed, thu, fri, sat");
 					}
@@ -760,7 +758,7 @@ tag_rule_compile(const char *rule, TagRuleMode mode,
 		return NULL;
 	if (p.tok != TK_END)
 	{
-		fail(&p, ERRCODE_SYNTAX_ERROR, p.tokpos, "unexpected %s after the end of the expression", tok_desc(&p));
+		fail(&p, ERRCODE_SYNTAX_ERROR, p.tokpos, "expected the end of the rule, found %s", tok_desc(&p));
 		return NULL;
 	}
 	if (t != VT_BOOL)
