@@ -605,6 +605,7 @@ typedef struct Batch
 	int			nfacts;
 	int			maxfacts;
 	bool		rebuild;
+	bool		tick;			/* no facts: re-evaluate only, write stage columns only */
 	TimestampTz as_of;
 	int64		changed;		/* stage moves and tag changes */
 } Batch;
@@ -617,6 +618,8 @@ static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_tag_add = NULL;
 static SPIPlanPtr plan_tag_drop = NULL;
 static SPIPlanPtr plan_stage = NULL;
+static SPIPlanPtr plan_stage_only = NULL;
+static SPIPlanPtr plan_lock = NULL;
 
 static SPIPlanPtr
 prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
@@ -710,6 +713,25 @@ batch_load(Batch *b)
 	uint64		i;
 
 	args[0] = int8_array(b->ids, b->nids);
+
+	/*
+	 * Two transactions folding orders of one customer in at once would both
+	 * read the old row and the second upsert would undo the first.  Lock the
+	 * customers' records (in id order, so concurrent statements cannot
+	 * deadlock on each other) before reading their state: FOR NO KEY UPDATE
+	 * does not conflict with the FOR KEY SHARE locks of foreign keys, so
+	 * order inserts of other transactions go on.  In READ COMMITTED the next
+	 * query's snapshot then sees what the other transaction committed.
+	 * A tick writes only stage columns and tag diffs, so it needs no lock.
+	 */
+	if (!b->tick)
+	{
+		if (SPI_execute_plan(prepare(&plan_lock,
+									 "SELECT c.customer_id FROM crm.customer c "
+									 "WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1 FOR NO KEY UPDATE",
+									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not lock customers");
+	}
 	if (!b->rebuild)
 	{
 		if (SPI_execute_plan(prepare(&plan_load,
@@ -860,6 +882,7 @@ batch_finish(Batch *b)
 {
 	SegConfig  *cfg = seg_config();
 	Cols		up,
+				stonly,
 				del,
 				tadd,
 				tdrop,
@@ -870,6 +893,7 @@ batch_finish(Batch *b)
 
 	cols_init(&up, UPSERT_COLS, b->nids);
 	cols_init(&del, 1, 16);
+	cols_init(&stonly, 2, 64);
 	cols_init(&tadd, 2, 64);
 	cols_init(&tdrop, 2, 64);
 	cols_init(&stg, 3, 64);
@@ -921,7 +945,14 @@ batch_finish(Batch *b)
 				stg.n--;		/* prospect -> prospect: nothing moved */
 			st->stage = (char *) stage;
 			st->stage_since = b->as_of;
-			st->dirty = true;
+			if (b->tick && st->existed && !st->dirty)
+			{
+				r = cols_row(&stonly, 2);
+				stonly.v[0][r] = Int64GetDatum(st->customer_id);
+				stonly.v[1][r] = CStringGetTextDatum(stage);
+			}
+			else
+				st->dirty = true;
 		}
 		f.stage = stage;
 
@@ -1030,6 +1061,20 @@ batch_finish(Batch *b)
 									 UPSERT_COLS, types), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not write crm.customer_stats");
 	}
+	if (stonly.n > 0)
+	{
+		Oid			types[3] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZOID};
+		Datum		args[3] = {datum_array(stonly.v[0], stonly.nulls[0], stonly.n, INT8OID),
+			datum_array(stonly.v[1], stonly.nulls[1], stonly.n, TEXTOID),
+		TimestampTzGetDatum(b->as_of)};
+
+		if (SPI_execute_plan(prepare(&plan_stage_only,
+									 "UPDATE crm.customer_stats s SET stage = u.st, stage_since = $3 "
+									 "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(c, st) "
+									 "WHERE s.customer_id OPERATOR(pg_catalog.=) u.c",
+									 3, types), args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not write lifecycle stages");
+	}
 	if (del.n > 0)
 	{
 		Oid			types[1] = {INT8ARRAYOID};
@@ -1064,7 +1109,7 @@ batch_finish(Batch *b)
 		if (SPI_execute_plan(prepare(&plan_tag_add,
 									 "WITH a AS (INSERT INTO crm.customer_tag (customer_id, tag_id, since) "
 									 "SELECT u.c, u.t, $3 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(c, t) "
-									 "RETURNING customer_id, tag_id) "
+									 "ON CONFLICT DO NOTHING RETURNING customer_id, tag_id) "
 									 "INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) "
 									 "SELECT a.customer_id, a.tag_id, 'enter', $3 FROM a",
 									 3, types), args, NULL, false, 0) != SPI_OK_INSERT)
@@ -1111,7 +1156,8 @@ batch_flush(Batch *b)
  * SPI.  Returns the number of stage moves and tag changes.
  */
 static int64
-process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild, TimestampTz as_of)
+process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild, bool tick,
+			  TimestampTz as_of)
 {
 	Batch		b;
 	Portal		portal;
@@ -1120,6 +1166,7 @@ process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild,
 	memset(&b, 0, sizeof(b));
 	b.cxt = AllocSetContextCreate(CurrentMemoryContext, "crm stats batch", ALLOCSET_DEFAULT_SIZES);
 	b.rebuild = rebuild;
+	b.tick = tick;
 	b.as_of = as_of;
 	batch_reset(&b);
 	(void) seg_config();
@@ -1194,7 +1241,7 @@ rebuild_customers(Datum ids, TimestampTz as_of)
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		args[1] = {ids};
 
-	return process_facts(rebuild_sql, 1, types, args, true, as_of);
+	return process_facts(rebuild_sql, 1, types, args, true, false, as_of);
 }
 
 /* ---------------------------------------------------------------------
@@ -1276,7 +1323,7 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 			appendStringInfo(&sql,
 							 "SELECT n.customer_id, 2, pg_catalog.max(n.at), true, NULL::pg_catalog.numeric, NULL::pg_catalog.int8, "
 							 "NULL::pg_catalog.text, pg_catalog.count(*) FROM %s n GROUP BY 1 ORDER BY 1", nt);
-		(void) process_facts(sql.data, 0, NULL, NULL, false, as_of);
+		(void) process_facts(sql.data, 0, NULL, NULL, false, false, as_of);
 	}
 	else
 	{
@@ -1359,7 +1406,7 @@ customer_stats_tick(TimestampTz at)
 	SPI_connect();
 	n = process_facts("SELECT s.customer_id, 3, NULL::pg_catalog.timestamptz, NULL::pg_catalog.bool, "
 					  "NULL::pg_catalog.numeric, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.int8 "
-					  "FROM crm.customer_stats s ORDER BY 1", 0, NULL, NULL, false, at);
+					  "FROM crm.customer_stats s ORDER BY 1", 0, NULL, NULL, false, true, at);
 	SPI_finish();
 	return n;
 }
