@@ -611,7 +611,7 @@ typedef struct Batch
 } Batch;
 
 static SPIPlanPtr plan_load = NULL;
-static SPIPlanPtr plan_load_tags = NULL;
+static SPIPlanPtr plan_load_lock = NULL;
 static SPIPlanPtr plan_golden = NULL;
 static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_delete = NULL;
@@ -704,94 +704,124 @@ batch_add_fact(Batch *b, const Fact *f)
 	}
 }
 
-/* Read the stored state of the batch's customers. */
+/* Current rule tags of a customer from an int4[] (NULL: none). */
+static void
+state_tags(Batch *b, CustState *st, Datum d, bool isnull)
+{
+	ArrayType  *a;
+	int			n;
+
+	if (isnull)
+		return;
+	a = DatumGetArrayTypeP(d);
+	if (ARR_NDIM(a) != 1 || ARR_HASNULL(a) || ARR_ELEMTYPE(a) != INT4OID)
+		return;
+	n = ARR_DIMS(a)[0];
+	st->tags = MemoryContextAlloc(b->cxt, sizeof(int32) * Max(n, 1));
+	memcpy(st->tags, ARR_DATA_PTR(a), sizeof(int32) * n);
+	st->ntags = n;
+}
+
+#define STATS_COLUMNS \
+	"SELECT s.customer_id, s.orders, s.refunded_orders, s.spend, s.first_order_at, " \
+	"s.last_order_at, s.weekday_orders, s.events, s.last_event_at, s.days, " \
+	"s.categories, s.stage, s.stage_since, " \
+	"ARRAY(SELECT ct.tag_id FROM crm.customer_tag ct JOIN crm.tag t ON t.tag_id OPERATOR(pg_catalog.=) ct.tag_id " \
+	"      AND t.kind OPERATOR(pg_catalog.=) 'rule' WHERE ct.customer_id OPERATOR(pg_catalog.=) s.customer_id) " \
+	"FROM crm.customer_stats s WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)"
+
+/* Fold the rows of a STATS_COLUMNS query into the batch's states. */
+static void
+read_stats_rows(Batch *b)
+{
+	uint64		i;
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		bool		isnull;
+		CustState  *st = cust_lookup(b->h, DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull)));
+		MemoryContext old;
+		Datum		d;
+
+		if (st == NULL || st->existed)
+			continue;
+		old = MemoryContextSwitchTo(b->cxt);
+		st->existed = true;
+		st->orders = DatumGetInt32(SPI_getbinval(tup, td, 2, &isnull));
+		st->refunded = DatumGetInt32(SPI_getbinval(tup, td, 3, &isnull));
+		st->cents = crm_numeric_to_cents(SPI_getbinval(tup, td, 4, &isnull));
+		d = SPI_getbinval(tup, td, 5, &isnull);
+		st->first_at = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SPI_getbinval(tup, td, 6, &isnull);
+		st->last_at = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SPI_getbinval(tup, td, 7, &isnull);
+		if (!isnull)
+		{
+			ArrayType  *a = DatumGetArrayTypeP(d);
+
+			if (ARR_NDIM(a) != 1 || ARR_DIMS(a)[0] != 7 || ARR_HASNULL(a) || ARR_ELEMTYPE(a) != INT4OID)
+				bad_stats();
+			memcpy(st->weekday, ARR_DATA_PTR(a), sizeof(int32) * 7);
+		}
+		st->events = DatumGetInt32(SPI_getbinval(tup, td, 8, &isnull));
+		d = SPI_getbinval(tup, td, 9, &isnull);
+		st->last_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+		days_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 10, &isnull)));
+		cats_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 11, &isnull)));
+		st->stage = TextDatumGetCString(SPI_getbinval(tup, td, 12, &isnull));
+		st->stage_since = DatumGetTimestampTz(SPI_getbinval(tup, td, 13, &isnull));
+		d = SPI_getbinval(tup, td, 14, &isnull);
+		state_tags(b, st, d, isnull);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Read the stored state of the batch's customers.
+ *
+ * Two transactions folding orders of one customer in at once would both
+ * read the old row, and the second upsert would undo the first.  So the
+ * trigger reads existing stats rows FOR UPDATE: in READ COMMITTED a row
+ * another transaction changed is waited for and re-read in its committed
+ * version.  Customers without a stats row yet have nothing to lock: their
+ * customer records are locked instead (FOR NO KEY UPDATE, in id order, which
+ * does not conflict with foreign-key checks) and their stats read again
+ * with a fresh snapshot, which sees a row another transaction created
+ * meanwhile.  A tick writes only stage columns and tag diffs: no locks.
+ */
 static void
 batch_load(Batch *b)
 {
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		args[1];
-	uint64		i;
+	int			i,
+				nmissing = 0;
+	int64	   *missing;
 
 	args[0] = int8_array(b->ids, b->nids);
-
-	/*
-	 * Two transactions folding orders of one customer in at once would both
-	 * read the old row and the second upsert would undo the first.  Lock the
-	 * customers' records (in id order, so concurrent statements cannot
-	 * deadlock on each other) before reading their state: FOR NO KEY UPDATE
-	 * does not conflict with the FOR KEY SHARE locks of foreign keys, so
-	 * order inserts of other transactions go on.  In READ COMMITTED the next
-	 * query's snapshot then sees what the other transaction committed.
-	 * A tick writes only stage columns and tag diffs, so it needs no lock.
-	 */
-	if (!b->tick)
+	if (b->rebuild)
 	{
+		uint64		k;
+
+		/* a rebuild starts from nothing, but keeps the stage and knows who is golden */
 		if (SPI_execute_plan(prepare(&plan_lock,
 									 "SELECT c.customer_id FROM crm.customer c "
 									 "WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1 FOR NO KEY UPDATE",
 									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not lock customers");
-	}
-	if (!b->rebuild)
-	{
-		if (SPI_execute_plan(prepare(&plan_load,
-									 "SELECT s.customer_id, s.orders, s.refunded_orders, s.spend, s.first_order_at, "
-									 "s.last_order_at, s.weekday_orders, s.events, s.last_event_at, s.days, "
-									 "s.categories, s.stage, s.stage_since "
-									 "FROM crm.customer_stats s WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
-									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read crm.customer_stats");
-		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	td = SPI_tuptable->tupdesc;
-			bool		isnull;
-			CustState  *st = cust_lookup(b->h, DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull)));
-			MemoryContext old;
-			Datum		d;
-
-			if (st == NULL)
-				continue;
-			old = MemoryContextSwitchTo(b->cxt);
-			st->existed = true;
-			st->orders = DatumGetInt32(SPI_getbinval(tup, td, 2, &isnull));
-			st->refunded = DatumGetInt32(SPI_getbinval(tup, td, 3, &isnull));
-			st->cents = crm_numeric_to_cents(SPI_getbinval(tup, td, 4, &isnull));
-			d = SPI_getbinval(tup, td, 5, &isnull);
-			st->first_at = isnull ? 0 : DatumGetTimestampTz(d);
-			d = SPI_getbinval(tup, td, 6, &isnull);
-			st->last_at = isnull ? 0 : DatumGetTimestampTz(d);
-			d = SPI_getbinval(tup, td, 7, &isnull);
-			if (!isnull)
-			{
-				ArrayType  *a = DatumGetArrayTypeP(d);
-
-				if (ARR_NDIM(a) != 1 || ARR_DIMS(a)[0] != 7 || ARR_HASNULL(a) || ARR_ELEMTYPE(a) != INT4OID)
-					bad_stats();
-				memcpy(st->weekday, ARR_DATA_PTR(a), sizeof(int32) * 7);
-			}
-			st->events = DatumGetInt32(SPI_getbinval(tup, td, 8, &isnull));
-			d = SPI_getbinval(tup, td, 9, &isnull);
-			st->last_event_at = isnull ? 0 : DatumGetTimestampTz(d);
-			days_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 10, &isnull)));
-			cats_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 11, &isnull)));
-			st->stage = TextDatumGetCString(SPI_getbinval(tup, td, 12, &isnull));
-			st->stage_since = DatumGetTimestampTz(SPI_getbinval(tup, td, 13, &isnull));
-			MemoryContextSwitchTo(old);
-		}
-	}
-	else
-	{
-		/* a rebuild starts from nothing, but keeps the stage and knows who is golden */
 		if (SPI_execute_plan(prepare(&plan_golden,
-									 "SELECT c.customer_id, c.merged_into IS NULL, s.stage, s.stage_since "
+									 "SELECT c.customer_id, c.merged_into IS NULL, s.stage, s.stage_since, "
+									 "ARRAY(SELECT ct.tag_id FROM crm.customer_tag ct JOIN crm.tag t ON t.tag_id OPERATOR(pg_catalog.=) ct.tag_id "
+									 "      AND t.kind OPERATOR(pg_catalog.=) 'rule' WHERE ct.customer_id OPERATOR(pg_catalog.=) c.customer_id) "
 									 "FROM crm.customer c LEFT JOIN crm.customer_stats s ON s.customer_id OPERATOR(pg_catalog.=) c.customer_id "
 									 "WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
 									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read crm.customer");
-		for (i = 0; i < SPI_processed; i++)
+		for (k = 0; k < SPI_processed; k++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
+			HeapTuple	tup = SPI_tuptable->vals[k];
 			TupleDesc	td = SPI_tuptable->tupdesc;
 			bool		isnull;
 			CustState  *st = cust_lookup(b->h, DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull)));
@@ -807,31 +837,43 @@ batch_load(Batch *b)
 				st->stage = MemoryContextStrdup(b->cxt, TextDatumGetCString(d));
 				st->stage_since = DatumGetTimestampTz(SPI_getbinval(tup, td, 4, &isnull));
 			}
+			d = SPI_getbinval(tup, td, 5, &isnull);
+			state_tags(b, st, d, isnull);
 			st->dirty = true;
 		}
+		return;
 	}
 
-	/* current rule tags */
-	if (SPI_execute_plan(prepare(&plan_load_tags,
-								 "SELECT ct.customer_id, ct.tag_id FROM crm.customer_tag ct "
-								 "JOIN crm.tag t ON t.tag_id OPERATOR(pg_catalog.=) ct.tag_id AND t.kind OPERATOR(pg_catalog.=) 'rule' "
-								 "WHERE ct.customer_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1, 2",
-								 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read crm.customer_tag");
-	for (i = 0; i < SPI_processed; i++)
+	if (b->tick)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	td = SPI_tuptable->tupdesc;
-		bool		isnull;
-		CustState  *st = cust_lookup(b->h, DatumGetInt64(SPI_getbinval(tup, td, 1, &isnull)));
-
-		if (st == NULL)
-			continue;
-		if (st->tags == NULL)
-			st->tags = MemoryContextAlloc(b->cxt, sizeof(int32) * 64);
-		if (st->ntags < 64)
-			st->tags[st->ntags++] = DatumGetInt32(SPI_getbinval(tup, td, 2, &isnull));
+		if (SPI_execute_plan(prepare(&plan_load, STATS_COLUMNS, 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crm.customer_stats");
+		read_stats_rows(b);
+		return;
 	}
+
+	if (SPI_execute_plan(prepare(&plan_load_lock, STATS_COLUMNS " ORDER BY 1 FOR UPDATE OF s", 1, types),
+						 args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.customer_stats");
+	read_stats_rows(b);
+	missing = palloc(sizeof(int64) * b->nids);
+	for (i = 0; i < b->nids; i++)
+		if (!cust_lookup(b->h, b->ids[i])->existed)
+			missing[nmissing++] = b->ids[i];
+	if (nmissing > 0)
+	{
+		args[0] = int8_array(missing, nmissing);
+		if (SPI_execute_plan(prepare(&plan_lock,
+									 "SELECT c.customer_id FROM crm.customer c "
+									 "WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1 FOR NO KEY UPDATE",
+									 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not lock customers");
+		if (SPI_execute_plan(prepare(&plan_load_lock, STATS_COLUMNS " ORDER BY 1 FOR UPDATE OF s", 1, types),
+							 args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crm.customer_stats");
+		read_stats_rows(b);
+	}
+	pfree(missing);
 }
 
 /* Growable parallel arrays for the batch writes. */
@@ -1156,8 +1198,7 @@ batch_flush(Batch *b)
  * SPI.  Returns the number of stage moves and tag changes.
  */
 static int64
-process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild, bool tick,
-			  TimestampTz as_of)
+process_facts(SPIPlanPtr plan, Datum *args, bool rebuild, bool tick, TimestampTz as_of)
 {
 	Batch		b;
 	Portal		portal;
@@ -1171,7 +1212,7 @@ process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild,
 	batch_reset(&b);
 	(void) seg_config();
 
-	portal = SPI_cursor_open_with_args(NULL, sql, nargs, types, args, NULL, false, 0);
+	portal = SPI_cursor_open(NULL, plan, args, NULL, false);
 	for (;;)
 	{
 		uint64		i,
@@ -1220,6 +1261,37 @@ process_facts(const char *sql, int nargs, Oid *types, Datum *args, bool rebuild,
 	return b.changed;
 }
 
+/*
+ * Fact queries, prepared once per backend and kept (the trigger's queries
+ * name its transition tables, so they are keyed by their text).
+ */
+#define N_FACT_PLANS 16
+static struct
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+}			fact_plans[N_FACT_PLANS];
+
+static SPIPlanPtr
+fact_plan(const char *sql, int nargs, Oid *types)
+{
+	int			i;
+	SPIPlanPtr	p;
+
+	for (i = 0; i < N_FACT_PLANS && fact_plans[i].sql != NULL; i++)
+		if (strcmp(fact_plans[i].sql, sql) == 0)
+			return fact_plans[i].plan;
+	p = SPI_prepare(sql, nargs, types);
+	if (p == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	if (i == N_FACT_PLANS)
+		return p;				/* cache full: use once */
+	SPI_keepplan(p);
+	fact_plans[i].sql = MemoryContextStrdup(TopMemoryContext, sql);
+	fact_plans[i].plan = p;
+	return p;
+}
+
 /* The fact query rebuilding customers = ANY($1) from their data. */
 static const char *rebuild_sql =
 "SELECT o.customer_id, 0, o.ordered_at, o.status OPERATOR(pg_catalog.=) 'paid', o.net_amount, o.order_id, NULL::pg_catalog.text, 1::pg_catalog.int8 "
@@ -1241,7 +1313,7 @@ rebuild_customers(Datum ids, TimestampTz as_of)
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		args[1] = {ids};
 
-	return process_facts(rebuild_sql, 1, types, args, true, false, as_of);
+	return process_facts(fact_plan(rebuild_sql, 1, types), args, true, false, as_of);
 }
 
 /* ---------------------------------------------------------------------
@@ -1323,7 +1395,7 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 			appendStringInfo(&sql,
 							 "SELECT n.customer_id, 2, pg_catalog.max(n.at), true, NULL::pg_catalog.numeric, NULL::pg_catalog.int8, "
 							 "NULL::pg_catalog.text, pg_catalog.count(*) FROM %s n GROUP BY 1 ORDER BY 1", nt);
-		(void) process_facts(sql.data, 0, NULL, NULL, false, false, as_of);
+		(void) process_facts(fact_plan(sql.data, 0, NULL), NULL, false, false, as_of);
 	}
 	else
 	{
@@ -1404,9 +1476,10 @@ customer_stats_tick(TimestampTz at)
 	int64		n;
 
 	SPI_connect();
-	n = process_facts("SELECT s.customer_id, 3, NULL::pg_catalog.timestamptz, NULL::pg_catalog.bool, "
-					  "NULL::pg_catalog.numeric, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.int8 "
-					  "FROM crm.customer_stats s ORDER BY 1", 0, NULL, NULL, false, true, at);
+	n = process_facts(fact_plan("SELECT s.customer_id, 3, NULL::pg_catalog.timestamptz, NULL::pg_catalog.bool, "
+								"NULL::pg_catalog.numeric, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.int8 "
+								"FROM crm.customer_stats s ORDER BY 1", 0, NULL),
+					  NULL, false, true, at);
 	SPI_finish();
 	return n;
 }

@@ -102,9 +102,9 @@ CREATE TABLE crm.customer_stats (
 	stage				text NOT NULL,
 	stage_since			timestamptz NOT NULL,
 	updated_at			timestamptz NOT NULL
-);
+) WITH (fillfactor = 70);
 CREATE INDEX customer_stats_stage_idx ON crm.customer_stats (stage);
-COMMENT ON TABLE crm.customer_stats IS 'Features of each golden customer with orders or events, kept by C statement triggers on crm.orders, crm.order_line and crm.event';
+COMMENT ON TABLE crm.customer_stats IS 'Features of each golden customer with orders or events, kept by C statement triggers on crm.orders, crm.order_line and crm.event (fillfactor 70: the triggers rewrite rows, which then stay on their page as HOT updates)';
 COMMENT ON COLUMN crm.customer_stats.orders IS 'Paid orders (fully refunded ones excluded)';
 COMMENT ON COLUMN crm.customer_stats.spend IS 'Sum of net_amount of paid orders (partial refunds deducted)';
 COMMENT ON COLUMN crm.customer_stats.mean_interval_days IS 'Mean days between consecutive paid orders: (last - first) / (orders - 1)';

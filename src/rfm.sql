@@ -80,7 +80,7 @@ COMMENT ON FUNCTION crm.rfm(timestamptz, integer, text) IS
 	'RFM of every golden customer with a paid order before as_of, in one pass over crm.orders: scores by quantile bins (equal values get equal scores) or by crm.rfm_threshold (method fixed)';
 
 CREATE TABLE crm.customer_rfm (
-	customer_id		bigint PRIMARY KEY REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
+	customer_id		bigint PRIMARY KEY,
 	as_of			timestamptz NOT NULL,
 	recency_days	integer NOT NULL,
 	frequency		bigint NOT NULL,
@@ -90,7 +90,7 @@ CREATE TABLE crm.customer_rfm (
 );
 CREATE INDEX customer_rfm_score_idx ON crm.customer_rfm (score);
 CREATE INDEX customer_rfm_segment_idx ON crm.customer_rfm (segment);
-COMMENT ON TABLE crm.customer_rfm IS 'RFM per golden customer as of the last crm.refresh_rfm';
+COMMENT ON TABLE crm.customer_rfm IS 'RFM per golden customer as of the last crm.refresh_rfm (a snapshot: no foreign key, replaced whole by each refresh)';
 SELECT pg_catalog.pg_extension_config_dump('crm.customer_rfm', '');
 
 CREATE FUNCTION crm.refresh_rfm(as_of timestamptz DEFAULT pg_catalog.now(), bins integer DEFAULT 5, method text DEFAULT 'quantile')
