@@ -73,7 +73,7 @@ bench_sql "$pl_on"
 tps_pl=$(pgb)
 bench_sql "DROP TRIGGER bench_pl_orders ON crm.orders; DROP TRIGGER bench_pl_lines ON crm.order_line;
            ALTER TABLE crm.orders ENABLE TRIGGER orders_stats_insert; ALTER TABLE crm.order_line ENABLE TRIGGER order_line_stats_insert"
-ms() { echo "scale=3; 1 / $1" | bc; }
+ms() { echo "scale=6; 1 / $1" | bc; }
 bench_row "pgbench order+2 lines, s/txn: C trigger vs no stats trigger" "$(ms "$tps_crm")" "$(ms "$tps_none")" "tps $tps_crm vs $tps_none (2 clients)"
 bench_row "pgbench order+2 lines, s/txn: C trigger vs PL/pgSQL trigger" "$(ms "$tps_crm")" "$(ms "$tps_pl")" "tps $tps_crm vs $tps_pl (2 clients)"
 bench_sql "DROP TABLE bench_seg_orders, bench_seg_lines, bench_pl_tag, bench_pl_stats;
