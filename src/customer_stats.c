@@ -626,7 +626,8 @@ prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 {
 	if (*slot == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+		/* generic plans: "= ANY ($1)" must not be re-planned for every batch */
+		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
@@ -664,11 +665,12 @@ static void
 batch_reset(Batch *b)
 {
 	MemoryContextReset(b->cxt);
-	b->h = cust_create(b->cxt, BATCH_CUSTOMERS * 2, NULL);
-	b->maxids = BATCH_CUSTOMERS * 2;
+	/* small to start with: most statements insert one order */
+	b->h = cust_create(b->cxt, 16, NULL);
+	b->maxids = 16;
 	b->ids = MemoryContextAlloc(b->cxt, sizeof(int64) * b->maxids);
 	b->nids = 0;
-	b->maxfacts = FETCH_ROWS * 2;
+	b->maxfacts = 16;
 	b->facts = MemoryContextAlloc(b->cxt, sizeof(Fact) * b->maxfacts);
 	b->nfacts = 0;
 }
@@ -934,11 +936,11 @@ batch_finish(Batch *b)
 	int			maxcats = 0;
 
 	cols_init(&up, UPSERT_COLS, b->nids);
-	cols_init(&del, 1, 16);
-	cols_init(&stonly, 2, 64);
-	cols_init(&tadd, 2, 64);
-	cols_init(&tdrop, 2, 64);
-	cols_init(&stg, 3, 64);
+	cols_init(&del, 1, 4);
+	cols_init(&stonly, 2, 4);
+	cols_init(&tadd, 2, 4);
+	cols_init(&tdrop, 2, 4);
+	cols_init(&stg, 3, 4);
 
 	for (i = 0; i < b->nids; i++)
 	{
@@ -1281,7 +1283,7 @@ fact_plan(const char *sql, int nargs, Oid *types)
 	for (i = 0; i < N_FACT_PLANS && fact_plans[i].sql != NULL; i++)
 		if (strcmp(fact_plans[i].sql, sql) == 0)
 			return fact_plans[i].plan;
-	p = SPI_prepare(sql, nargs, types);
+	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 	if (p == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	if (i == N_FACT_PLANS)

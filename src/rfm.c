@@ -4,8 +4,8 @@
  *		every golden customer in one pass over crm.orders, scored by quantile
  *		bins or by fixed cut points, and named by crm.rfm_segment_map.
  *
- * One pass: a heap scan of crm.customer collects the merged (non-golden)
- * records, then one heap scan of crm.orders folds each paid order placed
+ * One pass: the merged (non-golden) records come from a partial index of
+ * crm.customer, then one heap scan of crm.orders folds each paid order placed
  * before as_of into a hash table keyed by customer_id (last order time,
  * count, cents).  Scoring sorts each measure once.
  *
@@ -272,15 +272,14 @@ crm_rfm(PG_FUNCTION_ARGS)
 	rfmagg_hash *agg;
 	rfmagg_iterator it;
 	RfmAgg	   *e;
-	AttrNumber	c_id,
-				c_merged,
-				o_cust,
+	AttrNumber	o_cust,
 				o_at,
 				o_status,
 				o_net,
 				o_max;
 	int64		n,
 				i;
+	Datum	   *segtext;
 
 	if (strcmp(method, "quantile") == 0)
 		fixed = false;
@@ -305,30 +304,25 @@ crm_rfm(PG_FUNCTION_ARGS)
 	if (fixed)
 		load_cuts(cuts);
 
-	/* Records merged into another: their orders do not count on their own. */
+	/*
+	 * Records merged into another: their orders do not count on their own.
+	 * Few, and found through the partial index customer_merged_into_idx.
+	 */
 	merged = rfmagg_create(CurrentMemoryContext, 1024, NULL);
-	rel = table_open(crm_relid("customer"), AccessShareLock);
-	c_id = column_of(rel, "customer_id");
-	c_merged = column_of(rel, "merged_into");
-	slot = table_slot_create(rel, NULL);
-	scan = table_beginscan(rel, snap, 0, NULL);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	SPI_connect();
+	if (SPI_execute("SELECT c.customer_id FROM crm.customer c WHERE c.merged_into IS NOT NULL",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.customer");
+	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
+		bool		found;
 
-		CHECK_FOR_INTERRUPTS();
-		(void) slot_getattr(slot, c_merged, &isnull);
-		if (!isnull)
-		{
-			bool		found;
-			int64		id = DatumGetInt64(slot_getattr(slot, c_id, &isnull));
-
-			(void) rfmagg_insert(merged, id, &found);
-		}
+		(void) rfmagg_insert(merged, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc, 1, &isnull)),
+							 &found);
 	}
-	table_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	table_close(rel, AccessShareLock);
+	SPI_finish();
 
 	/* The one pass over the orders. */
 	agg = rfmagg_create(CurrentMemoryContext, 8192, NULL);
@@ -406,6 +400,8 @@ crm_rfm(PG_FUNCTION_ARGS)
 		}
 		/* output in customer_id order */
 		qsort(ids, n, sizeof(int64), cmp_int64);
+		/* one text datum per possible score (R, F, M 1..9), made on first use */
+		segtext = palloc0(sizeof(Datum) * 4096);
 		if (!fixed)
 		{
 			qsort(srec, n, sizeof(int64), cmp_int64);
@@ -442,7 +438,9 @@ crm_rfm(PG_FUNCTION_ARGS)
 			values[2] = Int64GetDatum(e->frequency);
 			values[3] = crm_cents_to_numeric(e->cents);
 			values[4] = RfmScoreGetDatum(s);
-			values[5] = PointerGetDatum(cstring_to_text(segment_of(s)));
+			if (segtext[s] == (Datum) 0)
+				segtext[s] = PointerGetDatum(cstring_to_text(segment_of(s)));
+			values[5] = segtext[s];
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		}
 	}
