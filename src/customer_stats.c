@@ -615,9 +615,6 @@ static SPIPlanPtr plan_load_lock = NULL;
 static SPIPlanPtr plan_golden = NULL;
 static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_delete = NULL;
-static SPIPlanPtr plan_tag_add = NULL;
-static SPIPlanPtr plan_tag_drop = NULL;
-static SPIPlanPtr plan_stage = NULL;
 static SPIPlanPtr plan_stage_only = NULL;
 static SPIPlanPtr plan_lock = NULL;
 
@@ -1075,20 +1072,35 @@ batch_finish(Batch *b)
 		}
 	}
 
-	if (up.n > 0)
+	/*
+	 * Stats rows, tag changes with their history, and stage moves: one
+	 * statement with data-modifying CTEs, so a batch costs one round trip.
+	 */
+	if (up.n + tdrop.n + tadd.n + stg.n > 0)
 	{
-		Oid			types[UPSERT_COLS] = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, NUMERICARRAYOID,
+#define WRITE_ARGS (UPSERT_COLS + 8)
+		Oid			types[WRITE_ARGS] = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, NUMERICARRAYOID,
 			TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-		TIMESTAMPTZARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+			TIMESTAMPTZARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+			INT8ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID,
+		INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 		Oid			elem[UPSERT_COLS] = {INT8OID, INT4OID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
 			TIMESTAMPTZOID, FLOAT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID, INT8OID,
 		TEXTOID, TIMESTAMPTZOID};
-		Datum		args[UPSERT_COLS];
+		Datum		args[WRITE_ARGS];
 
 		for (i = 0; i < UPSERT_COLS; i++)
 			args[i] = datum_array(up.v[i], up.nulls[i], up.n, elem[i]);
+		args[15] = datum_array(tdrop.v[0], tdrop.nulls[0], tdrop.n, INT8OID);
+		args[16] = datum_array(tdrop.v[1], tdrop.nulls[1], tdrop.n, INT4OID);
+		args[17] = datum_array(tadd.v[0], tadd.nulls[0], tadd.n, INT8OID);
+		args[18] = datum_array(tadd.v[1], tadd.nulls[1], tadd.n, INT4OID);
+		args[19] = TimestampTzGetDatum(b->as_of);
+		args[20] = datum_array(stg.v[0], stg.nulls[0], stg.n, INT8OID);
+		args[21] = datum_array(stg.v[1], stg.nulls[1], stg.n, TEXTOID);
+		args[22] = datum_array(stg.v[2], stg.nulls[2], stg.n, TEXTOID);
 		if (SPI_execute_plan(prepare(&plan_upsert,
-									 "INSERT INTO crm.customer_stats AS s (customer_id, orders, refunded_orders, spend, "
+									 "WITH up AS (INSERT INTO crm.customer_stats AS s (customer_id, orders, refunded_orders, spend, "
 									 "first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, "
 									 "days, categories, line_spend, stage, stage_since, updated_at) "
 									 "SELECT u.c, u.o, u.r, u.sp, u.fa, u.la, u.mi, u.wd::pg_catalog.int4[], u.ev, u.le, "
@@ -1101,8 +1113,22 @@ batch_finish(Batch *b)
 									 "mean_interval_days = EXCLUDED.mean_interval_days, weekday_orders = EXCLUDED.weekday_orders, "
 									 "events = EXCLUDED.events, last_event_at = EXCLUDED.last_event_at, days = EXCLUDED.days, "
 									 "categories = EXCLUDED.categories, line_spend = EXCLUDED.line_spend, stage = EXCLUDED.stage, "
-									 "stage_since = EXCLUDED.stage_since, updated_at = EXCLUDED.updated_at",
-									 UPSERT_COLS, types), args, NULL, false, 0) != SPI_OK_INSERT)
+									 "stage_since = EXCLUDED.stage_since, updated_at = EXCLUDED.updated_at RETURNING 1), "
+									 "d AS (DELETE FROM crm.customer_tag ct USING ROWS FROM (pg_catalog.unnest($16), pg_catalog.unnest($17)) AS u(c, t) "
+									 "WHERE ct.customer_id OPERATOR(pg_catalog.=) u.c AND ct.tag_id OPERATOR(pg_catalog.=) u.t "
+									 "RETURNING ct.customer_id, ct.tag_id), "
+									 "a AS (INSERT INTO crm.customer_tag (customer_id, tag_id, since) "
+									 "SELECT u.c, u.t, $20 FROM ROWS FROM (pg_catalog.unnest($18), pg_catalog.unnest($19)) AS u(c, t) "
+									 "ON CONFLICT DO NOTHING RETURNING customer_id, tag_id), "
+									 "h AS (INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) "
+									 "SELECT d.customer_id, d.tag_id, 'leave', $20 FROM d "
+									 "UNION ALL SELECT a.customer_id, a.tag_id, 'enter', $20 FROM a RETURNING 1), "
+									 "tr AS (INSERT INTO crm.lifecycle_transition (customer_id, from_stage, to_stage, at) "
+									 "SELECT u.c, u.f, u.t, $20 FROM ROWS FROM (pg_catalog.unnest($21), pg_catalog.unnest($22), pg_catalog.unnest($23)) AS u(c, f, t) "
+									 "RETURNING 1) "
+									 "SELECT (SELECT pg_catalog.count(*) FROM up), (SELECT pg_catalog.count(*) FROM h), "
+									 "(SELECT pg_catalog.count(*) FROM tr)",
+									 WRITE_ARGS, types), args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not write crm.customer_stats");
 	}
 	if (stonly.n > 0)
@@ -1128,49 +1154,6 @@ batch_finish(Batch *b)
 									 "DELETE FROM crm.customer_stats s WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
 									 1, types), args, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete from crm.customer_stats");
-	}
-	if (tdrop.n > 0)
-	{
-		Oid			types[3] = {INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
-		Datum		args[3] = {datum_array(tdrop.v[0], tdrop.nulls[0], tdrop.n, INT8OID),
-		datum_array(tdrop.v[1], tdrop.nulls[1], tdrop.n, INT4OID), TimestampTzGetDatum(b->as_of)};
-
-		if (SPI_execute_plan(prepare(&plan_tag_drop,
-									 "WITH d AS (DELETE FROM crm.customer_tag ct USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(c, t) "
-									 "WHERE ct.customer_id OPERATOR(pg_catalog.=) u.c AND ct.tag_id OPERATOR(pg_catalog.=) u.t "
-									 "RETURNING ct.customer_id, ct.tag_id) "
-									 "INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) "
-									 "SELECT d.customer_id, d.tag_id, 'leave', $3 FROM d",
-									 3, types), args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not remove customer tags");
-	}
-	if (tadd.n > 0)
-	{
-		Oid			types[3] = {INT8ARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
-		Datum		args[3] = {datum_array(tadd.v[0], tadd.nulls[0], tadd.n, INT8OID),
-		datum_array(tadd.v[1], tadd.nulls[1], tadd.n, INT4OID), TimestampTzGetDatum(b->as_of)};
-
-		if (SPI_execute_plan(prepare(&plan_tag_add,
-									 "WITH a AS (INSERT INTO crm.customer_tag (customer_id, tag_id, since) "
-									 "SELECT u.c, u.t, $3 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(c, t) "
-									 "ON CONFLICT DO NOTHING RETURNING customer_id, tag_id) "
-									 "INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) "
-									 "SELECT a.customer_id, a.tag_id, 'enter', $3 FROM a",
-									 3, types), args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not add customer tags");
-	}
-	if (stg.n > 0)
-	{
-		Oid			types[4] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZOID};
-		Datum		args[4] = {datum_array(stg.v[0], stg.nulls[0], stg.n, INT8OID),
-			datum_array(stg.v[1], stg.nulls[1], stg.n, TEXTOID),
-		datum_array(stg.v[2], stg.nulls[2], stg.n, TEXTOID), TimestampTzGetDatum(b->as_of)};
-
-		if (SPI_execute_plan(prepare(&plan_stage,
-									 "INSERT INTO crm.lifecycle_transition (customer_id, from_stage, to_stage, at) "
-									 "SELECT u.c, u.f, u.t, $4 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(c, f, t)",
-									 4, types), args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not record lifecycle transitions");
 	}
 }
 
