@@ -45,7 +45,9 @@
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
+#include "utils/tuplestore.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/array.h"
@@ -614,6 +616,7 @@ static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_load_lock = NULL;
 static SPIPlanPtr plan_golden = NULL;
 static SPIPlanPtr plan_upsert = NULL;
+static SPIPlanPtr plan_upsert1 = NULL;
 static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_stage_only = NULL;
 static SPIPlanPtr plan_lock = NULL;
@@ -1076,7 +1079,37 @@ batch_finish(Batch *b)
 	 * Stats rows, tag changes with their history, and stage moves: one
 	 * statement with data-modifying CTEs, so a batch costs one round trip.
 	 */
-	if (up.n + tdrop.n + tadd.n + stg.n > 0)
+	if (up.n == 1 && tdrop.n + tadd.n + stg.n == 0)
+	{
+		/* one customer and nothing else: a single-row upsert is much cheaper to start */
+		Oid			types[UPSERT_COLS] = {INT8OID, INT4OID, INT4OID, NUMERICOID, TIMESTAMPTZOID,
+			TIMESTAMPTZOID, FLOAT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, BYTEAOID, BYTEAOID, INT8OID,
+		TEXTOID, TIMESTAMPTZOID};
+		Datum		args[UPSERT_COLS];
+		char		nulls[UPSERT_COLS];
+
+		for (i = 0; i < UPSERT_COLS; i++)
+		{
+			args[i] = up.v[i][0];
+			nulls[i] = up.nulls[i][0] ? 'n' : ' ';
+		}
+		if (SPI_execute_plan(prepare(&plan_upsert1,
+									 "INSERT INTO crm.customer_stats AS s (customer_id, orders, refunded_orders, spend, "
+									 "first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, "
+									 "days, categories, line_spend, stage, stage_since, updated_at) "
+									 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.int4[], $9, $10, $11, $12, "
+									 "($13::pg_catalog.numeric OPERATOR(pg_catalog./) 100)::pg_catalog.numeric(14,2), $14, $15, pg_catalog.now()) "
+									 "ON CONFLICT (customer_id) DO UPDATE SET orders = EXCLUDED.orders, "
+									 "refunded_orders = EXCLUDED.refunded_orders, spend = EXCLUDED.spend, "
+									 "first_order_at = EXCLUDED.first_order_at, last_order_at = EXCLUDED.last_order_at, "
+									 "mean_interval_days = EXCLUDED.mean_interval_days, weekday_orders = EXCLUDED.weekday_orders, "
+									 "events = EXCLUDED.events, last_event_at = EXCLUDED.last_event_at, days = EXCLUDED.days, "
+									 "categories = EXCLUDED.categories, line_spend = EXCLUDED.line_spend, stage = EXCLUDED.stage, "
+									 "stage_since = EXCLUDED.stage_since, updated_at = EXCLUDED.updated_at",
+									 UPSERT_COLS, types), args, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not write crm.customer_stats");
+	}
+	else if (up.n + tdrop.n + tadd.n + stg.n > 0)
 	{
 #define WRITE_ARGS (UPSERT_COLS + 8)
 		Oid			types[WRITE_ARGS] = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, NUMERICARRAYOID,
@@ -1175,6 +1208,95 @@ batch_flush(Batch *b)
 	}
 	batch_finish(b);
 	batch_reset(b);
+}
+
+static int
+cmp_fact(const void *a, const void *b)
+{
+	const Fact *x = (const Fact *) a;
+	const Fact *y = (const Fact *) b;
+
+	if (x->cust != y->cust)
+		return x->cust < y->cust ? -1 : 1;
+	if (x->order_id != y->order_id)
+		return x->order_id < y->order_id ? -1 : 1;
+	return 0;
+}
+
+/*
+ * Small inserts into crm.orders or crm.event (most statements insert one
+ * row): read the transition table directly instead of through a query.
+ */
+#define DIRECT_MAX_ROWS 1000
+
+static void
+direct_facts(TriggerData *td, bool orders, TimestampTz as_of)
+{
+	Tuplestorestate *ts = td->tg_newtable;
+	Relation	rel = td->tg_relation;
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	int			n = (int) tuplestore_tuple_count(ts);
+	Fact	   *facts = palloc(sizeof(Fact) * Max(n, 1));
+	int			k = 0,
+				i;
+	int			a_cust = SPI_fnumber(desc, "customer_id");
+	int			a_at = SPI_fnumber(desc, orders ? "ordered_at" : "at");
+	int			a_status = orders ? SPI_fnumber(desc, "status") : 0;
+	int			a_net = orders ? SPI_fnumber(desc, "net_amount") : 0;
+	int			a_id = SPI_fnumber(desc, orders ? "order_id" : "event_id");
+	Batch		b;
+
+	if (a_cust <= 0 || a_at <= 0 || a_id <= 0 || (orders && (a_status <= 0 || a_net <= 0)))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.customer_stats_trigger() is missing columns of \"%s\"",
+						RelationGetRelationName(rel))));
+	tuplestore_rescan(ts);
+	while (k < n && tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		Fact	   *f = &facts[k];
+		bool		isnull;
+		Datum		d;
+
+		memset(f, 0, sizeof(Fact));
+		f->cust = DatumGetInt64(slot_getattr(slot, a_cust, &isnull));
+		f->at = DatumGetTimestampTz(slot_getattr(slot, a_at, &isnull));
+		f->order_id = DatumGetInt64(slot_getattr(slot, a_id, &isnull));
+		if (orders)
+		{
+			text	   *status;
+
+			f->kind = FACT_ORDER;
+			d = slot_getattr(slot, a_status, &isnull);
+			status = DatumGetTextPP(d);
+			f->paid = !isnull && VARSIZE_ANY_EXHDR(status) == 4 &&
+				memcmp(VARDATA_ANY(status), "paid", 4) == 0;
+			d = slot_getattr(slot, a_net, &isnull);
+			f->cents = isnull ? 0 : crm_numeric_to_cents(d);
+			f->count = 1;
+		}
+		else
+		{
+			f->kind = FACT_EVENTS;
+			f->paid = true;
+			f->count = 1;
+		}
+		k++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	if (k > 1)
+		qsort(facts, k, sizeof(Fact), cmp_fact);
+
+	memset(&b, 0, sizeof(b));
+	b.cxt = AllocSetContextCreate(CurrentMemoryContext, "crm stats batch", ALLOCSET_DEFAULT_SIZES);
+	b.as_of = as_of;
+	batch_reset(&b);
+	for (i = 0; i < k; i++)
+		batch_add_fact(&b, &facts[i]);
+	batch_flush(&b);
+	MemoryContextDelete(b.cxt);
+	pfree(facts);
 }
 
 /*
@@ -1363,7 +1485,10 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
 		elog(ERROR, "could not register transition tables");
 	initStringInfo(&sql);
-	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event) && src != SRC_LINES &&
+		tuplestore_tuple_count(td->tg_newtable) <= DIRECT_MAX_ROWS)
+		direct_facts(td, src == SRC_ORDERS, as_of);
+	else if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 	{
 		const char *nt = quote_identifier(tg->tgnewtable);
 
