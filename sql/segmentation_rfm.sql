@@ -23,6 +23,14 @@ COPY bin_rt TO '/tmp/crm_rfm_score.bin' WITH (FORMAT binary);
 CREATE TEMP TABLE bin_rt2 (s crm.rfm_score);
 COPY bin_rt2 FROM '/tmp/crm_rfm_score.bin' WITH (FORMAT binary);
 SELECT s FROM bin_rt2 ORDER BY s;
+-- bad binary input: a field of the wrong length, a score of 0
+CREATE TEMP TABLE bin_bad (b bytea);
+INSERT INTO bin_bad VALUES ('\x00010101');
+COPY bin_bad TO '/tmp/crm_rfm_score_bad1.bin' WITH (FORMAT binary);
+UPDATE bin_bad SET b = '\x000101';
+COPY bin_bad TO '/tmp/crm_rfm_score_bad2.bin' WITH (FORMAT binary);
+SELECT pg_temp.expect_error($$COPY bin_rt2 FROM '/tmp/crm_rfm_score_bad1.bin' WITH (FORMAT binary)$$);
+SELECT pg_temp.expect_error($$COPY bin_rt2 FROM '/tmp/crm_rfm_score_bad2.bin' WITH (FORMAT binary)$$);
 -- comparison: by R, then F, then M
 SELECT 'R5F1M1'::crm.rfm_score > 'R4F9M9', 'R4F5M1'::crm.rfm_score < 'R4F5M2', 'R3F3M3'::crm.rfm_score = 'r3f3m3',
        'R3F3M3'::crm.rfm_score <> 'R3F3M4', 'R3F3M3'::crm.rfm_score <= 'R3F3M3', 'R3F3M3'::crm.rfm_score >= 'R3F3M4';

@@ -1038,8 +1038,6 @@ batch_finish(Batch *b)
 
 		if (st->dirty || !st->existed)
 		{
-			Datum		wd[7];
-
 			r = cols_row(&up, UPSERT_COLS);
 			up.v[0][r] = Int64GetDatum(st->customer_id);
 			up.v[1][r] = Int32GetDatum(st->orders);
@@ -1051,8 +1049,6 @@ batch_finish(Batch *b)
 			up.nulls[5][r] = st->orders == 0;
 			up.v[6][r] = Float8GetDatum(f.num[TF_MEAN_INTERVAL_DAYS]);
 			up.nulls[6][r] = st->orders < 2;
-			for (k = 0; k < 7; k++)
-				wd[k] = Int32GetDatum(st->weekday[k]);
 			/* as text: unnest cannot return one int[] per row */
 			{
 				StringInfoData s;
@@ -1063,7 +1059,6 @@ batch_finish(Batch *b)
 								 st->weekday[6]);
 				up.v[7][r] = CStringGetTextDatum(s.data);
 			}
-			(void) wd;
 			up.v[8][r] = Int32GetDatum(st->events);
 			up.v[9][r] = TimestampTzGetDatum(st->last_event_at);
 			up.nulls[9][r] = st->events == 0;

@@ -89,7 +89,6 @@ CREATE TABLE crm.customer_rfm (
 	segment			text NOT NULL
 );
 CREATE INDEX customer_rfm_score_idx ON crm.customer_rfm (score);
-CREATE INDEX customer_rfm_segment_idx ON crm.customer_rfm (segment);
 COMMENT ON TABLE crm.customer_rfm IS 'RFM per golden customer as of the last crm.refresh_rfm (a snapshot: no foreign key, replaced whole by each refresh)';
 SELECT pg_catalog.pg_extension_config_dump('crm.customer_rfm', '');
 

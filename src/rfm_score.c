@@ -122,12 +122,12 @@ crm_rfm_score_recv(PG_FUNCTION_ARGS)
 	r = pq_getmsgbyte(buf);
 	f = pq_getmsgbyte(buf);
 	m = pq_getmsgbyte(buf);
-	if (r < 1 || r > RFM_SCORE_MAX || f < 1 || f > RFM_SCORE_MAX || m < 1 || m > RFM_SCORE_MAX)
+	s = RFM_PACK(r & 0xF, f & 0xF, m & 0xF);
+	if (r > RFM_SCORE_MAX || f > RFM_SCORE_MAX || m > RFM_SCORE_MAX || !rfm_score_valid(s))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("invalid binary rfm_score"),
 				 errdetail("Each score must be between 1 and 9.")));
-	s = RFM_PACK(r, f, m);
 	PG_RETURN_DATUM(RfmScoreGetDatum(s));
 }
 

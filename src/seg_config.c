@@ -204,12 +204,6 @@ seg_local_tz(void)
 	return local_tz;
 }
 
-void
-crm_reset_local_tz(void)
-{
-	local_tz = NULL;
-}
-
 int32
 crm_local_day(TimestampTz ts, int *weekday)
 {

@@ -21,14 +21,12 @@ extern uint64 crm_seg_config_generation;
 extern void crm_seg_config_init(void);
 extern Oid	crm_relid(const char *relname);
 
-/* numeric(14,2) <-> cents; false when the value has more than 2 decimals */
+/* numeric <-> int64 cents (values with more than 2 decimals are rounded) */
 extern int64 crm_numeric_to_cents(Datum num);
 extern Datum crm_cents_to_numeric(int64 cents);
 
 /* Local day number (days since 2000-01-01 in the configured time zone) and weekday 0=sun. */
 extern int32 crm_local_day(TimestampTz ts, int *weekday);
-/* Start of a local day as a timestamptz. */
-extern void crm_reset_local_tz(void);
 
 /* The "now" of segmentation work: crm.as_of if set, else the transaction start. */
 extern TimestampTz crm_seg_now(void);
