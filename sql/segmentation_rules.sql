@@ -126,3 +126,13 @@ INSERT INTO crm.event (customer_id, kind, at) VALUES (2, 'sign_in', '2026-02-01 
 SELECT stage, orders FROM crm.customer_stats WHERE customer_id = 2;
 SELECT t.name FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = 2 ORDER BY 1;
 ROLLBACK;
+
+-- many rule tags: every one is evaluated
+BEGIN;
+SET LOCAL crm.as_of = '2026-03-01 00:00+00';
+INSERT INTO crm.tag (name, rule) SELECT 'many_' || i, 'orders >= ' || (i % 2) FROM generate_series(1, 100) i;
+INSERT INTO crm.customer (customer_id, name) VALUES (1, 'one');
+INSERT INTO crm.orders (customer_id, channel, ordered_at, amount) VALUES (1, 'web', '2026-02-27 10:00+00', 10);
+SELECT count(*) FILTER (WHERE t.name LIKE 'many_%') AS many_tags, array_agg(t.name ORDER BY t.name) FILTER (WHERE t.name NOT LIKE 'many_%') AS others
+FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = 1;
+ROLLBACK;

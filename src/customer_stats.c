@@ -934,6 +934,7 @@ batch_finish(Batch *b)
 	int			i;
 	TagCategory *cats = NULL;
 	int			maxcats = 0;
+	bool	   *newtag = palloc(sizeof(bool) * Max(cfg->nrules, 1));
 
 	cols_init(&up, UPSERT_COLS, b->nids);
 	cols_init(&del, 1, 4);
@@ -950,7 +951,6 @@ batch_finish(Batch *b)
 		bool		has_any = st->orders > 0 || st->refunded > 0 || st->events > 0;
 		int			k,
 					r;
-		bool		newtag[64];
 
 		CHECK_FOR_INTERRUPTS();
 		if (!st->golden || (b->rebuild && !has_any))
@@ -1001,9 +1001,9 @@ batch_finish(Batch *b)
 		f.stage = stage;
 
 		/* rule tags: evaluate, then diff with the current ones */
-		for (k = 0; k < cfg->nrules && k < 64; k++)
+		for (k = 0; k < cfg->nrules; k++)
 			newtag[k] = tag_program_eval(cfg->rules[k].prog, &f);
-		for (k = 0; k < cfg->nrules && k < 64; k++)
+		for (k = 0; k < cfg->nrules; k++)
 		{
 			bool		had = false;
 			int			j;
@@ -1024,7 +1024,7 @@ batch_finish(Batch *b)
 			bool		keep = false;
 			int			j;
 
-			for (j = 0; j < cfg->nrules && j < 64; j++)
+			for (j = 0; j < cfg->nrules; j++)
 				if (cfg->rules[j].tag_id == st->tags[k])
 					keep = newtag[j];
 			if (!keep)
