@@ -58,6 +58,15 @@ typedef struct RfmAgg
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
+/* A specialised sort of int64 arrays (no comparator calls). */
+#define ST_SORT sort_int64
+#define ST_ELEMENT_TYPE int64
+#define ST_COMPARE(a, b) (*(a) < *(b) ? -1 : (*(a) > *(b) ? 1 : 0))
+#define ST_SCOPE static
+#define ST_DECLARE
+#define ST_DEFINE
+#include "lib/sort_template.h"
+
 /* ---------------------------------------------------------------------
  * The segment map (crm.rfm_segment_map), cached per backend
  * --------------------------------------------------------------------- */
@@ -202,15 +211,6 @@ cut_score(const Cuts *c, double v, bool recency)
 /* ---------------------------------------------------------------------
  * Quantile scores
  * --------------------------------------------------------------------- */
-static int
-cmp_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return x < y ? -1 : (x > y ? 1 : 0);
-}
-
 /* number of elements of sorted[0..n) strictly less than v */
 static int64
 count_less(const int64 *sorted, int64 n, int64 v)
@@ -399,14 +399,14 @@ crm_rfm(PG_FUNCTION_ARGS)
 			i++;
 		}
 		/* output in customer_id order */
-		qsort(ids, n, sizeof(int64), cmp_int64);
+		sort_int64(ids, n);
 		/* one text datum per possible score (R, F, M 1..9), made on first use */
 		segtext = palloc0(sizeof(Datum) * 4096);
 		if (!fixed)
 		{
-			qsort(srec, n, sizeof(int64), cmp_int64);
-			qsort(sfreq, n, sizeof(int64), cmp_int64);
-			qsort(smon, n, sizeof(int64), cmp_int64);
+			sort_int64(srec, n);
+			sort_int64(sfreq, n);
+			sort_int64(smon, n);
 		}
 		for (i = 0; i < n; i++)
 		{
