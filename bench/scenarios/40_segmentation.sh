@@ -9,6 +9,13 @@
 asof="crm.sample_as_of()"
 bench_sql "SELECT crm.tick($asof)"
 bench_sql "VACUUM ANALYZE"
+# The machine is shared: time each side twice (warm cache) and keep the better run.
+best2() {
+	local a b
+	a=$(bench_time "$1")
+	b=$(bench_time "$1")
+	echo "if ($a < $b) $a else $b" | bc
+}
 
 # --- 1. RFM ---------------------------------------------------------------
 bench_sql "CREATE TABLE bench_rfm_ntile (customer_id bigint PRIMARY KEY, recency_days integer, frequency bigint, monetary numeric, r integer, f integer, m integer)"
@@ -22,11 +29,11 @@ WITH a AS (
 SELECT customer_id, recency_days, frequency, monetary,
        ntile(5) OVER (ORDER BY recency_days DESC), ntile(5) OVER (ORDER BY frequency), ntile(5) OVER (ORDER BY monetary)
 FROM a"
-crm=$(bench_time "SELECT crm.refresh_rfm($asof)")
-plain=$(bench_time "$ntile_sql")
+crm=$(best2 "SELECT crm.refresh_rfm($asof)")
+plain=$(best2 "DELETE FROM bench_rfm_ntile; $ntile_sql")
 bench_row "crm.refresh_rfm vs NTILE window SQL into a table" "$crm" "$plain" "$(psql -X -At -c "SELECT count(*) FROM crm.customer_rfm") customers scored"
-crm=$(bench_time "SELECT count(*) FROM crm.rfm($asof)")
-plain=$(bench_time "SELECT count(*) FROM (SELECT o.customer_id, max(o.ordered_at), count(*), sum(o.net_amount) FROM crm.orders o WHERE o.status = 'paid' AND o.ordered_at < $asof GROUP BY o.customer_id) x")
+crm=$(best2 "SELECT count(*) FROM crm.rfm($asof)")
+plain=$(best2 "SELECT count(*) FROM (SELECT o.customer_id, max(o.ordered_at), count(*), sum(o.net_amount) FROM crm.orders o WHERE o.status = 'paid' AND o.ordered_at < $asof GROUP BY o.customer_id) x")
 bench_row "crm.rfm() scores vs plain GROUP BY aggregate (no scores)" "$crm" "$plain" "plain/crm_ext >= 0.67 means within 1.5x"
 bench_sql "DROP TABLE bench_rfm_ntile"
 
@@ -81,8 +88,8 @@ bench_sql "DROP TABLE bench_seg_orders, bench_seg_lines, bench_pl_tag, bench_pl_
 
 # --- 3. Audience count ---------------------------------------------------------
 expr="frequent and fresh_lover and not dormant"
-crm=$(bench_time "SELECT crm.audience_count('$expr')")
-plain=$(bench_time "SELECT count(*) FROM crm.customer c WHERE c.merged_into IS NULL
+crm=$(best2 "SELECT crm.audience_count('$expr')")
+plain=$(best2 "SELECT count(*) FROM crm.customer c WHERE c.merged_into IS NULL
 	AND EXISTS (SELECT 1 FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = c.customer_id AND t.name = 'frequent')
 	AND EXISTS (SELECT 1 FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = c.customer_id AND t.name = 'fresh_lover')
 	AND NOT EXISTS (SELECT 1 FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = c.customer_id AND t.name = 'dormant')")
