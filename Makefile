@@ -10,6 +10,12 @@ OBJS = \
 	src/triggers.o \
 	src/id_merge.o \
 	src/identity.o
+	src/seg_config.o \
+	src/rfm_score.o \
+	src/rfm.o \
+	src/tag_rule.o \
+	src/customer_stats.o \
+	src/segment.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
@@ -19,6 +25,10 @@ SQL_SOURCES = \
 	src/sample.sql \
 	src/id_merge.sql \
 	src/identity.sql
+	src/rfm_score.sql \
+	src/rfm.sql \
+	src/customer_stats.sql \
+	src/segment.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)

@@ -23,5 +23,7 @@ extern void crm_triggers_init(void);
 
 /* identity.c */
 extern void crm_identity_init(void);
+/* seg_config.c */
+extern void crm_seg_config_init(void);
 
 #endif							/* CRM_EXT_H */

@@ -1,0 +1,37 @@
+-- Demo report, section 3: segmentation as of crm.sample_as_of().
+\pset border 1
+\echo '== Segmentation (as of the sample''s end, 2026-07-01) =='
+-- Stats and tags were kept by the triggers while the sample loaded; bring
+-- the time-dependent ones (windows, days since, stages) to the sample's
+-- "now", and score RFM as of then.
+SELECT pg_catalog.format('%s stage moves and tag changes; %s customers scored',
+       crm.segmentation_tick(crm.sample_as_of()), crm.refresh_rfm(crm.sample_as_of())) AS refreshed;
+
+\echo 'RFM segments (quintiles, default segment map):'
+SELECT segment, count(*) AS customers,
+       round(100.0 * count(*) / sum(count(*)) OVER (), 1) AS pct,
+       round(avg(recency_days)) AS avg_recency_days,
+       round(avg(frequency), 1) AS avg_orders,
+       to_char(avg(monetary), 'FM999,990.00') AS avg_spend
+FROM crm.customer_rfm GROUP BY segment ORDER BY count(*) DESC, segment;
+
+\echo 'RFM grid: customers per recency (rows) x frequency (columns) score:'
+SELECT r AS "R \ F",
+       sum(customers) FILTER (WHERE f = 1) AS "F1", sum(customers) FILTER (WHERE f = 2) AS "F2",
+       sum(customers) FILTER (WHERE f = 3) AS "F3", sum(customers) FILTER (WHERE f = 4) AS "F4",
+       sum(customers) FILTER (WHERE f = 5) AS "F5"
+FROM crm.v_rfm_grid GROUP BY r ORDER BY r DESC;
+
+\echo 'Tags (rule tags kept by the triggers and crm.tick):'
+SELECT t.name AS tag, count(ct.customer_id) AS customers, t.rule
+FROM crm.tag t LEFT JOIN crm.customer_tag ct ON ct.tag_id = t.tag_id
+GROUP BY t.tag_id ORDER BY count(ct.customer_id) DESC, t.name;
+
+\echo 'Lifecycle stages of golden customers:'
+SELECT name AS stage, customers, round(100.0 * customers / sum(customers) OVER (), 1) AS pct
+FROM crm.v_segment_sizes WHERE kind = 'stage'
+ORDER BY array_position(ARRAY['prospect', 'new', 'active', 'growing', 'mature', 'declining', 'churned'], name);
+
+\echo 'Audiences (crm.segment tag expressions):'
+SELECT s.name AS segment, s.expression, crm.segment_count(s.name) AS customers
+FROM crm.segment s ORDER BY s.name;
