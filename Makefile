@@ -9,7 +9,7 @@ OBJS = \
 	src/sample.o \
 	src/triggers.o \
 	src/id_merge.o \
-	src/identity.o
+	src/identity.o \
 	src/seg_config.o \
 	src/rfm_score.o \
 	src/rfm.o \
@@ -24,7 +24,7 @@ SQL_SOURCES = \
 	src/core.sql \
 	src/sample.sql \
 	src/id_merge.sql \
-	src/identity.sql
+	src/identity.sql \
 	src/rfm_score.sql \
 	src/rfm.sql \
 	src/customer_stats.sql \
