@@ -7,14 +7,16 @@ MODULE_big  = crm_ext
 OBJS = \
 	src/crm_ext.o \
 	src/sample.o \
-	src/triggers.o
+	src/triggers.o \
+	src/loyalty_ledger.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
 SQL_SOURCES = \
 	src/header.sql \
 	src/core.sql \
-	src/sample.sql
+	src/sample.sql \
+	src/loyalty_ledger.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)
