@@ -8,7 +8,8 @@ OBJS = \
 	src/crm_ext.o \
 	src/sample.o \
 	src/triggers.o \
-	src/loyalty_ledger.o
+	src/loyalty_ledger.o \
+	src/loyalty.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
@@ -16,7 +17,8 @@ SQL_SOURCES = \
 	src/header.sql \
 	src/core.sql \
 	src/sample.sql \
-	src/loyalty_ledger.sql
+	src/loyalty_ledger.sql \
+	src/loyalty.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)

@@ -24,4 +24,5 @@ void
 _PG_init(void)
 {
 	crm_triggers_init();
+	crm_loyalty_init();
 }

@@ -21,4 +21,7 @@
 /* triggers.c */
 extern void crm_triggers_init(void);
 
+/* loyalty.c */
+extern void crm_loyalty_init(void);
+
 #endif							/* CRM_EXT_H */
