@@ -995,7 +995,7 @@ check_statement_trigger(FunctionCallInfo fcinfo, const char *name, bool update)
  * Orders inserted
  * ------------------------------------------------------------------------
  * Columns: 1 customer_id, 2 order_id, 3 origin_customer_id, 4 ordered_at,
- * 5 net cents.
+ * 5 net cents, 6 amount cents.
  */
 static SPIPlanPtr plan_new_orders;
 
@@ -1007,6 +1007,7 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 	int64		origin = getint64(tup, desc, 3, &isnull);
 	TimestampTz at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
 	int64		net = getint64(tup, desc, 5, &isnull);
+	int64		amount = getint64(tup, desc, 6, &isnull);
 	const RuleConf *rule = rule_at(at);
 	struct pg_tm tm;
 	fsec_t		fsec;
@@ -1015,7 +1016,14 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 	local_tm(at, &tm, &fsec);
 	if (rule && net > 0)
 	{
-		int128		v = (int128) net * rule->ppu_e4;	/* points x 10^6 */
+		/*
+		 * Points are computed on the full amount; an order inserted already
+		 * partly refunded then gives back its share at once, so every later
+		 * refund is proportional to the same base.
+		 */
+		int128		v = (int128) amount * rule->ppu_e4;	/* points x 10^6 */
+		int64		points;
+		TimestampTz expires = expiry_of(at);
 		int128		limit = (int128) PG_INT64_MAX * 1000000;
 
 		v = v * conf.tiers[ac->tier].mult_milli / 1000;
@@ -1027,7 +1035,10 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 			ereport(ERROR,
 					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 					 errmsg("points of order " INT64_FORMAT " out of range", order_id)));
-		earn(ctx, ac, origin, order_id, (int64) (v / 1000000), at, expiry_of(at), NULL);
+		points = (int64) (v / 1000000);
+		earn(ctx, ac, origin, order_id, points, at, expires, NULL);
+		if (net < amount)
+			clawback(ctx, ac, origin, order_id, points, 0, expires, net, amount, at);
 	}
 	if (net > 0)
 	{
@@ -1068,7 +1079,7 @@ crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
 	if (plan_new_orders == NULL)
 		plan_new_orders = prepare_kept(
 									   "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
-									   "((n.amount - n.refunded_amount) * 100)::bigint "
+									   "((n.amount - n.refunded_amount) * 100)::bigint, (n.amount * 100)::bigint "
 									   "FROM loyalty_new n WHERE n.status OPERATOR(pg_catalog.=) 'paid' "
 									   "ORDER BY n.customer_id, n.ordered_at, n.order_id", 0, NULL);
 	ctx_init(&ctx);

@@ -409,11 +409,11 @@ RETURNS numeric
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((
-	SELECT pg_catalog.sum(s.cents)::numeric / 100 FROM crm.loyalty_account a,
+	SELECT (pg_catalog.sum(s.cents)::numeric / 100)::numeric(16,2) FROM crm.loyalty_account a,
 	       LATERAL pg_catalog.unnest(a.spend_cents) WITH ORDINALITY s(cents, k)
 	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id
 	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.>) crm.loyalty_month(at) - 12
-	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)), 0);
+	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)), 0.00);
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
 	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone)';
 
@@ -687,7 +687,7 @@ BEGIN
 			(r.customer_id, r.customer_id, 'merge', 0, - r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now());
 	END LOOP;
 	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
-	VALUES (restored, survivor, 'merge', 0, pg_catalog.format('unmerged customer %s from %s', restored, survivor), pg_catalog.now());
+	VALUES (restored, restored, 'merge', 0, pg_catalog.format('unmerged customer %s from %s', restored, survivor), pg_catalog.now());
 	-- 3. Both ledgers are rebuilt from their journal rows.
 	UPDATE crm.loyalty_account a
 	SET ledger = (SELECT crm.ledger_agg(p.lots, p.points) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
