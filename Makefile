@@ -50,3 +50,7 @@ $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES) $(EXTENSION).control
 # have crm_ext and pgtap; scripts/test prepares one).
 pgtap:
 	pg_prove --verbose --ext .sql -r test/pgtap
+
+# The regression and isolation suites with every backend under valgrind.
+valgrind-check:
+	scripts/valgrind
