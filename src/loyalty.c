@@ -305,6 +305,13 @@ local_to_ts(struct pg_tm *tm, fsec_t fsec)
 	return result;
 }
 
+/* The last month_end expiry computed: orders of one month share it. */
+static TimestampTz memo_from = DT_NOEND,
+			memo_to = DT_NOBEGIN,
+			memo_expiry;
+static pg_tz *memo_tz;
+static int	memo_months;
+
 /* When points earned at t expire, by the programme's policy. */
 static TimestampTz
 expiry_of(TimestampTz t)
@@ -313,15 +320,36 @@ expiry_of(TimestampTz t)
 	fsec_t		fsec;
 	int			m;
 
+	if (conf.month_end && memo_tz == conf.tz && memo_months == conf.expiry_months &&
+		t >= memo_from && t < memo_to)
+		return memo_expiry;
 	local_tm(t, &tm, &fsec);
 	if (conf.month_end)
 	{
+		struct pg_tm mt;
+
+		/* remember [start of this month, start of next month) */
+		memset(&mt, 0, sizeof(mt));
+		mt.tm_year = tm.tm_year;
+		mt.tm_mon = tm.tm_mon;
+		mt.tm_mday = 1;
+		memo_from = local_to_ts(&mt, 0);
+		m = tm.tm_year * 12 + tm.tm_mon;
+		memset(&mt, 0, sizeof(mt));
+		mt.tm_year = m / 12;
+		mt.tm_mon = m % 12 + 1;
+		mt.tm_mday = 1;
+		memo_to = local_to_ts(&mt, 0);
+		memo_tz = conf.tz;
+		memo_months = conf.expiry_months;
+
 		m = tm.tm_year * 12 + (tm.tm_mon - 1) + conf.expiry_months + 1;
 		memset(&tm, 0, sizeof(tm));
 		tm.tm_year = m / 12;
 		tm.tm_mon = m % 12 + 1;
 		tm.tm_mday = 1;
-		return local_to_ts(&tm, 0);
+		memo_expiry = local_to_ts(&tm, 0);
+		return memo_expiry;
 	}
 	m = tm.tm_year * 12 + (tm.tm_mon - 1) + conf.expiry_months;
 	tm.tm_year = m / 12;
@@ -484,8 +512,7 @@ journal_add(Ctx *ctx, int64 cust, int64 origin, const char *kind, int64 points,
 	dbuf_push(&ctx->j[8], reason ? CStringGetTextDatum(reason) : (Datum) 0, reason == NULL);
 }
 
-static SPIPlanPtr plan_journal,
-			plan_accounts,
+static SPIPlanPtr plan_write,
 			plan_history,
 			plan_lock,
 			plan_ensure;
@@ -505,30 +532,27 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 static void
 prepare_common_plans(void)
 {
-	if (plan_journal == NULL)
+	if (plan_write == NULL)
 	{
-		Oid			t[J_COLS] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
-		conf.ledger_array_type, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID};
-
-		plan_journal = prepare_kept(
-									"INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
-									"SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))",
-									J_COLS, t);
-	}
-	if (plan_accounts == NULL)
-	{
-		Oid			t[A_COLS] = {INT8ARRAYOID, conf.ledger_array_type, INT8ARRAYOID, TEXTARRAYOID,
+		Oid			t[J_COLS + A_COLS] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+			conf.ledger_array_type, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID,
+			INT8ARRAYOID, conf.ledger_array_type, INT8ARRAYOID, TEXTARRAYOID,
 		TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 
-		plan_accounts = prepare_kept(
-									 "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
-									 "tier_since = u.tier_since, spend_month = u.spend_month, "
-									 "spend_cents = $7[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
-									 "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
-									 "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($8)) WITH ORDINALITY "
-									 "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
-									 "WHERE a.customer_id OPERATOR(pg_catalog.=) u.customer_id",
-									 A_COLS, t);
+		/* One statement writes the journal rows and the changed accounts. */
+		plan_write = prepare_kept(
+								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
+								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
+								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
+								  "tier_since = u.tier_since, spend_month = u.spend_month, "
+								  "spend_cents = $16[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
+								  "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
+								  "FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), "
+								  "pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY "
+								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
+								  "WHERE a.customer_id OPERATOR(pg_catalog.=) u.customer_id",
+								  J_COLS + A_COLS, t);
 	}
 	if (plan_history == NULL)
 	{
@@ -569,71 +593,60 @@ prepare_common_plans(void)
 static void
 flush(Ctx *ctx, bool include_carry)
 {
-	int			i;
+	int			i,
+				k;
+	DatumBuf	a[A_COLS];
+	Datum		args[J_COLS + A_COLS];
+	Oid			el[J_COLS + A_COLS] = {INT8OID, INT8OID, TEXTOID, INT8OID, conf.ledger_type,
+		INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID,
+		INT8OID, conf.ledger_type, INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID};
+	int			total = ctx->naccts + (include_carry && ctx->carry ? 1 : 0);
 
-	if (ctx->j[0].n > 0)
-	{
-		Datum		args[J_COLS];
-		Oid			el[J_COLS] = {INT8OID, INT8OID, TEXTOID, INT8OID, conf.ledger_type,
-		INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID};
-
-		for (i = 0; i < J_COLS; i++)
-			args[i] = dbuf_array(&ctx->j[i], el[i]);
-		if (SPI_execute_plan(plan_journal, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "journal insert failed");
-		for (i = 0; i < J_COLS; i++)
-			ctx->j[i].n = 0;
-	}
 	if (ctx->h[0].n > 0)
 	{
-		Datum		args[H_COLS];
-		Oid			el[H_COLS] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID};
+		Datum		hargs[H_COLS];
+		Oid			hel[H_COLS] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID};
 
 		for (i = 0; i < H_COLS; i++)
-			args[i] = dbuf_array(&ctx->h[i], el[i]);
-		if (SPI_execute_plan(plan_history, args, NULL, false, 0) != SPI_OK_INSERT)
+			hargs[i] = dbuf_array(&ctx->h[i], hel[i]);
+		if (SPI_execute_plan(plan_history, hargs, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "tier history insert failed");
 		for (i = 0; i < H_COLS; i++)
 			ctx->h[i].n = 0;
 	}
+	memset(a, 0, sizeof(a));
+	for (i = 0; i < total; i++)
 	{
-		DatumBuf	a[A_COLS];
-		Oid			el[A_COLS] = {INT8OID, conf.ledger_type, INT8OID, TEXTOID,
-		TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID};
-		Datum		args[A_COLS];
-		int			k,
-					total = ctx->naccts + (include_carry && ctx->carry ? 1 : 0);
+		Acct	   *ac = (i < ctx->naccts) ? &ctx->accts[i] : ctx->carry;
+		int64		q = 0;
 
-		memset(a, 0, sizeof(a));
-		for (i = 0; i < total; i++)
-		{
-			Acct	   *ac = (i < ctx->naccts) ? &ctx->accts[i] : ctx->carry;
-			int64		q = 0;
-
-			if (!ac->changed)
-				continue;
-			for (k = 0; k < 12; k++)
-				q += ac->spend[k];
-			dbuf_push(&a[0], Int64GetDatum(ac->cust), false);
-			dbuf_push(&a[1], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
-			dbuf_push(&a[2], Int64GetDatum(ac->debt), false);
-			dbuf_push(&a[3], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
-			dbuf_push(&a[4], TimestampTzGetDatum(ac->tier_since), false);
-			dbuf_push(&a[5], Int32GetDatum(ac->spend_month), false);
-			for (k = 0; k < 12; k++)
-				dbuf_push(&a[6], Int64GetDatum(ac->spend[k]), false);
-			dbuf_push(&a[7], Int64GetDatum(q), false);
-			ac->changed = false;
-		}
-		if (a[0].n > 0)
-		{
-			for (i = 0; i < A_COLS; i++)
-				args[i] = dbuf_array(&a[i], el[i]);
-			if (SPI_execute_plan(plan_accounts, args, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "account update failed");
-		}
+		if (!ac->changed)
+			continue;
+		for (k = 0; k < 12; k++)
+			q += ac->spend[k];
+		dbuf_push(&a[0], Int64GetDatum(ac->cust), false);
+		dbuf_push(&a[1], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
+		dbuf_push(&a[2], Int64GetDatum(ac->debt), false);
+		dbuf_push(&a[3], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
+		dbuf_push(&a[4], TimestampTzGetDatum(ac->tier_since), false);
+		dbuf_push(&a[5], Int32GetDatum(ac->spend_month), false);
+		for (k = 0; k < 12; k++)
+			dbuf_push(&a[6], Int64GetDatum(ac->spend[k]), false);
+		dbuf_push(&a[7], Int64GetDatum(q), false);
+		ac->changed = false;
 	}
+	if (ctx->j[0].n == 0 && a[0].n == 0)
+		return;
+	for (i = 0; i < J_COLS; i++)
+		args[i] = dbuf_array(&ctx->j[i], el[i]);
+	for (i = 0; i < A_COLS; i++)
+		args[J_COLS + i] = dbuf_array(&a[i], el[J_COLS + i]);
+	if (SPI_execute_plan(plan_write, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "journal and account write failed");
+	for (i = 0; i < J_COLS; i++)
+		ctx->j[i].n = 0;
 }
+
 
 static int
 cmp_int64(const void *a, const void *b)
@@ -644,77 +657,96 @@ cmp_int64(const void *a, const void *b)
 	return x < y ? -1 : (x > y ? 1 : 0);
 }
 
-/*
- * Locks and loads the accounts of custs[0..n) (sorted, distinct) into
- * ctx->accts.  With ensure, missing accounts are created first at the lowest
- * tier, tier_since = since[i].
- */
+/* Appends the accounts of a lock query's result to ctx->accts. */
 static void
-load_accounts(Ctx *ctx, int64 *custs, TimestampTz *since, int n, bool ensure)
+parse_accounts(Ctx *ctx, SPITupleTable *tt, uint64 rows)
 {
-	DatumBuf	cb = {0},
-				sb = {0};
-	Datum		arg;
-	int			i;
-	SPITupleTable *tt;
-	uint64		rows;
+	uint64		i;
 
-	ctx->naccts = 0;
-	if (n == 0)
-		return;
-	for (i = 0; i < n; i++)
-	{
-		dbuf_push(&cb, Int64GetDatum(custs[i]), false);
-		if (since)
-			dbuf_push(&sb, TimestampTzGetDatum(since[i]), false);
-	}
-	arg = dbuf_array(&cb, INT8OID);
-	if (ensure)
-	{
-		Datum		eargs[3];
-
-		eargs[0] = arg;
-		eargs[1] = CStringGetTextDatum(conf.tiers[0].name);
-		eargs[2] = dbuf_array(&sb, TIMESTAMPTZOID);
-		if (SPI_execute_plan(plan_ensure, eargs, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "account insert failed");
-	}
-	if (SPI_execute_plan(plan_lock, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "account lock failed");
-	tt = SPI_tuptable;
-	rows = SPI_processed;
-	ctx->accts = palloc0(sizeof(Acct) * Max(rows, 1));
-	for (i = 0; i < (int) rows; i++)
+	for (i = 0; i < rows; i++)
 	{
 		HeapTuple	tup = tt->vals[i];
 		TupleDesc	desc = tt->tupdesc;
-		Acct	   *ac = &ctx->accts[i];
+		Acct	   *ac = &ctx->accts[ctx->naccts++];
 		bool		isnull;
 		Datum	   *sd;
 		int			ns,
 					k;
-		char	   *tier;
+		Datum		bm;
 
 		ac->cust = getint64(tup, desc, 1, &isnull);
 		lotbuf_from_ledger(&ac->lots, DatumGetLedgerP(SPI_getbinval(tup, desc, 2, &isnull)));
 		ac->debt = getint64(tup, desc, 3, &isnull);
-		tier = SPI_getvalue(tup, desc, 4);
-		ac->tier = tier_index(tier);
+		ac->tier = tier_index(SPI_getvalue(tup, desc, 4));
 		ac->tier_since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
 		ac->spend_month = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
 						  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &sd, NULL, &ns);
 		for (k = 0; k < 12; k++)
 			ac->spend[k] = k < ns ? DatumGetInt64(sd[k]) : 0;
-		{
-			Datum		bm = SPI_getbinval(tup, desc, 8, &isnull);
-
-			ac->birth_month = isnull ? 0 : DatumGetInt32(bm);
-		}
+		bm = SPI_getbinval(tup, desc, 8, &isnull);
+		ac->birth_month = isnull ? 0 : DatumGetInt32(bm);
 		ac->changed = false;
 	}
-	ctx->naccts = (int) rows;
 	SPI_freetuptable(tt);
+}
+
+static int
+cmp_acct(const void *a, const void *b)
+{
+	return cmp_int64(&((const Acct *) a)->cust, &((const Acct *) b)->cust);
+}
+
+/*
+ * Locks and loads the accounts of custs[0..n) (sorted, distinct) into
+ * ctx->accts, in customer-id order.  With ensure, accounts that do not
+ * exist yet are then created at the lowest tier (tier_since = since[i]) and
+ * locked too.
+ */
+static void
+load_accounts(Ctx *ctx, int64 *custs, TimestampTz *since, int n, bool ensure)
+{
+	DatumBuf	cb = {0};
+	Datum		arg;
+	int			i;
+
+	ctx->naccts = 0;
+	ctx->accts = palloc0(sizeof(Acct) * Max(n, 1));
+	if (n == 0)
+		return;
+	for (i = 0; i < n; i++)
+		dbuf_push(&cb, Int64GetDatum(custs[i]), false);
+	arg = dbuf_array(&cb, INT8OID);
+	if (SPI_execute_plan(plan_lock, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "account lock failed");
+	parse_accounts(ctx, SPI_tuptable, SPI_processed);
+	if (ensure && ctx->naccts < n)
+	{
+		DatumBuf	mb = {0},
+					sb = {0};
+		Datum		eargs[3];
+		int			j = 0;
+
+		/* both lists are sorted: collect the customers without an account */
+		for (i = 0; i < n; i++)
+		{
+			while (j < ctx->naccts && ctx->accts[j].cust < custs[i])
+				j++;
+			if (j < ctx->naccts && ctx->accts[j].cust == custs[i])
+				continue;
+			dbuf_push(&mb, Int64GetDatum(custs[i]), false);
+			dbuf_push(&sb, TimestampTzGetDatum(since ? since[i] : ctx->now), false);
+		}
+		eargs[0] = dbuf_array(&mb, INT8OID);
+		eargs[1] = CStringGetTextDatum(conf.tiers[0].name);
+		eargs[2] = dbuf_array(&sb, TIMESTAMPTZOID);
+		if (SPI_execute_plan(plan_ensure, eargs, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "account insert failed");
+		if (SPI_execute_plan(plan_lock, eargs, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "account lock failed");
+		parse_accounts(ctx, SPI_tuptable, SPI_processed);
+		qsort(ctx->accts, ctx->naccts, sizeof(Acct), cmp_acct);
+	}
 }
 
 static Acct *

@@ -91,7 +91,6 @@ CREATE TABLE crm.loyalty_account (
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	CONSTRAINT loyalty_account_balance_not_negative CHECK (crm.ledger_total(ledger) >= 0)
 );
-CREATE INDEX loyalty_account_next_expiry_idx ON crm.loyalty_account (crm.ledger_next_expiry(ledger));
 COMMENT ON TABLE crm.loyalty_account IS 'A member''s points (ledger, a cache of crm.points_journal), debt, tier and qualifying spend';
 COMMENT ON COLUMN crm.loyalty_account.ledger IS 'Points as lots by expiry; crm.verify_ledgers() checks it against the journal';
 COMMENT ON COLUMN crm.loyalty_account.debt IS 'Points clawed back by refunds that the balance could not cover; repaid from the next points earned';
@@ -102,8 +101,11 @@ COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents 
 CREATE SEQUENCE crm.points_journal_id_seq;
 CREATE TABLE crm.points_journal (
 	journal_id		bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.points_journal_id_seq'::pg_catalog.regclass),
-	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id),
-	origin_customer_id bigint NOT NULL REFERENCES crm.customer (customer_id),
+	-- No foreign keys here: rows are written only by crm_ext's own code for
+	-- customers that have an account (which does reference crm.customer),
+	-- and bulk loads would pay two key checks per row.
+	customer_id		bigint NOT NULL,
+	origin_customer_id bigint NOT NULL,
 	kind			text NOT NULL CONSTRAINT points_journal_kind_valid
 					CHECK (kind IN ('earn', 'spend', 'expire', 'adjust', 'clawback', 'merge')),
 	points			bigint NOT NULL,
