@@ -71,6 +71,9 @@ SELECT crm.ledger_spend(l, 120, '2026-01-01+00') AS fifo,
        crm.ledger_spend(l, 60, '2026-02-15+00') AS skips_expired,
        crm.ledger_spend(l, 180, '2026-01-01+00') AS everything
 FROM l;
+-- by date, not by label or by when earned: the lot earned later but expiring
+-- first is spent first
+SELECT crm.ledger_spend('{(5,2026-03-01T00:00:00Z,2025-01-01T00:00:00Z,1),(100,2026-02-01T00:00:00Z,2025-06-15T00:00:00Z,2)}', 7, '2025-07-01+00') AS expiry_first;
 SELECT pg_temp.expect_error($$SELECT crm.ledger_spend(l, 181, '2026-01-01+00') FROM l$$) AS short;
 SELECT pg_temp.expect_error($$SELECT crm.ledger_spend(l, 100, '2026-02-15+00') FROM l$$) AS expired_lots_do_not_count;
 SELECT pg_temp.expect_error($$SELECT crm.ledger_spend(l, 0, '2026-01-01+00') FROM l$$) AS zero;

@@ -54,6 +54,32 @@ SELECT order_id, points FROM crm.points_journal WHERE order_id = 112;
 UPDATE crm.loyalty_program SET time_zone = 'UTC';
 
 -- ---------------------------------------------------------------------------
+-- Expiry policy at exact boundaries, in a programme time zone that is not
+-- the session's, across leap years.
+-- ---------------------------------------------------------------------------
+UPDATE crm.loyalty_program SET time_zone = 'Asia/Shanghai';
+SELECT e AS earned, crm.loyalty_expires_at(e) AT TIME ZONE 'Asia/Shanghai' AS expires_shanghai_local,
+       crm.loyalty_expires_at(e) AS expires_session_tz
+FROM unnest(ARRAY['2025-01-31 23:59:59.999999+08', '2025-02-01 00:00:00+08', '2024-02-29 12:00+08',
+                  '2025-12-31 23:30+08']::timestamptz[]) e ORDER BY e;
+UPDATE crm.loyalty_program SET expiry_rounding = 'exact';
+SELECT e AS earned, crm.loyalty_expires_at(e) AT TIME ZONE 'Asia/Shanghai' AS expires_shanghai_local
+FROM unnest(ARRAY['2024-02-29 12:00+08', '2025-01-31 09:15+08', '2023-03-31 23:59:59+08']::timestamptz[]) e ORDER BY e;
+UPDATE crm.loyalty_program SET expiry_months = 48;
+SELECT crm.loyalty_expires_at('2024-02-29 12:00+08') AT TIME ZONE 'Asia/Shanghai' AS leap_to_leap;
+UPDATE crm.loyalty_program SET time_zone = 'America/New_York', expiry_months = 1;
+-- across the spring-forward gap: 2026-03-08 02:30 does not exist in New York
+SELECT crm.loyalty_expires_at('2026-02-08 02:30-05') AS exact_into_dst_gap;
+UPDATE crm.loyalty_program SET time_zone = 'UTC', expiry_rounding = 'month_end', expiry_months = 12;
+-- an order at the last instant of a month in the programme zone
+UPDATE crm.loyalty_program SET time_zone = 'Asia/Shanghai';
+INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) VALUES
+	(120, 6, 'web', '2025-01-31 23:59:59+08', 10.00), (121, 6, 'web', '2025-02-01 00:00:00+08', 10.00);
+SELECT order_id, lots FROM crm.points_journal WHERE order_id IN (120, 121) ORDER BY order_id;
+SELECT crm.points_balance(6, '2026-01-31 23:59:59.999999+08') - crm.points_balance(6, '2026-02-01 00:00:00+08') AS lost_at_shanghai_midnight;
+UPDATE crm.loyalty_program SET time_zone = 'UTC';
+
+-- ---------------------------------------------------------------------------
 -- Tiers: crossing a threshold upgrades at once; the crossing order earns at
 -- the old tier, the next at the new multiplier.
 -- ---------------------------------------------------------------------------
