@@ -1239,8 +1239,6 @@ lines_finish_order(Ctx *ctx, Acct *ac)
 	lines_cur.order_id = 0;
 }
 
-static Acct *lines_acct;
-
 static void
 line_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 {
@@ -1251,7 +1249,9 @@ line_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 
 	if (order_id != lines_cur.order_id)
 	{
-		lines_finish_order(ctx, lines_acct);
+		/* the previous order's customer is in this batch or carried over */
+		if (lines_cur.order_id != 0)
+			lines_finish_order(ctx, find_acct(ctx, lines_cur.cust));
 		lines_cur.order_id = order_id;
 		lines_cur.cust = ac->cust;
 		lines_cur.origin = getint64(tup, desc, 3, &isnull);
@@ -1262,7 +1262,6 @@ line_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 		lines_cur.clawed = getint64(tup, desc, 10, &isnull);
 		lines_cur.bonus = 0;
 	}
-	lines_acct = ac;
 	rule = rule_at(lines_cur.at);
 	if (rule == NULL)
 		return;
@@ -1281,9 +1280,10 @@ Datum
 crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 {
 	Ctx			ctx;
-	SPITupleTable *tt;
-	uint64		rows,
-				i;
+	DatumBuf	cats = {0};
+	Datum		arg;
+	int			r,
+				k;
 
 	check_statement_trigger(fcinfo, "crm.loyalty_lines_insert()", false);
 	connect_and_load();
@@ -1295,6 +1295,10 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 	SPI_register_trigger_data((TriggerData *) fcinfo->context);
 	prepare_common_plans();
 	if (plan_lines == NULL)
+	{
+		Oid			t[1] = {TEXTARRAYOID};
+
+		/* lines of bonus categories, per order and category, by customer */
 		plan_lines = prepare_kept(
 								  "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
 								  "(o.amount * 100)::bigint, (o.net_amount * 100)::bigint, l.category, "
@@ -1305,52 +1309,23 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 								  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
 								  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed "
 								  "  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) o.order_id) j ON true "
-								  "WHERE o.status OPERATOR(pg_catalog.=) 'paid' "
+								  "WHERE o.status OPERATOR(pg_catalog.=) 'paid' AND l.category OPERATOR(pg_catalog.=) ANY ($1) "
 								  "GROUP BY 1, 2, 3, 4, 5, 6, 7, 9, 10 "
-								  "ORDER BY 1, 2, 7", 0, NULL);
+								  "ORDER BY 1, 2, 7", 1, t);
+	}
+	for (r = 0; r < conf.nrules; r++)
+		for (k = 0; k < conf.rules[r].nbonus; k++)
+			if (conf.rules[r].bonus_e4[k] > 0)
+				dbuf_push(&cats, CStringGetTextDatum(conf.rules[r].bonus_cat[k]), false);
+	arg = dbuf_array(&cats, TEXTOID);
 	ctx_init(&ctx);
-
-	/*
-	 * Lines are few per order; load them all (grouped per order and
-	 * category), lock the customers' accounts in id order, then earn.
-	 */
-	if (SPI_execute_plan(plan_lines, NULL, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "order line query failed");
-	tt = SPI_tuptable;
-	rows = SPI_processed;
-	if (rows > 0)
+	memset(&lines_cur, 0, sizeof(lines_cur));
+	drive(&ctx, plan_lines, &arg, false, 0, line_row);
+	/* the last order */
+	if (lines_cur.order_id != 0)
 	{
-		int64	   *custs = palloc(sizeof(int64) * rows);
-		int			nc = 0;
-
-		for (i = 0; i < rows; i++)
-		{
-			bool		isnull;
-			int64		c = getint64(tt->vals[i], tt->tupdesc, 1, &isnull);
-
-			if (nc == 0 || custs[nc - 1] != c)
-				custs[nc++] = c;
-		}
-		qsort(custs, nc, sizeof(int64), cmp_int64);
-		load_accounts(&ctx, custs, NULL, nc, false);
-		memset(&lines_cur, 0, sizeof(lines_cur));
-		lines_acct = NULL;
-		for (i = 0; i < rows; i++)
-		{
-			bool		isnull;
-			Acct	   *ac = find_acct(&ctx, getint64(tt->vals[i], tt->tupdesc, 1, &isnull));
-
-			CHECK_FOR_INTERRUPTS();
-			if (ac == NULL)
-			{
-				lines_finish_order(&ctx, lines_acct);
-				lines_acct = NULL;
-				continue;
-			}
-			line_row(&ctx, ac, tt->vals[i], tt->tupdesc);
-		}
-		lines_finish_order(&ctx, lines_acct);
-		flush(&ctx, false);
+		lines_finish_order(&ctx, find_acct(&ctx, lines_cur.cust));
+		flush(&ctx, true);
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);
