@@ -520,7 +520,12 @@ static SPIPlanPtr plan_write,
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+	/*
+	 * Generic plans: with array parameters the planner would otherwise keep
+	 * choosing a fresh custom plan, and planning would cost more than the
+	 * work itself.
+	 */
+	SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (p == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
