@@ -512,20 +512,23 @@ journal_add(Ctx *ctx, int64 cust, int64 origin, const char *kind, int64 points,
 	dbuf_push(&ctx->j[8], reason ? CStringGetTextDatum(reason) : (Datum) 0, reason == NULL);
 }
 
-static SPIPlanPtr plan_write,
-			plan_history,
-			plan_lock,
-			plan_ensure;
+/*
+ * The statements that take arrays of accounts or journal rows come in two
+ * variants: [0] always planned for the actual arrays (bulk batches, where
+ * planning is cheap against the work), [1] generic (a few rows, where
+ * planning would dominate).
+ */
+#define SMALL_BATCH 32
+static SPIPlanPtr plan_write[2],
+			plan_lock[2],
+			plan_ensure[2];
+static SPIPlanPtr plan_history;
+static int	plan_variant;		/* the variant the current batch uses */
 
 static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
+prepare_kept_opt(const char *sql, int nargs, Oid *argtypes, int options)
 {
-	/*
-	 * Generic plans: with array parameters the planner would otherwise keep
-	 * choosing a fresh custom plan, and planning would cost more than the
-	 * work itself.
-	 */
-	SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, options);
 
 	if (p == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
@@ -534,10 +537,21 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return p;
 }
 
+/*
+ * Generic plans: with array parameters the planner would otherwise keep
+ * choosing a fresh custom plan for every statement, and for a handful of
+ * rows planning costs more than the work.
+ */
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_kept_opt(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+}
+
 static void
 prepare_common_plans(void)
 {
-	if (plan_write == NULL)
+	if (plan_write[0] == NULL)
 	{
 		Oid			t[J_COLS + A_COLS] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
 			conf.ledger_array_type, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID,
@@ -545,7 +559,20 @@ prepare_common_plans(void)
 		TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 
 		/* One statement writes the journal rows and the changed accounts. */
-		plan_write = prepare_kept(
+		plan_write[0] = prepare_kept_opt(
+								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
+								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
+								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
+								  "tier_since = u.tier_since, spend_month = u.spend_month, "
+								  "spend_cents = $16[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
+								  "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
+								  "FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), "
+								  "pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY "
+								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
+								  "WHERE a.customer_id OPERATOR(pg_catalog.=) u.customer_id",
+								  J_COLS + A_COLS, t, CURSOR_OPT_CUSTOM_PLAN);
+		plan_write[1] = prepare_kept(
 								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
 								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
 								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
@@ -570,11 +597,18 @@ prepare_common_plans(void)
 									"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
 									H_COLS, t);
 	}
-	if (plan_lock == NULL)
+	if (plan_lock[0] == NULL)
 	{
 		Oid			t[1] = {INT8ARRAYOID};
 
-		plan_lock = prepare_kept(
+		plan_lock[0] = prepare_kept_opt(
+								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
+								 "pg_catalog.date_part('month', c.birthday)::integer "
+								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
+								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
+								 "ORDER BY a.customer_id FOR UPDATE OF a",
+								 1, t, CURSOR_OPT_CUSTOM_PLAN);
+		plan_lock[1] = prepare_kept(
 								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
 								 "pg_catalog.date_part('month', c.birthday)::integer "
 								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
@@ -582,11 +616,16 @@ prepare_common_plans(void)
 								 "ORDER BY a.customer_id FOR UPDATE OF a",
 								 1, t);
 	}
-	if (plan_ensure == NULL)
+	if (plan_ensure[0] == NULL)
 	{
 		Oid			t[3] = {INT8ARRAYOID, TEXTOID, TIMESTAMPTZARRAYOID};
 
-		plan_ensure = prepare_kept(
+		plan_ensure[0] = prepare_kept_opt(
+								   "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
+								   "SELECT u.c, $2, u.t FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($3)) AS u(c, t) ORDER BY u.c "
+								   "ON CONFLICT (customer_id) DO NOTHING",
+								   3, t, CURSOR_OPT_CUSTOM_PLAN);
+		plan_ensure[1] = prepare_kept(
 								   "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
 								   "SELECT u.c, $2, u.t FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($3)) AS u(c, t) ORDER BY u.c "
 								   "ON CONFLICT (customer_id) DO NOTHING",
@@ -646,7 +685,7 @@ flush(Ctx *ctx, bool include_carry)
 		args[i] = dbuf_array(&ctx->j[i], el[i]);
 	for (i = 0; i < A_COLS; i++)
 		args[J_COLS + i] = dbuf_array(&a[i], el[J_COLS + i]);
-	if (SPI_execute_plan(plan_write, args, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(plan_write[plan_variant], args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "journal and account write failed");
 	for (i = 0; i < J_COLS; i++)
 		ctx->j[i].n = 0;
@@ -722,7 +761,7 @@ load_accounts(Ctx *ctx, int64 *custs, TimestampTz *since, int n, bool ensure)
 	for (i = 0; i < n; i++)
 		dbuf_push(&cb, Int64GetDatum(custs[i]), false);
 	arg = dbuf_array(&cb, INT8OID);
-	if (SPI_execute_plan(plan_lock, &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan_lock[plan_variant], &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "account lock failed");
 	parse_accounts(ctx, SPI_tuptable, SPI_processed);
 	if (ensure && ctx->naccts < n)
@@ -745,9 +784,9 @@ load_accounts(Ctx *ctx, int64 *custs, TimestampTz *since, int n, bool ensure)
 		eargs[0] = dbuf_array(&mb, INT8OID);
 		eargs[1] = CStringGetTextDatum(conf.tiers[0].name);
 		eargs[2] = dbuf_array(&sb, TIMESTAMPTZOID);
-		if (SPI_execute_plan(plan_ensure, eargs, NULL, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(plan_ensure[plan_variant], eargs, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "account insert failed");
-		if (SPI_execute_plan(plan_lock, eargs, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(plan_lock[plan_variant], eargs, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "account lock failed");
 		parse_accounts(ctx, SPI_tuptable, SPI_processed);
 		qsort(ctx->accts, ctx->naccts, sizeof(Acct), cmp_acct);
@@ -925,6 +964,7 @@ drive(Ctx *ctx, SPIPlanPtr plan, Datum *args, bool ensure, int since_col, RowFn 
 		rows = SPI_processed;
 		if (rows == 0)
 			break;
+		plan_variant = rows <= SMALL_BATCH ? 1 : 0;
 		old = MemoryContextSwitchTo(ctx->batch_cxt);
 		custs = palloc(sizeof(int64) * rows);
 		since = palloc(sizeof(TimestampTz) * rows);

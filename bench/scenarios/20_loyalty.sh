@@ -129,6 +129,7 @@ stress_out=$(pgbench -n -c 16 -j 2 -t "$stress_tx" -D prev_acct=1 -D prev_pts=1 
 t1=$(date +%s.%N)
 stress_tps=$(echo "$stress_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 failed_tx=$(echo "$stress_out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
+bench_sql "CREATE INDEX ON bench_accepted (key); ANALYZE bench_accepted"
 checks=$(psql -X -At -F' ' -c "
 SELECT (SELECT count(*) FROM crm.verify_ledgers()),
        (SELECT count(*) FROM crm.loyalty_account WHERE crm.ledger_total(ledger) < 0 OR debt < 0),
