@@ -125,7 +125,7 @@ SELECT bench_redeem(:prev_acct, :prev_pts, 'stress-' || :client_id || '-' || :pr
 \endif
 EOF
 t0=$(date +%s.%N)
-stress_out=$(pgbench -n -c 16 -j 2 -t "$stress_tx" -D prev_acct=1 -D prev_pts=1 -D prev_key=0 -f "$BENCH_OUT/loyalty_redeem.sql" 2>&1)
+stress_out=$(pgbench -n -c 16 -j 2 -t "$stress_tx" -D prev_acct=1 -D prev_pts=1 -D prev_key=0 -f "$BENCH_OUT/loyalty_redeem.sql" 2>&1) || echo "$stress_out" | grep -v "^progress" | tail -20 >&2
 t1=$(date +%s.%N)
 stress_tps=$(echo "$stress_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
 failed_tx=$(echo "$stress_out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
