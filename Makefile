@@ -9,7 +9,9 @@ OBJS = \
 	src/sample.o \
 	src/triggers.o \
 	src/loyalty_ledger.o \
-	src/loyalty.o
+	src/loyalty.o \
+	src/id_merge.o \
+	src/identity.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
@@ -18,7 +20,9 @@ SQL_SOURCES = \
 	src/core.sql \
 	src/sample.sql \
 	src/loyalty_ledger.sql \
-	src/loyalty.sql
+	src/loyalty.sql \
+	src/id_merge.sql \
+	src/identity.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)

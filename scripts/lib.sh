@@ -48,7 +48,9 @@ cluster_start() {
 		echo "max_prepared_transactions = 10"
 		for line in "$@"; do echo "$line"; done
 	} | as_cluster_user tee -a "$dir/data/postgresql.conf" >/dev/null
-	as_cluster_user "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
+	# CLUSTER_POSTGRES: another program to start as the server (a valgrind wrapper).
+	as_cluster_user "$PGBIN/pg_ctl" ${CLUSTER_POSTGRES:+-p "$CLUSTER_POSTGRES"} \
+		-D "$dir/data" -l "$dir/server.log" -w -t 300 start >/dev/null \
 		|| { cat "$dir/server.log"; return 1; }
 	export PGHOST=$dir PGPORT=5432 PGUSER=$CLUSTER_USER PGDATABASE=postgres
 }

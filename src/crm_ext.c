@@ -25,4 +25,5 @@ _PG_init(void)
 {
 	crm_triggers_init();
 	crm_loyalty_init();
+	crm_identity_init();
 }

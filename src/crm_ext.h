@@ -23,5 +23,7 @@ extern void crm_triggers_init(void);
 
 /* loyalty.c */
 extern void crm_loyalty_init(void);
+/* identity.c */
+extern void crm_identity_init(void);
 
 #endif							/* CRM_EXT_H */

@@ -79,7 +79,7 @@ CREATE TRIGGER earn_rule_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON
 -- Accounts, journal, tier history
 -- ---------------------------------------------------------------------------
 CREATE TABLE crm.loyalty_account (
-	customer_id		bigint PRIMARY KEY REFERENCES crm.customer (customer_id),
+	customer_id		bigint PRIMARY KEY REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
 	ledger			crm.loyalty_ledger NOT NULL DEFAULT '{}',
 	debt			bigint NOT NULL DEFAULT 0 CONSTRAINT loyalty_account_debt_not_negative CHECK (debt >= 0),
 	tier			text NOT NULL REFERENCES crm.tier (tier) ON UPDATE CASCADE,
@@ -167,7 +167,7 @@ REVOKE UPDATE, DELETE, TRUNCATE ON crm.points_journal FROM PUBLIC;
 CREATE SEQUENCE crm.tier_history_id_seq;
 CREATE TABLE crm.tier_history (
 	tier_history_id	bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.tier_history_id_seq'::pg_catalog.regclass),
-	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
 	from_tier		text,
 	to_tier			text NOT NULL,
 	changed_at		timestamptz NOT NULL,

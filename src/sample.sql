@@ -177,9 +177,9 @@ BEGIN
 	            WHEN crm.sample_uniform(seed, 10, r.person_id) < 0.98 THEN 'm' ELSE 'x' END,
 	       r.home_store, r.channel, r.created_at
 	FROM pg_temp.crm_sample_rec r
-	ORDER BY r.customer_id;
+;
 	INSERT INTO crm.sample_person (customer_id, person_id)
-	SELECT customer_id, person_id FROM pg_temp.crm_sample_rec ORDER BY customer_id;
+	SELECT customer_id, person_id FROM pg_temp.crm_sample_rec;
 
 	-- Identifiers ----------------------------------------------------------------
 	-- Each record: its channel's identifier; records of one person linked in a
@@ -263,7 +263,7 @@ BEGIN
 		                                                                window_days - r.first_day) AS day) AS d
 		WHERE r.n_orders > 0
 	) AS o
-	ORDER BY o.order_id;
+;
 
 	-- Order lines ----------------------------------------------------------------
 	-- 1-5 lines splitting the order amount exactly.  Line 1 follows the
@@ -304,7 +304,7 @@ BEGIN
 		FROM pg_catalog.generate_series(1, o.n_lines) AS g(line_no)
 	) AS l
 	JOIN crm.sample_categories() AS c ON c.category_no = l.cat
-	ORDER BY o.order_id, l.line_no;
+;
 
 	-- Events ---------------------------------------------------------------------
 	INSERT INTO crm.event (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props)
@@ -332,7 +332,7 @@ BEGIN
 		                          ELSE crm.sample_category(crm.sample_uniform(seed, 45, r.events_before + j)) END
 		WHERE r.n_events > 0
 	) AS e
-	ORDER BY e.event_id;
+;
 
 	-- Sequences continue after the sample's ids.
 	PERFORM pg_catalog.setval('crm.customer_id_seq', (SELECT max(c.customer_id) FROM crm.customer c));
