@@ -8,6 +8,8 @@ OBJS = \
 	src/crm_ext.o \
 	src/sample.o \
 	src/triggers.o \
+	src/loyalty_ledger.o \
+	src/loyalty.o \
 	src/id_merge.o \
 	src/identity.o \
 	src/seg_config.o \
@@ -23,6 +25,8 @@ SQL_SOURCES = \
 	src/header.sql \
 	src/core.sql \
 	src/sample.sql \
+	src/loyalty_ledger.sql \
+	src/loyalty.sql \
 	src/id_merge.sql \
 	src/identity.sql \
 	src/rfm_score.sql \

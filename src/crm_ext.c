@@ -24,6 +24,7 @@ void
 _PG_init(void)
 {
 	crm_triggers_init();
+	crm_loyalty_init();
 	crm_identity_init();
 	crm_seg_config_init();
 }

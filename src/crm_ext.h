@@ -21,6 +21,8 @@
 /* triggers.c */
 extern void crm_triggers_init(void);
 
+/* loyalty.c */
+extern void crm_loyalty_init(void);
 /* identity.c */
 extern void crm_identity_init(void);
 /* seg_config.c */

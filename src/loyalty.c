@@ -1,0 +1,1377 @@
+/*
+ * loyalty.c
+ *		The member programme's triggers (statement-level, over transition
+ *		tables) and the per-backend configuration cache.
+ *
+ * crm.loyalty_orders_insert	paid orders earn points (rules, tier and
+ *								birthday/member-day multipliers), add
+ *								qualifying spend, upgrade tiers at once
+ * crm.loyalty_orders_update	refunds claw points back proportionally
+ * crm.loyalty_lines_insert		category bonus for the lines of paid orders
+ *
+ * Each trigger reads its transition table sorted by customer in batches,
+ * locks the affected accounts in customer-id order (as redemptions and
+ * crm.tick do), changes each account in memory and writes the journal rows
+ * and accounts back with one INSERT and one UPDATE per batch over unnest()
+ * arrays.  Plans are prepared once per backend; the configuration (programme,
+ * tiers, earn rules) is cached and invalidated through the relcache when the
+ * configuration tables change (crm.loyalty_config_changed).
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "common/int.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgtime.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/date.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "crm_ext.h"
+#include "loyalty.h"
+#include "loyalty_ledger.h"
+
+#define BATCH_ROWS	10000
+
+/* ------------------------------------------------------------------------
+ * Configuration cache
+ * ------------------------------------------------------------------------
+ */
+typedef struct TierConf
+{
+	char	   *name;
+	int			rank;
+	int64		threshold_cents;
+	int64		mult_milli;
+} TierConf;
+
+typedef struct RuleConf
+{
+	TimestampTz valid_from;
+	TimestampTz valid_to;
+	int64		ppu_e4;			/* points per unit x 10^4 */
+	int64		bday_milli;
+	int			member_day;		/* 0 = none */
+	int64		md_milli;
+	int			nbonus;
+	char	  **bonus_cat;
+	int64	   *bonus_e4;
+} RuleConf;
+
+typedef struct LoyaltyConf
+{
+	bool		valid;
+	MemoryContext cxt;
+	pg_tz	   *tz;
+	int			expiry_months;
+	bool		month_end;
+	int			ntiers;
+	TierConf   *tiers;			/* by rank ascending */
+	int			nrules;
+	RuleConf   *rules;			/* priority desc, valid_from desc */
+	bool		any_bonus;
+	Oid			relids[3];
+	Oid			ledger_type;
+	Oid			ledger_array_type;
+} LoyaltyConf;
+
+static LoyaltyConf conf;
+
+static void
+loyalty_relcache_cb(Datum arg, Oid relid)
+{
+	int			i;
+
+	if (!conf.valid)
+		return;
+	if (relid == InvalidOid)
+	{
+		conf.valid = false;
+		return;
+	}
+	for (i = 0; i < 3; i++)
+		if (conf.relids[i] == relid)
+			conf.valid = false;
+}
+
+void
+crm_loyalty_init(void)
+{
+	CacheRegisterRelcacheCallback(loyalty_relcache_cb, (Datum) 0);
+}
+
+static int64
+getint64(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
+{
+	Datum		d = SPI_getbinval(tup, desc, col, isnull);
+
+	return *isnull ? 0 : DatumGetInt64(d);
+}
+
+/* Loads the configuration if needed; the caller is connected to SPI. */
+static void
+load_conf(void)
+{
+	MemoryContext old;
+	int			ret,
+				i;
+	bool		isnull;
+	char	   *tzname = "UTC";
+
+	if (conf.valid)
+		return;
+	if (conf.cxt == NULL)
+		conf.cxt = AllocSetContextCreate(TopMemoryContext, "crm loyalty config",
+										 ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(conf.cxt);
+	memset(&conf.relids, 0, sizeof(conf.relids));
+	conf.tz = NULL;
+	conf.expiry_months = 12;
+	conf.month_end = true;
+	conf.ntiers = 0;
+	conf.nrules = 0;
+	conf.any_bonus = false;
+
+	ret = SPI_execute("SELECT 'crm.loyalty_program'::pg_catalog.regclass::pg_catalog.oid, "
+					  "'crm.tier'::pg_catalog.regclass::pg_catalog.oid, "
+					  "'crm.earn_rule'::pg_catalog.regclass::pg_catalog.oid, "
+					  "'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
+					  "p.time_zone, p.expiry_months, p.expiry_rounding "
+					  "FROM (SELECT 1) one LEFT JOIN crm.loyalty_program p ON true LIMIT 1",
+					  true, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read crm.loyalty_program");
+	old = MemoryContextSwitchTo(conf.cxt);
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		for (i = 0; i < 3; i++)
+			conf.relids[i] = DatumGetObjectId(SPI_getbinval(tup, desc, i + 1, &isnull));
+		conf.ledger_type = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		if (SPI_getbinval(tup, desc, 5, &isnull), !isnull)
+		{
+			tzname = SPI_getvalue(tup, desc, 5);
+			conf.expiry_months = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+			conf.month_end = strcmp(SPI_getvalue(tup, desc, 7), "month_end") == 0;
+		}
+	}
+	conf.ledger_array_type = get_array_type(conf.ledger_type);
+	conf.tz = pg_tzset(tzname);
+	if (conf.tz == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("crm.loyalty_program has an unknown time zone \"%s\"", tzname)));
+	MemoryContextSwitchTo(old);
+
+	ret = SPI_execute("SELECT t.tier, t.rank, (t.threshold * 100)::bigint, (t.multiplier * 1000)::bigint "
+					  "FROM crm.tier t ORDER BY t.rank", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.tier");
+	old = MemoryContextSwitchTo(conf.cxt);
+	conf.ntiers = (int) SPI_processed;
+	conf.tiers = palloc0(sizeof(TierConf) * Max(conf.ntiers, 1));
+	for (i = 0; i < conf.ntiers; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		conf.tiers[i].name = SPI_getvalue(tup, desc, 1);
+		conf.tiers[i].rank = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		conf.tiers[i].threshold_cents = getint64(tup, desc, 3, &isnull);
+		conf.tiers[i].mult_milli = getint64(tup, desc, 4, &isnull);
+	}
+	MemoryContextSwitchTo(old);
+	if (conf.ntiers == 0 || conf.tiers[0].threshold_cents != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the loyalty programme needs a lowest tier with threshold 0"),
+				 errhint("Add a row to crm.tier with threshold 0 and the lowest rank.")));
+
+	ret = SPI_execute("SELECT r.valid_from, r.valid_to, (r.points_per_unit * 10000)::bigint, "
+					  "(r.birthday_multiplier * 1000)::bigint, coalesce(r.member_day, 0), "
+					  "(r.member_day_multiplier * 1000)::bigint, "
+					  "ARRAY(SELECT b.key FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY 1), "
+					  "ARRAY(SELECT (b.value::text::numeric * 10000)::bigint FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY b.key) "
+					  "FROM crm.earn_rule r ORDER BY r.priority DESC, r.valid_from DESC, r.rule", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.earn_rule");
+	old = MemoryContextSwitchTo(conf.cxt);
+	conf.nrules = (int) SPI_processed;
+	conf.rules = palloc0(sizeof(RuleConf) * Max(conf.nrules, 1));
+	for (i = 0; i < conf.nrules; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		RuleConf   *r = &conf.rules[i];
+		ArrayType  *cats,
+				   *vals;
+		Datum	   *cd,
+				   *vd;
+		int			nc,
+					nv,
+					k;
+
+		r->valid_from = DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull));
+		r->valid_to = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		r->ppu_e4 = getint64(tup, desc, 3, &isnull);
+		r->bday_milli = getint64(tup, desc, 4, &isnull);
+		r->member_day = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		r->md_milli = getint64(tup, desc, 6, &isnull);
+		cats = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 7, &isnull));
+		vals = DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 8, &isnull));
+		deconstruct_array(cats, TEXTOID, -1, false, TYPALIGN_INT, &cd, NULL, &nc);
+		deconstruct_array(vals, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &vd, NULL, &nv);
+		r->nbonus = Min(nc, nv);
+		r->bonus_cat = palloc(sizeof(char *) * Max(r->nbonus, 1));
+		r->bonus_e4 = palloc(sizeof(int64) * Max(r->nbonus, 1));
+		for (k = 0; k < r->nbonus; k++)
+		{
+			r->bonus_cat[k] = TextDatumGetCString(cd[k]);
+			r->bonus_e4[k] = DatumGetInt64(vd[k]);
+			if (r->bonus_e4[k] > 0)
+				conf.any_bonus = true;
+		}
+	}
+	MemoryContextSwitchTo(old);
+	conf.valid = true;
+}
+
+static const RuleConf *
+rule_at(TimestampTz t)
+{
+	int			i;
+
+	for (i = 0; i < conf.nrules; i++)
+		if (conf.rules[i].valid_from <= t && t < conf.rules[i].valid_to)
+			return &conf.rules[i];
+	return NULL;
+}
+
+static int
+tier_index(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < conf.ntiers; i++)
+		if (strcmp(conf.tiers[i].name, name) == 0)
+			return i;
+	return 0;
+}
+
+/* Local calendar fields of t in the programme time zone. */
+static void
+local_tm(TimestampTz t, struct pg_tm *tm, fsec_t *fsec)
+{
+	int			tzoff;
+
+	if (timestamp2tm(t, &tzoff, tm, fsec, NULL, conf.tz) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+}
+
+static int32
+month_index(TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	local_tm(t, &tm, &fsec);
+	return tm.tm_year * 12 + tm.tm_mon - 1;
+}
+
+static TimestampTz
+local_to_ts(struct pg_tm *tm, fsec_t fsec)
+{
+	int			tzoff = DetermineTimeZoneOffset(tm, conf.tz);
+	TimestampTz result;
+
+	if (tm2timestamp(tm, fsec, &tzoff, &result) != 0 || !IS_VALID_TIMESTAMP(result))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("expiry timestamp out of range")));
+	return result;
+}
+
+/* The last month_end expiry computed: orders of one month share it. */
+static TimestampTz memo_from = DT_NOEND,
+			memo_to = DT_NOBEGIN,
+			memo_expiry;
+static pg_tz *memo_tz;
+static int	memo_months;
+
+/* When points earned at t expire, by the programme's policy. */
+static TimestampTz
+expiry_of(TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			m;
+
+	if (conf.month_end && memo_tz == conf.tz && memo_months == conf.expiry_months &&
+		t >= memo_from && t < memo_to)
+		return memo_expiry;
+	local_tm(t, &tm, &fsec);
+	if (conf.month_end)
+	{
+		struct pg_tm mt;
+
+		/* remember [start of this month, start of next month) */
+		memset(&mt, 0, sizeof(mt));
+		mt.tm_year = tm.tm_year;
+		mt.tm_mon = tm.tm_mon;
+		mt.tm_mday = 1;
+		memo_from = local_to_ts(&mt, 0);
+		m = tm.tm_year * 12 + tm.tm_mon;
+		memset(&mt, 0, sizeof(mt));
+		mt.tm_year = m / 12;
+		mt.tm_mon = m % 12 + 1;
+		mt.tm_mday = 1;
+		memo_to = local_to_ts(&mt, 0);
+		memo_tz = conf.tz;
+		memo_months = conf.expiry_months;
+
+		m = tm.tm_year * 12 + (tm.tm_mon - 1) + conf.expiry_months + 1;
+		memset(&tm, 0, sizeof(tm));
+		tm.tm_year = m / 12;
+		tm.tm_mon = m % 12 + 1;
+		tm.tm_mday = 1;
+		memo_expiry = local_to_ts(&tm, 0);
+		return memo_expiry;
+	}
+	m = tm.tm_year * 12 + (tm.tm_mon - 1) + conf.expiry_months;
+	tm.tm_year = m / 12;
+	tm.tm_mon = m % 12 + 1;
+	tm.tm_mday = Min(tm.tm_mday, day_tab[isleap(tm.tm_year)][tm.tm_mon - 1]);
+	tm.tm_isdst = -1;
+	return local_to_ts(&tm, fsec);
+}
+
+static void
+connect_and_load(void)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	load_conf();
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_expires_at);
+
+/* crm.loyalty_expires_at(earned_at): the expiry policy applied. */
+Datum
+crm_loyalty_expires_at(PG_FUNCTION_ARGS)
+{
+	TimestampTz t = PG_GETARG_TIMESTAMPTZ(0);
+	TimestampTz r;
+
+	if (TIMESTAMP_NOT_FINITE(t))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("earned_at must be a finite timestamp")));
+	connect_and_load();
+	r = expiry_of(t);
+	SPI_finish();
+	PG_RETURN_TIMESTAMPTZ(r);
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_month);
+
+/* crm.loyalty_month(at): year * 12 + month - 1 in the programme time zone. */
+Datum
+crm_loyalty_month(PG_FUNCTION_ARGS)
+{
+	TimestampTz t = PG_GETARG_TIMESTAMPTZ(0);
+	int32		m;
+
+	if (TIMESTAMP_NOT_FINITE(t))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be a finite timestamp")));
+	connect_and_load();
+	m = month_index(t);
+	SPI_finish();
+	PG_RETURN_INT32(m);
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_config_changed);
+
+/*
+ * crm.loyalty_config_changed(): AFTER statement trigger on the configuration
+ * tables; a relcache invalidation of the table reaches every backend.
+ */
+Datum
+crm_loyalty_config_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.loyalty_config_changed() must be an AFTER statement trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	conf.valid = false;
+	return PointerGetDatum(NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Accounts in memory and the write buffers
+ * ------------------------------------------------------------------------
+ */
+typedef struct Acct
+{
+	int64		cust;
+	LotBuf		lots;
+	int64		debt;
+	int			tier;			/* index into conf.tiers */
+	TimestampTz tier_since;
+	int32		spend_month;
+	int64		spend[12];		/* [0] = spend_month */
+	int			birth_month;	/* 0 = unknown */
+	bool		changed;
+} Acct;
+
+typedef struct DatumBuf
+{
+	int			n;
+	int			cap;
+	Datum	   *v;
+	bool	   *null;
+} DatumBuf;
+
+#define J_COLS	9
+#define A_COLS	8
+#define H_COLS	6
+
+typedef struct Ctx
+{
+	MemoryContext batch_cxt;
+	MemoryContext carry_cxt[2];
+	int			carry_i;
+	DatumBuf	j[J_COLS];		/* journal rows */
+	DatumBuf	h[H_COLS];		/* tier history rows */
+	Acct	   *accts;			/* this batch's accounts, by customer */
+	int			naccts;
+	Acct	   *carry;			/* the last customer of the previous batch */
+	TimestampTz now;
+} Ctx;
+
+static void
+dbuf_push(DatumBuf *b, Datum v, bool isnull)
+{
+	if (b->n == b->cap)
+	{
+		b->cap = b->cap ? b->cap * 2 : 256;
+		b->v = b->v ? repalloc(b->v, sizeof(Datum) * b->cap) : palloc(sizeof(Datum) * b->cap);
+		b->null = b->null ? repalloc(b->null, sizeof(bool) * b->cap) : palloc(sizeof(bool) * b->cap);
+	}
+	b->v[b->n] = v;
+	b->null[b->n] = isnull;
+	b->n++;
+}
+
+static Datum
+dbuf_array(DatumBuf *b, Oid elemtype)
+{
+	int16		typlen;
+	bool		byval;
+	char		align;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &byval, &align);
+	dims[0] = b->n;
+	return PointerGetDatum(construct_md_array(b->v, b->null, 1, dims, lbs,
+											  elemtype, typlen, byval, align));
+}
+
+static void
+journal_add(Ctx *ctx, int64 cust, int64 origin, const char *kind, int64 points,
+			Ledger *lots, int64 debt, int64 order_id, TimestampTz at, const char *reason)
+{
+	dbuf_push(&ctx->j[0], Int64GetDatum(cust), false);
+	dbuf_push(&ctx->j[1], Int64GetDatum(origin), false);
+	dbuf_push(&ctx->j[2], CStringGetTextDatum(kind), false);
+	dbuf_push(&ctx->j[3], Int64GetDatum(points), false);
+	dbuf_push(&ctx->j[4], PointerGetDatum(lots), false);
+	dbuf_push(&ctx->j[5], Int64GetDatum(debt), false);
+	dbuf_push(&ctx->j[6], Int64GetDatum(order_id), order_id == 0);
+	dbuf_push(&ctx->j[7], TimestampTzGetDatum(at), false);
+	dbuf_push(&ctx->j[8], reason ? CStringGetTextDatum(reason) : (Datum) 0, reason == NULL);
+}
+
+/*
+ * The statements that take arrays of accounts or journal rows come in two
+ * variants: [0] always planned for the actual arrays (bulk batches, where
+ * planning is cheap against the work), [1] generic (a few rows, where
+ * planning would dominate).
+ */
+#define SMALL_BATCH 32
+static SPIPlanPtr plan_write[2],
+			plan_lock[2],
+			plan_ensure[2];
+static SPIPlanPtr plan_history;
+static int	plan_variant;		/* the variant the current batch uses */
+
+static SPIPlanPtr
+prepare_kept_opt(const char *sql, int nargs, Oid *argtypes, int options)
+{
+	SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, options);
+
+	if (p == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(p) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return p;
+}
+
+/*
+ * Generic plans: with array parameters the planner would otherwise keep
+ * choosing a fresh custom plan for every statement, and for a handful of
+ * rows planning costs more than the work.
+ */
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_kept_opt(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+}
+
+static void
+prepare_common_plans(void)
+{
+	if (plan_write[0] == NULL)
+	{
+		Oid			t[J_COLS + A_COLS] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+			conf.ledger_array_type, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID,
+			INT8ARRAYOID, conf.ledger_array_type, INT8ARRAYOID, TEXTARRAYOID,
+		TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+
+		/* One statement writes the journal rows and the changed accounts. */
+		plan_write[0] = prepare_kept_opt(
+								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
+								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
+								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
+								  "tier_since = u.tier_since, spend_month = u.spend_month, "
+								  "spend_cents = $16[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
+								  "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
+								  "FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), "
+								  "pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY "
+								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
+								  "WHERE a.customer_id OPERATOR(pg_catalog.=) u.customer_id",
+								  J_COLS + A_COLS, t, CURSOR_OPT_CUSTOM_PLAN);
+		plan_write[1] = prepare_kept(
+								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
+								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
+								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
+								  "tier_since = u.tier_since, spend_month = u.spend_month, "
+								  "spend_cents = $16[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
+								  "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
+								  "FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), "
+								  "pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY "
+								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
+								  "WHERE a.customer_id OPERATOR(pg_catalog.=) u.customer_id",
+								  J_COLS + A_COLS, t);
+	}
+	if (plan_history == NULL)
+	{
+		Oid			t[H_COLS] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		INT8ARRAYOID, INT8ARRAYOID};
+
+		plan_history = prepare_kept(
+									"INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
+									"SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::numeric / 100 "
+									"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
+									H_COLS, t);
+	}
+	if (plan_lock[0] == NULL)
+	{
+		Oid			t[1] = {INT8ARRAYOID};
+
+		plan_lock[0] = prepare_kept_opt(
+								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
+								 "pg_catalog.date_part('month', c.birthday)::integer "
+								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
+								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
+								 "ORDER BY a.customer_id FOR UPDATE OF a",
+								 1, t, CURSOR_OPT_CUSTOM_PLAN);
+		plan_lock[1] = prepare_kept(
+								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
+								 "pg_catalog.date_part('month', c.birthday)::integer "
+								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
+								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
+								 "ORDER BY a.customer_id FOR UPDATE OF a",
+								 1, t);
+	}
+	if (plan_ensure[0] == NULL)
+	{
+		Oid			t[3] = {INT8ARRAYOID, TEXTOID, TIMESTAMPTZARRAYOID};
+
+		plan_ensure[0] = prepare_kept_opt(
+								   "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
+								   "SELECT u.c, $2, u.t FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($3)) AS u(c, t) ORDER BY u.c "
+								   "ON CONFLICT (customer_id) DO NOTHING",
+								   3, t, CURSOR_OPT_CUSTOM_PLAN);
+		plan_ensure[1] = prepare_kept(
+								   "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
+								   "SELECT u.c, $2, u.t FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($3)) AS u(c, t) ORDER BY u.c "
+								   "ON CONFLICT (customer_id) DO NOTHING",
+								   3, t);
+	}
+}
+
+/* Writes the buffered journal rows, tier changes and changed accounts. */
+static void
+flush(Ctx *ctx, bool include_carry)
+{
+	int			i,
+				k;
+	DatumBuf	a[A_COLS];
+	Datum		args[J_COLS + A_COLS];
+	Oid			el[J_COLS + A_COLS] = {INT8OID, INT8OID, TEXTOID, INT8OID, conf.ledger_type,
+		INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID,
+		INT8OID, conf.ledger_type, INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID};
+	int			total = ctx->naccts + (include_carry && ctx->carry ? 1 : 0);
+
+	if (ctx->h[0].n > 0)
+	{
+		Datum		hargs[H_COLS];
+		Oid			hel[H_COLS] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID};
+
+		for (i = 0; i < H_COLS; i++)
+			hargs[i] = dbuf_array(&ctx->h[i], hel[i]);
+		if (SPI_execute_plan(plan_history, hargs, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "tier history insert failed");
+		for (i = 0; i < H_COLS; i++)
+			ctx->h[i].n = 0;
+	}
+	memset(a, 0, sizeof(a));
+	for (i = 0; i < total; i++)
+	{
+		Acct	   *ac = (i < ctx->naccts) ? &ctx->accts[i] : ctx->carry;
+		int64		q = 0;
+
+		if (!ac->changed)
+			continue;
+		for (k = 0; k < 12; k++)
+			q += ac->spend[k];
+		dbuf_push(&a[0], Int64GetDatum(ac->cust), false);
+		dbuf_push(&a[1], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
+		dbuf_push(&a[2], Int64GetDatum(ac->debt), false);
+		dbuf_push(&a[3], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
+		dbuf_push(&a[4], TimestampTzGetDatum(ac->tier_since), false);
+		dbuf_push(&a[5], Int32GetDatum(ac->spend_month), false);
+		for (k = 0; k < 12; k++)
+			dbuf_push(&a[6], Int64GetDatum(ac->spend[k]), false);
+		dbuf_push(&a[7], Int64GetDatum(q), false);
+		ac->changed = false;
+	}
+	if (ctx->j[0].n == 0 && a[0].n == 0)
+		return;
+	for (i = 0; i < J_COLS; i++)
+		args[i] = dbuf_array(&ctx->j[i], el[i]);
+	for (i = 0; i < A_COLS; i++)
+		args[J_COLS + i] = dbuf_array(&a[i], el[J_COLS + i]);
+	if (SPI_execute_plan(plan_write[plan_variant], args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "journal and account write failed");
+	for (i = 0; i < J_COLS; i++)
+		ctx->j[i].n = 0;
+}
+
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a,
+				y = *(const int64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/* Appends the accounts of a lock query's result to ctx->accts. */
+static void
+parse_accounts(Ctx *ctx, SPITupleTable *tt, uint64 rows)
+{
+	uint64		i;
+
+	for (i = 0; i < rows; i++)
+	{
+		HeapTuple	tup = tt->vals[i];
+		TupleDesc	desc = tt->tupdesc;
+		Acct	   *ac = &ctx->accts[ctx->naccts++];
+		bool		isnull;
+		Datum	   *sd;
+		int			ns,
+					k;
+		Datum		bm;
+
+		ac->cust = getint64(tup, desc, 1, &isnull);
+		lotbuf_from_ledger(&ac->lots, DatumGetLedgerP(SPI_getbinval(tup, desc, 2, &isnull)));
+		ac->debt = getint64(tup, desc, 3, &isnull);
+		ac->tier = tier_index(SPI_getvalue(tup, desc, 4));
+		ac->tier_since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+		ac->spend_month = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
+						  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &sd, NULL, &ns);
+		for (k = 0; k < 12; k++)
+			ac->spend[k] = k < ns ? DatumGetInt64(sd[k]) : 0;
+		bm = SPI_getbinval(tup, desc, 8, &isnull);
+		ac->birth_month = isnull ? 0 : DatumGetInt32(bm);
+		ac->changed = false;
+	}
+	SPI_freetuptable(tt);
+}
+
+static int
+cmp_acct(const void *a, const void *b)
+{
+	return cmp_int64(&((const Acct *) a)->cust, &((const Acct *) b)->cust);
+}
+
+/*
+ * Locks and loads the accounts of custs[0..n) (sorted, distinct) into
+ * ctx->accts, in customer-id order.  With ensure, accounts that do not
+ * exist yet are then created at the lowest tier (tier_since = since[i]) and
+ * locked too.
+ */
+static void
+load_accounts(Ctx *ctx, int64 *custs, TimestampTz *since, int n, bool ensure)
+{
+	DatumBuf	cb = {0};
+	Datum		arg;
+	int			i;
+
+	ctx->naccts = 0;
+	ctx->accts = palloc0(sizeof(Acct) * Max(n, 1));
+	if (n == 0)
+		return;
+	for (i = 0; i < n; i++)
+		dbuf_push(&cb, Int64GetDatum(custs[i]), false);
+	arg = dbuf_array(&cb, INT8OID);
+	if (SPI_execute_plan(plan_lock[plan_variant], &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "account lock failed");
+	parse_accounts(ctx, SPI_tuptable, SPI_processed);
+	if (ensure && ctx->naccts < n)
+	{
+		DatumBuf	mb = {0},
+					sb = {0};
+		Datum		eargs[3];
+		int			j = 0;
+
+		/* both lists are sorted: collect the customers without an account */
+		for (i = 0; i < n; i++)
+		{
+			while (j < ctx->naccts && ctx->accts[j].cust < custs[i])
+				j++;
+			if (j < ctx->naccts && ctx->accts[j].cust == custs[i])
+				continue;
+			dbuf_push(&mb, Int64GetDatum(custs[i]), false);
+			dbuf_push(&sb, TimestampTzGetDatum(since ? since[i] : ctx->now), false);
+		}
+		eargs[0] = dbuf_array(&mb, INT8OID);
+		eargs[1] = CStringGetTextDatum(conf.tiers[0].name);
+		eargs[2] = dbuf_array(&sb, TIMESTAMPTZOID);
+		if (SPI_execute_plan(plan_ensure[plan_variant], eargs, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "account insert failed");
+		if (SPI_execute_plan(plan_lock[plan_variant], eargs, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "account lock failed");
+		parse_accounts(ctx, SPI_tuptable, SPI_processed);
+		qsort(ctx->accts, ctx->naccts, sizeof(Acct), cmp_acct);
+	}
+}
+
+static Acct *
+find_acct(Ctx *ctx, int64 cust)
+{
+	int			lo = 0,
+				hi = ctx->naccts;
+
+	if (ctx->carry && ctx->carry->cust == cust)
+		return ctx->carry;
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (ctx->accts[mid].cust < cust)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < ctx->naccts && ctx->accts[lo].cust == cust)
+		return &ctx->accts[lo];
+	return NULL;
+}
+
+/* Qualifying spend: add cents (may be negative) to the month's bucket. */
+static void
+spend_add(Acct *ac, int32 month, int64 cents)
+{
+	int			k;
+
+	if (month > ac->spend_month)
+	{
+		int64		shift = (int64) month - ac->spend_month;
+
+		if (shift >= 12)
+			memset(ac->spend, 0, sizeof(ac->spend));
+		else
+		{
+			memmove(&ac->spend[shift], &ac->spend[0], sizeof(int64) * (12 - shift));
+			memset(&ac->spend[0], 0, sizeof(int64) * shift);
+		}
+		ac->spend_month = month;
+	}
+	k = ac->spend_month - month;
+	if (k >= 12)
+		return;					/* older than the window: counts no more */
+	if (pg_add_s64_overflow(ac->spend[k], cents, &ac->spend[k]))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("qualifying spend out of range")));
+	if (ac->spend[k] < 0)
+		ac->spend[k] = 0;
+	ac->changed = true;
+}
+
+static int64
+spend_total(const Acct *ac)
+{
+	int64		q = 0;
+	int			k;
+
+	for (k = 0; k < 12; k++)
+		if (pg_add_s64_overflow(q, ac->spend[k], &q))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("qualifying spend out of range")));
+	return q;
+}
+
+static Ledger *
+single_lot(int64 points, TimestampTz expires, TimestampTz earned, int64 source)
+{
+	LotBuf		b;
+
+	lotbuf_init(&b, 1);
+	lotbuf_add(&b, points, expires, earned, source);
+	return lotbuf_to_ledger(&b);
+}
+
+/*
+ * Earn: a lot for the order, journaled; then any debt is repaid from it.
+ */
+static void
+earn(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 points,
+	 TimestampTz at, TimestampTz expires, const char *reason)
+{
+	if (points <= 0)
+		return;
+	if (expires <= at)
+		expires = at + 1;		/* a policy cannot expire points before they exist */
+	lotbuf_add(&ac->lots, points, expires, at, order_id);
+	journal_add(ctx, ac->cust, origin, "earn", points,
+				single_lot(points, expires, at, order_id), 0, order_id, at, reason);
+	if (ac->debt > 0)
+	{
+		LotBuf		taken;
+		int64		got;
+
+		lotbuf_init(&taken, 1);
+		got = lotbuf_take(&ac->lots, Min(ac->debt, points), expires, DT_NOBEGIN, &taken);
+		ac->debt -= got;
+		journal_add(ctx, ac->cust, origin, "clawback", -got, lotbuf_to_ledger(&taken),
+					-got, 0, at, "debt repayment");
+	}
+	ac->changed = true;
+}
+
+/*
+ * Claw back what an order's net amount no longer covers: target clawed =
+ * earned - floor(earned * net / amount); the difference to what was already
+ * clawed is taken from the order's lot first, then FIFO, the shortfall
+ * becoming debt.
+ */
+static void
+clawback(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 earned, int64 clawed,
+		 TimestampTz expires, int64 net_cents, int64 amount_cents, TimestampTz at)
+{
+	int128		keep;
+	int64		delta,
+				got;
+	LotBuf		taken;
+
+	if (earned <= 0)
+		return;
+	keep = (amount_cents > 0 && net_cents > 0) ?
+		((int128) earned * net_cents) / amount_cents : 0;
+	delta = earned - (int64) keep - clawed;
+	if (delta <= 0)
+		return;
+	lotbuf_init(&taken, 2);
+	got = lotbuf_take(&ac->lots, delta, expires, DT_NOBEGIN, &taken);
+	if (pg_add_s64_overflow(ac->debt, delta - got, &ac->debt))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("points debt out of range")));
+	journal_add(ctx, ac->cust, origin, "clawback", -got, lotbuf_to_ledger(&taken),
+				delta - got, order_id, at, "refund");
+	ac->changed = true;
+}
+
+/* ------------------------------------------------------------------------
+ * The batch driver
+ * ------------------------------------------------------------------------
+ */
+typedef void (*RowFn) (Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc);
+
+/*
+ * Runs plan (rows sorted by customer_id in column 1) as a cursor in batches;
+ * for each batch locks the customers' accounts, calls fn per row and writes
+ * the results.  since_col: column of the time that starts a new account's
+ * tier (with ensure).
+ */
+static void
+drive(Ctx *ctx, SPIPlanPtr plan, Datum *args, bool ensure, int since_col, RowFn fn)
+{
+	Portal		portal = SPI_cursor_open(NULL, plan, args, NULL, true);
+	MemoryContext outer = CurrentMemoryContext;
+
+	for (;;)
+	{
+		SPITupleTable *tt;
+		uint64		rows,
+					i;
+		int64	   *custs;
+		TimestampTz *since;
+		int			nc = 0;
+		MemoryContext old;
+
+		SPI_cursor_fetch(portal, true, BATCH_ROWS);
+		tt = SPI_tuptable;
+		rows = SPI_processed;
+		if (rows == 0)
+			break;
+		plan_variant = rows <= SMALL_BATCH ? 1 : 0;
+		old = MemoryContextSwitchTo(ctx->batch_cxt);
+		custs = palloc(sizeof(int64) * rows);
+		since = palloc(sizeof(TimestampTz) * rows);
+		for (i = 0; i < rows; i++)
+		{
+			bool		isnull;
+			int64		c = getint64(tt->vals[i], tt->tupdesc, 1, &isnull);
+
+			if (ctx->carry && ctx->carry->cust == c)
+				continue;
+			if (nc > 0 && custs[nc - 1] == c)
+				continue;
+			custs[nc] = c;
+			since[nc] = since_col ? DatumGetTimestampTz(SPI_getbinval(tt->vals[i], tt->tupdesc, since_col, &isnull)) : ctx->now;
+			nc++;
+		}
+		load_accounts(ctx, custs, since, nc, ensure);
+		for (i = 0; i < rows; i++)
+		{
+			bool		isnull;
+			int64		c = getint64(tt->vals[i], tt->tupdesc, 1, &isnull);
+			Acct	   *ac = find_acct(ctx, c);
+
+			CHECK_FOR_INTERRUPTS();
+			if (ac)
+				fn(ctx, ac, tt->vals[i], tt->tupdesc);
+		}
+		flush(ctx, true);
+		/* Keep the batch's last customer (it may continue) in the other carry context. */
+		{
+			bool		isnull;
+			int64		last = getint64(tt->vals[rows - 1], tt->tupdesc, 1, &isnull);
+			Acct	   *ac = find_acct(ctx, last);
+			MemoryContext cc = ctx->carry_cxt[ctx->carry_i ^ 1];
+			Acct	   *copy = NULL;
+
+			if (ac)
+			{
+				copy = MemoryContextAlloc(cc, sizeof(Acct));
+				*copy = *ac;
+				copy->lots.cap = Max(ac->lots.n, 4);
+				copy->lots.lots = MemoryContextAlloc(cc, sizeof(LedgerLot) * copy->lots.cap);
+				memcpy(copy->lots.lots, ac->lots.lots, sizeof(LedgerLot) * ac->lots.n);
+			}
+			MemoryContextReset(ctx->carry_cxt[ctx->carry_i]);
+			ctx->carry_i ^= 1;
+			ctx->carry = copy;
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(ctx->batch_cxt);
+		memset(ctx->j, 0, sizeof(ctx->j));
+		memset(ctx->h, 0, sizeof(ctx->h));
+		ctx->accts = NULL;
+		ctx->naccts = 0;
+		SPI_freetuptable(tt);
+		if (rows < BATCH_ROWS)
+			break;
+	}
+	SPI_cursor_close(portal);
+	MemoryContextSwitchTo(outer);
+}
+
+static void
+ctx_init(Ctx *ctx)
+{
+	memset(ctx, 0, sizeof(Ctx));
+	ctx->batch_cxt = AllocSetContextCreate(CurrentMemoryContext, "crm loyalty batch", ALLOCSET_DEFAULT_SIZES);
+	ctx->carry_cxt[0] = AllocSetContextCreate(CurrentMemoryContext, "crm loyalty carry", ALLOCSET_SMALL_SIZES);
+	ctx->carry_cxt[1] = AllocSetContextCreate(CurrentMemoryContext, "crm loyalty carry", ALLOCSET_SMALL_SIZES);
+	ctx->now = GetCurrentTransactionStartTimestamp();
+}
+
+static void
+check_statement_trigger(FunctionCallInfo fcinfo, const char *name, bool update)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s was not called by the trigger manager", name)));
+	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) ||
+		(update ? !TRIGGER_FIRED_BY_UPDATE(td->tg_event) : !TRIGGER_FIRED_BY_INSERT(td->tg_event)))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s must be an AFTER %s statement trigger", name, update ? "UPDATE" : "INSERT")));
+	if (td->tg_newtable == NULL || (update && td->tg_oldtable == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s needs its transition tables", name),
+				 errhint("Create the trigger with REFERENCING NEW TABLE AS loyalty_new%s.",
+						 update ? " and OLD TABLE AS loyalty_old" : "")));
+	if (td->tg_trigger->tgnargs != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s takes no arguments", name)));
+	if (strcmp(td->tg_trigger->tgnewtable, "loyalty_new") != 0 ||
+		(update && strcmp(td->tg_trigger->tgoldtable, "loyalty_old") != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s needs its transition tables named loyalty_new and loyalty_old", name)));
+}
+
+/* ------------------------------------------------------------------------
+ * Orders inserted
+ * ------------------------------------------------------------------------
+ * Columns: 1 customer_id, 2 order_id, 3 origin_customer_id, 4 ordered_at,
+ * 5 net cents, 6 amount cents.
+ */
+static SPIPlanPtr plan_new_orders;
+
+static void
+order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	int64		order_id = getint64(tup, desc, 2, &isnull);
+	int64		origin = getint64(tup, desc, 3, &isnull);
+	TimestampTz at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+	int64		net = getint64(tup, desc, 5, &isnull);
+	int64		amount = getint64(tup, desc, 6, &isnull);
+	const RuleConf *rule = rule_at(at);
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			t;
+
+	local_tm(at, &tm, &fsec);
+	if (rule && net > 0)
+	{
+		/*
+		 * Points are computed on the full amount; an order inserted already
+		 * partly refunded then gives back its share at once, so every later
+		 * refund is proportional to the same base.
+		 */
+		int128		v = (int128) amount * rule->ppu_e4;	/* points x 10^6 */
+		int64		points;
+		TimestampTz expires = expiry_of(at);
+		int128		limit = (int128) PG_INT64_MAX * 1000000;
+
+		v = v * conf.tiers[ac->tier].mult_milli / 1000;
+		if (ac->birth_month != 0 && ac->birth_month == tm.tm_mon)
+			v = v * rule->bday_milli / 1000;
+		if (rule->member_day != 0 && rule->member_day == tm.tm_mday)
+			v = v * rule->md_milli / 1000;
+		if (v >= limit)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("points of order " INT64_FORMAT " out of range", order_id)));
+		points = (int64) (v / 1000000);
+		earn(ctx, ac, origin, order_id, points, at, expires, NULL);
+		if (net < amount)
+			clawback(ctx, ac, origin, order_id, points, 0, expires, net, amount, at);
+	}
+	if (net > 0)
+	{
+		int64		q;
+
+		spend_add(ac, tm.tm_year * 12 + tm.tm_mon - 1, net);
+		/* Crossing a threshold upgrades at once (after this order's points). */
+		q = spend_total(ac);
+		for (t = conf.ntiers - 1; t > ac->tier; t--)
+			if (conf.tiers[t].threshold_cents <= q)
+			{
+				dbuf_push(&ctx->h[0], Int64GetDatum(ac->cust), false);
+				dbuf_push(&ctx->h[1], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
+				dbuf_push(&ctx->h[2], CStringGetTextDatum(conf.tiers[t].name), false);
+				dbuf_push(&ctx->h[3], TimestampTzGetDatum(at), false);
+				dbuf_push(&ctx->h[4], Int64GetDatum(order_id), false);
+				dbuf_push(&ctx->h[5], Int64GetDatum(q), false);
+				ac->tier = t;
+				ac->tier_since = at;
+				ac->changed = true;
+				break;
+			}
+	}
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_orders_insert);
+
+/* crm.loyalty_orders_insert(): AFTER INSERT statement trigger on crm.orders. */
+Datum
+crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
+{
+	Ctx			ctx;
+
+	check_statement_trigger(fcinfo, "crm.loyalty_orders_insert()", false);
+	connect_and_load();
+	SPI_register_trigger_data((TriggerData *) fcinfo->context);
+	prepare_common_plans();
+	if (plan_new_orders == NULL)
+		plan_new_orders = prepare_kept(
+									   "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
+									   "((n.amount - n.refunded_amount) * 100)::bigint, (n.amount * 100)::bigint "
+									   "FROM loyalty_new n WHERE n.status OPERATOR(pg_catalog.=) 'paid' "
+									   "ORDER BY n.customer_id, n.ordered_at, n.order_id", 0, NULL);
+	ctx_init(&ctx);
+	drive(&ctx, plan_new_orders, NULL, true, 4, order_row);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Refunds: orders whose net amount fell.
+ * Columns: 1 customer_id, 2 order_id, 3 origin_customer_id, 4 ordered_at,
+ * 5 amount cents, 6 new net cents, 7 old net cents, 8 earned, 9 clawed,
+ * 10 earned lot expiry.
+ * ------------------------------------------------------------------------
+ */
+static SPIPlanPtr plan_refunds;
+
+static void
+refund_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	int64		order_id = getint64(tup, desc, 2, &isnull);
+	int64		origin = getint64(tup, desc, 3, &isnull);
+	TimestampTz at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+	int64		amount = getint64(tup, desc, 5, &isnull);
+	int64		net = getint64(tup, desc, 6, &isnull);
+	int64		old_net = getint64(tup, desc, 7, &isnull);
+	int64		earned = getint64(tup, desc, 8, &isnull);
+	int64		clawed = getint64(tup, desc, 9, &isnull);
+	Datum		e = SPI_getbinval(tup, desc, 10, &isnull);
+	TimestampTz expires = isnull ? DT_NOBEGIN : DatumGetTimestampTz(e);
+
+	spend_add(ac, month_index(at), net - old_net);
+	clawback(ctx, ac, origin, order_id, earned, clawed, expires, net, amount, ctx->now);
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
+
+/* crm.loyalty_orders_update(): AFTER UPDATE statement trigger on crm.orders. */
+Datum
+crm_loyalty_orders_update(PG_FUNCTION_ARGS)
+{
+	Ctx			ctx;
+
+	check_statement_trigger(fcinfo, "crm.loyalty_orders_update()", true);
+	connect_and_load();
+	SPI_register_trigger_data((TriggerData *) fcinfo->context);
+	prepare_common_plans();
+	if (plan_refunds == NULL)
+		plan_refunds = prepare_kept(
+									"SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
+									"(n.amount * 100)::bigint, (n.net_amount * 100)::bigint, (o.net_amount * 100)::bigint, "
+									"coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires "
+									"FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
+									"LEFT JOIN LATERAL (SELECT "
+									"  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
+									"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed, "
+									"  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires "
+									"  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) n.order_id) j ON true "
+									"WHERE n.net_amount OPERATOR(pg_catalog.<) o.net_amount "
+									"ORDER BY n.customer_id, n.order_id", 0, NULL);
+	ctx_init(&ctx);
+	drive(&ctx, plan_refunds, NULL, false, 0, refund_row);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Order lines: category bonus.
+ * Columns: 1 customer_id, 2 order_id, 3 origin_customer_id, 4 ordered_at,
+ * 5 amount cents, 6 net cents, 7 category, 8 line cents, 9 earned so far,
+ * 10 clawed so far.
+ * ------------------------------------------------------------------------
+ */
+static SPIPlanPtr plan_lines;
+
+static int64
+bonus_of(const RuleConf *rule, const char *cat)
+{
+	int			k;
+
+	for (k = 0; k < rule->nbonus; k++)
+		if (strcmp(rule->bonus_cat[k], cat) == 0)
+			return rule->bonus_e4[k];
+	return 0;
+}
+
+typedef struct LinesState
+{
+	int64		order_id;
+	int64		cust;
+	int64		origin;
+	TimestampTz at;
+	int64		amount;
+	int64		net;
+	int128		bonus;			/* x 10^6 */
+	int64		earned;
+	int64		clawed;
+} LinesState;
+
+static LinesState lines_cur;
+
+static void
+lines_finish_order(Ctx *ctx, Acct *ac)
+{
+	int64		points;
+	TimestampTz expires;
+
+	if (lines_cur.order_id == 0 || ac == NULL)
+		return;
+	if (lines_cur.bonus >= (int128) PG_INT64_MAX * 1000000)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bonus points of order " INT64_FORMAT " out of range", lines_cur.order_id)));
+	points = (int64) (lines_cur.bonus / 1000000);
+	if (points > 0)
+	{
+		expires = expiry_of(lines_cur.at);
+		earn(ctx, ac, lines_cur.origin, lines_cur.order_id, points, lines_cur.at, expires, "category bonus");
+		/* A partly refunded order keeps only its share of the bonus. */
+		if (lines_cur.net < lines_cur.amount)
+			clawback(ctx, ac, lines_cur.origin, lines_cur.order_id, lines_cur.earned + points,
+					 lines_cur.clawed, expires, lines_cur.net, lines_cur.amount, ctx->now);
+	}
+	lines_cur.order_id = 0;
+}
+
+static void
+line_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	int64		order_id = getint64(tup, desc, 2, &isnull);
+	const RuleConf *rule;
+	char	   *cat;
+
+	if (order_id != lines_cur.order_id)
+	{
+		/* the previous order's customer is in this batch or carried over */
+		if (lines_cur.order_id != 0)
+			lines_finish_order(ctx, find_acct(ctx, lines_cur.cust));
+		lines_cur.order_id = order_id;
+		lines_cur.cust = ac->cust;
+		lines_cur.origin = getint64(tup, desc, 3, &isnull);
+		lines_cur.at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		lines_cur.amount = getint64(tup, desc, 5, &isnull);
+		lines_cur.net = getint64(tup, desc, 6, &isnull);
+		lines_cur.earned = getint64(tup, desc, 9, &isnull);
+		lines_cur.clawed = getint64(tup, desc, 10, &isnull);
+		lines_cur.bonus = 0;
+	}
+	rule = rule_at(lines_cur.at);
+	if (rule == NULL)
+		return;
+	cat = SPI_getvalue(tup, desc, 7);
+	lines_cur.bonus += (int128) getint64(tup, desc, 8, &isnull) * bonus_of(rule, cat);
+	if (lines_cur.bonus >= (int128) PG_INT64_MAX * 1000000)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bonus points of order " INT64_FORMAT " out of range", order_id)));
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_lines_insert);
+
+/* crm.loyalty_lines_insert(): AFTER INSERT statement trigger on crm.order_line. */
+Datum
+crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
+{
+	Ctx			ctx;
+	DatumBuf	cats = {0};
+	Datum		arg;
+	int			r,
+				k;
+
+	check_statement_trigger(fcinfo, "crm.loyalty_lines_insert()", false);
+	connect_and_load();
+	if (!conf.any_bonus)
+	{
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+	SPI_register_trigger_data((TriggerData *) fcinfo->context);
+	prepare_common_plans();
+	if (plan_lines == NULL)
+	{
+		Oid			t[1] = {TEXTARRAYOID};
+
+		/* lines of bonus categories, per order and category, by customer */
+		plan_lines = prepare_kept(
+								  "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
+								  "(o.amount * 100)::bigint, (o.net_amount * 100)::bigint, l.category, "
+								  "pg_catalog.sum((l.amount * 100)::bigint)::bigint, "
+								  "coalesce(j.earned, 0), coalesce(j.clawed, 0) "
+								  "FROM loyalty_new l JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
+								  "LEFT JOIN LATERAL (SELECT "
+								  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
+								  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed "
+								  "  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) o.order_id) j ON true "
+								  "WHERE o.status OPERATOR(pg_catalog.=) 'paid' AND l.category OPERATOR(pg_catalog.=) ANY ($1) "
+								  "GROUP BY 1, 2, 3, 4, 5, 6, 7, 9, 10 "
+								  "ORDER BY 1, 2, 7", 1, t);
+	}
+	for (r = 0; r < conf.nrules; r++)
+		for (k = 0; k < conf.rules[r].nbonus; k++)
+			if (conf.rules[r].bonus_e4[k] > 0)
+				dbuf_push(&cats, CStringGetTextDatum(conf.rules[r].bonus_cat[k]), false);
+	arg = dbuf_array(&cats, TEXTOID);
+	ctx_init(&ctx);
+	memset(&lines_cur, 0, sizeof(lines_cur));
+	drive(&ctx, plan_lines, &arg, false, 0, line_row);
+	/* the last order */
+	if (lines_cur.order_id != 0)
+	{
+		lines_finish_order(&ctx, find_acct(&ctx, lines_cur.cust));
+		flush(&ctx, true);
+	}
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,716 @@
+
+-- ===========================================================================
+-- loyalty.sql: the member programme (tables, C triggers, entry points, tick
+-- tasks, merge hooks).  The C side is src/loyalty.c.
+-- ===========================================================================
+
+-- ---------------------------------------------------------------------------
+-- Configuration
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.loyalty_program (
+	program			text PRIMARY KEY DEFAULT 'default' CONSTRAINT loyalty_program_single CHECK (program = 'default'),
+	time_zone		text NOT NULL DEFAULT 'UTC'
+					CONSTRAINT loyalty_program_time_zone_valid CHECK (pg_catalog.timezone(time_zone, '2000-01-01 00:00+00'::timestamptz) IS NOT NULL),
+	expiry_months	integer NOT NULL DEFAULT 12 CONSTRAINT loyalty_program_expiry_months_range CHECK (expiry_months BETWEEN 1 AND 120),
+	expiry_rounding	text NOT NULL DEFAULT 'month_end' CONSTRAINT loyalty_program_expiry_rounding_valid CHECK (expiry_rounding IN ('month_end', 'exact')),
+	tier_hold_months integer NOT NULL DEFAULT 12 CONSTRAINT loyalty_program_tier_hold_range CHECK (tier_hold_months BETWEEN 0 AND 120),
+	builtin			boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE crm.loyalty_program IS 'Programme-wide loyalty settings (one row): time zone of months and days, expiry policy, tier hold period';
+COMMENT ON COLUMN crm.loyalty_program.time_zone IS 'Time zone in which months (expiry, qualifying spend, birthday month) and member days are counted';
+COMMENT ON COLUMN crm.loyalty_program.expiry_months IS 'Points expire this many months after the month they were earned in';
+COMMENT ON COLUMN crm.loyalty_program.expiry_rounding IS 'month_end: at the end of that month (default); exact: at the same local time of day and day of month (clamped to the month''s length)';
+COMMENT ON COLUMN crm.loyalty_program.tier_hold_months IS 'A tier is kept at least this long after it was reached before crm.tick may lower it';
+INSERT INTO crm.loyalty_program (program, builtin) VALUES ('default', true);
+
+CREATE TABLE crm.tier (
+	tier		text PRIMARY KEY CONSTRAINT tier_name_format CHECK (tier ~ '^[a-z][a-z0-9_]{0,39}$'),
+	rank		integer NOT NULL CONSTRAINT tier_rank_unique UNIQUE CONSTRAINT tier_rank_positive CHECK (rank >= 1),
+	threshold	numeric(14,2) NOT NULL CONSTRAINT tier_threshold_range CHECK (threshold >= 0 AND threshold <> 'NaN'::numeric),
+	multiplier	numeric(6,3) NOT NULL DEFAULT 1 CONSTRAINT tier_multiplier_range CHECK (multiplier >= 0 AND multiplier <> 'NaN'::numeric),
+	benefits	jsonb NOT NULL DEFAULT '{}'::jsonb CONSTRAINT tier_benefits_object CHECK (pg_catalog.jsonb_typeof(benefits) = 'object'),
+	builtin		boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE crm.tier IS 'Member tiers: a higher rank needs a higher rolling 12-month qualifying spend (threshold) and multiplies earned points';
+COMMENT ON COLUMN crm.tier.threshold IS 'Rolling 12-month qualifying spend that reaches this tier; the lowest rank must have threshold 0';
+COMMENT ON COLUMN crm.tier.multiplier IS 'Multiplies the base points of every paid order of a member of this tier';
+INSERT INTO crm.tier (tier, rank, threshold, multiplier, benefits, builtin) VALUES
+	('bronze', 1,     0.00, 1.000, '{"birthday_gift": false}', true),
+	('silver', 2,  1000.00, 1.250, '{"birthday_gift": true}', true),
+	('gold',   3,  5000.00, 1.500, '{"birthday_gift": true, "free_delivery": true}', true),
+	('black',  4, 20000.00, 2.000, '{"birthday_gift": true, "free_delivery": true, "concierge": true}', true);
+
+CREATE TABLE crm.earn_rule (
+	rule				text PRIMARY KEY CONSTRAINT earn_rule_name_format CHECK (rule ~ '^[a-z][a-z0-9_]{0,39}$'),
+	priority			integer NOT NULL DEFAULT 0,
+	valid_from			timestamptz NOT NULL DEFAULT '-infinity',
+	valid_to			timestamptz NOT NULL DEFAULT 'infinity',
+	points_per_unit		numeric(10,4) NOT NULL DEFAULT 1 CONSTRAINT earn_rule_points_per_unit_range CHECK (points_per_unit >= 0 AND points_per_unit <> 'NaN'::numeric),
+	category_bonus		jsonb NOT NULL DEFAULT '{}'::jsonb CONSTRAINT earn_rule_category_bonus_valid
+						CHECK (pg_catalog.jsonb_typeof(category_bonus) = 'object'
+						       AND NOT pg_catalog.jsonb_path_exists(category_bonus, '$.* ? (@.type() != "number" || @ < 0 || @ > 100000)')),
+	birthday_multiplier	numeric(6,3) NOT NULL DEFAULT 1 CONSTRAINT earn_rule_birthday_multiplier_range CHECK (birthday_multiplier >= 0 AND birthday_multiplier <> 'NaN'::numeric),
+	member_day			integer CONSTRAINT earn_rule_member_day_range CHECK (member_day BETWEEN 1 AND 31),
+	member_day_multiplier numeric(6,3) NOT NULL DEFAULT 1 CONSTRAINT earn_rule_member_day_multiplier_range CHECK (member_day_multiplier >= 0 AND member_day_multiplier <> 'NaN'::numeric),
+	builtin				boolean NOT NULL DEFAULT false,
+	CONSTRAINT earn_rule_window_valid CHECK (valid_from < valid_to)
+);
+COMMENT ON TABLE crm.earn_rule IS 'How paid orders earn points; the rule valid at the order time with the highest priority applies';
+COMMENT ON COLUMN crm.earn_rule.points_per_unit IS 'Base points per currency unit of the order''s net amount (before multipliers)';
+COMMENT ON COLUMN crm.earn_rule.category_bonus IS 'Extra points per currency unit of line amount, by category: {"baby": 2}; earned when the lines arrive, not multiplied';
+COMMENT ON COLUMN crm.earn_rule.birthday_multiplier IS 'Multiplies base points of orders in the member''s birthday month (Feb 29 birthdays: February, every year)';
+COMMENT ON COLUMN crm.earn_rule.member_day IS 'Day of the month that is member day (programme time zone); NULL for none';
+INSERT INTO crm.earn_rule (rule, points_per_unit, category_bonus, birthday_multiplier, member_day, member_day_multiplier, builtin)
+VALUES ('standard', 1, '{"baby": 1, "organic": 1}', 2, 8, 2, true);
+
+-- Config changes reach every backend's cache (src/loyalty.c).
+CREATE FUNCTION crm.loyalty_config_changed() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_config_changed';
+COMMENT ON FUNCTION crm.loyalty_config_changed() IS
+	'AFTER statement trigger on the loyalty configuration tables: invalidates every backend''s cached configuration';
+CREATE TRIGGER loyalty_program_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.loyalty_program
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_config_changed();
+CREATE TRIGGER tier_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.tier
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_config_changed();
+CREATE TRIGGER earn_rule_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.earn_rule
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_config_changed();
+
+-- ---------------------------------------------------------------------------
+-- Accounts, journal, tier history
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.loyalty_account (
+	customer_id		bigint PRIMARY KEY REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
+	ledger			crm.loyalty_ledger NOT NULL DEFAULT '{}',
+	debt			bigint NOT NULL DEFAULT 0 CONSTRAINT loyalty_account_debt_not_negative CHECK (debt >= 0),
+	tier			text NOT NULL REFERENCES crm.tier (tier) ON UPDATE CASCADE,
+	tier_since		timestamptz NOT NULL,
+	qualifying_spend numeric(16,2) NOT NULL DEFAULT 0,
+	spend_month		integer NOT NULL DEFAULT 0,
+	spend_cents		bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}'
+					CONSTRAINT loyalty_account_spend_twelve CHECK (pg_catalog.cardinality(spend_cents) = 12),
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT loyalty_account_balance_not_negative CHECK (crm.ledger_total(ledger) >= 0)
+);
+COMMENT ON TABLE crm.loyalty_account IS 'A member''s points (ledger, a cache of crm.points_journal), debt, tier and qualifying spend';
+COMMENT ON COLUMN crm.loyalty_account.ledger IS 'Points as lots by expiry; crm.verify_ledgers() checks it against the journal';
+COMMENT ON COLUMN crm.loyalty_account.debt IS 'Points clawed back by refunds that the balance could not cover; repaid from the next points earned';
+COMMENT ON COLUMN crm.loyalty_account.qualifying_spend IS 'Rolling 12-month qualifying spend as of spend_month (the newest month with an order)';
+COMMENT ON COLUMN crm.loyalty_account.spend_month IS 'Newest month with a qualifying order, as year * 12 + month - 1 in the programme time zone';
+COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents of spend_month (element 1) and the 11 months before it';
+
+CREATE SEQUENCE crm.points_journal_id_seq;
+CREATE TABLE crm.points_journal (
+	journal_id		bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.points_journal_id_seq'::pg_catalog.regclass),
+	-- No foreign keys here: rows are written only by crm_ext's own code for
+	-- customers that have an account (which does reference crm.customer),
+	-- and bulk loads would pay two key checks per row.
+	customer_id		bigint NOT NULL,
+	origin_customer_id bigint NOT NULL,
+	kind			text NOT NULL CONSTRAINT points_journal_kind_valid
+					CHECK (kind IN ('earn', 'spend', 'expire', 'adjust', 'clawback', 'merge')),
+	points			bigint NOT NULL,
+	lots			crm.loyalty_ledger NOT NULL DEFAULT '{}',
+	debt			bigint NOT NULL DEFAULT 0,
+	order_id		bigint,
+	idempotency_key	text CONSTRAINT points_journal_idempotency_key_unique UNIQUE
+					CONSTRAINT points_journal_idempotency_key_format CHECK (pg_catalog.btrim(idempotency_key) <> '' AND pg_catalog.length(idempotency_key) <= 200),
+	balance_after	bigint,
+	reason			text,
+	at				timestamptz NOT NULL CONSTRAINT points_journal_at_finite CHECK (pg_catalog.isfinite(at)),
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	created_by		name NOT NULL DEFAULT CURRENT_USER,
+	CONSTRAINT points_journal_points_match_lots CHECK (
+		(points >= 0 AND points = crm.ledger_total(lots)) OR (points < 0 AND points = - crm.ledger_total(lots))),
+	CONSTRAINT points_journal_sign_by_kind CHECK (CASE kind
+		WHEN 'earn' THEN points > 0 AND debt = 0
+		WHEN 'spend' THEN points < 0 AND debt = 0
+		WHEN 'expire' THEN points < 0 AND debt = 0
+		WHEN 'clawback' THEN points <= 0
+		ELSE true END)
+);
+ALTER SEQUENCE crm.points_journal_id_seq OWNED BY crm.points_journal.journal_id;
+CREATE INDEX points_journal_customer_idx ON crm.points_journal (customer_id);
+CREATE INDEX points_journal_order_idx ON crm.points_journal (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX points_journal_origin_idx ON crm.points_journal (origin_customer_id) WHERE origin_customer_id <> customer_id;
+COMMENT ON TABLE crm.points_journal IS 'Append-only journal of every points change (earn, spend, expire, adjust, clawback, merge); the ledgers are its cache';
+COMMENT ON COLUMN crm.points_journal.points IS 'Signed change to the balance: > 0 adds the lots, < 0 takes them out, 0 (merge notes) changes nothing';
+COMMENT ON COLUMN crm.points_journal.lots IS 'The lots the entry added or took out (magnitudes); crm.ledger_agg(lots, points) over a customer''s rows rebuilds the ledger';
+COMMENT ON COLUMN crm.points_journal.debt IS 'Signed change to the account''s debt (clawback shortfall > 0, repayment < 0)';
+COMMENT ON COLUMN crm.points_journal.origin_customer_id IS 'The customer the points were earned or spent on; never changes (merges move customer_id)';
+COMMENT ON COLUMN crm.points_journal.idempotency_key IS 'Redemptions and adjustments: a retry with the same key returns the first result';
+COMMENT ON COLUMN crm.points_journal.balance_after IS 'Spend and adjust: the balance right after the entry (what a retry returns)';
+
+CREATE FUNCTION crm.points_journal_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- Merge hooks re-point rows to the golden customer; nothing else changes.
+	IF TG_OP = 'UPDATE' AND pg_catalog.current_setting('crm.loyalty_repoint', true) = 'on'
+	   AND (pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) 'customer_id'::text)
+	       OPERATOR(pg_catalog.=) (pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) 'customer_id'::text) THEN
+		RETURN NEW;
+	END IF;
+	RAISE EXCEPTION 'crm.points_journal is append-only: % is not allowed', TG_OP
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+		      HINT = 'Corrections are new entries: use crm.adjust_points.';
+END
+$$;
+COMMENT ON FUNCTION crm.points_journal_guard() IS
+	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal (merge hooks may only re-point customer_id)';
+CREATE TRIGGER points_journal_append_only BEFORE UPDATE OR DELETE ON crm.points_journal
+	FOR EACH ROW EXECUTE FUNCTION crm.points_journal_guard();
+CREATE TRIGGER points_journal_no_truncate BEFORE TRUNCATE ON crm.points_journal
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.points_journal_guard();
+REVOKE UPDATE, DELETE, TRUNCATE ON crm.points_journal FROM PUBLIC;
+
+CREATE SEQUENCE crm.tier_history_id_seq;
+CREATE TABLE crm.tier_history (
+	tier_history_id	bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.tier_history_id_seq'::pg_catalog.regclass),
+	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
+	from_tier		text,
+	to_tier			text NOT NULL,
+	changed_at		timestamptz NOT NULL,
+	reason			text NOT NULL CONSTRAINT tier_history_reason_valid CHECK (reason IN ('upgrade', 'downgrade', 'merge', 'unmerge')),
+	order_id		bigint,
+	qualifying_spend numeric(16,2)
+);
+ALTER SEQUENCE crm.tier_history_id_seq OWNED BY crm.tier_history.tier_history_id;
+CREATE INDEX tier_history_customer_idx ON crm.tier_history (customer_id, changed_at);
+COMMENT ON TABLE crm.tier_history IS 'Every tier change: upgrades by orders, downgrades by crm.tick, and changes by merges';
+
+SELECT pg_catalog.pg_extension_config_dump('crm.loyalty_program', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('crm.tier', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('crm.earn_rule', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('crm.loyalty_account', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.points_journal', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.points_journal_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.tier_history', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.tier_history_id_seq', '');
+
+-- ---------------------------------------------------------------------------
+-- C helpers and triggers
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.loyalty_expires_at(earned_at timestamptz) RETURNS timestamptz
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_loyalty_expires_at';
+COMMENT ON FUNCTION crm.loyalty_expires_at(timestamptz) IS
+	'When points earned at earned_at expire, by the programme''s expiry policy (crm.loyalty_program)';
+
+CREATE FUNCTION crm.loyalty_month(at timestamptz) RETURNS integer
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_loyalty_month';
+COMMENT ON FUNCTION crm.loyalty_month(timestamptz) IS
+	'The month of "at" in the programme time zone as year * 12 + month - 1';
+
+CREATE FUNCTION crm.loyalty_orders_insert() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_insert';
+COMMENT ON FUNCTION crm.loyalty_orders_insert() IS
+	'AFTER INSERT statement trigger on crm.orders: paid orders earn points, add qualifying spend and upgrade tiers';
+CREATE FUNCTION crm.loyalty_orders_update() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_update';
+COMMENT ON FUNCTION crm.loyalty_orders_update() IS
+	'AFTER UPDATE statement trigger on crm.orders: refunds (status refunded or refunded_amount raised) claw points back proportionally';
+CREATE FUNCTION crm.loyalty_lines_insert() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_lines_insert';
+COMMENT ON FUNCTION crm.loyalty_lines_insert() IS
+	'AFTER INSERT statement trigger on crm.order_line: category bonus points for the lines of paid orders';
+
+CREATE TRIGGER orders_loyalty_insert AFTER INSERT ON crm.orders
+	REFERENCING NEW TABLE AS loyalty_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_orders_insert();
+CREATE TRIGGER orders_loyalty_update AFTER UPDATE ON crm.orders
+	REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_orders_update();
+CREATE TRIGGER order_line_loyalty_insert AFTER INSERT ON crm.order_line
+	REFERENCING NEW TABLE AS loyalty_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_lines_insert();
+
+-- ---------------------------------------------------------------------------
+-- Entry points
+-- ---------------------------------------------------------------------------
+-- A stored spend/adjust entry answers a retry, or the key was used for
+-- something else (CR002).
+CREATE FUNCTION crm.loyalty_replay(j crm.points_journal, customer_id bigint, kind text, points bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: every argument is checked by the callers.
+BEGIN
+	IF j.origin_customer_id OPERATOR(pg_catalog.=) customer_id AND j.kind OPERATOR(pg_catalog.=) kind
+	   AND j.points OPERATOR(pg_catalog.=) points THEN
+		RETURN j.balance_after;
+	END IF;
+	RAISE EXCEPTION 'idempotency key "%" was already used with other arguments', j.idempotency_key
+		USING ERRCODE = 'CR002',
+		      DETAIL = pg_catalog.format('It was used for %s of %s points by customer %s.', j.kind, pg_catalog.abs(j.points), j.origin_customer_id),
+		      HINT = 'Use a new key for a new request.';
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_replay(crm.points_journal, bigint, text, bigint) IS
+	'Internal: the first result of an idempotency key, or SQLSTATE CR002 when the key was used with other arguments';
+
+CREATE FUNCTION crm.loyalty_check_args(customer_id bigint, points bigint, key text, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: it reports NULLs.
+BEGIN
+	IF customer_id IS NULL OR points IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, points and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF key IS NOT NULL AND (pg_catalog.btrim(key) OPERATOR(pg_catalog.=) '' OR pg_catalog.length(key) OPERATOR(pg_catalog.>) 200) THEN
+		RAISE EXCEPTION 'an idempotency key must be 1 to 200 characters, not blank' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) loyalty_check_args.customer_id) THEN
+		RAISE EXCEPTION 'customer % does not exist', customer_id USING ERRCODE = 'foreign_key_violation';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_check_args(bigint, bigint, text, timestamptz) IS
+	'Internal: argument checks shared by crm.redeem_points and crm.adjust_points';
+
+CREATE FUNCTION crm.redeem_points(customer_id bigint, points bigint, idempotency_key text,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULL arguments get a clear error instead of a silent NULL.
+DECLARE
+	j crm.points_journal;
+	old_ledger crm.loyalty_ledger;
+	new_ledger crm.loyalty_ledger;
+	bal bigint;
+BEGIN
+	PERFORM crm.loyalty_check_args(customer_id, points, idempotency_key, at);
+	IF idempotency_key IS NULL THEN
+		RAISE EXCEPTION 'a redemption needs an idempotency key' USING ERRCODE = 'null_value_not_allowed',
+			HINT = 'Pass a key unique to this redemption; a retry with the same key returns the first result.';
+	END IF;
+	IF points OPERATOR(pg_catalog.<=) 0 THEN
+		RAISE EXCEPTION 'points to redeem must be positive, not %', points USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) redeem_points.idempotency_key;
+	IF FOUND THEN
+		RETURN crm.loyalty_replay(j, customer_id, 'spend', - points);
+	END IF;
+	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) redeem_points.customer_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'insufficient points: 0 available, % requested', points USING ERRCODE = 'CR001';
+	END IF;
+	-- A concurrent retry may have committed while we waited for the lock.
+	SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) redeem_points.idempotency_key;
+	IF FOUND THEN
+		RETURN crm.loyalty_replay(j, customer_id, 'spend', - points);
+	END IF;
+	new_ledger := crm.ledger_spend(old_ledger, points, at);
+	bal := crm.ledger_balance(new_ledger, at);
+	BEGIN
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, at)
+		VALUES (customer_id, customer_id, 'spend', - points, old_ledger OPERATOR(crm.-) new_ledger, idempotency_key, bal, at);
+	EXCEPTION WHEN unique_violation THEN
+		-- The same key, for another customer, committed first.
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) redeem_points.idempotency_key;
+		RETURN crm.loyalty_replay(j, customer_id, 'spend', - points);
+	END;
+	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) redeem_points.customer_id;
+	RETURN bal;
+END
+$$;
+COMMENT ON FUNCTION crm.redeem_points(bigint, bigint, text, timestamptz) IS
+	'Spends points FIFO by expiry, exactly once per idempotency key; returns the balance left.  CR001 insufficient points, CR002 key reused with other arguments';
+
+CREATE FUNCTION crm.adjust_points(customer_id bigint, points bigint, reason text,
+	idempotency_key text DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULL arguments get a clear error; idempotency_key may be NULL.
+DECLARE
+	j crm.points_journal;
+	old_ledger crm.loyalty_ledger;
+	new_ledger crm.loyalty_ledger;
+	bal bigint;
+BEGIN
+	PERFORM crm.loyalty_check_args(customer_id, points, idempotency_key, at);
+	IF points OPERATOR(pg_catalog.=) 0 THEN
+		RAISE EXCEPTION 'an adjustment must change the balance' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF reason IS NULL OR pg_catalog.btrim(reason) OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION 'an adjustment needs a reason' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'The reason is kept in crm.points_journal for audit.';
+	END IF;
+	IF idempotency_key IS NOT NULL THEN
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) adjust_points.idempotency_key;
+		IF FOUND THEN
+			RETURN crm.loyalty_replay(j, customer_id, 'adjust', points);
+		END IF;
+	END IF;
+	INSERT INTO crm.loyalty_account AS a (customer_id, tier, tier_since)
+	SELECT adjust_points.customer_id, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
+	ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
+	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) adjust_points.customer_id FOR UPDATE;
+	IF idempotency_key IS NOT NULL THEN
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) adjust_points.idempotency_key;
+		IF FOUND THEN
+			RETURN crm.loyalty_replay(j, customer_id, 'adjust', points);
+		END IF;
+	END IF;
+	IF points OPERATOR(pg_catalog.>) 0 THEN
+		new_ledger := crm.ledger_earn(old_ledger, points, at, crm.loyalty_expires_at(at));
+	ELSE
+		new_ledger := crm.ledger_spend(old_ledger, - points, at);
+	END IF;
+	bal := crm.ledger_balance(new_ledger, at);
+	BEGIN
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
+		VALUES (customer_id, customer_id, 'adjust', points,
+		        CASE WHEN points OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
+		        idempotency_key, bal, reason, at);
+	EXCEPTION WHEN unique_violation THEN
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) adjust_points.idempotency_key;
+		RETURN crm.loyalty_replay(j, customer_id, 'adjust', points);
+	END;
+	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) adjust_points.customer_id;
+	RETURN bal;
+END
+$$;
+COMMENT ON FUNCTION crm.adjust_points(bigint, bigint, text, text, timestamptz) IS
+	'Audited manual correction: adds a lot (points > 0, expiring by policy) or spends FIFO (points < 0, CR001 when short); journaled with reason and role; returns the balance';
+
+CREATE FUNCTION crm.points_balance(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_balance.customer_id), 0);
+COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
+	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account';
+
+CREATE FUNCTION crm.points_expiring(customer_id bigint, within interval DEFAULT '30 days',
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_expiring.customer_id), 0);
+COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
+	'Points valid at "at" (default now) that expire within the interval (default 30 days)';
+
+CREATE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS numeric
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((
+	SELECT (pg_catalog.sum(s.cents)::numeric / 100)::numeric(16,2) FROM crm.loyalty_account a,
+	       LATERAL pg_catalog.unnest(a.spend_cents) WITH ORDINALITY s(cents, k)
+	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id
+	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.>) crm.loyalty_month(at) - 12
+	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)), 0.00);
+COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
+	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone)';
+
+CREATE FUNCTION crm.verify_ledgers()
+RETURNS TABLE (customer_id bigint, what text, ledger_value bigint, journal_value bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH j AS (
+		SELECT p.customer_id, l.expires_at,
+		       pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END)::bigint AS pts
+		FROM crm.points_journal p, LATERAL crm.ledger_lots(p.lots) l
+		WHERE p.points OPERATOR(pg_catalog.<>) 0
+		GROUP BY 1, 2),
+	a AS (
+		SELECT a.customer_id, l.expires_at, l.points AS pts
+		FROM crm.loyalty_account a, LATERAL crm.ledger_lots(a.ledger) l)
+	SELECT coalesce(a.customer_id, j.customer_id),
+	       'lot expiring ' OPERATOR(pg_catalog.||) coalesce(a.expires_at, j.expires_at)::text,
+	       a.pts, j.pts
+	FROM a FULL JOIN (SELECT * FROM j WHERE j.pts OPERATOR(pg_catalog.<>) 0) j
+	  ON j.customer_id OPERATOR(pg_catalog.=) a.customer_id AND j.expires_at OPERATOR(pg_catalog.=) a.expires_at
+	WHERE a.pts IS DISTINCT FROM j.pts
+	UNION ALL
+	SELECT a.customer_id, 'debt', a.debt, coalesce(d.debt, 0)
+	FROM crm.loyalty_account a
+	LEFT JOIN (SELECT p.customer_id, pg_catalog.sum(p.debt)::bigint AS debt FROM crm.points_journal p GROUP BY 1) d
+	  ON d.customer_id OPERATOR(pg_catalog.=) a.customer_id
+	WHERE a.debt OPERATOR(pg_catalog.<>) coalesce(d.debt, 0)
+	UNION ALL
+	SELECT p.customer_id, 'journal without account', NULL, pg_catalog.sum(p.points)::bigint
+	FROM crm.points_journal p
+	WHERE NOT EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.customer_id)
+	GROUP BY 1
+	ORDER BY 1, 2
+$$;
+COMMENT ON FUNCTION crm.verify_ledgers() IS
+	'Every account whose ledger or debt differs from what its journal rows add up to (points per expiry); must always be empty';
+
+-- ---------------------------------------------------------------------------
+-- Tick tasks: expiry and tier downgrade
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.loyalty_expire_points(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	-- Lock in customer order (as redemptions do), then journal and remove
+	-- every lot that expired by "at".  Idempotent: nothing is left to expire.
+	WITH locked AS (
+		SELECT a.customer_id, a.ledger FROM crm.loyalty_account a
+		WHERE crm.ledger_next_expiry(a.ledger) OPERATOR(pg_catalog.<=) at
+		ORDER BY a.customer_id FOR UPDATE),
+	gone AS (
+		SELECT l.customer_id, l.ledger, l.ledger OPERATOR(crm.-) crm.ledger_expire(l.ledger, at) AS lots
+		FROM locked l
+		WHERE crm.ledger_next_expiry(l.ledger) OPERATOR(pg_catalog.<=) at),
+	j AS (
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, reason, at)
+		SELECT g.customer_id, g.customer_id, 'expire', - crm.ledger_total(g.lots), g.lots, 'expired', at FROM gone g),
+	u AS (
+		UPDATE crm.loyalty_account a SET ledger = crm.ledger_expire(g.ledger, at), updated_at = pg_catalog.now()
+		FROM gone g WHERE a.customer_id OPERATOR(pg_catalog.=) g.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_expire_points(timestamptz) IS
+	'crm.tick task: journals and removes every lot that expired by "at"; returns the number of accounts changed';
+
+CREATE FUNCTION crm.loyalty_downgrade_tiers(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
+BEGIN
+	-- Policy: a tier held at least tier_hold_months drops to the highest tier
+	-- that the rolling 12-month spend at "at" still reaches.  Only lowers.
+	WITH cand AS (
+		SELECT a.customer_id, a.tier AS old_tier, cur.rank AS old_rank, crm.qualifying_spend(a.customer_id, at) AS spend
+		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
+		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
+		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
+		ORDER BY a.customer_id FOR UPDATE OF a),
+	target AS (
+		SELECT c.customer_id, c.old_tier, c.spend,
+		       (SELECT t.tier FROM crm.tier t WHERE t.threshold OPERATOR(pg_catalog.<=) c.spend
+		        ORDER BY t.rank DESC LIMIT 1) AS new_tier
+		FROM cand c),
+	down AS (
+		SELECT t.* FROM target t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
+		JOIN crm.tier ot ON ot.tier OPERATOR(pg_catalog.=) t.old_tier
+		WHERE nt.rank OPERATOR(pg_catalog.<) ot.rank),
+	h AS (
+		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
+		SELECT d.customer_id, d.old_tier, d.new_tier, at, 'downgrade', d.spend FROM down d),
+	u AS (
+		UPDATE crm.loyalty_account a SET tier = d.new_tier, tier_since = at, updated_at = pg_catalog.now()
+		FROM down d WHERE a.customer_id OPERATOR(pg_catalog.=) d.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_downgrade_tiers(timestamptz) IS
+	'crm.tick task: lowers tiers held at least tier_hold_months whose rolling 12-month spend at "at" no longer reaches them; returns how many changed';
+
+INSERT INTO crm.tick_task (task, run_order, fn, builtin) VALUES
+	('loyalty_expire_points', 100, 'crm.loyalty_expire_points(timestamptz)', true),
+	('loyalty_downgrade_tiers', 110, 'crm.loyalty_downgrade_tiers(timestamptz)', true);
+
+-- ---------------------------------------------------------------------------
+-- Merge hooks
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.loyalty_recompute_spend(customer_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m integer;
+	cents bigint[];
+BEGIN
+	SELECT pg_catalog.max(crm.loyalty_month(o.ordered_at)) INTO m FROM crm.orders o
+	WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id AND o.net_amount OPERATOR(pg_catalog.>) 0;
+	IF m IS NULL THEN
+		m := 0;
+	END IF;
+	SELECT pg_catalog.array_agg(coalesce(s.c, 0) ORDER BY k.k) INTO cents
+	FROM pg_catalog.generate_series(1, 12) k(k)
+	LEFT JOIN (SELECT m OPERATOR(pg_catalog.-) crm.loyalty_month(o.ordered_at) OPERATOR(pg_catalog.+) 1 AS k,
+	                  pg_catalog.sum(o.net_amount OPERATOR(pg_catalog.*) 100)::bigint AS c
+	           FROM crm.orders o
+	           WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id AND o.net_amount OPERATOR(pg_catalog.>) 0
+	           GROUP BY 1) s ON s.k OPERATOR(pg_catalog.=) k.k;
+	UPDATE crm.loyalty_account a SET spend_month = m, spend_cents = cents,
+		qualifying_spend = (SELECT pg_catalog.sum(x)::numeric / 100 FROM pg_catalog.unnest(cents) x),
+		updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
+	'Internal: rebuilds an account''s 12 monthly qualifying-spend buckets from its orders (after merges)';
+
+CREATE FUNCTION crm.loyalty_ensure_account(customer_id bigint, at timestamptz) RETURNS void
+LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	INSERT INTO crm.loyalty_account (customer_id, tier, tier_since)
+	SELECT customer_id, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
+	ON CONFLICT (customer_id) DO NOTHING;
+END;
+COMMENT ON FUNCTION crm.loyalty_ensure_account(bigint, timestamptz) IS
+	'Internal: creates a customer''s account at the lowest tier when it has none';
+
+CREATE FUNCTION crm.loyalty_merge(survivor bigint, merged bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s crm.loyalty_account;
+	m crm.loyalty_account;
+	moved bigint;
+BEGIN
+	IF survivor OPERATOR(pg_catalog.=) merged THEN
+		RAISE EXCEPTION 'cannot merge customer % into itself', survivor USING ERRCODE = 'CR004';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged) THEN
+		RETURN;		-- nothing to move
+	END IF;
+	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
+	-- Lock both accounts in customer-id order.
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, merged) ORDER BY a.customer_id FOR UPDATE;
+	SELECT * INTO s FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
+	SELECT * INTO m FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
+	moved := crm.ledger_total(m.ledger);
+	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'on', true);
+	UPDATE crm.points_journal p SET customer_id = survivor WHERE p.customer_id OPERATOR(pg_catalog.=) merged;
+	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'off', true);
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	VALUES (survivor, merged, 'merge', 0,
+	        pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', merged, survivor, moved, m.debt), pg_catalog.now());
+	UPDATE crm.loyalty_account a SET ledger = s.ledger OPERATOR(crm.+) m.ledger, debt = s.debt OPERATOR(pg_catalog.+) m.debt,
+		updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
+	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
+	PERFORM crm.loyalty_recompute_spend(survivor);
+	PERFORM crm.loyalty_recompute_spend(merged);
+	-- The survivor keeps the higher of the two tiers.
+	IF (SELECT t.rank FROM crm.tier t WHERE t.tier OPERATOR(pg_catalog.=) m.tier)
+	   OPERATOR(pg_catalog.>) (SELECT t.rank FROM crm.tier t WHERE t.tier OPERATOR(pg_catalog.=) s.tier) THEN
+		UPDATE crm.loyalty_account a SET tier = m.tier, tier_since = m.tier_since
+		WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
+		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason)
+		VALUES (survivor, s.tier, m.tier, pg_catalog.now(), 'merge');
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_merge(bigint, bigint) IS
+	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor; the survivor keeps the higher tier';
+
+CREATE FUNCTION crm.loyalty_golden(customer_id bigint) RETURNS bigint
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE up(id, depth) AS (
+		SELECT customer_id, 0
+		UNION ALL
+		SELECT c.merged_into, u.depth + 1 FROM up u JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
+		WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
+	SELECT u.id FROM up u ORDER BY u.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION crm.loyalty_golden(bigint) IS
+	'Internal: the golden record a customer record is merged into now (itself when not merged)';
+
+CREATE FUNCTION crm.loyalty_unmerge(survivor bigint, restored bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	side bigint;
+	other bigint;
+BEGIN
+	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
+	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, restored) ORDER BY a.customer_id FOR UPDATE;
+	-- 1. Every journal row goes back to the golden record of the customer it
+	--    was earned or spent on.
+	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'on', true);
+	UPDATE crm.points_journal p SET customer_id = restored
+	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.<>) survivor
+	  AND crm.loyalty_golden(p.origin_customer_id) OPERATOR(pg_catalog.=) restored;
+	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'off', true);
+	-- 2. Points one side spent (or lost to expiry) out of lots the other side
+	--    earned, while merged, are charged to the side that earned them: a
+	--    pair of 'merge' entries moves them per lot, so neither side ends with
+	--    a negative lot.
+	FOR r IN
+		SELECT p.customer_id, l.expires_at,
+		       pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END)::bigint AS pts
+		FROM crm.points_journal p, LATERAL crm.ledger_lots(p.lots) l
+		WHERE p.customer_id IN (survivor, restored) AND p.points OPERATOR(pg_catalog.<>) 0
+		GROUP BY 1, 2
+		HAVING pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END) OPERATOR(pg_catalog.<) 0
+		ORDER BY 1, 2
+	LOOP
+		side := r.customer_id;
+		other := CASE WHEN side OPERATOR(pg_catalog.=) survivor THEN restored ELSE survivor END;
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, reason, at) VALUES
+			(other, other, 'merge', r.pts,
+			 crm.ledger_earn('{}', - r.pts, r.expires_at OPERATOR(pg_catalog.-) '1 second'::interval, r.expires_at),
+			 pg_catalog.format('unmerge of %s from %s: points of customer %s used by customer %s', restored, survivor, other, side), pg_catalog.now()),
+			(side, side, 'merge', - r.pts,
+			 crm.ledger_earn('{}', - r.pts, r.expires_at OPERATOR(pg_catalog.-) '1 second'::interval, r.expires_at),
+			 pg_catalog.format('unmerge of %s from %s: points of customer %s used by customer %s', restored, survivor, other, side), pg_catalog.now());
+	END LOOP;
+	-- Debt follows the same rule.
+	FOR r IN
+		SELECT p.customer_id, pg_catalog.sum(p.debt)::bigint AS d FROM crm.points_journal p
+		WHERE p.customer_id IN (survivor, restored) GROUP BY 1 HAVING pg_catalog.sum(p.debt) OPERATOR(pg_catalog.<) 0
+	LOOP
+		other := CASE WHEN r.customer_id OPERATOR(pg_catalog.=) survivor THEN restored ELSE survivor END;
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, debt, reason, at) VALUES
+			(other, other, 'merge', 0, r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now()),
+			(r.customer_id, r.customer_id, 'merge', 0, - r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now());
+	END LOOP;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	VALUES (restored, restored, 'merge', 0, pg_catalog.format('unmerged customer %s from %s', restored, survivor), pg_catalog.now());
+	-- 3. Both ledgers are rebuilt from their journal rows.
+	UPDATE crm.loyalty_account a
+	SET ledger = (SELECT crm.ledger_agg(p.lots, p.points) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
+	    debt = (SELECT coalesce(pg_catalog.sum(p.debt), 0) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
+	    updated_at = pg_catalog.now()
+	WHERE a.customer_id IN (survivor, restored);
+	PERFORM crm.loyalty_recompute_spend(survivor);
+	PERFORM crm.loyalty_recompute_spend(restored);
+	-- The restored record gets the tier its own rolling spend reaches.
+	UPDATE crm.loyalty_account a
+	SET tier = (SELECT t.tier FROM crm.tier t WHERE t.threshold OPERATOR(pg_catalog.<=) a.qualifying_spend ORDER BY t.rank DESC LIMIT 1),
+	    tier_since = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) restored;
+	INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason)
+	SELECT a.customer_id, NULL, a.tier, pg_catalog.now(), 'unmerge' FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) restored;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_unmerge(bigint, bigint) IS
+	'Customer hook (unmerge): journal rows return to the record they were earned or spent on; points one side used of the other''s lots are charged to the earner; both ledgers rebuilt';
+
+INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin) VALUES
+	('merge', 'loyalty', 100, 'crm.loyalty_merge(bigint, bigint)', true),
+	('unmerge', 'loyalty', 100, 'crm.loyalty_unmerge(bigint, bigint)', true);
