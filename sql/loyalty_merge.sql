@@ -16,7 +16,7 @@ SELECT customer_id, ledger, tier, qualifying_spend FROM crm.loyalty_account ORDE
 -- merge 12 into 11
 UPDATE crm.customer SET merged_into = 11 WHERE customer_id = 12;
 UPDATE crm.orders SET customer_id = 11 WHERE customer_id = 12;
-SELECT crm.run_customer_hooks('merge', 11, 12) AS hooks_run;
+SELECT crm.run_customer_hooks('merge', 11, 12) >= 1 AS hooks_ran;  -- loyalty's and any other feature's
 SELECT customer_id, ledger, debt, tier, qualifying_spend FROM crm.loyalty_account ORDER BY customer_id;
 SELECT customer_id, origin_customer_id, kind, points, order_id, reason FROM crm.points_journal ORDER BY journal_id;
 SELECT customer_id, from_tier, to_tier, reason FROM crm.tier_history ORDER BY tier_history_id;
@@ -35,7 +35,7 @@ SELECT * FROM crm.verify_ledgers();
 -- which are charged to 12: 11 ends with 0, 12 with 1000 - 500 - 150 = 350.
 UPDATE crm.customer SET merged_into = NULL WHERE customer_id = 12;
 UPDATE crm.orders SET customer_id = origin_customer_id WHERE origin_customer_id = 12;
-SELECT crm.run_customer_hooks('unmerge', 11, 12) AS hooks_run;
+SELECT crm.run_customer_hooks('unmerge', 11, 12) >= 1 AS hooks_ran;  -- loyalty's and any other feature's
 SELECT customer_id, ledger, debt, tier, qualifying_spend FROM crm.loyalty_account ORDER BY customer_id;
 SELECT customer_id, origin_customer_id, kind, points, lots, reason FROM crm.points_journal
 WHERE kind = 'merge' ORDER BY journal_id;
@@ -43,7 +43,7 @@ SELECT crm.points_balance(11, '2025-03-02+00') AS survivor, crm.points_balance(1
 SELECT * FROM crm.verify_ledgers();
 
 -- merging a record without an account changes nothing; bad calls
-SELECT crm.run_customer_hooks('merge', 11, 13) AS hooks_run;
+SELECT crm.run_customer_hooks('merge', 11, 13) >= 1 AS hooks_ran;  -- loyalty's and any other feature's
 SELECT count(*) AS accounts FROM crm.loyalty_account WHERE customer_id = 13;
 SELECT pg_temp.expect_error($$SELECT crm.loyalty_merge(11, 11)$$);
 SELECT pg_temp.expect_error($$SELECT crm.run_customer_hooks('merge', 11, NULL)$$);

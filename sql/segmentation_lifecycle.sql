@@ -13,9 +13,9 @@ SET LOCAL crm.as_of = '2025-01-01 12:00+00';
 INSERT INTO crm.orders (customer_id, channel, ordered_at, amount) VALUES (1, 'app', '2025-01-01 10:00+00', 40);
 SELECT stage, stage_since FROM crm.customer_stats WHERE customer_id = 1;
 -- ticks move customers whose stage depends on elapsed time
-SELECT * FROM crm.tick('2025-01-20 00:00+00');
-SELECT * FROM crm.tick('2025-01-20 00:00+00');      -- idempotent
-SELECT * FROM crm.tick('2025-03-15 00:00+00');      -- 73 days: no longer new, not yet declining
+SELECT * FROM crm.tick('2025-01-20 00:00+00') WHERE task = 'segmentation';
+SELECT * FROM crm.tick('2025-01-20 00:00+00') WHERE task = 'segmentation';      -- idempotent
+SELECT * FROM crm.tick('2025-03-15 00:00+00') WHERE task = 'segmentation';      -- 73 days: no longer new, not yet declining
 SELECT stage FROM crm.customer_stats WHERE customer_id = 1;
 -- orders every 10 days: growing (3+ in 90 days, more than the 90 days before)
 SET LOCAL crm.as_of = '2025-03-20 00:00+00';
@@ -28,12 +28,12 @@ INSERT INTO crm.orders (customer_id, channel, ordered_at, amount)
 SELECT 1, 'app', '2025-04-01 10:00+00'::timestamptz + k * interval '21 days', 30 FROM generate_series(0, 6) k;
 SELECT stage, orders FROM crm.customer_stats WHERE customer_id = 1;
 -- silence: declining after 90 days, dormant tag after 180, churned after 365
-SELECT * FROM crm.tick('2026-01-01 00:00+00');
+SELECT * FROM crm.tick('2026-01-01 00:00+00') WHERE task = 'segmentation';
 SELECT stage FROM crm.customer_stats WHERE customer_id = 1;
-SELECT * FROM crm.tick('2026-03-10 00:00+00');
+SELECT * FROM crm.tick('2026-03-10 00:00+00') WHERE task = 'segmentation';
 SELECT stage, (SELECT array_agg(t.name ORDER BY t.name) FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = 1) AS tags
 FROM crm.customer_stats WHERE customer_id = 1;
-SELECT * FROM crm.tick('2026-09-10 00:00+00');
+SELECT * FROM crm.tick('2026-09-10 00:00+00') WHERE task = 'segmentation';
 SELECT stage FROM crm.customer_stats WHERE customer_id = 1;
 -- a new order brings them back
 SET LOCAL crm.as_of = '2026-09-11 00:00+00';
