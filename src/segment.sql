@@ -46,12 +46,15 @@ SELECT c.customer_id, c.name, c.channel, c.home_store_id, c.created_at,
 	r.score AS rfm_score, r.segment AS rfm_segment, r.as_of AS rfm_as_of,
 	coalesce(s.stage, 'prospect') AS stage, s.stage_since,
 	coalesce((SELECT pg_catalog.array_agg(t.name ORDER BY t.name) FROM crm.customer_tag ct
-	          JOIN crm.tag t ON t.tag_id = ct.tag_id WHERE ct.customer_id = c.customer_id), '{}') AS tags
+	          JOIN crm.tag t ON t.tag_id = ct.tag_id WHERE ct.customer_id = c.customer_id), '{}') AS tags,
+	a.tier, a.tier_since, coalesce(crm.ledger_balance(a.ledger, pg_catalog.now()), 0) AS points,
+	coalesce(a.debt, 0) AS points_debt
 FROM crm.customer c
 LEFT JOIN crm.customer_stats s ON s.customer_id = c.customer_id
 LEFT JOIN crm.customer_rfm r ON r.customer_id = c.customer_id
+LEFT JOIN crm.loyalty_account a ON a.customer_id = c.customer_id
 WHERE c.merged_into IS NULL;
-COMMENT ON VIEW crm.v_customer_360 IS 'One row per golden customer: profile, orders and spend, RFM (as of the last refresh), lifecycle stage and tags';
+COMMENT ON VIEW crm.v_customer_360 IS 'One row per golden customer: profile, orders and spend, RFM (as of the last refresh), lifecycle stage, tags, loyalty tier and points (unexpired now)';
 
 CREATE VIEW crm.v_segment_sizes AS
 SELECT 'segment'::text AS kind, s.name, crm.segment_count(s.name) AS customers FROM crm.segment s
