@@ -7,14 +7,18 @@ MODULE_big  = crm_ext
 OBJS = \
 	src/crm_ext.o \
 	src/sample.o \
-	src/triggers.o
+	src/triggers.o \
+	src/clv_models.o \
+	src/optimize.o \
+	src/clv.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
 SQL_SOURCES = \
 	src/header.sql \
 	src/core.sql \
-	src/sample.sql
+	src/sample.sql \
+	src/clv.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)
