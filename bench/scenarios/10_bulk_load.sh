@@ -9,5 +9,5 @@ n=$(psql -X -At -c "SELECT count(*) FROM bench_orders_src")
 cols="customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status, refunded_amount"
 plain=$(bench_time "INSERT INTO bench_plain_orders (order_id, $cols) SELECT order_id, $cols FROM bench_orders_src")
 crm=$(bench_time "INSERT INTO crm.orders ($cols) SELECT $cols FROM bench_orders_src")
-bench_row "bulk INSERT..SELECT of $n orders (crm.orders vs plain table)" "$crm" "$plain" "crm.orders has FKs and the origin trigger"
+bench_row "bulk load of $n orders: crm.orders vs plain table" "$crm" "$plain" "crm.orders has FKs and the origin trigger"
 bench_sql "DELETE FROM crm.orders WHERE order_id > (SELECT max(order_id) FROM bench_orders_src); DROP TABLE bench_plain_orders, bench_orders_src"
