@@ -28,7 +28,7 @@
 #include "optimize.h"
 
 /* Above this many distinct rows, starts are screened on a subsample. */
-#define CLV_SCREEN_ROWS 20000
+#define CLV_SCREEN_ROWS 5000
 
 typedef struct ClvAggState
 {

@@ -170,13 +170,13 @@ BEGIN
 			      HINT = 'Use bgnbd, mbgnbd, paretonbd or gammagamma.';
 	END IF;
 	IF model OPERATOR(pg_catalog.=) 'gammagamma' THEN
-		SELECT crm.clv_estimate_spend(s.frequency, s.monetary::double precision, 1) INTO e
-		FROM crm.clv_summary(as_of, period) s
-		WHERE s.frequency OPERATOR(pg_catalog.>) 0 AND s.monetary OPERATOR(pg_catalog.>) 0;
+		e := (SELECT crm.clv_estimate_spend(s.frequency, s.monetary::double precision, 1)
+		      FROM crm.clv_summary(as_of, period) s
+		      WHERE s.frequency OPERATOR(pg_catalog.>) 0 AND s.monetary OPERATOR(pg_catalog.>) 0);
 	ELSE
-		SELECT crm.clv_estimate(model, s.frequency, s.recency, s.t, 1) INTO e
-		FROM crm.clv_summary(as_of, period) s
-		WHERE s.t OPERATOR(pg_catalog.>) 0;
+		e := (SELECT crm.clv_estimate(model, s.frequency, s.recency, s.t, 1)
+		      FROM crm.clv_summary(as_of, period) s
+		      WHERE s.t OPERATOR(pg_catalog.>) 0);
 	END IF;
 	INSERT INTO crm.clv_model AS m (name, model, params, param_names, log_likelihood, customers,
 		summary_rows, as_of, period, seconds, fitted_at)
@@ -279,7 +279,7 @@ BEGIN
 		RAISE EXCEPTION 'no CLV model to score with'
 			USING ERRCODE = 'undefined_object', HINT = 'Fit one first, e.g. SELECT crm.clv_fit(''bgnbd'', now()).';
 	END IF;
-	SELECT * INTO m FROM crm.clv_model c WHERE c.name OPERATOR(pg_catalog.=) model;
+	SELECT * INTO m FROM crm.clv_model c WHERE c.name OPERATOR(pg_catalog.=) clv_scores.model;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'no CLV model named "%"', model
 			USING ERRCODE = 'undefined_object', HINT = 'Fit one with crm.clv_fit, or list them in crm.clv_model.';

@@ -174,6 +174,25 @@ cmp_double(const void *pa, const void *pb)
 	return a < b ? -1 : (a > b ? 1 : 0);
 }
 
+/* Index of v in the sorted array vals (which holds it). */
+static int
+find_value(const double *vals, int n, double v)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (vals[mid] < v)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 void
 clv_data_prepare(ClvData *d)
 {
@@ -199,8 +218,29 @@ clv_data_prepare(ClvData *d)
 	d->xw = palloc0(sizeof(double) * Max(d->nx, 1));
 	d->xs1 = palloc0(sizeof(double) * Max(d->nx, 1));
 	d->xs2 = palloc0(sizeof(double) * Max(d->nx, 1));
-	d->xs3 = palloc0(sizeof(double) * Max(d->nx, 1));
-	d->xs4 = palloc0(sizeof(double) * Max(d->nx, 1));
+	/* distinct times */
+	sorted = palloc(sizeof(double) * Max(2 * d->n, 1));
+	for (i = 0; i < d->n; i++)
+	{
+		sorted[2 * i] = d->T[i];
+		sorted[2 * i + 1] = d->tx[i];
+	}
+	qsort(sorted, 2 * d->n, sizeof(double), cmp_double);
+	d->nt = 0;
+	d->tval = palloc(sizeof(double) * Max(2 * d->n, 1));
+	for (i = 0; i < 2 * d->n; i++)
+		if (d->nt == 0 || sorted[i] != d->tval[d->nt - 1])
+			d->tval[d->nt++] = sorted[i];
+	pfree(sorted);
+	d->tlog = palloc0(sizeof(double) * Max(d->nt, 1));
+	d->tinv = palloc0(sizeof(double) * Max(d->nt, 1));
+	d->iT = palloc(sizeof(int) * Max(d->n, 1));
+	d->itx = palloc(sizeof(int) * Max(d->n, 1));
+	for (i = 0; i < d->n; i++)
+	{
+		d->iT[i] = find_value(d->tval, d->nt, d->T[i]);
+		d->itx[i] = find_value(d->tval, d->nt, d->tx[i]);
+	}
 	d->xidx = palloc(sizeof(int) * Max(d->n, 1));
 	for (i = 0; i < d->n; i++)
 	{
@@ -284,31 +324,38 @@ bg_loglik(const ClvData *d, const double *p, int k, double *grad)
 		g_r += d->total_weight * lalpha;
 		g_alpha += d->total_weight * r / alpha;
 	}
+	for (i = 0; i < d->nt; i++)
+	{
+		d->tlog[i] = log(alpha + d->tval[i]);
+		d->tinv[i] = 1.0 / (alpha + d->tval[i]);
+	}
 	for (i = 0; i < d->n; i++)
 	{
 		double		x = d->x[i],
 					w = d->w[i];
-		double		lT = log(alpha + d->T[i]);
+		int			iT = d->iT[i];
+		double		lT = d->tlog[iT];
 		double		A3 = -(r + x) * lT;
 
 		if (k == 1 || x > 0.0)
 		{
 			int			xi = d->xidx[i];
-			double		ltx = d->tx[i] == d->T[i] ? lT : log(alpha + d->tx[i]);
+			int			itx = d->itx[i];
+			double		ltx = d->tlog[itx];
 			double		A4 = la - d->xs1[xi] - (r + x) * ltx;
-			double		m = A3 > A4 ? A3 : A4;
-			double		e3 = exp(A3 - m),
-						e4 = exp(A4 - m);
-			double		s = e3 + e4;
+			double		dif = A4 - A3;
+			double		e = exp(-fabs(dif));
 
-			ll += w * (m + log(s));
+			ll += w * ((dif > 0 ? A4 : A3) + log1p(e));
 			if (grad)
 			{
-				double		p3 = e3 / s,
-							p4 = e4 / s;
+				double		pbig = 1.0 / (1.0 + e),
+							psmall = e * pbig;
+				double		p3 = dif > 0 ? psmall : pbig,
+							p4 = dif > 0 ? pbig : psmall;
 
 				g_r -= w * (p3 * lT + p4 * ltx);
-				g_alpha -= w * (r + x) * (p3 / (alpha + d->T[i]) + p4 / (alpha + d->tx[i]));
+				g_alpha -= w * (r + x) * (p3 * d->tinv[iT] + p4 * d->tinv[itx]);
 				g_a += w * p4 / a;
 				g_b -= w * p4 * d->xs2[xi];
 			}
@@ -319,7 +366,7 @@ bg_loglik(const ClvData *d, const double *p, int k, double *grad)
 			if (grad)
 			{
 				g_r -= w * lT;
-				g_alpha -= w * (r + x) / (alpha + d->T[i]);
+				g_alpha -= w * (r + x) * d->tinv[iT];
 			}
 		}
 	}

@@ -37,8 +37,13 @@ typedef struct ClvData
 	/* scratch of nx doubles for per-frequency terms */
 	double	   *xs1;
 	double	   *xs2;
-	double	   *xs3;
-	double	   *xs4;
+	/* distinct values of T and t_x, and each row's index into them */
+	int			nt;
+	double	   *tval;
+	int		   *iT;
+	int		   *itx;
+	double	   *tlog;			/* scratch: log(alpha + tval) */
+	double	   *tinv;			/* scratch: 1 / (alpha + tval) */
 	/* Gamma-Gamma: sum of w*x*log(m), sum of w*log(m), sum of w*x*log(x) */
 	double		gg_xlogm;
 	double		gg_logm;
