@@ -10,7 +10,9 @@ OBJS = \
 	src/triggers.o \
 	src/clv_models.o \
 	src/optimize.o \
-	src/clv.o
+	src/clv.o \
+	src/associations.o \
+	src/replenishment.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
@@ -18,7 +20,9 @@ SQL_SOURCES = \
 	src/header.sql \
 	src/core.sql \
 	src/sample.sql \
-	src/clv.sql
+	src/clv.sql \
+	src/associations.sql \
+	src/replenishment.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)
