@@ -3,11 +3,12 @@
  *		Pair association rules ("frequently bought together") from paid order
  *		lines: crm.refresh_associations(min_support, min_confidence).
  *
- * Apriori for pairs.  A first query counts the baskets (paid orders with
- * lines) each sku is in and keeps the skus whose support reaches
- * min_support: only pairs of those can qualify.  Then the lines are read in
- * order_id order through a cursor, a batch at a time, and each basket's
- * pairs of frequent skus are counted in a triangular array of counters.
+ * Apriori for pairs.  The paid order lines are read in order_id order
+ * through a cursor, a batch at a time.  A first pass counts the baskets
+ * (paid orders with lines) and the baskets each sku is in, and keeps the
+ * skus whose support reaches min_support: only pairs of those can qualify.
+ * The next pass counts each basket's pairs of frequent skus in a triangular
+ * array of counters.
  * When the triangle does not fit in work_mem, the first sku's range is
  * split and the lines are read once per part, so memory stays bounded by
  * work_mem whatever the catalogue size.
@@ -33,8 +34,10 @@
 
 typedef struct SkuEntry
 {
-	const char *key;			/* points into the sku name array */
-	int			idx;
+	const char *key;			/* the sku, in the function's memory */
+	int			idx;			/* index among frequent skus, or -1 */
+	int64		baskets;		/* paid orders with this sku */
+	int64		seen_in;		/* last basket counted, for de-duplication */
 } SkuEntry;
 
 static uint32
@@ -140,6 +143,124 @@ count_basket(int *items, int n, int lo, int hi, const int64 *rowoff, uint32 *tri
 	}
 }
 
+
+#define LINES_QUERY \
+	"SELECT l.order_id, l.sku FROM crm.order_line l " \
+	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " \
+	"WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id"
+
+typedef struct PassState
+{
+	HTAB	   *skus;
+	MemoryContext fn_cxt;
+	bool		first;			/* counting skus (true) or pairs (false) */
+	int64		baskets;
+	/* pair pass */
+	int			lo;
+	int			hi;
+	const int64 *rowoff;
+	uint32	   *tri;
+	int		   *items;
+	int			nitems;
+	int			cap;
+} PassState;
+
+static void
+end_basket(PassState *ps)
+{
+	if (!ps->first)
+		count_basket(ps->items, ps->nitems, ps->lo, ps->hi, ps->rowoff, ps->tri);
+	ps->nitems = 0;
+}
+
+/* One pass over all paid order lines, basket by basket. */
+static void
+scan_lines(PassState *ps)
+{
+	Portal		portal;
+	int64		cur_order = -1;
+	bool		any = false;
+	MemoryContext batch_cxt = AllocSetContextCreate(ps->fn_cxt, "crm associations batch",
+													ALLOCSET_DEFAULT_SIZES);
+
+	portal = SPI_cursor_open_with_args(NULL, LINES_QUERY, 0, NULL, NULL, NULL, true, 0);
+	for (;;)
+	{
+		uint64		r;
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		old = MemoryContextSwitchTo(batch_cxt);
+		for (r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			bool		isnull;
+			int64		oid = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+			char	   *sku = TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+			SkuEntry   *e;
+			bool		found;
+
+			if (!any || oid != cur_order)
+			{
+				if (any)
+					end_basket(ps);
+				cur_order = oid;
+				any = true;
+				ps->baskets++;
+			}
+			if (ps->first)
+			{
+				e = hash_search(ps->skus, &sku, HASH_ENTER, &found);
+				if (!found)
+				{
+					e->key = MemoryContextStrdup(ps->fn_cxt, sku);
+					e->idx = -1;
+					e->baskets = 0;
+					e->seen_in = 0;
+				}
+				if (e->seen_in != ps->baskets)
+				{
+					e->seen_in = ps->baskets;
+					e->baskets++;
+				}
+			}
+			else
+			{
+				e = hash_search(ps->skus, &sku, HASH_FIND, NULL);
+				if (e != NULL && e->idx >= 0)
+				{
+					if (ps->nitems == ps->cap)
+					{
+						if (ps->cap >= 1000000)
+							ereport(ERROR,
+									errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+									errmsg("an order has more than %d lines", ps->cap));
+						ps->cap *= 2;
+						ps->items = repalloc(ps->items, sizeof(int) * ps->cap);
+					}
+					ps->items[ps->nitems++] = e->idx;
+				}
+			}
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(batch_cxt);
+		SPI_freetuptable(SPI_tuptable);
+	}
+	if (any)
+		end_basket(ps);
+	SPI_cursor_close(portal);
+	MemoryContextDelete(batch_cxt);
+}
+
+static int
+cmp_entry_key(const void *a, const void *b)
+{
+	return strcmp((*(SkuEntry *const *) a)->key, (*(SkuEntry *const *) b)->key);
+}
+
 PG_FUNCTION_INFO_V1(crm_refresh_associations);
 
 /*
@@ -154,24 +275,21 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 	double		min_confidence = PG_GETARG_FLOAT8(1);
 	int64		baskets;
 	int64		min_count;
-	int			K,
+	int			K = 0,
 				i,
 				j,
 				ret;
+	SkuEntry  **freq;
 	Datum	   *sku_datum;
-	char	  **sku_name;
-	int64	   *sku_count;
 	HASHCTL		hctl;
-	HTAB	   *skus;
+	HASH_SEQ_STATUS seq;
+	SkuEntry   *e;
 	Size		budget;
 	int			lo;
 	RuleBatch  *batch;
+	PassState	ps;
 	Oid			ins_types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID};
-	Oid			cnt_types[1] = {INT8OID};
-	Datum		cnt_args[1];
 	MemoryContext fn_cxt = CurrentMemoryContext;
-	MemoryContext batch_cxt;
-	bool		isnull;
 
 	if (!(min_support > 0.0 && min_support <= 1.0))
 		ereport(ERROR,
@@ -185,18 +303,24 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-
-	ret = SPI_execute("SELECT pg_catalog.count(*) FROM crm.orders o WHERE o.status OPERATOR(pg_catalog.=) 'paid' "
-					  "AND EXISTS (SELECT 1 FROM crm.order_line l WHERE l.order_id OPERATOR(pg_catalog.=) o.order_id)",
-					  true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "counting baskets failed: %d", ret);
-	baskets = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_freetuptable(SPI_tuptable);
-
 	ret = SPI_execute("DELETE FROM crm.association_rule", false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "clearing association rules failed: %d", ret);
+
+	memset(&hctl, 0, sizeof(hctl));
+	hctl.keysize = sizeof(char *);
+	hctl.entrysize = sizeof(SkuEntry);
+	hctl.hash = sku_hash;
+	hctl.match = sku_match;
+	hctl.hcxt = fn_cxt;
+
+	/* pass 1: baskets and the support of each sku */
+	memset(&ps, 0, sizeof(ps));
+	ps.skus = hash_create("crm sku index", 1024, &hctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	ps.fn_cxt = fn_cxt;
+	ps.first = true;
+	scan_lines(&ps);
+	baskets = ps.baskets;
 	if (baskets == 0)
 	{
 		SPI_finish();
@@ -207,54 +331,22 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 		min_count = 1;
 
 	/* frequent skus, in name order */
-	cnt_args[0] = Int64GetDatum(min_count);
-	ret = SPI_execute_with_args("SELECT l.sku, pg_catalog.count(DISTINCT l.order_id) "
-								"FROM crm.order_line l JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
-								"WHERE o.status OPERATOR(pg_catalog.=) 'paid' "
-								"GROUP BY l.sku HAVING pg_catalog.count(DISTINCT l.order_id) OPERATOR(pg_catalog.>=) $1 "
-								"ORDER BY l.sku COLLATE \"C\"",
-								1, cnt_types, cnt_args, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "counting skus failed: %d", ret);
-	if (SPI_processed > (uint64) (MaxAllocSize / sizeof(int64)) / 4)
-		ereport(ERROR,
-				errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				errmsg("too many frequent skus"),
-				errhint("Raise min_support."));
-	K = (int) SPI_processed;
-	{
-		MemoryContext old = MemoryContextSwitchTo(fn_cxt);
-
-		sku_datum = palloc(sizeof(Datum) * Max(K, 1));
-		sku_name = palloc(sizeof(char *) * Max(K, 1));
-		sku_count = palloc(sizeof(int64) * Max(K, 1));
-		for (i = 0; i < K; i++)
-		{
-			sku_datum[i] = PointerGetDatum(DatumGetTextPCopy(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)));
-			sku_name[i] = TextDatumGetCString(sku_datum[i]);
-			sku_count[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		}
-		MemoryContextSwitchTo(old);
-	}
-	SPI_freetuptable(SPI_tuptable);
+	freq = MemoryContextAlloc(fn_cxt, sizeof(SkuEntry *) * Max(hash_get_num_entries(ps.skus), 1));
+	hash_seq_init(&seq, ps.skus);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->baskets >= min_count)
+			freq[K++] = e;
 	if (K < 2)
 	{
 		SPI_finish();
 		PG_RETURN_INT64(0);
 	}
-
-	memset(&hctl, 0, sizeof(hctl));
-	hctl.keysize = sizeof(char *);
-	hctl.entrysize = sizeof(SkuEntry);
-	hctl.hash = sku_hash;
-	hctl.match = sku_match;
-	hctl.hcxt = fn_cxt;
-	skus = hash_create("crm sku index", K, &hctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	qsort(freq, K, sizeof(SkuEntry *), cmp_entry_key);
+	sku_datum = MemoryContextAlloc(fn_cxt, sizeof(Datum) * K);
 	for (i = 0; i < K; i++)
 	{
-		SkuEntry   *e = hash_search(skus, &sku_name[i], HASH_ENTER, NULL);
-
-		e->idx = i;
+		freq[i]->idx = i;
+		sku_datum[i] = PointerGetDatum(cstring_to_text(freq[i]->key));
 	}
 
 	batch = MemoryContextAllocZero(fn_cxt, sizeof(RuleBatch));
@@ -264,9 +356,8 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 							  6, ins_types);
 	if (batch->plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %d", SPI_result);
-	batch_cxt = AllocSetContextCreate(fn_cxt, "crm associations batch", ALLOCSET_DEFAULT_SIZES);
 
-	/* the triangle, in parts that fit in work_mem */
+	/* pass 2 and on: the triangle of pair counts, in parts that fit in work_mem */
 	budget = (Size) work_mem * 1024;
 	lo = 0;
 	while (lo < K)
@@ -275,11 +366,6 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 		int64		cells = 0;
 		int			hi = lo;
 		uint32	   *tri;
-		Portal		portal;
-		int64		cur_order = -1;
-		int		   *items;
-		int			nitems = 0,
-					cap = 64;
 
 		while (hi < K && (cells + (K - 1 - hi)) * (int64) sizeof(uint32) <= (int64) budget)
 		{
@@ -289,64 +375,24 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 		}
 		if (hi == lo)
 		{
-			/* one row always fits: work_mem is at least 64kB */
+			/* a single row always goes, even past work_mem */
 			rowoff[0] = 0;
 			cells = K - 1 - lo;
 			hi = lo + 1;
 		}
 		tri = MemoryContextAllocHuge(fn_cxt, sizeof(uint32) * Max(cells, 1));
 		memset(tri, 0, sizeof(uint32) * Max(cells, 1));
-		items = MemoryContextAlloc(fn_cxt, sizeof(int) * cap);
 
-		portal = SPI_cursor_open_with_args(NULL,
-										   "SELECT l.order_id, l.sku FROM crm.order_line l "
-										   "JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
-										   "WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id",
-										   0, NULL, NULL, NULL, true, 0);
-		for (;;)
-		{
-			uint64		r;
-			MemoryContext old;
-
-			CHECK_FOR_INTERRUPTS();
-			SPI_cursor_fetch(portal, true, FETCH_ROWS);
-			if (SPI_processed == 0)
-				break;
-			old = MemoryContextSwitchTo(batch_cxt);
-			for (r = 0; r < SPI_processed; r++)
-			{
-				HeapTuple	tup = SPI_tuptable->vals[r];
-				int64		oid = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-				char	   *sku = TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-				SkuEntry   *e;
-
-				if (oid != cur_order)
-				{
-					count_basket(items, nitems, lo, hi, rowoff, tri);
-					nitems = 0;
-					cur_order = oid;
-				}
-				e = hash_search(skus, &sku, HASH_FIND, NULL);
-				if (e != NULL)
-				{
-					if (nitems == cap)
-					{
-						if (cap >= 1000000)
-							ereport(ERROR,
-									errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-									errmsg("an order has more than %d lines", cap));
-						cap *= 2;
-						items = repalloc(items, sizeof(int) * cap);
-					}
-					items[nitems++] = e->idx;
-				}
-			}
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(batch_cxt);
-			SPI_freetuptable(SPI_tuptable);
-		}
-		count_basket(items, nitems, lo, hi, rowoff, tri);
-		SPI_cursor_close(portal);
+		ps.first = false;
+		ps.baskets = 0;
+		ps.lo = lo;
+		ps.hi = hi;
+		ps.rowoff = rowoff;
+		ps.tri = tri;
+		ps.cap = 64;
+		ps.nitems = 0;
+		ps.items = MemoryContextAlloc(fn_cxt, sizeof(int) * ps.cap);
+		scan_lines(&ps);
 
 		/* rules of this part */
 		for (i = lo; i < hi; i++)
@@ -361,9 +407,9 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 				if (c < min_count)
 					continue;
 				sup = (double) c / (double) baskets;
-				conf_ij = (double) c / (double) sku_count[i];
-				conf_ji = (double) c / (double) sku_count[j];
-				lift = (double) c * (double) baskets / ((double) sku_count[i] * (double) sku_count[j]);
+				conf_ij = (double) c / (double) freq[i]->baskets;
+				conf_ji = (double) c / (double) freq[j]->baskets;
+				lift = (double) c * (double) baskets / ((double) freq[i]->baskets * (double) freq[j]->baskets);
 				if (conf_ij >= min_confidence)
 					add_rule(batch, sku_datum[i], sku_datum[j], c, sup, conf_ij, lift);
 				if (conf_ji >= min_confidence)
@@ -371,7 +417,7 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 			}
 		pfree(tri);
 		pfree(rowoff);
-		pfree(items);
+		pfree(ps.items);
 		lo = hi;
 	}
 	flush_rules(batch);
