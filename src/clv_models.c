@@ -134,7 +134,7 @@ clv_log_hyp2f1(double a, double b, double c, double z, bool *ok)
 		a = na;
 		b = nb;
 	}
-	for (n = 0; n < 2000000; n++)
+	for (n = 0; n < 20000; n++)
 	{
 		double		ratio = (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
 
