@@ -19,6 +19,14 @@
 
 #include "clv_models.h"
 
+/*
+ * Hypergeometric series length caps: a fit gives up on a parameter region
+ * whose series crawl (the optimiser then steers away); scoring, once per
+ * customer, may sum long series for far horizons.
+ */
+#define FIT_MAX_TERMS 20000
+#define SCORE_MAX_TERMS 5000000
+
 static const char *const bg_names[] = {"r", "alpha", "a", "b"};
 static const char *const pnbd_names[] = {"r", "alpha", "s", "beta"};
 static const char *const gg_names[] = {"p", "q", "v"};
@@ -110,7 +118,7 @@ clv_digamma(double x)
  * series does not settle (then the caller reports an error).
  */
 double
-clv_log_hyp2f1(double a, double b, double c, double z, bool *ok)
+clv_log_hyp2f1(double a, double b, double c, double z, int max_terms, bool *ok)
 {
 	double		pre = 0.0;
 	double		sum = 1.0,
@@ -134,7 +142,7 @@ clv_log_hyp2f1(double a, double b, double c, double z, bool *ok)
 		a = na;
 		b = nb;
 	}
-	for (n = 0; n < 20000; n++)
+	for (n = 0; n < max_terms; n++)
 	{
 		double		ratio = (a + n) * (b + n) / ((c + n) * (n + 1.0)) * z;
 
@@ -382,7 +390,7 @@ bg_loglik(const ClvData *d, const double *p, int k, double *grad)
 
 /* log A_0 of the Pareto/NBD likelihood (Fader & Hardie 2005, note). */
 static double
-pnbd_log_a0(const double *p, double x, double tx, double T, bool *ok)
+pnbd_log_a0(const double *p, double x, double tx, double T, int max_terms, bool *ok)
 {
 	double		r = p[0],
 				alpha = p[1],
@@ -409,8 +417,8 @@ pnbd_log_a0(const double *p, double x, double tx, double T, bool *ok)
 		b2 = r + x;
 		dif = beta - alpha;
 	}
-	l1 = clv_log_hyp2f1(rsx, b2, rsx + 1.0, dif / (mx + tx), &ok1) - rsx * log(mx + tx);
-	l2 = clv_log_hyp2f1(rsx, b2, rsx + 1.0, dif / (mx + T), &ok2) - rsx * log(mx + T);
+	l1 = clv_log_hyp2f1(rsx, b2, rsx + 1.0, dif / (mx + tx), max_terms, &ok1) - rsx * log(mx + tx);
+	l2 = clv_log_hyp2f1(rsx, b2, rsx + 1.0, dif / (mx + T), max_terms, &ok2) - rsx * log(mx + T);
 	*ok = ok1 && ok2;
 	if (!(l1 > l2))
 		return -HUGE_VAL;
@@ -436,7 +444,7 @@ pnbd_loglik(const ClvData *d, const double *p, bool *ok)
 	{
 		double		x = d->x[i];
 		double		first = -(r + x) * log(alpha + d->T[i]) - s * log(beta + d->T[i]);
-		double		la0 = pnbd_log_a0(p, x, d->tx[i], d->T[i], ok);
+		double		la0 = pnbd_log_a0(p, x, d->tx[i], d->T[i], FIT_MAX_TERMS, ok);
 		double		second = log(s) - log(r + s + x) + la0;
 
 		if (!*ok)
@@ -584,7 +592,7 @@ clv_p_alive(ClvModelKind kind, const double *p, double x, double tx, double T)
 				double		s = p[2],
 							beta = p[3];
 				bool		ok;
-				double		la0 = pnbd_log_a0(p, x, tx, T, &ok);
+				double		la0 = pnbd_log_a0(p, x, tx, T, SCORE_MAX_TERMS, &ok);
 
 				if (!ok)
 					return NAN;
@@ -615,7 +623,7 @@ clv_expected_conditional(ClvModelKind kind, const double *p, double t,
 				double		a = away_from_one(p[2]),
 							b = p[3];
 				double		lh = clv_log_hyp2f1(r + x, b + x + k, a + b + x - 1 + k,
-												t / (alpha + T + t), &ok);
+												t / (alpha + T + t), SCORE_MAX_TERMS, &ok);
 				double		first = (a + b + x - 1 + k) / (a - 1);
 				double		second = -expm1(lh + (r + x) * (log(alpha + T) - log(alpha + T + t)));
 
@@ -658,7 +666,7 @@ clv_expected_unconditional(ClvModelKind kind, const double *p, double t)
 				int			k = kind == CLV_MBGNBD ? 1 : 0;
 				double		a = away_from_one(p[2]),
 							b = p[3];
-				double		lh = clv_log_hyp2f1(r, b + k, a + b - 1 + k, t / (alpha + t), &ok);
+				double		lh = clv_log_hyp2f1(r, b + k, a + b - 1 + k, t / (alpha + t), SCORE_MAX_TERMS, &ok);
 
 				if (!ok)
 					return NAN;

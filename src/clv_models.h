@@ -76,6 +76,6 @@ extern double clv_expected_spend(const double *p, double x, double m);
 
 /* Special functions */
 extern double clv_digamma(double x);
-extern double clv_log_hyp2f1(double a, double b, double c, double z, bool *ok);
+extern double clv_log_hyp2f1(double a, double b, double c, double z, int max_terms, bool *ok);
 
 #endif							/* CLV_MODELS_H */
