@@ -110,3 +110,33 @@ crm_purchase_interval_final(PG_FUNCTION_ARGS)
 	pfree(gaps);
 	PG_RETURN_FLOAT8(median);
 }
+
+PG_FUNCTION_INFO_V1(crm_purchase_days_final);
+
+/*
+ * Final function of crm.purchase_days: the number of distinct days.  It
+ * shares crm.purchase_interval's transition state when both appear in one
+ * query, so the days are collected once.
+ */
+Datum
+crm_purchase_days_final(PG_FUNCTION_ARGS)
+{
+	DayState   *st;
+	DateADT    *days;
+	int			i,
+				m = 0;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT32(0);
+	st = (DayState *) PG_GETARG_POINTER(0);
+	if (st->n == 0)
+		PG_RETURN_INT32(0);
+	days = palloc(sizeof(DateADT) * st->n);
+	memcpy(days, st->days, sizeof(DateADT) * st->n);
+	qsort(days, st->n, sizeof(DateADT), cmp_date);
+	for (i = 0; i < st->n; i++)
+		if (i == 0 || days[i] != days[i - 1])
+			m++;
+	pfree(days);
+	PG_RETURN_INT32(m);
+}

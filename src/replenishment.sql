@@ -24,6 +24,21 @@ CREATE AGGREGATE crm.purchase_interval(day date) (
 COMMENT ON AGGREGATE crm.purchase_interval(date) IS
 	'Median number of days between the distinct days of the group (NULL with fewer than two): the typical purchase cycle';
 
+CREATE FUNCTION crm.purchase_days_final(internal) RETURNS integer
+	LANGUAGE c PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_purchase_days_final';
+COMMENT ON FUNCTION crm.purchase_days_final(internal) IS
+	'Final function of crm.purchase_days (not STRICT: an empty group gives 0)';
+
+CREATE AGGREGATE crm.purchase_days(day date) (
+	SFUNC = crm.purchase_interval_trans,
+	STYPE = internal,
+	FINALFUNC = crm.purchase_days_final,
+	PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE crm.purchase_days(date) IS
+	'Number of distinct days in the group; shares its state with crm.purchase_interval in the same query';
+
 CREATE FUNCTION crm.replenishment(as_of timestamptz DEFAULT pg_catalog.now(), min_purchases integer DEFAULT 3,
 	sku_min_purchases integer DEFAULT 4)
 RETURNS TABLE (customer_id bigint, category text, sku text, purchases integer, interval_days double precision,
@@ -49,15 +64,15 @@ BEGIN
 		  AND o.status OPERATOR(pg_catalog.=) 'paid'
 		  AND o.ordered_at OPERATOR(pg_catalog.<=) as_of
 	), cycles AS (
-		SELECT b.cid, b.cat, NULL::text AS item, pg_catalog.count(DISTINCT b.day)::integer AS n,
-		       crm.purchase_interval(b.day ORDER BY b.day) AS gap, pg_catalog.max(b.day) AS last_day
+		SELECT b.cid, b.cat, NULL::text AS item, crm.purchase_days(b.day) AS n,
+		       crm.purchase_interval(b.day) AS gap, pg_catalog.max(b.day) AS last_day
 		FROM bought b GROUP BY b.cid, b.cat
-		HAVING pg_catalog.count(DISTINCT b.day) OPERATOR(pg_catalog.>=) min_purchases
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) min_purchases
 		UNION ALL
-		SELECT b.cid, b.cat, b.item, pg_catalog.count(DISTINCT b.day)::integer,
-		       crm.purchase_interval(b.day ORDER BY b.day), pg_catalog.max(b.day)
+		SELECT b.cid, b.cat, b.item, crm.purchase_days(b.day),
+		       crm.purchase_interval(b.day), pg_catalog.max(b.day)
 		FROM bought b GROUP BY b.cid, b.cat, b.item
-		HAVING pg_catalog.count(DISTINCT b.day) OPERATOR(pg_catalog.>=) sku_min_purchases
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) sku_min_purchases
 	)
 	SELECT y.cid, y.cat, y.item, y.n, y.gap, y.last_day,
 	       y.last_day OPERATOR(pg_catalog.+) pg_catalog.round(y.gap)::integer
