@@ -124,6 +124,14 @@ SELECT count(*) FROM crm.clv_summary('1997-09-30 00:00+00');
 SELECT customer_id, frequency, round(recency::numeric, 3) AS recency, round(t::numeric, 3) AS t
 FROM crm.clv_summary('1997-09-30 00:00+00', '1 month') WHERE customer_id = 1;
 
+-- The one-pass fold behind clv_summary: unsorted input, one day twice.
+SELECT (crm.purchase_summary(d, a)).*
+FROM (VALUES ('2026-01-05'::date, 10.0::float8), ('2026-01-01', 5), ('2026-01-05', 2), ('2026-01-03', 1)) v(d, a);
+SELECT (crm.purchase_summary(d, a)).* FROM (VALUES ('2026-01-01'::date, 5.0::float8), ('2026-01-01', 1)) v(d, a);
+SELECT crm.purchase_summary(d, a) IS NULL AS no_purchases FROM (VALUES (NULL::date, 1.0::float8)) v(d, a);
+SELECT pg_temp.expect_error($$SELECT crm.purchase_summary(d, a) FROM (VALUES ('2026-01-01'::date, -1.0::float8)) v(d, a)$$);
+SELECT pg_temp.expect_error($$SELECT crm.purchase_summary(d, a) FROM (VALUES ('infinity'::date, 1.0::float8)) v(d, a)$$);
+
 -- Bad input: clear errors, never NaN.
 SELECT pg_temp.expect_error($$SELECT crm.clv_estimate('bgnbd', x, t_x, t, 1) FROM cdnow_summary WHERE false$$);
 SELECT pg_temp.expect_error($$SELECT crm.clv_estimate('bgnbd', 0, 0, t, 1) FROM cdnow_summary$$);

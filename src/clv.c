@@ -20,6 +20,7 @@
 #include "portability/instr_time.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
@@ -227,6 +228,15 @@ crm_clv_spend_trans(PG_FUNCTION_ARGS)
 	if (w > 0.0 && x > 0.0)
 		state_add(st, x, m, 0.0, w);
 	PG_RETURN_POINTER(st);
+}
+
+static int
+cmp_int32(const void *pa, const void *pb)
+{
+	int32		a = *(const int32 *) pa,
+				b = *(const int32 *) pb;
+
+	return a < b ? -1 : (a > b ? 1 : 0);
 }
 
 /* Sort order of rows for compression. */
@@ -718,4 +728,140 @@ crm_clv(PG_FUNCTION_ARGS)
 		prev = e;
 	}
 	PG_RETURN_FLOAT8(finite_result(total, "CLV"));
+}
+
+/* ------------------------------------------------------------------------
+ * crm.purchase_summary(day date, amount float8): one customer's purchase
+ * days folded into (days, first day, last day, amount after the first day)
+ * in a single pass, for crm.clv_summary.
+ * ------------------------------------------------------------------------ */
+
+typedef struct PurchaseState
+{
+	int			n;
+	int			cap;
+	int32	   *day;
+	double	   *amount;
+} PurchaseState;
+
+PG_FUNCTION_INFO_V1(crm_purchase_summary_trans);
+
+/* Transition: collects (day, amount); NULL days are skipped. */
+Datum
+crm_purchase_summary_trans(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	PurchaseState *st;
+	int32		d;
+	double		a;
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		ereport(ERROR,
+				errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				errmsg("crm.purchase_summary transition function called outside an aggregate"));
+	if (PG_ARGISNULL(0))
+	{
+		st = MemoryContextAllocZero(aggcxt, sizeof(PurchaseState));
+		st->cap = 8;
+		st->day = MemoryContextAlloc(aggcxt, sizeof(int32) * st->cap);
+		st->amount = MemoryContextAlloc(aggcxt, sizeof(double) * st->cap);
+	}
+	else
+		st = (PurchaseState *) PG_GETARG_POINTER(0);
+	if (PG_ARGISNULL(1))
+		PG_RETURN_POINTER(st);
+	d = PG_GETARG_INT32(1);		/* DateADT */
+	a = PG_ARGISNULL(2) ? 0.0 : PG_GETARG_FLOAT8(2);
+	if (DATE_NOT_FINITE(d))
+		ereport(ERROR,
+				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				errmsg("purchase days must be finite"));
+	if (isnan(a) || isinf(a) || a < 0.0)
+		ereport(ERROR,
+				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				errmsg("purchase amounts must be finite and not negative"));
+	/* the same day again (the usual, sorted input) just adds up */
+	if (st->n > 0 && st->day[st->n - 1] == d)
+	{
+		st->amount[st->n - 1] += a;
+		PG_RETURN_POINTER(st);
+	}
+	if (st->n == st->cap)
+	{
+		if (st->cap >= 50000000)
+			ereport(ERROR,
+					errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					errmsg("too many purchases for one customer"));
+		st->cap *= 2;
+		st->day = repalloc(st->day, sizeof(int32) * st->cap);
+		st->amount = repalloc(st->amount, sizeof(double) * st->cap);
+	}
+	st->day[st->n] = d;
+	st->amount[st->n] = a;
+	st->n++;
+	PG_RETURN_POINTER(st);
+}
+
+PG_FUNCTION_INFO_V1(crm_purchase_summary_final);
+
+/*
+ * Final: a crm.purchase_summary_result (days, first_day, last_day,
+ * repeat_amount), NULL when there were no purchases.
+ */
+Datum
+crm_purchase_summary_final(PG_FUNCTION_ARGS)
+{
+	PurchaseState *st;
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {0};
+	int32		first,
+				last;
+	int			days = 0,
+				i;
+	double		first_amount = 0.0,
+				total = 0.0;
+	bool		sorted = true;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	st = (PurchaseState *) PG_GETARG_POINTER(0);
+	if (st->n == 0)
+		PG_RETURN_NULL();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "crm.purchase_summary must return a composite type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	first = last = st->day[0];
+	for (i = 1; i < st->n; i++)
+	{
+		if (st->day[i] <= st->day[i - 1])
+			sorted = false;
+		first = Min(first, st->day[i]);
+		last = Max(last, st->day[i]);
+	}
+	for (i = 0; i < st->n; i++)
+	{
+		total += st->amount[i];
+		if (st->day[i] == first)
+			first_amount += st->amount[i];
+	}
+	if (sorted)
+		days = st->n;
+	else
+	{
+		int32	   *copy = palloc(sizeof(int32) * st->n);
+
+		memcpy(copy, st->day, sizeof(int32) * st->n);
+		qsort(copy, st->n, sizeof(int32), cmp_int32);
+		for (i = 0; i < st->n; i++)
+			if (i == 0 || copy[i] != copy[i - 1])
+				days++;
+		pfree(copy);
+	}
+	values[0] = Int32GetDatum(days);
+	values[1] = DateADTGetDatum(first);
+	values[2] = DateADTGetDatum(last);
+	values[3] = Float8GetDatum(total - first_amount);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -8,6 +8,36 @@
 -- ---------------------------------------------------------------------------
 -- Summaries: frequency, recency, T and monetary value per golden customer
 -- ---------------------------------------------------------------------------
+CREATE TYPE crm.purchase_summary_result AS (
+	days			integer,
+	first_day		date,
+	last_day		date,
+	repeat_amount	double precision
+);
+COMMENT ON TYPE crm.purchase_summary_result IS
+	'One customer''s purchases folded by crm.purchase_summary: distinct purchase days, first and last day, amount spent after the first day';
+
+CREATE FUNCTION crm.purchase_summary_trans(internal, date, double precision) RETURNS internal
+	LANGUAGE c PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_purchase_summary_trans';
+COMMENT ON FUNCTION crm.purchase_summary_trans(internal, date, double precision) IS
+	'Transition function of crm.purchase_summary (not STRICT: the first call creates the state; NULL days are skipped)';
+
+CREATE FUNCTION crm.purchase_summary_final(internal) RETURNS crm.purchase_summary_result
+	LANGUAGE c PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_purchase_summary_final';
+COMMENT ON FUNCTION crm.purchase_summary_final(internal) IS
+	'Final function of crm.purchase_summary (not STRICT: no purchases give NULL)';
+
+CREATE AGGREGATE crm.purchase_summary(day date, amount double precision) (
+	SFUNC = crm.purchase_summary_trans,
+	STYPE = internal,
+	FINALFUNC = crm.purchase_summary_final,
+	PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE crm.purchase_summary(date, double precision) IS
+	'Folds purchases (day, amount) into distinct days, first and last day and the amount after the first day, in one pass (used by crm.clv_summary)';
+
 CREATE FUNCTION crm.clv_summary(as_of timestamptz, period interval DEFAULT '1 week')
 RETURNS TABLE (customer_id bigint, frequency integer, recency double precision, t double precision,
 	monetary numeric, first_purchase date, last_purchase date)
@@ -30,28 +60,23 @@ BEGIN
 	END IF;
 	as_of_day := as_of::date;
 	RETURN QUERY
-	WITH day_total AS (
-		SELECT o.customer_id AS cid, o.ordered_at::date AS day, pg_catalog.sum(o.net_amount) AS amt
-		FROM crm.orders o
-		JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id
-		WHERE c.merged_into IS NULL
-		  AND o.status OPERATOR(pg_catalog.=) 'paid'
-		  AND o.ordered_at OPERATOR(pg_catalog.<=) as_of
-		GROUP BY 1, 2
-	), ranked AS (
-		SELECT d.cid, d.day, d.amt, pg_catalog.min(d.day) OVER (PARTITION BY d.cid) AS first_day
-		FROM day_total d
-	)
-	SELECT r.cid,
-	       (pg_catalog.count(*) OPERATOR(pg_catalog.-) 1)::integer,
-	       (pg_catalog.max(r.day) OPERATOR(pg_catalog.-) pg_catalog.min(r.day))::double precision OPERATOR(pg_catalog./) days,
-	       (as_of_day OPERATOR(pg_catalog.-) pg_catalog.min(r.day))::double precision OPERATOR(pg_catalog./) days,
-	       COALESCE(pg_catalog.sum(r.amt) FILTER (WHERE r.day OPERATOR(pg_catalog.>) r.first_day)
-	                OPERATOR(pg_catalog./) NULLIF(pg_catalog.count(*) OPERATOR(pg_catalog.-) 1, 0), 0),
-	       pg_catalog.min(r.day),
-	       pg_catalog.max(r.day)
-	FROM ranked r
-	GROUP BY r.cid;
+	SELECT q.cid,
+	       ((q.s).days OPERATOR(pg_catalog.-) 1)::integer,
+	       ((q.s).last_day OPERATOR(pg_catalog.-) (q.s).first_day)::double precision OPERATOR(pg_catalog./) days,
+	       (as_of_day OPERATOR(pg_catalog.-) (q.s).first_day)::double precision OPERATOR(pg_catalog./) days,
+	       CASE WHEN (q.s).days OPERATOR(pg_catalog.>) 1
+	            THEN ((q.s).repeat_amount OPERATOR(pg_catalog./) ((q.s).days OPERATOR(pg_catalog.-) 1))::numeric
+	            ELSE 0::numeric END,
+	       (q.s).first_day,
+	       (q.s).last_day
+	FROM (SELECT o.customer_id AS cid,
+	             crm.purchase_summary(o.ordered_at::date, o.net_amount::double precision) AS s
+	      FROM crm.orders o
+	      JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id
+	      WHERE c.merged_into IS NULL
+	        AND o.status OPERATOR(pg_catalog.=) 'paid'
+	        AND o.ordered_at OPERATOR(pg_catalog.<=) as_of
+	      GROUP BY o.customer_id) q;
 END
 $$;
 COMMENT ON FUNCTION crm.clv_summary(timestamptz, interval) IS
