@@ -3,10 +3,14 @@
  *		A small, deterministic optimiser for maximum-likelihood fits on
  *		log-parameters.  Each start is first improved by Nelder-Mead (robust
  *		far from the optimum, needs no gradient); the best point then goes to
- *		BFGS with an Armijo backtracking line search, which converges fast and
- *		gives a gradient-norm convergence test.  If BFGS stalls away from a
- *		stationary point it restarts from the identity Hessian, then from the
- *		next best start.  The caller decides what non-convergence means.
+ *		BFGS with an Armijo backtracking line search, which converges fast,
+ *		and Newton steps with a finite-difference Hessian finish the job where
+ *		the objective is too flat for BFGS to tell points apart.  When a cheap
+ *		screening objective (a subsample) is given, each start is taken close
+ *		to its optimum there before the full data are touched.  If BFGS stalls
+ *		away from a stationary point it restarts from the identity Hessian,
+ *		then from the next best start.  The caller decides what
+ *		non-convergence means.
  */
 #include "postgres.h"
 
@@ -241,7 +245,6 @@ bfgs(OptState *s, double *x, double gtol, double *gnorm, int *iters, bool *conve
 				for (j = 0; j < k; j++)
 					H[i][j] = i == j ? 1.0 : 0.0;
 			}
-			slope = -(*gnorm) * (*gnorm);
 			slope = 0.0;
 			for (i = 0; i < k; i++)
 				slope -= g[i] * g[i];
