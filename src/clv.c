@@ -718,6 +718,11 @@ crm_clv(PG_FUNCTION_ARGS)
 				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				errmsg("horizon must be at most 10000 periods"));
 	spend = clv_expected_spend(sm->p, x, x > 0 ? mv : 0.0);
+	if (dr == 0.0)
+	{
+		/* undiscounted, the period sum telescopes to E[X(h)] * spend */
+		PG_RETURN_FLOAT8(finite_result(clv_expected_conditional(m->kind, m->p, h, x, tx, T) * spend, "CLV"));
+	}
 	steps = (int) ceil(h);
 	for (i = 1; i <= steps; i++)
 	{
