@@ -286,16 +286,16 @@ bfgs(OptState *s, double *x, double gtol, double *gnorm, int *iters, bool *conve
 			y[i] = gn[i] - g[i];
 			sy += sv[i] * y[i];
 		}
-		if (f - fn <= 1e-13 * (fabs(f) + 1e-300))
+		if (f - fn <= 1e-11 * (fabs(f) + 1e-300))
 			small_steps++;
 		else
 			small_steps = 0;
 		memcpy(x, xn, sizeof(double) * k);
 		memcpy(g, gn, sizeof(double) * k);
 		f = fn;
-		if (small_steps >= 3)
+		if (small_steps >= 2)
 		{
-			/* the objective is flat to 13 digits: done, if also nearly stationary */
+			/* the objective is flat to 11 digits: done, if also nearly stationary */
 			*gnorm = max_abs(g, k);
 			*converged = *gnorm < 1e-6;
 			break;
@@ -357,7 +357,7 @@ newton_polish(OptState *s, double *x, double *f, double gtol, double *gnorm, int
 	if (!(*f < HUGE_VAL))
 		return false;
 	*gnorm = max_abs(g, k);
-	for (it = 0; it < 30 && s->evals < s->budget; it++)
+	for (it = 0; it < 12 && s->evals < s->budget; it++)
 	{
 		double		H[OPT_MAX_DIM][OPT_MAX_DIM],
 					L[OPT_MAX_DIM][OPT_MAX_DIM];
@@ -474,7 +474,7 @@ opt_minimize(opt_fn fn, void *ctx, opt_fn screen_fn, void *screen_ctx,
 			 int k, const double *starts, int nstarts, double gtol,
 			 OptResult *res)
 {
-	OptState	full = {fn, ctx, k, 0, 400};
+	OptState	full = {fn, ctx, k, 0, 150};
 	OptState	screen = {screen_fn, screen_ctx, k, 0, 1000000};
 	double		pts[16][OPT_MAX_DIM];
 	double		vals[16];
