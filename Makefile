@@ -18,6 +18,11 @@ OBJS = \
 	src/tag_rule.o \
 	src/customer_stats.o \
 	src/segment.o
+	src/clv_models.o \
+	src/optimize.o \
+	src/clv.o \
+	src/associations.o \
+	src/replenishment.o
 
 # The install script is the concatenation of each concept's SQL, in
 # dependency order: the core schema first.
@@ -33,6 +38,9 @@ SQL_SOURCES = \
 	src/rfm.sql \
 	src/customer_stats.sql \
 	src/segment.sql
+	src/clv.sql \
+	src/associations.sql \
+	src/replenishment.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)

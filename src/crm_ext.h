@@ -17,6 +17,7 @@
 #define ERRCODE_CRM_MERGE_REFUSED			MAKE_SQLSTATE('C','R','0','0','4')
 #define ERRCODE_CRM_SAMPLE_NOT_EMPTY		MAKE_SQLSTATE('C','R','0','0','5')
 #define ERRCODE_CRM_MODEL_NOT_CONVERGED		MAKE_SQLSTATE('C','R','0','0','6')
+#define ERRCODE_CRM_INSUFFICIENT_DATA		MAKE_SQLSTATE('C','R','0','0','7')
 
 /* triggers.c */
 extern void crm_triggers_init(void);
