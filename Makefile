@@ -17,7 +17,7 @@ OBJS = \
 	src/rfm.o \
 	src/tag_rule.o \
 	src/customer_stats.o \
-	src/segment.o
+	src/segment.o \
 	src/clv_models.o \
 	src/optimize.o \
 	src/clv.o \
@@ -37,7 +37,7 @@ SQL_SOURCES = \
 	src/rfm_score.sql \
 	src/rfm.sql \
 	src/customer_stats.sql \
-	src/segment.sql
+	src/segment.sql \
 	src/clv.sql \
 	src/associations.sql \
 	src/replenishment.sql
