@@ -37,6 +37,10 @@ SELECT round(100.0 * count(*) FILTER (WHERE status = 'refunded') / count(*), 1) 
        min(ordered_at) >= crm.sample_as_of() - interval '730 days' AND max(ordered_at) < crm.sample_as_of() AS orders_in_window,
        count(*) FILTER (WHERE channel = 'pos' AND store_id IS NULL) AS pos_without_store
 FROM crm.orders;
+-- dropout: a good share of buyers lapsed more than 180 days before the end
+SELECT round(100.0 * count(*) FILTER (WHERE last_order < crm.sample_as_of() - interval '180 days') / count(*)) BETWEEN 15 AND 45
+       AS lapsed_share_plausible
+FROM (SELECT customer_id, max(ordered_at) AS last_order FROM crm.orders GROUP BY 1) AS buyers;
 -- lines split each order's amount exactly
 SELECT count(*) AS orders_whose_lines_do_not_add_up
 FROM crm.orders o JOIN (SELECT order_id, sum(amount) AS total FROM crm.order_line GROUP BY 1) l USING (order_id)

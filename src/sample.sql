@@ -119,7 +119,7 @@ BEGIN
 	             + crm.sample_uniform(seed, 17, pl.person_id) * interval '1612 days'
 	             + (k - 1) * crm.sample_uniform(seed, 18, pl.before + k) * interval '120 days') AS created_at,
 	       -- purchase rate per year: log-normal, so most buy rarely and a few weekly
-	       LEAST(150.0, exp(1.45 + 1.1 * crm.sample_normal(seed, 20, pl.before + k))) AS rate,
+	       LEAST(150.0, exp(1.64 + 1.1 * crm.sample_normal(seed, 20, pl.before + k))) AS rate,
 	       exp(3.3 + 0.45 * crm.sample_normal(seed, 21, pl.person_id)) AS basket,
 	       crm.sample_uniform(seed, 22, pl.person_id) < 0.05 AS wednesday_organic,
 	       crm.sample_uniform(seed, 23, pl.person_id) < 0.20 AS weekend_shopper,
@@ -135,18 +135,26 @@ BEGIN
 	WHERE pl.before + k <= customers;
 	ALTER TABLE pg_temp.crm_sample_rec ADD PRIMARY KEY (customer_id);
 
-	-- Orders per record over the part of the window it was active, and where
-	-- its orders start in the id range.
-	ALTER TABLE pg_temp.crm_sample_rec ADD COLUMN first_day integer, ADD COLUMN n_orders integer,
-		ADD COLUMN orders_before bigint, ADD COLUMN n_events integer, ADD COLUMN events_before bigint;
+	-- Orders per record over the part of the window it was active: from its
+	-- first day to its last, where 35% of records drop out (stop buying) at a
+	-- uniformly chosen day, so that churn models and win-back have something
+	-- to find.  Where its orders and events start in the id ranges.
+	ALTER TABLE pg_temp.crm_sample_rec ADD COLUMN first_day integer, ADD COLUMN stop_day integer,
+		ADD COLUMN n_orders integer, ADD COLUMN orders_before bigint,
+		ADD COLUMN n_events integer, ADD COLUMN events_before bigint;
 	UPDATE pg_temp.crm_sample_rec r
 	SET first_day = d.first_day,
-	    n_orders = LEAST(300, (r.rate * (window_days - d.first_day) / 365.0
-	                           * (0.5 + crm.sample_uniform(seed, 28, r.customer_id)))::integer),
-	    n_events = LEAST(100, exp(1.0 + crm.sample_normal(seed, 40, r.customer_id)))::integer
+	    stop_day = CASE WHEN crm.sample_uniform(seed, 29, r.customer_id) < 0.35
+	                    THEN d.first_day + 1 + crm.sample_int(seed, 32, r.customer_id, window_days - d.first_day)
+	                    ELSE window_days END
 	FROM (SELECT customer_id, GREATEST(0, pg_catalog.ceil(EXTRACT(epoch FROM created_at - window_start) / 86400))::integer AS first_day
 	      FROM pg_temp.crm_sample_rec) AS d
 	WHERE d.customer_id = r.customer_id;
+	UPDATE pg_temp.crm_sample_rec r
+	SET stop_day = LEAST(r.stop_day, window_days),
+	    n_orders = LEAST(300, (r.rate * (LEAST(r.stop_day, window_days) - r.first_day) / 365.0
+	                           * (0.5 + crm.sample_uniform(seed, 28, r.customer_id)))::integer),
+	    n_events = LEAST(100, exp(1.0 + crm.sample_normal(seed, 40, r.customer_id)))::integer;
 	UPDATE pg_temp.crm_sample_rec r
 	SET orders_before = c.ob, events_before = c.eb
 	FROM (SELECT customer_id,
@@ -253,14 +261,14 @@ BEGIN
 		       CASE WHEN crm.sample_uniform(seed, 61, r.orders_before + j) < 0.8 THEN r.channel
 		            ELSE (ARRAY['pos', 'app', 'mini_program', 'web'])[1 + crm.sample_int(seed, 67, r.orders_before + j, 4)] END AS channel,
 		       CASE WHEN r.wednesday_organic AND crm.sample_uniform(seed, 68, r.orders_before + j) < 0.8
-		                 THEN crm.sample_snap_weekday(d.day, 2, r.first_day, window_days)
+		                 THEN crm.sample_snap_weekday(d.day, 2, r.first_day, r.stop_day)
 		            WHEN r.weekend_shopper AND crm.sample_uniform(seed, 68, r.orders_before + j) < 0.5
-		                 THEN crm.sample_snap_weekday(d.day, 5, r.first_day, window_days)
+		                 THEN crm.sample_snap_weekday(d.day, 5, r.first_day, r.stop_day)
 		            ELSE d.day END AS day
 		FROM pg_temp.crm_sample_rec r
 		CROSS JOIN LATERAL pg_catalog.generate_series(1, r.n_orders) AS j
 		CROSS JOIN LATERAL (SELECT r.first_day + crm.sample_int(seed, 60, r.orders_before + j,
-		                                                                window_days - r.first_day) AS day) AS d
+		                                                                r.stop_day - r.first_day) AS day) AS d
 		WHERE r.n_orders > 0
 	) AS o
 ;
@@ -309,7 +317,7 @@ BEGIN
 	-- Events ---------------------------------------------------------------------
 	INSERT INTO crm.event (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props)
 	SELECT e.event_id, e.customer_id, e.customer_id, e.kind,
-	       window_start + (e.first_day + e.u_day * (window_days - e.first_day)) * interval '1 day',
+	       window_start + (e.first_day + e.u_day * (LEAST(window_days, e.stop_day + 60) - e.first_day)) * interval '1 day',
 	       CASE WHEN e.kind = 'store_visit' THEN 'pos' WHEN e.channel = 'pos' THEN 'app' ELSE e.channel END,
 	       CASE WHEN e.kind = 'store_visit' THEN e.home_store END,
 	       CASE e.kind
@@ -318,7 +326,7 @@ BEGIN
 	            WHEN 'search' THEN pg_catalog.jsonb_build_object('query', e.category)
 	            ELSE '{}'::jsonb END
 	FROM (
-		SELECT r.events_before + j AS event_id, r.customer_id, r.channel, r.home_store, r.first_day,
+		SELECT r.events_before + j AS event_id, r.customer_id, r.channel, r.home_store, r.first_day, r.stop_day,
 		       crm.sample_uniform(seed, 41, r.events_before + j) AS u_day,
 		       CASE WHEN u.k < 0.40 THEN 'browse' WHEN u.k < 0.50 THEN 'search' WHEN u.k < 0.70 THEN 'cart'
 		            WHEN u.k < 0.75 THEN 'checkout' WHEN u.k < 0.93 THEN 'sign_in' ELSE 'store_visit' END AS kind,

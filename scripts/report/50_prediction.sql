@@ -21,8 +21,6 @@ FROM crm.clv_scores('demo_bgnbd', 'demo_spend', 52, 0.01) s
 ORDER BY s.clv DESC, s.customer_id LIMIT 10;
 
 \echo 'Customers at risk (P(alive) below crm.clv_at_risk_threshold()), by model.'
-\echo '(The sample generator keeps every customer buying to the end, so the fits find no dropout'
-\echo ' (b, the dropout Beta''s second shape, runs to millions) and nobody is at risk.)'
 SELECT 'bgnbd' AS model, crm.clv_at_risk_threshold() AS threshold, count(*) AS customers,
        count(*) FILTER (WHERE at_risk) AS at_risk,
        round(100.0 * count(*) FILTER (WHERE at_risk) / count(*), 1) AS at_risk_pct,
