@@ -549,19 +549,27 @@ parse_unary(Parser *p, VType *t)
 	return parse_primary(p, t);
 }
 
+typedef bool (*ParseLevel) (Parser *p, VType *t);
+
+/*
+ * One left-associative arithmetic level: operand ((tok1 | tok2) operand)*,
+ * both sides numbers.  Products and sums differ only in their tokens and
+ * the level below them.
+ */
 static bool
-parse_term(Parser *p, VType *t)
+parse_arith_level(Parser *p, VType *t, ParseLevel operand,
+				  Tok tok1, Op op1, Tok tok2, Op op2)
 {
-	if (!parse_unary(p, t))
+	if (!operand(p, t))
 		return false;
-	while (p->tok == TK_STAR || p->tok == TK_SLASH)
+	while (p->tok == tok1 || p->tok == tok2)
 	{
-		Op			op = p->tok == TK_STAR ? OP_MUL : OP_DIV;
+		Op			op = p->tok == tok1 ? op1 : op2;
 		int			pos = p->tokpos;
 		VType		r;
 
 		next_token(p);
-		if (!parse_unary(p, &r))
+		if (!operand(p, &r))
 			return false;
 		if (*t != VT_NUM || r != VT_NUM)
 			return fail(p, ERRCODE_DATATYPE_MISMATCH, pos, "operator %s needs numbers on both sides",
@@ -573,26 +581,15 @@ parse_term(Parser *p, VType *t)
 }
 
 static bool
+parse_term(Parser *p, VType *t)
+{
+	return parse_arith_level(p, t, parse_unary, TK_STAR, OP_MUL, TK_SLASH, OP_DIV);
+}
+
+static bool
 parse_sum(Parser *p, VType *t)
 {
-	if (!parse_term(p, t))
-		return false;
-	while (p->tok == TK_PLUS || p->tok == TK_MINUS)
-	{
-		Op			op = p->tok == TK_PLUS ? OP_ADD : OP_SUB;
-		int			pos = p->tokpos;
-		VType		r;
-
-		next_token(p);
-		if (!parse_term(p, &r))
-			return false;
-		if (*t != VT_NUM || r != VT_NUM)
-			return fail(p, ERRCODE_DATATYPE_MISMATCH, pos, "operator %s needs numbers on both sides",
-						op_names[op]);
-		if (!emit(p, op, 0, 0, 0))
-			return false;
-	}
-	return !p->failed;
+	return parse_arith_level(p, t, parse_term, TK_PLUS, OP_ADD, TK_MINUS, OP_SUB);
 }
 
 static bool
