@@ -592,9 +592,9 @@ prepare_common_plans(void)
 		INT8ARRAYOID, INT8ARRAYOID};
 
 		plan_history = prepare_kept(
-									"INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
-									"SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::numeric / 100 "
-									"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
+					  "INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
+					  "SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::numeric / 100 "
+					  "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
 									H_COLS, t);
 	}
 	if (plan_lock[0] == NULL)
@@ -1141,27 +1141,40 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 	}
 }
 
+/*
+ * The body both order triggers share: load the configuration, expose the
+ * transition tables, plan the statement once per backend, then feed each
+ * customer's rows to row_fn.
+ */
+static void
+run_order_trigger(FunctionCallInfo fcinfo, const char *name, bool for_update,
+				  SPIPlanPtr *plan, const char *sql, bool ensure, int since_col, RowFn row_fn)
+{
+	Ctx			ctx;
+
+	check_statement_trigger(fcinfo, name, for_update);
+	connect_and_load();
+	SPI_register_trigger_data((TriggerData *) fcinfo->context);
+	prepare_common_plans();
+	if (*plan == NULL)
+		*plan = prepare_kept(sql, 0, NULL);
+	ctx_init(&ctx);
+	drive(&ctx, *plan, NULL, ensure, since_col, row_fn);
+	SPI_finish();
+}
+
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_insert);
 
 /* crm.loyalty_orders_insert(): AFTER INSERT statement trigger on crm.orders. */
 Datum
 crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
 {
-	Ctx			ctx;
-
-	check_statement_trigger(fcinfo, "crm.loyalty_orders_insert()", false);
-	connect_and_load();
-	SPI_register_trigger_data((TriggerData *) fcinfo->context);
-	prepare_common_plans();
-	if (plan_new_orders == NULL)
-		plan_new_orders = prepare_kept(
-									   "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
+	run_order_trigger(fcinfo, "crm.loyalty_orders_insert()", false, &plan_new_orders,
+					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
 									   "((n.amount - n.refunded_amount) * 100)::bigint, (n.amount * 100)::bigint "
 									   "FROM loyalty_new n WHERE n.status OPERATOR(pg_catalog.=) 'paid' "
-									   "ORDER BY n.customer_id, n.ordered_at, n.order_id", 0, NULL);
-	ctx_init(&ctx);
-	drive(&ctx, plan_new_orders, NULL, true, 4, order_row);
-	SPI_finish();
+									   "ORDER BY n.customer_id, n.ordered_at, n.order_id",
+					  true, 4, order_row);
 	return PointerGetDatum(NULL);
 }
 
@@ -1199,28 +1212,19 @@ PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
 Datum
 crm_loyalty_orders_update(PG_FUNCTION_ARGS)
 {
-	Ctx			ctx;
-
-	check_statement_trigger(fcinfo, "crm.loyalty_orders_update()", true);
-	connect_and_load();
-	SPI_register_trigger_data((TriggerData *) fcinfo->context);
-	prepare_common_plans();
-	if (plan_refunds == NULL)
-		plan_refunds = prepare_kept(
-									"SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
-									"(n.amount * 100)::bigint, (n.net_amount * 100)::bigint, (o.net_amount * 100)::bigint, "
-									"coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires "
-									"FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
-									"LEFT JOIN LATERAL (SELECT "
-									"  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
-									"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed, "
-									"  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires "
-									"  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) n.order_id) j ON true "
-									"WHERE n.net_amount OPERATOR(pg_catalog.<) o.net_amount "
-									"ORDER BY n.customer_id, n.order_id", 0, NULL);
-	ctx_init(&ctx);
-	drive(&ctx, plan_refunds, NULL, false, 0, refund_row);
-	SPI_finish();
+	run_order_trigger(fcinfo, "crm.loyalty_orders_update()", true, &plan_refunds,
+					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
+					  "(n.amount * 100)::bigint, (n.net_amount * 100)::bigint, (o.net_amount * 100)::bigint, "
+					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires "
+					  "FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
+					  "LEFT JOIN LATERAL (SELECT "
+					  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
+					  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed, "
+					  "  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires "
+					  "  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) n.order_id) j ON true "
+					  "WHERE n.net_amount OPERATOR(pg_catalog.<) o.net_amount "
+					  "ORDER BY n.customer_id, n.order_id",
+					  false, 0, refund_row);
 	return PointerGetDatum(NULL);
 }
 
