@@ -97,9 +97,43 @@ SELECT crm.refresh_rfm('2026-01-01');
 SELECT customer_id, as_of, score, segment FROM crm.customer_rfm ORDER BY customer_id LIMIT 3;
 SELECT crm.refresh_rfm('2026-01-01');
 SELECT count(*) FROM crm.customer_rfm;
+-- the refresh writes only what changed: nothing when run again, nothing
+-- when time passes without orders (quantile scores are ranks), the new
+-- buyer's row and the rows whose scores moved after an order
+SELECT scored, rows_written, rows_deleted FROM crm.rfm_refresh;
+SELECT crm.refresh_rfm('2026-01-08');
+SELECT as_of, scored, rows_written, rows_deleted FROM crm.rfm_refresh;
+SELECT customer_id, recency_days, last_order_at FROM crm.customer_rfm WHERE customer_id = 1;
+INSERT INTO crm.orders (customer_id, channel, ordered_at, amount) VALUES (10, 'web', '2026-01-05', 500);
+SELECT crm.refresh_rfm('2026-01-08');
+SELECT scored, rows_written, rows_deleted FROM crm.rfm_refresh;
+-- a merged record and a customer whose only order was refunded drop out
+UPDATE crm.customer SET merged_into = 1 WHERE customer_id = 9;
+UPDATE crm.orders SET status = 'refunded' WHERE customer_id = 2;
+SELECT crm.refresh_rfm('2026-01-08');
+SELECT scored, rows_written, rows_deleted FROM crm.rfm_refresh;
+-- the stored view equals crm.rfm at the same moment, row for row
+SELECT count(*) AS differing FROM (
+	(SELECT customer_id, recency_days, frequency, monetary, score, segment FROM crm.customer_rfm
+	 EXCEPT SELECT customer_id, recency_days, frequency, monetary, score, segment FROM crm.rfm('2026-01-08'))
+	UNION ALL
+	(SELECT customer_id, recency_days, frequency, monetary, score, segment FROM crm.rfm('2026-01-08')
+	 EXCEPT SELECT customer_id, recency_days, frequency, monetary, score, segment FROM crm.customer_rfm)) d;
+-- fixed cut points move with time, and bins are recorded
+SELECT crm.refresh_rfm('2026-06-01', 5, 'fixed');
+SELECT bins, method, scored, rows_written FROM crm.rfm_refresh;
+SELECT count(*) AS differing FROM (SELECT customer_id, score FROM crm.customer_rfm
+	EXCEPT SELECT customer_id, score FROM crm.rfm('2026-06-01', 5, 'fixed')) d;
+UPDATE crm.customer SET merged_into = NULL WHERE customer_id = 9;
+SELECT crm.refresh_rfm('2026-01-08');
 -- a changed segment map is seen at once
 UPDATE crm.rfm_segment_map SET segment = 'Top' WHERE priority = 10;
 SELECT crm.rfm_segment('R5F5M5');
+-- and a refresh rewrites exactly the rows whose segment name changed
+SELECT count(*) AS renamed FROM crm.customer_rfm WHERE segment <> crm.rfm_segment(score);
+SELECT crm.refresh_rfm('2026-01-08');
+SELECT rows_written FROM crm.rfm_refresh;
+SELECT count(*) AS renamed FROM crm.customer_rfm WHERE segment <> crm.rfm_segment(score);
 ROLLBACK;
 SELECT crm.rfm_segment('R5F5M5');
 -- errors
@@ -107,4 +141,6 @@ SELECT pg_temp.expect_error($$SELECT * FROM crm.rfm('2026-01-01', 0)$$);
 SELECT pg_temp.expect_error($$SELECT * FROM crm.rfm('2026-01-01', 10)$$);
 SELECT pg_temp.expect_error($$SELECT * FROM crm.rfm('2026-01-01', 5, 'ntile')$$);
 SELECT pg_temp.expect_error($$SELECT * FROM crm.rfm('infinity')$$);
+SELECT pg_temp.expect_error($$SELECT crm.refresh_rfm('2026-01-01', 5, 'ntile')$$);
+SELECT pg_temp.expect_error($$SELECT crm.refresh_rfm('2026-01-01', 12)$$);
 SELECT count(*) FROM crm.rfm(NULL);

@@ -22,11 +22,13 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -249,37 +251,35 @@ column_of(Relation rel, const char *name)
 	return att;
 }
 
-PG_FUNCTION_INFO_V1(crm_rfm);
-
-/*
- * crm.rfm(as_of timestamptz, bins integer DEFAULT 5, method text DEFAULT 'quantile')
- *		RETURNS TABLE(customer_id, recency_days, frequency, monetary, score, segment)
- */
-Datum
-crm_rfm(PG_FUNCTION_ARGS)
+/* One scored customer. */
+typedef struct RfmRow
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	TimestampTz as_of = PG_GETARG_TIMESTAMPTZ(0);
-	int32		bins = PG_GETARG_INT32(1);
-	char	   *method = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	int64		customer_id;
+	TimestampTz last_at;
+	int64		frequency;
+	int64		cents;
+	RfmScore	score;
+} RfmRow;
+
+#define ST_SORT sort_rfm_rows
+#define ST_ELEMENT_TYPE RfmRow
+#define ST_COMPARE(a, b) ((a)->customer_id < (b)->customer_id ? -1 : ((a)->customer_id > (b)->customer_id ? 1 : 0))
+#define ST_SCOPE static
+#define ST_DECLARE
+#define ST_DEFINE
+#include "lib/sort_template.h"
+
+static int64
+recency_days_of(TimestampTz as_of, TimestampTz last_at)
+{
+	return (as_of - last_at) / USECS_PER_DAY;
+}
+
+/* Checks the arguments of crm.rfm / crm.refresh_rfm; true for fixed cut points. */
+static bool
+check_rfm_args(TimestampTz as_of, int32 bins, const char *method)
+{
 	bool		fixed;
-	Cuts		cuts[3];
-	Relation	rel;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	Snapshot	snap = GetActiveSnapshot();
-	rfmagg_hash *merged;
-	rfmagg_hash *agg;
-	rfmagg_iterator it;
-	RfmAgg	   *e;
-	AttrNumber	o_cust,
-				o_at,
-				o_status,
-				o_net,
-				o_max;
-	int64		n,
-				i;
-	Datum	   *segtext;
 
 	if (strcmp(method, "quantile") == 0)
 		fixed = false;
@@ -298,17 +298,19 @@ crm_rfm(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("as_of must be a finite time")));
+	return fixed;
+}
 
-	InitMaterializedSRF(fcinfo, 0);
-	load_segment_map();
-	if (fixed)
-		load_cuts(cuts);
+/*
+ * Records merged into another: their orders do not count on their own.
+ * Few, and found through the partial index customer_merged_into_idx.
+ */
+static rfmagg_hash *
+load_merged(void)
+{
+	rfmagg_hash *merged = rfmagg_create(CurrentMemoryContext, 1024, NULL);
+	uint64		i;
 
-	/*
-	 * Records merged into another: their orders do not count on their own.
-	 * Few, and found through the partial index customer_merged_into_idx.
-	 */
-	merged = rfmagg_create(CurrentMemoryContext, 1024, NULL);
 	SPI_connect();
 	if (SPI_execute("SELECT c.customer_id FROM crm.customer c WHERE c.merged_into IS NOT NULL",
 					true, 0) != SPI_OK_SELECT)
@@ -323,24 +325,31 @@ crm_rfm(PG_FUNCTION_ARGS)
 							 &found);
 	}
 	SPI_finish();
+	return merged;
+}
 
-	/* The one pass over the orders. */
-	agg = rfmagg_create(CurrentMemoryContext, 8192, NULL);
-	rel = table_open(crm_relid("orders"), AccessShareLock);
-	o_cust = column_of(rel, "customer_id");
-	o_at = column_of(rel, "ordered_at");
-	o_status = column_of(rel, "status");
-	o_net = column_of(rel, "net_amount");
-	o_max = Max(Max(o_cust, o_at), Max(o_status, o_net));
-	slot = table_slot_create(rel, NULL);
-	scan = table_beginscan(rel, snap, 0, NULL);
+/* The one pass over the orders: last order, count and cents per golden customer. */
+static rfmagg_hash *
+aggregate_orders(TimestampTz as_of, Snapshot snap)
+{
+	rfmagg_hash *merged = load_merged();
+	rfmagg_hash *agg = rfmagg_create(CurrentMemoryContext, 8192, NULL);
+	Relation	rel = table_open(crm_relid("orders"), AccessShareLock);
+	AttrNumber	o_cust = column_of(rel, "customer_id"),
+				o_at = column_of(rel, "ordered_at"),
+				o_status = column_of(rel, "status"),
+				o_net = column_of(rel, "net_amount");
+	AttrNumber	o_max = Max(Max(o_cust, o_at), Max(o_status, o_net));
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
-		bool		isnull;
 		TimestampTz at;
 		text	   *status;
 		int64		cust;
 		bool		found;
+		RfmAgg	   *e;
 
 		CHECK_FOR_INTERRUPTS();
 		slot_getsomeattrs(slot, o_max);
@@ -353,7 +362,6 @@ crm_rfm(PG_FUNCTION_ARGS)
 		cust = DatumGetInt64(slot->tts_values[o_cust - 1]);
 		if (merged->members > 0 && rfmagg_lookup(merged, cust) != NULL)
 			continue;
-		isnull = slot->tts_isnull[o_net - 1];
 		e = rfmagg_insert(agg, cust, &found);
 		if (!found)
 		{
@@ -364,85 +372,376 @@ crm_rfm(PG_FUNCTION_ARGS)
 		else if (at > e->last_at)
 			e->last_at = at;
 		e->frequency++;
-		if (!isnull)
-		{
-			int64		c = crm_numeric_to_cents(slot->tts_values[o_net - 1]);
-
-			if (pg_add_s64_overflow(e->cents, c, &e->cents))
-				ereport(ERROR,
-						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-						 errmsg("monetary value of a customer is out of range")));
-		}
+		if (!slot->tts_isnull[o_net - 1] &&
+			pg_add_s64_overflow(e->cents, crm_numeric_to_cents(slot->tts_values[o_net - 1]), &e->cents))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("monetary value of a customer is out of range")));
 	}
 	table_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	table_close(rel, AccessShareLock);
+	return agg;
+}
 
-	n = agg->members;
-	if (n == 0)
-		return (Datum) 0;
+/*
+ * Every golden customer with a paid order before as_of, scored, in
+ * customer_id order; *n_out gets the count.  Reads under snap.
+ */
+static RfmRow *
+rfm_compute(TimestampTz as_of, int32 bins, bool fixed, Snapshot snap, int64 *n_out)
+{
+	rfmagg_hash *agg;
+	rfmagg_iterator it;
+	RfmAgg	   *e;
+	RfmRow	   *rows;
+	Cuts		cuts[3];
+	int64	   *srec,
+			   *sfreq,
+			   *smon;
+	int64		n,
+				i;
+
+	load_segment_map();
+	if (fixed)
+		load_cuts(cuts);
+	agg = aggregate_orders(as_of, snap);
+	n = *n_out = agg->members;
+	rows = palloc(sizeof(RfmRow) * Max(n, 1));
+	srec = palloc(sizeof(int64) * Max(n, 1));
+	sfreq = palloc(sizeof(int64) * Max(n, 1));
+	smon = palloc(sizeof(int64) * Max(n, 1));
+	i = 0;
+	rfmagg_start_iterate(agg, &it);
+	while ((e = rfmagg_iterate(agg, &it)) != NULL)
 	{
-		int64	   *ids = palloc(sizeof(int64) * n);
-		int64	   *srec = palloc(sizeof(int64) * n);
-		int64	   *sfreq = palloc(sizeof(int64) * n);
-		int64	   *smon = palloc(sizeof(int64) * n);
+		rows[i].customer_id = e->customer_id;
+		rows[i].last_at = e->last_at;
+		rows[i].frequency = e->frequency;
+		rows[i].cents = e->cents;
+		/* negated: a longer recency is worse */
+		srec[i] = -recency_days_of(as_of, e->last_at);
+		sfreq[i] = e->frequency;
+		smon[i] = e->cents;
+		i++;
+	}
+	sort_rfm_rows(rows, n);
+	if (!fixed)
+	{
+		sort_int64(srec, n);
+		sort_int64(sfreq, n);
+		sort_int64(smon, n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmRow	   *row = &rows[i];
+		int64		recency_days = recency_days_of(as_of, row->last_at);
 
-		i = 0;
-		rfmagg_start_iterate(agg, &it);
-		while ((e = rfmagg_iterate(agg, &it)) != NULL)
-		{
-			ids[i] = e->customer_id;
-			/* negated: a longer recency is worse */
-			srec[i] = -((as_of - e->last_at) / USECS_PER_DAY);
-			sfreq[i] = e->frequency;
-			smon[i] = e->cents;
-			i++;
-		}
-		/* output in customer_id order */
-		sort_int64(ids, n);
-		/* one text datum per possible score (R, F, M 1..9), made on first use */
-		segtext = palloc0(sizeof(Datum) * 4096);
-		if (!fixed)
-		{
-			sort_int64(srec, n);
-			sort_int64(sfreq, n);
-			sort_int64(smon, n);
-		}
-		for (i = 0; i < n; i++)
-		{
-			Datum		values[6];
-			bool		nulls[6] = {false, false, false, false, false, false};
-			int			r,
-						f,
-						m;
-			RfmScore	s;
-			int64		recency_days;
+		if (fixed)
+			row->score = RFM_PACK(cut_score(&cuts[0], (double) recency_days, true),
+								  cut_score(&cuts[1], (double) row->frequency, false),
+								  cut_score(&cuts[2], (double) row->cents / 100.0, false));
+		else
+			row->score = RFM_PACK(quantile_score(srec, n, -recency_days, bins),
+								  quantile_score(sfreq, n, row->frequency, bins),
+								  quantile_score(smon, n, row->cents, bins));
+	}
+	return rows;
+}
 
-			e = rfmagg_lookup(agg, ids[i]);
-			recency_days = (as_of - e->last_at) / USECS_PER_DAY;
-			if (fixed)
-			{
-				r = cut_score(&cuts[0], (double) recency_days, true);
-				f = cut_score(&cuts[1], (double) e->frequency, false);
-				m = cut_score(&cuts[2], (double) e->cents / 100.0, false);
-			}
-			else
-			{
-				r = quantile_score(srec, n, -recency_days, bins);
-				f = quantile_score(sfreq, n, e->frequency, bins);
-				m = quantile_score(smon, n, e->cents, bins);
-			}
-			s = RFM_PACK(r, f, m);
-			values[0] = Int64GetDatum(e->customer_id);
-			values[1] = Int32GetDatum((int32) Min(recency_days, PG_INT32_MAX));
-			values[2] = Int64GetDatum(e->frequency);
-			values[3] = crm_cents_to_numeric(e->cents);
-			values[4] = RfmScoreGetDatum(s);
-			if (segtext[s] == (Datum) 0)
-				segtext[s] = PointerGetDatum(cstring_to_text(segment_of(s)));
-			values[5] = segtext[s];
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
+/* One text datum per possible score, made on first use. */
+static Datum
+segment_datum(Datum *cache, RfmScore s)
+{
+	if (cache[s] == (Datum) 0)
+		cache[s] = PointerGetDatum(cstring_to_text(segment_of(s)));
+	return cache[s];
+}
+
+PG_FUNCTION_INFO_V1(crm_rfm);
+
+/*
+ * crm.rfm(as_of timestamptz, bins integer DEFAULT 5, method text DEFAULT 'quantile')
+ *		RETURNS TABLE(customer_id, recency_days, frequency, monetary, score, segment)
+ */
+Datum
+crm_rfm(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz as_of = PG_GETARG_TIMESTAMPTZ(0);
+	int32		bins = PG_GETARG_INT32(1);
+	bool		fixed = check_rfm_args(as_of, bins, text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	Datum	   *segtext = palloc0(sizeof(Datum) * 4096);
+	RfmRow	   *rows;
+	int64		n,
+				i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	rows = rfm_compute(as_of, bins, fixed, GetActiveSnapshot(), &n);
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+
+		values[0] = Int64GetDatum(rows[i].customer_id);
+		values[1] = Int32GetDatum((int32) Min(recency_days_of(as_of, rows[i].last_at), PG_INT32_MAX));
+		values[2] = Int64GetDatum(rows[i].frequency);
+		values[3] = crm_cents_to_numeric(rows[i].cents);
+		values[4] = RfmScoreGetDatum(rows[i].score);
+		values[5] = segment_datum(segtext, rows[i].score);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------
+ * crm.refresh_rfm: write only what changed
+ * --------------------------------------------------------------------- */
+
+/* Column arrays of the rows to insert or update. */
+typedef struct RowBatch
+{
+	int			n;
+	Datum	   *cust,
+			   *last_at,
+			   *freq,
+			   *monetary,
+			   *score,
+			   *segment;
+} RowBatch;
+
+static void
+batch_init(RowBatch *b, int64 capacity)
+{
+	size_t		sz = sizeof(Datum) * Max(capacity, 1);
+
+	b->n = 0;
+	b->cust = palloc(sz);
+	b->last_at = palloc(sz);
+	b->freq = palloc(sz);
+	b->monetary = palloc(sz);
+	b->score = palloc(sz);
+	b->segment = palloc(sz);
+}
+
+static void
+batch_add(RowBatch *b, const RfmRow *row, Datum *segtext)
+{
+	b->cust[b->n] = Int64GetDatum(row->customer_id);
+	b->last_at[b->n] = TimestampTzGetDatum(row->last_at);
+	b->freq[b->n] = Int64GetDatum(row->frequency);
+	b->monetary[b->n] = crm_cents_to_numeric(row->cents);
+	b->score[b->n] = RfmScoreGetDatum(row->score);
+	b->segment[b->n] = segtext != NULL ? segment_datum(segtext, row->score) : (Datum) 0;
+	b->n++;
+}
+
+static Datum
+array_of(Datum *elems, int n, Oid type)
+{
+	int16		len;
+	bool		byval;
+	char		align;
+
+	get_typlenbyvalalign(type, &len, &byval, &align);
+	return PointerGetDatum(construct_array(elems, n, type, len, byval, align));
+}
+
+static bool
+text_equal(Datum a, Datum b)
+{
+	text	   *ta = DatumGetTextPP(a);
+	text	   *tb = DatumGetTextPP(b);
+
+	return VARSIZE_ANY_EXHDR(ta) == VARSIZE_ANY_EXHDR(tb) &&
+		memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), VARSIZE_ANY_EXHDR(ta)) == 0;
+}
+
+static RfmRow *
+find_row(RfmRow *rows, int64 n, int64 cust)
+{
+	int64		lo = 0,
+				hi = n;
+
+	while (lo < hi)
+	{
+		int64		mid = lo + (hi - lo) / 2;
+
+		if (rows[mid].customer_id < cust)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && rows[lo].customer_id == cust ? &rows[lo] : NULL;
+}
+
+/*
+ * Compares crm.rfm_snapshot with the new rows: changed rows go to upd,
+ * rows of customers no longer scored to del (customer ids only); seen[]
+ * marks the new rows that have a snapshot row.  Returns the type of the
+ * score column.
+ */
+static Oid
+diff_snapshot(RfmRow *rows, int64 n, bool *seen, Datum *segtext, Snapshot snap,
+			  RowBatch *upd, RowBatch *del)
+{
+	Relation	rel = table_open(crm_relid("rfm_snapshot"), AccessShareLock);
+	AttrNumber	s_cust = column_of(rel, "customer_id"),
+				s_last = column_of(rel, "last_order_at"),
+				s_freq = column_of(rel, "frequency"),
+				s_mon = column_of(rel, "monetary"),
+				s_score = column_of(rel, "score"),
+				s_seg = column_of(rel, "segment");
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+	int			del_capacity = 64;
+	Oid			score_type;
+
+	del->n = 0;
+	del->cust = palloc(sizeof(Datum) * del_capacity);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		int64		cust;
+		RfmRow	   *row;
+
+		CHECK_FOR_INTERRUPTS();
+		slot_getallattrs(slot);
+		cust = DatumGetInt64(slot->tts_values[s_cust - 1]);
+		row = find_row(rows, n, cust);
+		if (row == NULL)
+		{
+			if (del->n == del_capacity)
+			{
+				del_capacity *= 2;
+				del->cust = repalloc(del->cust, sizeof(Datum) * del_capacity);
+			}
+			del->cust[del->n++] = Int64GetDatum(cust);
+			continue;
+		}
+		seen[row - rows] = true;
+		if (DatumGetTimestampTz(slot->tts_values[s_last - 1]) != row->last_at ||
+			DatumGetInt64(slot->tts_values[s_freq - 1]) != row->frequency ||
+			crm_numeric_to_cents(slot->tts_values[s_mon - 1]) != row->cents ||
+			DatumGetRfmScore(slot->tts_values[s_score - 1]) != row->score ||
+			!text_equal(slot->tts_values[s_seg - 1], segment_datum(segtext, row->score)))
+			batch_add(upd, row, segtext);
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	score_type = TupleDescAttr(RelationGetDescr(rel), s_score - 1)->atttypid;
+	table_close(rel, AccessShareLock);
+	return score_type;
+}
+
+static void
+run_write(const char *sql, int nargs, Oid *types, Datum *args, int expect)
+{
+	if (SPI_execute_with_args(sql, nargs, types, args, NULL, false, 0) != expect)
+		elog(ERROR, "SPI failed for \"%s\"", sql);
+}
+
+/* Applies the diff with one set-based statement per kind of change. */
+static void
+write_changes(RowBatch *ins, RowBatch *upd, RowBatch *del, Oid score_type)
+{
+	Oid			types[6] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID,
+	NUMERICARRAYOID, get_array_type(score_type), TEXTARRAYOID};
+	RowBatch   *b[2] = {upd, ins};
+	static const char *const sql[2] = {
+		"UPDATE crm.rfm_snapshot s SET last_order_at = u.l, frequency = u.f, monetary = u.m, "
+		"score = u.s, segment = u.g "
+		"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+		"pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, l, f, m, s, g) "
+		"WHERE s.customer_id OPERATOR(pg_catalog.=) u.c",
+		"INSERT INTO crm.rfm_snapshot (customer_id, last_order_at, frequency, monetary, score, segment) "
+		"SELECT u.c, u.l, u.f, u.m, u.s, u.g FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+		"pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, l, f, m, s, g)"
+	};
+	int			k;
+
+	if (del->n > 0)
+	{
+		Datum		arg = array_of(del->cust, del->n, INT8OID);
+
+		run_write("DELETE FROM crm.rfm_snapshot s WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
+				  1, types, &arg, SPI_OK_DELETE);
+	}
+	for (k = 0; k < 2; k++)
+	{
+		Datum		args[6];
+
+		if (b[k]->n == 0)
+			continue;
+		args[0] = array_of(b[k]->cust, b[k]->n, INT8OID);
+		args[1] = array_of(b[k]->last_at, b[k]->n, TIMESTAMPTZOID);
+		args[2] = array_of(b[k]->freq, b[k]->n, INT8OID);
+		args[3] = array_of(b[k]->monetary, b[k]->n, NUMERICOID);
+		args[4] = array_of(b[k]->score, b[k]->n, score_type);
+		args[5] = array_of(b[k]->segment, b[k]->n, TEXTOID);
+		run_write(sql[k], 6, types, args, k == 0 ? SPI_OK_UPDATE : SPI_OK_INSERT);
+	}
+}
+
+PG_FUNCTION_INFO_V1(crm_refresh_rfm);
+
+/*
+ * crm.refresh_rfm(as_of, bins, method) RETURNS bigint: brings
+ * crm.rfm_snapshot to crm.rfm(as_of, bins, method) writing only the rows
+ * that differ, records the refresh in crm.rfm_refresh and returns the number
+ * of customers scored.  The snapshot stores the last order time rather than
+ * the recency, so a next-day refresh rewrites only customers who ordered or
+ * whose scores moved, not every row.
+ */
+Datum
+crm_refresh_rfm(PG_FUNCTION_ARGS)
+{
+	TimestampTz as_of = PG_GETARG_TIMESTAMPTZ(0);
+	int32		bins = PG_GETARG_INT32(1);
+	text	   *method = PG_GETARG_TEXT_PP(2);
+	bool		fixed = check_rfm_args(as_of, bins, text_to_cstring(method));
+	Datum	   *segtext = palloc0(sizeof(Datum) * 4096);
+	RfmRow	   *rows;
+	bool	   *seen;
+	RowBatch	ins,
+				upd,
+				del;
+	int64		n,
+				i;
+	Snapshot	snap;
+	Oid			score_type;
+	Datum		state[6];
+	Oid			state_types[6] = {TIMESTAMPTZOID, INT4OID, TEXTOID, INT8OID, INT8OID, INT8OID};
+
+	SPI_connect();
+	/* One refresh at a time; readers see the old scores until commit. */
+	if (SPI_execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.refresh_rfm'))",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock crm.refresh_rfm");
+	/* A snapshot taken after the lock sees the previous refresh committed. */
+	snap = RegisterSnapshot(GetTransactionSnapshot());
+	rows = rfm_compute(as_of, bins, fixed, snap, &n);
+	seen = palloc0(sizeof(bool) * Max(n, 1));
+	batch_init(&upd, n);
+	score_type = diff_snapshot(rows, n, seen, segtext, snap, &upd, &del);
+	UnregisterSnapshot(snap);
+	batch_init(&ins, n);
+	for (i = 0; i < n; i++)
+		if (!seen[i])
+			batch_add(&ins, &rows[i], segtext);
+	write_changes(&ins, &upd, &del, score_type);
+
+	state[0] = TimestampTzGetDatum(as_of);
+	state[1] = Int32GetDatum(bins);
+	state[2] = PointerGetDatum(method);
+	state[3] = Int64GetDatum(n);
+	state[4] = Int64GetDatum((int64) ins.n + upd.n + del.n);
+	state[5] = Int64GetDatum((int64) del.n);
+	run_write("INSERT INTO crm.rfm_refresh AS r (as_of, bins, method, scored, rows_written, rows_deleted) "
+			  "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (singleton) DO UPDATE SET "
+			  "as_of = excluded.as_of, bins = excluded.bins, method = excluded.method, "
+			  "scored = excluded.scored, rows_written = excluded.rows_written, "
+			  "rows_deleted = excluded.rows_deleted, refreshed_at = pg_catalog.now()",
+			  6, state_types, state, SPI_OK_INSERT);
+	SPI_finish();
+	PG_RETURN_INT64(n);
 }

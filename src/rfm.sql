@@ -79,35 +79,42 @@ RETURNS TABLE (customer_id bigint, recency_days integer, frequency bigint, monet
 COMMENT ON FUNCTION crm.rfm(timestamptz, integer, text) IS
 	'RFM of every golden customer with a paid order before as_of, in one pass over crm.orders: scores by quantile bins (equal values get equal scores) or by crm.rfm_threshold (method fixed)';
 
-CREATE TABLE crm.customer_rfm (
+-- The last refresh's scores.  The snapshot keeps the last order time, not the
+-- recency: a next-day refresh then rewrites only the customers who ordered or
+-- whose scores moved.  crm.customer_rfm adds the recency as of the refresh.
+CREATE TABLE crm.rfm_snapshot (
 	customer_id		bigint PRIMARY KEY,
-	as_of			timestamptz NOT NULL,
-	recency_days	integer NOT NULL,
+	last_order_at	timestamptz NOT NULL,
 	frequency		bigint NOT NULL,
 	monetary		numeric(14,2) NOT NULL,
 	score			crm.rfm_score NOT NULL,
 	segment			text NOT NULL
 );
-CREATE INDEX customer_rfm_score_idx ON crm.customer_rfm (score);
-COMMENT ON TABLE crm.customer_rfm IS 'RFM per golden customer as of the last crm.refresh_rfm (a snapshot: no foreign key, replaced whole by each refresh)';
-SELECT pg_catalog.pg_extension_config_dump('crm.customer_rfm', '');
+CREATE INDEX rfm_snapshot_score_idx ON crm.rfm_snapshot (score);
+COMMENT ON TABLE crm.rfm_snapshot IS 'RFM per golden customer as of the last crm.refresh_rfm (no foreign key; kept by crm.refresh_rfm only). Read crm.customer_rfm';
+SELECT pg_catalog.pg_extension_config_dump('crm.rfm_snapshot', '');
+
+CREATE TABLE crm.rfm_refresh (
+	singleton		boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+	as_of			timestamptz NOT NULL,
+	bins			integer NOT NULL,
+	method			text NOT NULL,
+	scored			bigint NOT NULL,
+	rows_written	bigint NOT NULL,
+	rows_deleted	bigint NOT NULL,
+	refreshed_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE crm.rfm_refresh IS 'The last crm.refresh_rfm: its arguments, customers scored and snapshot rows written (inserted, updated or deleted)';
+SELECT pg_catalog.pg_extension_config_dump('crm.rfm_refresh', '');
+
+CREATE VIEW crm.customer_rfm AS
+SELECT s.customer_id, r.as_of,
+	pg_catalog.floor(EXTRACT(EPOCH FROM r.as_of OPERATOR(pg_catalog.-) s.last_order_at) OPERATOR(pg_catalog./) 86400)::integer AS recency_days,
+	s.frequency, s.monetary, s.score, s.segment, s.last_order_at
+FROM crm.rfm_snapshot s CROSS JOIN crm.rfm_refresh r;
+COMMENT ON VIEW crm.customer_rfm IS 'RFM per golden customer as of the last crm.refresh_rfm (empty before the first)';
 
 CREATE FUNCTION crm.refresh_rfm(as_of timestamptz DEFAULT pg_catalog.now(), bins integer DEFAULT 5, method text DEFAULT 'quantile')
 RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	n bigint;
-BEGIN
-	-- One refresh at a time; readers see the old scores until commit.
-	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.refresh_rfm'));
-	DELETE FROM crm.customer_rfm;
-	INSERT INTO crm.customer_rfm (customer_id, as_of, recency_days, frequency, monetary, score, segment)
-	SELECT r.customer_id, refresh_rfm.as_of, r.recency_days, r.frequency, r.monetary, r.score, r.segment
-	FROM crm.rfm(refresh_rfm.as_of, refresh_rfm.bins, refresh_rfm.method) r;
-	GET DIAGNOSTICS n = ROW_COUNT;
-	RETURN n;
-END
-$$;
-COMMENT ON FUNCTION crm.refresh_rfm(timestamptz, integer, text) IS 'Replaces crm.customer_rfm with crm.rfm(as_of, bins, method); returns the number of customers scored';
+	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_refresh_rfm';
+COMMENT ON FUNCTION crm.refresh_rfm(timestamptz, integer, text) IS 'Brings crm.customer_rfm to crm.rfm(as_of, bins, method), writing only the rows that changed (one refresh at a time); returns the number of customers scored';

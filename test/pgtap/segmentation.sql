@@ -1,7 +1,7 @@
 -- pgTAP: the segmentation objects, their wiring (triggers, tick task,
 -- customer hooks, configuration cache triggers) and the default tags.
 BEGIN;
-SELECT plan(39);
+SELECT plan(41);
 
 SELECT has_type('crm', 'rfm_score', 'type crm.rfm_score exists');
 SELECT is((SELECT t.typlen::int FROM pg_catalog.pg_type t WHERE t.oid = 'crm.rfm_score'::regtype), 4, 'rfm_score is fixed-size (4 bytes)');
@@ -11,7 +11,9 @@ SELECT ok(EXISTS (SELECT 1 FROM pg_catalog.pg_opclass c WHERE c.opcintype = 'crm
 SELECT ok(EXISTS (SELECT 1 FROM pg_catalog.pg_opclass c WHERE c.opcintype = 'crm.rfm_score'::regtype AND c.opcdefault
 	AND c.opcmethod = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hash')), 'rfm_score has a default hash opclass');
 
-SELECT has_table('crm', 'customer_rfm', 'table crm.customer_rfm');
+SELECT has_view('crm', 'customer_rfm', 'view crm.customer_rfm');
+SELECT has_table('crm', 'rfm_snapshot', 'table crm.rfm_snapshot');
+SELECT has_table('crm', 'rfm_refresh', 'table crm.rfm_refresh');
 SELECT has_table('crm', 'rfm_segment_map', 'table crm.rfm_segment_map');
 SELECT has_table('crm', 'rfm_threshold', 'table crm.rfm_threshold');
 SELECT has_table('crm', 'customer_stats', 'table crm.customer_stats');
