@@ -20,6 +20,12 @@ SELECT count(*) AS rows_for_null FROM crm.tick(NULL);
 SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('Bad Name', 5, 'tick_a(timestamptz)')$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('dup_order', 1000001, 'tick_a(timestamptz)')$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('missing', 7, 'no_such_fn(timestamptz)')$$);
+-- a function crm.tick could not call is refused when it is registered
+CREATE FUNCTION tick_wrong_ret(at timestamptz) RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE FUNCTION tick_wrong_arg(at date) RETURNS bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;
+SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('wrong_ret', 8, 'tick_wrong_ret(timestamptz)')$$);
+SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('wrong_arg', 8, 'tick_wrong_arg(date)')$$);
+SELECT pg_temp.expect_error($$UPDATE crm.tick_task SET fn = 'tick_wrong_ret(timestamptz)' WHERE task = 'first'$$);
 ROLLBACK;
 
 BEGIN;
@@ -40,6 +46,9 @@ SELECT pg_temp.expect_error($$SELECT crm.run_customer_hooks(NULL, 1, 2)$$);
 SELECT pg_temp.expect_error($$SELECT crm.run_customer_hooks('merge', 1, NULL)$$);
 SELECT pg_temp.expect_error($$SELECT crm.run_customer_hooks('forget', NULL)$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('split', 'x', 1, 'log_forget(bigint)')$$);
+SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('merge', 'x', 2, 'log_forget(bigint)')$$);
+SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('forget', 'x', 2, 'log_merge(bigint, bigint)')$$);
+SELECT pg_temp.expect_error($$UPDATE crm.customer_hook SET event = 'unmerge' WHERE hook = 'log' AND event = 'forget'$$);
 ROLLBACK;
 
 -- the origin trigger checks how it is called

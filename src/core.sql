@@ -281,6 +281,47 @@ CREATE TABLE crm.customer_hook (
 COMMENT ON TABLE crm.customer_hook IS 'Per-feature functions run, in run_order, when customers are merged, unmerged or forgotten';
 SELECT pg_catalog.pg_extension_config_dump('crm.customer_hook', 'WHERE NOT builtin');
 
+-- A task or hook whose function has the wrong signature would fail only when
+-- crm.tick or a merge runs it: refuse it when it is registered instead.
+CREATE FUNCTION crm.check_registered_function()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	want_args oidvector;
+	want_ret regtype;
+	what text;
+	p record;
+BEGIN
+	IF TG_TABLE_NAME = 'tick_task' THEN
+		want_args := '1184'::oidvector;
+		want_ret := 'bigint';
+		what := pg_catalog.format('tick task "%s"', NEW.task);
+	ELSIF NEW.event NOT IN ('merge', 'unmerge', 'forget') THEN
+		RETURN NEW;				-- customer_hook_event_valid reports it
+	ELSE
+		want_args := CASE WHEN NEW.event = 'forget' THEN '20'::oidvector ELSE '20 20'::oidvector END;
+		want_ret := 'void';
+		what := pg_catalog.format('%s hook "%s"', NEW.event, NEW.hook);
+	END IF;
+	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = NEW.fn;
+	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
+		RAISE EXCEPTION '% cannot run %', what, NEW.fn
+			USING ERRCODE = 'invalid_function_definition',
+			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
+			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
+			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
+CREATE TRIGGER tick_task_signature BEFORE INSERT OR UPDATE OF fn ON crm.tick_task
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event ON crm.customer_hook
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+
 CREATE FUNCTION crm.run_customer_hooks(event text, a bigint, b bigint DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE
