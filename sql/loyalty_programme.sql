@@ -146,6 +146,24 @@ INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) VALU
 SELECT * FROM pg_temp.journal(5);
 SELECT ledger, debt FROM crm.loyalty_account WHERE customer_id = 5;
 
+-- Deleting an order gives back what it earned, as a full refund would
+-- (journaled as a clawback with reason 'order deleted'), and its spend.
+INSERT INTO crm.customer (customer_id, name) VALUES (8, 'Hal');
+INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount, refunded_amount) VALUES
+	(501, 8, 'web', '2025-09-01 10:00+00', 100.00, 0),
+	(502, 8, 'web', '2025-09-02 10:00+00', 50.00, 10.00),
+	(503, 8, 'web', '2025-09-03 10:00+00', 20.00, 20.00);
+SELECT crm.redeem_points(8, 130, 'hal-1', '2025-09-04+00') AS hal_left;
+SELECT crm.qualifying_spend(8, '2025-09-30+00') AS hal_spend;
+DELETE FROM crm.orders WHERE order_id IN (501, 503);
+SELECT * FROM pg_temp.journal(8);
+SELECT ledger, debt FROM crm.loyalty_account WHERE customer_id = 8;
+SELECT crm.qualifying_spend(8, '2025-09-30+00') AS hal_spend;
+DELETE FROM crm.orders WHERE order_id = 502;
+SELECT kind, points, debt, reason FROM crm.points_journal WHERE order_id = 502 ORDER BY journal_id;
+SELECT ledger, debt, qualifying_spend FROM crm.loyalty_account WHERE customer_id = 8;
+SELECT count(*) AS ledger_mismatches FROM crm.verify_ledgers();
+
 -- ---------------------------------------------------------------------------
 -- Redemption: exactly once per key; errors.
 -- ---------------------------------------------------------------------------

@@ -906,7 +906,8 @@ earn(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 points,
  */
 static void
 clawback(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 earned, int64 clawed,
-		 TimestampTz expires, int64 net_cents, int64 amount_cents, TimestampTz at)
+		 TimestampTz expires, int64 net_cents, int64 amount_cents, TimestampTz at,
+		 const char *reason)
 {
 	int128		keep;
 	int64		delta,
@@ -927,7 +928,7 @@ clawback(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 earned, int64 c
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("points debt out of range")));
 	journal_add(ctx, ac->cust, origin, "clawback", -got, lotbuf_to_ledger(&taken),
-				delta - got, order_id, at, "refund");
+				delta - got, order_id, at, reason);
 	ac->changed = true;
 }
 
@@ -1037,32 +1038,47 @@ ctx_init(Ctx *ctx)
 	ctx->now = GetCurrentTransactionStartTimestamp();
 }
 
+/* The statement event a loyalty trigger handles. */
+typedef enum LoyaltyEvent
+{
+	LOY_INSERT,
+	LOY_UPDATE,
+	LOY_DELETE
+} LoyaltyEvent;
+
 static void
-check_statement_trigger(FunctionCallInfo fcinfo, const char *name, bool update)
+check_statement_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent ev)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
+	static const char *const ev_name[] = {"INSERT", "UPDATE", "DELETE"};
+	bool		right_event;
+	bool		wants_new = ev != LOY_DELETE;
+	bool		wants_old = ev != LOY_INSERT;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s was not called by the trigger manager", name)));
-	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) ||
-		(update ? !TRIGGER_FIRED_BY_UPDATE(td->tg_event) : !TRIGGER_FIRED_BY_INSERT(td->tg_event)))
+	right_event = ev == LOY_INSERT ? TRIGGER_FIRED_BY_INSERT(td->tg_event) :
+		ev == LOY_UPDATE ? TRIGGER_FIRED_BY_UPDATE(td->tg_event) : TRIGGER_FIRED_BY_DELETE(td->tg_event);
+	if (!TRIGGER_FIRED_AFTER(td->tg_event) || !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || !right_event)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("%s must be an AFTER %s statement trigger", name, update ? "UPDATE" : "INSERT")));
-	if (td->tg_newtable == NULL || (update && td->tg_oldtable == NULL))
+				 errmsg("%s must be an AFTER %s statement trigger", name, ev_name[ev])));
+	if ((wants_new && td->tg_newtable == NULL) || (wants_old && td->tg_oldtable == NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s needs its transition tables", name),
-				 errhint("Create the trigger with REFERENCING NEW TABLE AS loyalty_new%s.",
-						 update ? " and OLD TABLE AS loyalty_old" : "")));
+				 errhint("Create the trigger with REFERENCING %s.",
+						 ev == LOY_INSERT ? "NEW TABLE AS loyalty_new" :
+						 ev == LOY_UPDATE ? "OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new" :
+						 "OLD TABLE AS loyalty_old")));
 	if (td->tg_trigger->tgnargs != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s takes no arguments", name)));
-	if (strcmp(td->tg_trigger->tgnewtable, "loyalty_new") != 0 ||
-		(update && strcmp(td->tg_trigger->tgoldtable, "loyalty_old") != 0))
+	if ((wants_new && strcmp(td->tg_trigger->tgnewtable, "loyalty_new") != 0) ||
+		(wants_old && strcmp(td->tg_trigger->tgoldtable, "loyalty_old") != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s needs its transition tables named loyalty_new and loyalty_old", name)));
@@ -1115,7 +1131,7 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 		points = (int64) (v / 1000000);
 		earn(ctx, ac, origin, order_id, points, at, expires, NULL);
 		if (net < amount)
-			clawback(ctx, ac, origin, order_id, points, 0, expires, net, amount, at);
+			clawback(ctx, ac, origin, order_id, points, 0, expires, net, amount, at, "refund");
 	}
 	if (net > 0)
 	{
@@ -1147,12 +1163,12 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
  * customer's rows to row_fn.
  */
 static void
-run_order_trigger(FunctionCallInfo fcinfo, const char *name, bool for_update,
+run_order_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent ev,
 				  SPIPlanPtr *plan, const char *sql, bool ensure, int since_col, RowFn row_fn)
 {
 	Ctx			ctx;
 
-	check_statement_trigger(fcinfo, name, for_update);
+	check_statement_trigger(fcinfo, name, ev);
 	connect_and_load();
 	SPI_register_trigger_data((TriggerData *) fcinfo->context);
 	prepare_common_plans();
@@ -1169,7 +1185,7 @@ PG_FUNCTION_INFO_V1(crm_loyalty_orders_insert);
 Datum
 crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
 {
-	run_order_trigger(fcinfo, "crm.loyalty_orders_insert()", false, &plan_new_orders,
+	run_order_trigger(fcinfo, "crm.loyalty_orders_insert()", LOY_INSERT, &plan_new_orders,
 					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
 									   "((n.amount - n.refunded_amount) * 100)::bigint, (n.amount * 100)::bigint "
 									   "FROM loyalty_new n WHERE n.status OPERATOR(pg_catalog.=) 'paid' "
@@ -1179,13 +1195,23 @@ crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
 }
 
 /* ------------------------------------------------------------------------
- * Refunds: orders whose net amount fell.
+ * Refunds (orders whose net amount fell) and deleted orders (all of the net
+ * amount gone): the order's points are clawed back in proportion.
  * Columns: 1 customer_id, 2 order_id, 3 origin_customer_id, 4 ordered_at,
  * 5 amount cents, 6 new net cents, 7 old net cents, 8 earned, 9 clawed,
- * 10 earned lot expiry.
+ * 10 earned lot expiry, 11 journal reason.
  * ------------------------------------------------------------------------
  */
 static SPIPlanPtr plan_refunds;
+static SPIPlanPtr plan_deleted;
+
+/* What the journal holds for the order of alias.order_id so far. */
+#define ORDER_POINTS_SO_FAR(alias) \
+	"LEFT JOIN LATERAL (SELECT " \
+	"  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, " \
+	"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed, " \
+	"  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires " \
+	"  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) " alias ".order_id) j ON true "
 
 static void
 refund_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
@@ -1203,7 +1229,8 @@ refund_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 	TimestampTz expires = isnull ? DT_NOBEGIN : DatumGetTimestampTz(e);
 
 	spend_add(ac, month_index(at), net - old_net);
-	clawback(ctx, ac, origin, order_id, earned, clawed, expires, net, amount, ctx->now);
+	clawback(ctx, ac, origin, order_id, earned, clawed, expires, net, amount, ctx->now,
+			 SPI_getvalue(tup, desc, 11));
 }
 
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
@@ -1212,18 +1239,36 @@ PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
 Datum
 crm_loyalty_orders_update(PG_FUNCTION_ARGS)
 {
-	run_order_trigger(fcinfo, "crm.loyalty_orders_update()", true, &plan_refunds,
+	run_order_trigger(fcinfo, "crm.loyalty_orders_update()", LOY_UPDATE, &plan_refunds,
 					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
 					  "(n.amount * 100)::bigint, (n.net_amount * 100)::bigint, (o.net_amount * 100)::bigint, "
-					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires "
+					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, 'refund' "
 					  "FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
-					  "LEFT JOIN LATERAL (SELECT "
-					  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
-					  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed, "
-					  "  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires "
-					  "  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) n.order_id) j ON true "
+					  ORDER_POINTS_SO_FAR("n")
 					  "WHERE n.net_amount OPERATOR(pg_catalog.<) o.net_amount "
 					  "ORDER BY n.customer_id, n.order_id",
+					  false, 0, refund_row);
+	return PointerGetDatum(NULL);
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_orders_delete);
+
+/*
+ * crm.loyalty_orders_delete(): AFTER DELETE statement trigger on crm.orders.
+ * A deleted paid order takes its points and qualifying spend with it, as a
+ * full refund would.
+ */
+Datum
+crm_loyalty_orders_delete(PG_FUNCTION_ARGS)
+{
+	run_order_trigger(fcinfo, "crm.loyalty_orders_delete()", LOY_DELETE, &plan_deleted,
+					  "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
+					  "(o.amount * 100)::bigint, 0::bigint, (o.net_amount * 100)::bigint, "
+					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, 'order deleted' "
+					  "FROM loyalty_old o "
+					  ORDER_POINTS_SO_FAR("o")
+					  "WHERE o.status OPERATOR(pg_catalog.=) 'paid' AND o.net_amount OPERATOR(pg_catalog.>) 0 "
+					  "ORDER BY o.customer_id, o.order_id",
 					  false, 0, refund_row);
 	return PointerGetDatum(NULL);
 }
@@ -1283,7 +1328,7 @@ lines_finish_order(Ctx *ctx, Acct *ac)
 		/* A partly refunded order keeps only its share of the bonus. */
 		if (lines_cur.net < lines_cur.amount)
 			clawback(ctx, ac, lines_cur.origin, lines_cur.order_id, lines_cur.earned + points,
-					 lines_cur.clawed, expires, lines_cur.net, lines_cur.amount, ctx->now);
+					 lines_cur.clawed, expires, lines_cur.net, lines_cur.amount, ctx->now, "refund");
 	}
 	lines_cur.order_id = 0;
 }
@@ -1334,7 +1379,7 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 	int			r,
 				k;
 
-	check_statement_trigger(fcinfo, "crm.loyalty_lines_insert()", false);
+	check_statement_trigger(fcinfo, "crm.loyalty_lines_insert()", LOY_INSERT);
 	connect_and_load();
 	if (!conf.any_bonus)
 	{

@@ -209,6 +209,10 @@ CREATE FUNCTION crm.loyalty_orders_update() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_update';
 COMMENT ON FUNCTION crm.loyalty_orders_update() IS
 	'AFTER UPDATE statement trigger on crm.orders: refunds (status refunded or refunded_amount raised) claw points back proportionally';
+CREATE FUNCTION crm.loyalty_orders_delete() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_delete';
+COMMENT ON FUNCTION crm.loyalty_orders_delete() IS
+	'AFTER DELETE statement trigger on crm.orders: a deleted paid order gives back its points (journaled as clawback, reason order deleted) and its qualifying spend';
 CREATE FUNCTION crm.loyalty_lines_insert() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_lines_insert';
 COMMENT ON FUNCTION crm.loyalty_lines_insert() IS
@@ -220,6 +224,9 @@ CREATE TRIGGER orders_loyalty_insert AFTER INSERT ON crm.orders
 CREATE TRIGGER orders_loyalty_update AFTER UPDATE ON crm.orders
 	REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_orders_update();
+CREATE TRIGGER orders_loyalty_delete AFTER DELETE ON crm.orders
+	REFERENCING OLD TABLE AS loyalty_old
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_orders_delete();
 CREATE TRIGGER order_line_loyalty_insert AFTER INSERT ON crm.order_line
 	REFERENCING NEW TABLE AS loyalty_new
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_lines_insert();
