@@ -37,7 +37,7 @@ COMMENT ON SCHEMA crm IS 'crm_ext: customer-relationship logic next to the data'
 CREATE FUNCTION crm.fill_origin_customer() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_fill_origin_customer';
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
-	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards';
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards; with argument to_golden a row inserted for a merged record goes to its golden customer';
 
 -- ---------------------------------------------------------------------------
 -- Stores
@@ -151,7 +151,7 @@ COMMENT ON COLUMN crm.orders.origin_customer_id IS 'The customer record the orde
 COMMENT ON COLUMN crm.orders.net_amount IS 'What the customer finally paid: 0 when refunded, else amount - refunded_amount';
 COMMENT ON COLUMN crm.orders.external_ref IS 'The channel''s own order number (receipt, app order id); unique per channel, so a resent order is rejected';
 CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer();
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden');
 
 CREATE TABLE crm.order_line (
 	order_id	bigint NOT NULL REFERENCES crm.orders (order_id) ON DELETE CASCADE,
@@ -200,7 +200,7 @@ CREATE INDEX event_origin_idx ON crm.event (origin_customer_id) WHERE origin_cus
 COMMENT ON TABLE crm.event IS 'Behaviour events (browse, cart, sign_in, store_visit, ...)';
 COMMENT ON COLUMN crm.event.origin_customer_id IS 'The customer record the event arrived on; never changes (merges move customer_id)';
 CREATE TRIGGER event_fill_origin BEFORE INSERT OR UPDATE ON crm.event
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer();
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden');
 
 -- ---------------------------------------------------------------------------
 -- pg_dump: tables of an extension are not dumped unless registered.  Data

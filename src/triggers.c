@@ -5,15 +5,27 @@
  * crm.fill_origin_customer keeps origin_customer_id, the customer a row
  * arrived on, beside customer_id, the golden customer it belongs to now.
  * Merges rewrite customer_id; origin_customer_id never changes, which is what
- * lets an unmerge put every row back exactly.
+ * lets an unmerge put every row back exactly.  With the argument 'to_golden'
+ * (orders, events) a row inserted for a record already merged into another
+ * goes to the golden customer at once, so its points, stats and tags land
+ * where the shopper is; origin_customer_id still names the record.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "crm_ext.h"
 
@@ -40,10 +52,11 @@ check_origin_trigger_call(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("crm.fill_origin_customer() must be a BEFORE INSERT OR UPDATE row trigger")));
-	if (trigdata->tg_trigger->tgnargs != 0)
+	if (trigdata->tg_trigger->tgnargs > 1 ||
+		(trigdata->tg_trigger->tgnargs == 1 && strcmp(trigdata->tg_trigger->tgargs[0], "to_golden") != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("crm.fill_origin_customer() takes no arguments")));
+				 errmsg("crm.fill_origin_customer() takes no argument or 'to_golden'")));
 }
 
 /* Attribute number of a column the trigger needs, or an ERROR naming it. */
@@ -66,7 +79,84 @@ typedef struct OriginColumns
 	Oid			relid;
 	int			cust_att;
 	int			origin_att;
+	/* to_golden: crm.customer, its primary key and merged-record index */
+	bool		to_golden;
+	bool		any_merged_checked;
+	bool		any_merged;		/* checked at the statement's first row */
+	Oid			customer_relid;
+	Oid			pkey_oid;
+	Oid			merged_idx_oid;
+	AttrNumber	merged_att;
 } OriginColumns;
+
+static void
+find_customer_indexes(OriginColumns *cols)
+{
+	Oid			nsp = get_namespace_oid("crm", false);
+	Relation	crel;
+
+	cols->customer_relid = get_relname_relid("customer", nsp);
+	cols->merged_idx_oid = get_relname_relid("customer_merged_into_idx", nsp);
+	if (!OidIsValid(cols->customer_relid) || !OidIsValid(cols->merged_idx_oid))
+		elog(ERROR, "crm.customer or its index customer_merged_into_idx is missing");
+	crel = table_open(cols->customer_relid, AccessShareLock);
+	cols->pkey_oid = RelationGetPrimaryKeyIndex(crel);
+	cols->merged_att = required_attnum(crel, "merged_into");
+	table_close(crel, AccessShareLock);
+	cols->any_merged_checked = false;
+}
+
+/*
+ * The first row of crm.customer through index idx (with one equality key
+ * on its first column when key is not NULL); *merged_into gets its
+ * merged_into.  False when there is none.
+ */
+static bool
+first_customer_row(OriginColumns *cols, Oid idx, const Datum *key, Datum *merged_into, bool *isnull)
+{
+	Relation	crel = table_open(cols->customer_relid, AccessShareLock);
+	Relation	irel = index_open(idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(crel, NULL);
+	IndexScanDesc scan = index_beginscan(crel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
+	ScanKeyData skey;
+	bool		found;
+
+	if (key)
+		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
+	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found)
+		*merged_into = slot_getattr(slot, cols->merged_att, isnull);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(irel, AccessShareLock);
+	table_close(crel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The golden customer of record cust: its merged_into, or cust itself.  The
+ * first row of a statement checks whether any record is merged at all, so
+ * loads into a database without merges pay no lookup per row.
+ */
+static Datum
+golden_of(OriginColumns *cols, Datum cust)
+{
+	Datum		merged_into;
+	bool		isnull;
+
+	/* fn_extra is new for each statement */
+	if (!cols->any_merged_checked)
+	{
+		cols->any_merged = first_customer_row(cols, cols->merged_idx_oid, NULL, &merged_into, &isnull);
+		cols->any_merged_checked = true;
+	}
+	if (!cols->any_merged)
+		return cust;
+	if (first_customer_row(cols, cols->pkey_oid, &cust, &merged_into, &isnull) && !isnull)
+		return merged_into;
+	return cust;
+}
 
 static OriginColumns *
 origin_columns(FunctionCallInfo fcinfo, Relation rel)
@@ -79,6 +169,9 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 		cols->relid = RelationGetRelid(rel);
 		cols->cust_att = required_attnum(rel, "customer_id");
 		cols->origin_att = required_attnum(rel, "origin_customer_id");
+		cols->to_golden = ((TriggerData *) fcinfo->context)->tg_trigger->tgnargs == 1;
+		if (cols->to_golden)
+			find_customer_indexes(cols);
 		fcinfo->flinfo->fn_extra = cols;
 	}
 	return cols;
@@ -126,18 +219,27 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 		return PointerGetDatum(newtup);
 	}
 
-	origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &isnull);
-	if (!isnull)
-		return PointerGetDatum(trigdata->tg_trigtuple);
-	else
 	{
-		Datum		cust = heap_getattr(trigdata->tg_trigtuple, cust_att, tupdesc, &isnull);
-		int			cols[1] = {origin_att};
-		Datum		vals[1] = {cust};
-		bool		nulls[1] = {isnull};
+		OriginColumns *oc = origin_columns(fcinfo, rel);
+		bool		origin_null;
+		bool		cust_null;
+		Datum		cust = heap_getattr(trigdata->tg_trigtuple, cust_att, tupdesc, &cust_null);
+		Datum		golden = cust;
+		int			cols[2] = {origin_att, cust_att};
+		Datum		vals[2];
+		bool		nulls[2];
 
+		origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &origin_null);
+		if (oc->to_golden && !cust_null)
+			golden = golden_of(oc, cust);
+		if (!origin_null && golden == cust)
+			return PointerGetDatum(trigdata->tg_trigtuple);
 		/* A NULL customer_id stays NULL here and fails its NOT NULL check. */
+		vals[0] = origin_null ? cust : origin;
+		nulls[0] = origin_null ? cust_null : false;
+		vals[1] = golden;
+		nulls[1] = cust_null;
 		return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, tupdesc,
-														 1, cols, vals, nulls));
+														 2, cols, vals, nulls));
 	}
 }
