@@ -16,7 +16,10 @@ SELECT count(*) FROM (SELECT crm.tag_customer(i, 'a', '2026-01-01') FROM generat
 SELECT e, crm.audience_count(e), ARRAY(SELECT crm.audience_members(e)) FROM (VALUES
 	('a'), ('d'), ('not d'), ('a and b'), ('a or b'), ('a and not b'), ('not a and b'), ('not a and not b'),
 	('not a or b'), ('a or not b'), ('not a or not b'), ('not (a or b)'), ('a and b or c'), ('a and (b or c)'),
-	('(a or b) and not c'), ('not not a'), ('A AND ''b'''), ('((a))'), ('a and b and c'), ('not (a and b and c)')
+	('(a or b) and not c'), ('not not a'), ('A AND ''b'''), ('((a))'), ('a and b and c'), ('not (a and b and c)'),
+	-- "and" with an unfetched tag on one side probes it for the other side's members
+	('d and a'), ('a and not d'), ('not d and a'), ('c and a and not b'), ('not b and not c and a'), ('(a or c) and b'),
+	('not a and not b and c')
 ) v(e) ORDER BY 1;
 INSERT INTO crm.segment (name, expression) VALUES ('ab', 'a and b'), ('rest', 'not (a or b or c)');
 SELECT crm.segment_count('ab'), ARRAY(SELECT crm.segment_members('ab')), crm.segment_count('rest'), ARRAY(SELECT crm.segment_members('rest'));

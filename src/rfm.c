@@ -60,14 +60,6 @@ typedef struct RfmAgg
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-/* A specialised sort of int64 arrays (no comparator calls). */
-#define ST_SORT sort_int64
-#define ST_ELEMENT_TYPE int64
-#define ST_COMPARE(a, b) (*(a) < *(b) ? -1 : (*(a) > *(b) ? 1 : 0))
-#define ST_SCOPE static
-#define ST_DECLARE
-#define ST_DEFINE
-#include "lib/sort_template.h"
 
 /* ---------------------------------------------------------------------
  * The segment map (crm.rfm_segment_map), cached per backend
@@ -428,9 +420,9 @@ rfm_compute(TimestampTz as_of, int32 bins, bool fixed, Snapshot snap, int64 *n_o
 	sort_rfm_rows(rows, n);
 	if (!fixed)
 	{
-		sort_int64(srec, n);
-		sort_int64(sfreq, n);
-		sort_int64(smon, n);
+		crm_sort_int64(srec, n);
+		crm_sort_int64(sfreq, n);
+		crm_sort_int64(smon, n);
 	}
 	for (i = 0; i < n; i++)
 	{

@@ -259,3 +259,11 @@ crm_seg_config_changed(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	PG_RETURN_POINTER(NULL);
 }
+
+/* A specialised sort of int64 arrays (no comparator calls). */
+#define ST_SORT crm_sort_int64
+#define ST_ELEMENT_TYPE int64
+#define ST_COMPARE(a, b) (*(a) < *(b) ? -1 : (*(a) > *(b) ? 1 : 0))
+#define ST_SCOPE
+#define ST_DEFINE
+#include "lib/sort_template.h"

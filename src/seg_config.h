@@ -23,6 +23,7 @@ extern Oid	crm_relid(const char *relname);
 
 /* numeric <-> int64 cents (values with more than 2 decimals are rounded) */
 extern int64 crm_numeric_to_cents(Datum num);
+extern void crm_sort_int64(int64 *a, size_t n);
 extern Datum crm_cents_to_numeric(int64 cents);
 
 /* Local day number (days since 2000-01-01 in the configured time zone) and weekday 0=sun. */

@@ -136,31 +136,52 @@ typedef struct IdSet
 	int64	   *ids;
 	int64		n;
 	bool		neg;			/* the complement (within golden customers) */
+	int32		tag_id;			/* > 0: the members of this tag, not fetched yet */
 } IdSet;
 
 /*
- * The sorted members of a tag, fetched as one array (the executor builds it
- * far faster than SPI hands out one tuple per member).
+ * A tag's members are fetched whole, unless the other side of an "and" is
+ * a set of at most PROBE_MAX customers: then only those are looked up in
+ * the tag (an index probe each), which bounds the work by the smaller side
+ * when a narrow tag meets a wide one.
+ */
+#define PROBE_MAX 10000
+
+/*
+ * Customer ids of tag_id (only those in candidates, when given), sorted.
+ * One array from the executor: far faster than SPI handing out one tuple
+ * per member.
  */
 static IdSet
-fetch_tag(int32 tag_id)
+fetch_tag_ids(int32 tag_id, const IdSet *candidates)
 {
-	Oid			types[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum(tag_id)};
-	IdSet		s = {NULL, 0, false};
+	Oid			types[2] = {INT4OID, INT8ARRAYOID};
+	Datum		args[2];
+	IdSet		s = {NULL, 0, false, 0};
 	bool		isnull;
 	Datum		d;
 
-	if (SPI_execute_with_args("SELECT pg_catalog.array_agg(ct.customer_id ORDER BY ct.customer_id) "
-							  "FROM crm.customer_tag ct WHERE ct.tag_id OPERATOR(pg_catalog.=) $1",
-							  1, types, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	args[0] = Int32GetDatum(tag_id);
+	if (candidates)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * Max(candidates->n, 1));
+		int64		i;
+
+		for (i = 0; i < candidates->n; i++)
+			elems[i] = Int64GetDatum(candidates->ids[i]);
+		args[1] = PointerGetDatum(construct_array(elems, (int) candidates->n, INT8OID,
+												  sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	}
+	if (SPI_execute_with_args(candidates ?
+							  "SELECT pg_catalog.array_agg(ct.customer_id) FROM crm.customer_tag ct "
+							  "WHERE ct.tag_id OPERATOR(pg_catalog.=) $1 AND ct.customer_id OPERATOR(pg_catalog.=) ANY ($2)" :
+							  "SELECT pg_catalog.array_agg(ct.customer_id) FROM crm.customer_tag ct "
+							  "WHERE ct.tag_id OPERATOR(pg_catalog.=) $1",
+							  candidates ? 2 : 1, types, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read crm.customer_tag");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
-	{
 		s.ids = palloc(sizeof(int64));
-		return s;
-	}
 	else
 	{
 		ArrayType  *a = DatumGetArrayTypeP(d);
@@ -170,16 +191,29 @@ fetch_tag(int32 tag_id)
 		s.n = ARR_DIMS(a)[0];
 		s.ids = palloc(sizeof(int64) * Max(s.n, 1));
 		memcpy(s.ids, ARR_DATA_PTR(a), sizeof(int64) * s.n);
+		crm_sort_int64(s.ids, s.n);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return s;
+}
+
+/* Fetches a tag's members if they are not yet (keeping the complement flag). */
+static void
+materialize(IdSet *s)
+{
+	bool		neg = s->neg;
+
+	if (s->tag_id <= 0)
+		return;
+	*s = fetch_tag_ids(s->tag_id, NULL);
+	s->neg = neg;
 }
 
 /* a op b on plain sorted sets: 0 = intersect, 1 = union, 2 = a minus b */
 static IdSet
 combine(const IdSet *a, const IdSet *b, int op)
 {
-	IdSet		r = {palloc(sizeof(int64) * Max(a->n + b->n, 1)), 0, false};
+	IdSet		r = {palloc(sizeof(int64) * Max(a->n + b->n, 1)), 0, false, 0};
 	int64		i = 0,
 				j = 0;
 
@@ -208,8 +242,43 @@ combine(const IdSet *a, const IdSet *b, int op)
 	return r;
 }
 
+static IdSet set_and_fetched(const IdSet *a, const IdSet *b);
+
+/*
+ * a and b, where either may be a tag not fetched yet: a small positive set
+ * against an unfetched tag probes the tag for its members only.
+ */
 static IdSet
-set_and(const IdSet *a, const IdSet *b)
+set_and(IdSet *a, IdSet *b)
+{
+	IdSet	   *small,
+			   *lazy;
+
+	if (a->tag_id > 0 && b->tag_id > 0)
+	{
+		/* fetch a positive side first: it may be small enough to probe with */
+		if (a->neg && !b->neg)
+			materialize(b);
+		else
+			materialize(a);
+	}
+	small = a->tag_id > 0 ? b : a;
+	lazy = a->tag_id > 0 ? a : (b->tag_id > 0 ? b : NULL);
+	if (lazy && !small->neg && small->n <= PROBE_MAX)
+	{
+		IdSet		hits = fetch_tag_ids(lazy->tag_id, small);
+
+		if (!lazy->neg)
+			return hits;
+		return combine(small, &hits, 2);
+	}
+	materialize(a);
+	materialize(b);
+	return set_and_fetched(a, b);
+}
+
+static IdSet
+set_and_fetched(const IdSet *a, const IdSet *b)
 {
 	IdSet		r;
 
@@ -225,9 +294,12 @@ set_and(const IdSet *a, const IdSet *b)
 }
 
 static IdSet
-set_or(const IdSet *a, const IdSet *b)
+set_or(IdSet *a, IdSet *b)
 {
 	IdSet		r;
+
+	materialize(a);
+	materialize(b);
 
 	if (!a->neg && !b->neg)
 		return combine(a, b, 1);
@@ -267,7 +339,11 @@ eval_audience(const char *expr)
 		switch (ops[i])
 		{
 			case TSO_TAG:
-				st[sp++] = fetch_tag(args[i]);
+				st[sp].ids = NULL;
+				st[sp].n = 0;
+				st[sp].neg = false;
+				st[sp].tag_id = args[i];
+				sp++;
 				break;
 			case TSO_NOT:
 				st[sp - 1].neg = !st[sp - 1].neg;
@@ -282,6 +358,7 @@ eval_audience(const char *expr)
 				break;
 		}
 	}
+	materialize(&st[0]);
 	return st[0];
 }
 
