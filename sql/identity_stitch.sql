@@ -114,6 +114,9 @@ INSERT INTO crm.orders (customer_id, origin_customer_id, channel, ordered_at, am
 INSERT INTO crm.orders (customer_id, channel, ordered_at, amount, external_ref) VALUES (14, 'web', '2025-04-02', 7, 'after-on-14');
 INSERT INTO crm.event (customer_id, kind, at) VALUES (14, 'sign_in', '2025-04-02') RETURNING customer_id, origin_customer_id;
 SELECT customer_id, origin_customer_id FROM crm.orders WHERE external_ref = 'after-on-14';
+-- its points are on the golden customer's account
+SELECT j.customer_id, j.origin_customer_id, j.kind, j.points FROM crm.points_journal j
+JOIN crm.orders o USING (order_id) WHERE o.external_ref = 'after-on-14';
 SELECT crm.unmerge(:merge_id) AS undone;
 SELECT count(*) AS rows_not_restored FROM (
 	SELECT 'o' AS t, order_id AS id, customer_id FROM crm.orders WHERE external_ref NOT LIKE 'after-%'
@@ -122,6 +125,10 @@ SELECT count(*) AS rows_not_restored FROM (
 	UNION ALL SELECT 'c', customer_id, merged_into FROM crm.customer
 	EXCEPT SELECT * FROM before_merge) d;
 SELECT customer_id, origin_customer_id FROM crm.event WHERE at = '2025-04-02';
+-- and go back with the order to the record it arrived on
+SELECT j.customer_id, j.origin_customer_id, j.kind, j.points FROM crm.points_journal j
+JOIN crm.orders o USING (order_id) WHERE o.external_ref = 'after-on-14';
+SELECT count(*) AS ledger_mismatches FROM crm.verify_ledgers();
 SELECT external_ref, customer_id, origin_customer_id FROM crm.orders WHERE external_ref LIKE 'after-%' ORDER BY 1;
 SELECT undone_at IS NOT NULL AS undone, undone_by = current_user AS by_me FROM crm.merge_log WHERE merge_id = :merge_id;
 SELECT event, a, b FROM public.hook_calls WHERE a IN (13, 14) ORDER BY n;
