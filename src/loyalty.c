@@ -367,19 +367,28 @@ connect_and_load(void)
 	load_conf();
 }
 
+/* The first argument, a timestamptz that must be finite. */
+static TimestampTz
+finite_time_arg(FunctionCallInfo fcinfo, const char *name)
+{
+	TimestampTz t = PG_GETARG_TIMESTAMPTZ(0);
+
+	if (TIMESTAMP_NOT_FINITE(t))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a finite timestamp", name)));
+	return t;
+}
+
 PG_FUNCTION_INFO_V1(crm_loyalty_expires_at);
 
 /* crm.loyalty_expires_at(earned_at): the expiry policy applied. */
 Datum
 crm_loyalty_expires_at(PG_FUNCTION_ARGS)
 {
-	TimestampTz t = PG_GETARG_TIMESTAMPTZ(0);
+	TimestampTz t = finite_time_arg(fcinfo, "earned_at");
 	TimestampTz r;
 
-	if (TIMESTAMP_NOT_FINITE(t))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("earned_at must be a finite timestamp")));
 	connect_and_load();
 	r = expiry_of(t);
 	SPI_finish();
@@ -392,13 +401,9 @@ PG_FUNCTION_INFO_V1(crm_loyalty_month);
 Datum
 crm_loyalty_month(PG_FUNCTION_ARGS)
 {
-	TimestampTz t = PG_GETARG_TIMESTAMPTZ(0);
+	TimestampTz t = finite_time_arg(fcinfo, "at");
 	int32		m;
 
-	if (TIMESTAMP_NOT_FINITE(t))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("at must be a finite timestamp")));
 	connect_and_load();
 	m = month_index(t);
 	SPI_finish();

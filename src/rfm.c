@@ -524,7 +524,7 @@ batch_add(RowBatch *b, const RfmRow *row, Datum *segtext)
 	b->freq[b->n] = Int64GetDatum(row->frequency);
 	b->monetary[b->n] = crm_cents_to_numeric(row->cents);
 	b->score[b->n] = RfmScoreGetDatum(row->score);
-	b->segment[b->n] = segtext != NULL ? segment_datum(segtext, row->score) : (Datum) 0;
+	b->segment[b->n] = segment_datum(segtext, row->score);
 	b->n++;
 }
 
