@@ -243,7 +243,41 @@ SELECT pg_temp.expect_error($$DELETE FROM crm.points_journal$$);
 SELECT pg_temp.expect_error($$TRUNCATE crm.points_journal$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, at) VALUES (1, 1, 'earn', 5, '{}', now())$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, at) VALUES (1, 1, 'gift', 0, '{}', now())$$);
-SELECT pg_temp.expect_error($$UPDATE crm.loyalty_account SET debt = -1 WHERE customer_id = 1$$);
+-- The journal's row rule (crm.points_journal_entry_valid, its CHECK), case by case.
+SELECT k.kind, k.points, k.lots, k.debt,
+       crm.points_journal_entry_valid(k.kind, k.points, k.lots::crm.loyalty_ledger, k.debt, '2026-05-01+00', NULL) AS valid
+FROM (VALUES ('earn', 5::bigint, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0::bigint),
+             ('earn', 5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 1),
+             ('earn', 0, '{}', 0),
+             ('earn', 4, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('spend', -5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('spend', 5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('spend', -5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 2),
+             ('expire', -5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('expire', 0, '{}', 0),
+             ('clawback', 0, '{}', 7),
+             ('clawback', -5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', -5),
+             ('clawback', 5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('adjust', 5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('adjust', -5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('adjust', -6, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0),
+             ('merge', 0, '{}', 0),
+             ('adjust', -9223372036854775808, '{}', 0),
+             ('gift', 0, '{}', 0),
+             ('Earn', 5, '{(5,2027-01-01T00:00:00Z,2026-01-01T00:00:00Z,)}', 0)) AS k(kind, points, lots, debt);
+-- the time and the idempotency key
+SELECT k.at, pg_catalog.length(k.key) AS key_length,
+       crm.points_journal_entry_valid('adjust', 0, '{}', 0, k.at, k.key) AS valid
+FROM (VALUES ('2026-05-01+00'::timestamptz, NULL::text), ('infinity', NULL), ('-infinity', NULL),
+             ('2026-05-01+00', 'k-1'), ('2026-05-01+00', ''), ('2026-05-01+00', '   '),
+             ('2026-05-01+00', pg_catalog.repeat('é', 200)), ('2026-05-01+00', pg_catalog.repeat('é', 201))) AS k(at, key);
+SELECT crm.points_journal_entry_valid('earn', NULL, '{}', 0, now(), NULL) IS NULL AS null_left_to_not_null;
+SELECT pg_temp.expect_error(q) FROM unnest(ARRAY[
+	$$UPDATE crm.loyalty_account SET debt = -1 WHERE customer_id = 1$$,
+	$$UPDATE crm.loyalty_account SET spend_cents = spend_cents[1:11] WHERE customer_id = 1$$,
+	$$UPDATE crm.loyalty_account SET spend_cents = '{{0,0,0,0,0,0},{0,0,0,0,0,0}}' WHERE customer_id = 1$$,
+	$$UPDATE crm.loyalty_account SET spend_cents[12] = NULL WHERE customer_id = 1$$
+]) q;
 
 -- Configuration is checked.
 SELECT pg_temp.expect_error(q) FROM unnest(ARRAY[

@@ -7,6 +7,8 @@
 
 #include "postgres.h"
 
+#include "access/attnum.h"
+
 /*
  * The extension's own SQLSTATEs, class "CR" (documented in README.md,
  * "Errors").  Generic conditions use PostgreSQL's standard codes instead.
@@ -21,6 +23,8 @@
 
 /* triggers.c */
 extern void crm_triggers_init(void);
+extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
+								   Datum *value, bool *isnull);
 
 /* loyalty.c */
 extern void crm_loyalty_init(void);

@@ -690,8 +690,8 @@ crm_ledger_earn(PG_FUNCTION_ARGS)
 	PG_RETURN_LEDGER_P(lotbuf_to_ledger(&buf));
 }
 
-/* Points of lots with expires_at > at. */
-static int64
+/* Points of lots with expires_at > at (DT_NOBEGIN: every point). */
+int64
 ledger_balance_at(const Ledger *l, TimestampTz at)
 {
 	int64		total = 0;

@@ -63,6 +63,7 @@ extern int64 lotbuf_take(LotBuf *buf, int64 points, TimestampTz prefer_expiry,
 extern int64 lotbuf_total(const LotBuf *buf);
 extern Ledger *lotbuf_to_ledger(LotBuf *buf);
 extern Ledger *ledger_empty(void);
+extern int64 ledger_balance_at(const Ledger *l, TimestampTz at);
 extern void crm_insufficient_points(int64 available, int64 requested) pg_attribute_noreturn();
 
 #endif							/* LOYALTY_LEDGER_H */

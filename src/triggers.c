@@ -107,30 +107,34 @@ find_customer_indexes(OriginColumns *cols)
 }
 
 /*
- * The first row of crm.customer through index idx (with one equality key
- * on its first column when key is not NULL); *merged_into gets its
- * merged_into.  False when there is none.
+ * Column att (of a pass-by-value type) of the first row of table relid
+ * through its index idx, with one equality key (int8) on the index's first
+ * column when key is not NULL; read with the active snapshot and without the
+ * executor: per-row lookups in triggers, where an SPI query would cost
+ * several times as much.  False when there is no such row.
  */
-static bool
-first_customer_row(OriginColumns *cols, Oid idx, const Datum *key, Datum *merged_into, bool *isnull)
+bool
+crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
+					   Datum *value, bool *isnull)
 {
-	Relation	crel = table_open(cols->customer_relid, AccessShareLock);
+	Relation	rel = table_open(relid, AccessShareLock);
 	Relation	irel = index_open(idx, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(crel, NULL);
-	IndexScanDesc scan = index_beginscan(crel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
 	ScanKeyData skey;
 	bool		found;
 
+	Assert(TupleDescAttr(RelationGetDescr(rel), att - 1)->attbyval);
 	if (key)
 		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
 	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	if (found)
-		*merged_into = slot_getattr(slot, cols->merged_att, isnull);
+		*value = slot_getattr(slot, att, isnull);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(irel, AccessShareLock);
-	table_close(crel, AccessShareLock);
+	table_close(rel, AccessShareLock);
 	return found;
 }
 
@@ -148,12 +152,14 @@ golden_of(OriginColumns *cols, Datum cust)
 	/* fn_extra is new for each statement */
 	if (!cols->any_merged_checked)
 	{
-		cols->any_merged = first_customer_row(cols, cols->merged_idx_oid, NULL, &merged_into, &isnull);
+		cols->any_merged = crm_first_row_by_index(cols->customer_relid, cols->merged_idx_oid, NULL,
+												cols->merged_att, &merged_into, &isnull);
 		cols->any_merged_checked = true;
 	}
 	if (!cols->any_merged)
 		return cust;
-	if (first_customer_row(cols, cols->pkey_oid, &cust, &merged_into, &isnull) && !isnull)
+	if (crm_first_row_by_index(cols->customer_relid, cols->pkey_oid, &cust, cols->merged_att,
+							   &merged_into, &isnull) && !isnull)
 		return merged_into;
 	return cust;
 }

@@ -1,6 +1,6 @@
 -- pgTAP: the loyalty programme's schema, registrations and invariants.
 BEGIN;
-SELECT plan(36);
+SELECT plan(37);
 
 SELECT has_type('crm', 'loyalty_ledger', 'type crm.loyalty_ledger exists');
 SELECT has_table('crm', t, 'table crm.' || t) FROM unnest(ARRAY['loyalty_program', 'tier', 'earn_rule',
@@ -9,7 +9,9 @@ SELECT col_is_pk('crm', 'loyalty_account', 'customer_id', 'loyalty_account keyed
 SELECT fk_ok('crm', 'loyalty_account', 'customer_id', 'crm', 'customer', 'customer_id', 'account belongs to a customer');
 SELECT fk_ok('crm', 'loyalty_account', 'tier', 'crm', 'tier', 'tier', 'account tier is a configured tier');
 SELECT col_type_is('crm', 'loyalty_account', 'ledger', 'crm.loyalty_ledger', 'account ledger is a loyalty_ledger');
-SELECT col_is_unique('crm', 'points_journal', ARRAY['idempotency_key'], 'journal idempotency key is unique');
+SELECT index_is_unique('crm', 'points_journal', 'points_journal_idempotency_key_unique', 'journal idempotency key is unique');
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = 'crm.points_journal_idempotency_key_unique'::regclass),
+	'(idempotency_key IS NOT NULL)', 'only journal rows with a key are in the key index');
 SELECT col_not_null('crm', 'points_journal', 'origin_customer_id', 'journal rows keep their origin customer');
 SELECT has_index('crm', 'points_journal', 'points_journal_customer_idx', ARRAY['customer_id'], 'journal indexed by customer');
 SELECT has_trigger('crm', 'orders', t, 'orders trigger ' || t) FROM unnest(ARRAY['orders_loyalty_insert', 'orders_loyalty_update']) t;
