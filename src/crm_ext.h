@@ -8,6 +8,8 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "access/htup.h"
+#include "utils/relcache.h"
 
 /*
  * The extension's own SQLSTATEs, class "CR" (documented in README.md,
@@ -23,6 +25,7 @@
 
 /* triggers.c */
 extern void crm_triggers_init(void);
+extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);
 

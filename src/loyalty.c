@@ -92,6 +92,10 @@ typedef struct LoyaltyConf
 	Oid			customer_relid;
 	Oid			customer_pkey;
 	AttrNumber	birthday_att;
+	/* crm.loyalty_account, its primary key and the columns parse_account reads */
+	Oid			account_relid;
+	Oid			account_pkey;
+	AttrNumber	account_cols[7];
 } LoyaltyConf;
 
 static LoyaltyConf conf;
@@ -157,7 +161,8 @@ load_conf(void)
 					  "'crm.earn_rule'::pg_catalog.regclass::pg_catalog.oid, "
 					  "'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
 					  "p.time_zone, p.expiry_months, p.expiry_rounding, "
-					  "'crm.customer'::pg_catalog.regclass::pg_catalog.oid "
+					  "'crm.customer'::pg_catalog.regclass::pg_catalog.oid, "
+					  "'crm.loyalty_account'::pg_catalog.regclass::pg_catalog.oid "
 					  "FROM (SELECT 1) one LEFT JOIN crm.loyalty_program p ON true LIMIT 1",
 					  true, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
@@ -171,6 +176,7 @@ load_conf(void)
 			conf.relids[i] = DatumGetObjectId(SPI_getbinval(tup, desc, i + 1, &isnull));
 		conf.ledger_type = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		conf.customer_relid = DatumGetObjectId(SPI_getbinval(tup, desc, 8, &isnull));
+		conf.account_relid = DatumGetObjectId(SPI_getbinval(tup, desc, 9, &isnull));
 		if (SPI_getbinval(tup, desc, 5, &isnull), !isnull)
 		{
 			tzname = SPI_getvalue(tup, desc, 5);
@@ -181,12 +187,20 @@ load_conf(void)
 	conf.ledger_array_type = get_array_type(conf.ledger_type);
 	{
 		Relation	crel = table_open(conf.customer_relid, AccessShareLock);
+		Relation	arel = table_open(conf.account_relid, AccessShareLock);
+		static const char *const cols[7] = {"customer_id", "ledger", "debt", "tier",
+		"tier_since", "spend_month", "spend_cents"};
 
 		conf.customer_pkey = RelationGetPrimaryKeyIndex(crel);
 		conf.birthday_att = SPI_fnumber(RelationGetDescr(crel), "birthday");
+		conf.account_pkey = RelationGetPrimaryKeyIndex(arel);
+		for (i = 0; i < 7; i++)
+			if ((conf.account_cols[i] = SPI_fnumber(RelationGetDescr(arel), cols[i])) <= 0)
+				elog(ERROR, "crm.loyalty_account has no column %s", cols[i]);
+		table_close(arel, AccessShareLock);
 		table_close(crel, AccessShareLock);
-		if (!OidIsValid(conf.customer_pkey) || conf.birthday_att <= 0)
-			elog(ERROR, "crm.customer lacks its primary key or birthday column");
+		if (!OidIsValid(conf.customer_pkey) || conf.birthday_att <= 0 || !OidIsValid(conf.account_pkey))
+			elog(ERROR, "crm.customer or crm.loyalty_account lacks its primary key, or crm.customer its birthday");
 	}
 	conf.tz = pg_tzset(tzname);
 	if (conf.tz == NULL)
@@ -552,6 +566,7 @@ typedef struct Acct
 	int64		spend[12];		/* [0] = spend_month */
 	int			birth_month;	/* 0 = unknown */
 	bool		changed;
+	ItemPointerData tid;		/* the row version read (run_unlocked) */
 } Acct;
 
 typedef struct DatumBuf
@@ -577,6 +592,7 @@ typedef struct Ctx
 	int			naccts;
 	Acct	   *carry;			/* the last customer of the previous batch */
 	TimestampTz now;
+	bool		single_batch;	/* the statement's rows are this one batch (run_unlocked) */
 } Ctx;
 
 static void
@@ -635,7 +651,9 @@ static SPIPlanPtr plan_write[2],
 			plan_ensure[2];
 static SPIPlanPtr plan_history;
 static SPIPlanPtr plan_lock_one,
-			plan_write_one;
+			plan_write_one,
+			plan_cas_one,
+			plan_cas_none;
 static int	plan_variant;		/* the variant the current batch uses */
 
 static SPIPlanPtr
@@ -719,6 +737,34 @@ prepare_common_plans(void)
 									  "WHERE a.customer_id OPERATOR(pg_catalog.=) $10",
 									  J_COLS + A_COLS, t);
 	}
+	if (plan_cas_one == NULL)
+	{
+		Oid			t[J_COLS + A_COLS + 1] = {INT8OID, INT8OID, TEXTOID, INT8OID, conf.ledger_type,
+			INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID,
+		INT8OID, conf.ledger_type, INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT8ARRAYOID, INT8OID, TIDOID};
+
+		/*
+		 * The account only if its row is still the version read ($18, its
+		 * ctid), then the journal row only if the account was written: both
+		 * or nothing.  In READ COMMITTED a concurrent update makes the
+		 * recheck fail rather than apply this statement to the new version.
+		 */
+		plan_cas_one = prepare_kept(
+									"WITH u AS (UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
+									"tier_since = $14, spend_month = $15, spend_cents = $16, "
+									"qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
+									"WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 "
+									"RETURNING 1) "
+									"INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+									"SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM u",
+									J_COLS + A_COLS + 1, t);
+		plan_cas_none = prepare_kept(
+									 "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
+									 "tier_since = $14, spend_month = $15, spend_cents = $16, "
+									 "qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
+									 "WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18",
+									 J_COLS + A_COLS + 1, t);
+	}
 	if (plan_history == NULL)
 	{
 		Oid			t[H_COLS] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
@@ -777,18 +823,57 @@ prepare_common_plans(void)
 	}
 }
 
-/* flush for one journal row and one account (a[k] holds its columns). */
+/* Writes the buffered tier changes. */
 static void
-write_one(Ctx *ctx, DatumBuf *a)
+flush_history(Ctx *ctx)
 {
-	Datum		args[J_COLS + A_COLS];
-	char		nulls[J_COLS + A_COLS + 1];
+	Datum		hargs[H_COLS];
+	Oid			hel[H_COLS] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID};
+	int			i;
+
+	if (ctx->h[0].n == 0)
+		return;
+	for (i = 0; i < H_COLS; i++)
+		hargs[i] = dbuf_array(&ctx->h[i], hel[i]);
+	if (SPI_execute_plan(plan_history, hargs, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "tier history insert failed");
+	for (i = 0; i < H_COLS; i++)
+		ctx->h[i].n = 0;
+}
+
+/* Appends the columns of account ac to a[0..A_COLS) (a[6]: its 12 months). */
+static void
+push_account(DatumBuf *a, Acct *ac)
+{
+	int64		q = 0;
+	int			k;
+
+	for (k = 0; k < 12; k++)
+		q += ac->spend[k];
+	dbuf_push(&a[0], Int64GetDatum(ac->cust), false);
+	dbuf_push(&a[1], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
+	dbuf_push(&a[2], Int64GetDatum(ac->debt), false);
+	dbuf_push(&a[3], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
+	dbuf_push(&a[4], TimestampTzGetDatum(ac->tier_since), false);
+	dbuf_push(&a[5], Int32GetDatum(ac->spend_month), false);
+	for (k = 0; k < 12; k++)
+		dbuf_push(&a[6], Int64GetDatum(ac->spend[k]), false);
+	dbuf_push(&a[7], Int64GetDatum(q), false);
+}
+
+/*
+ * The parameters of plan_write_one and plan_cas_*: the journal row (when
+ * there is one) then account a, whose months become an array.
+ */
+static void
+one_row_args(Ctx *ctx, DatumBuf *a, Datum *args, char *nulls)
+{
 	int			i;
 
 	for (i = 0; i < J_COLS; i++)
 	{
-		args[i] = ctx->j[i].v[0];
-		nulls[i] = ctx->j[i].null[0] ? 'n' : ' ';
+		args[i] = ctx->j[i].n ? ctx->j[i].v[0] : (Datum) 0;
+		nulls[i] = (ctx->j[i].n == 0 || ctx->j[i].null[0]) ? 'n' : ' ';
 	}
 	for (i = 0; i < A_COLS; i++)
 	{
@@ -796,62 +881,45 @@ write_one(Ctx *ctx, DatumBuf *a)
 		nulls[J_COLS + i] = ' ';
 	}
 	nulls[J_COLS + A_COLS] = '\0';
-	if (SPI_execute_plan(plan_write_one, args, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "journal and account write failed");
 }
 
 /* Writes the buffered journal rows, tier changes and changed accounts. */
 static void
 flush(Ctx *ctx, bool include_carry)
 {
-	int			i,
-				k;
+	int			i;
 	DatumBuf	a[A_COLS];
-	Datum		args[J_COLS + A_COLS];
-	Oid			el[J_COLS + A_COLS] = {INT8OID, INT8OID, TEXTOID, INT8OID, conf.ledger_type,
-		INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID,
-		INT8OID, conf.ledger_type, INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID};
 	int			total = ctx->naccts + (include_carry && ctx->carry ? 1 : 0);
 
-	if (ctx->h[0].n > 0)
-	{
-		Datum		hargs[H_COLS];
-		Oid			hel[H_COLS] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID};
-
-		for (i = 0; i < H_COLS; i++)
-			hargs[i] = dbuf_array(&ctx->h[i], hel[i]);
-		if (SPI_execute_plan(plan_history, hargs, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "tier history insert failed");
-		for (i = 0; i < H_COLS; i++)
-			ctx->h[i].n = 0;
-	}
+	flush_history(ctx);
 	memset(a, 0, sizeof(a));
 	for (i = 0; i < total; i++)
 	{
 		Acct	   *ac = (i < ctx->naccts) ? &ctx->accts[i] : ctx->carry;
-		int64		q = 0;
 
 		if (!ac->changed)
 			continue;
-		for (k = 0; k < 12; k++)
-			q += ac->spend[k];
-		dbuf_push(&a[0], Int64GetDatum(ac->cust), false);
-		dbuf_push(&a[1], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
-		dbuf_push(&a[2], Int64GetDatum(ac->debt), false);
-		dbuf_push(&a[3], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
-		dbuf_push(&a[4], TimestampTzGetDatum(ac->tier_since), false);
-		dbuf_push(&a[5], Int32GetDatum(ac->spend_month), false);
-		for (k = 0; k < 12; k++)
-			dbuf_push(&a[6], Int64GetDatum(ac->spend[k]), false);
-		dbuf_push(&a[7], Int64GetDatum(q), false);
+		push_account(a, ac);
 		ac->changed = false;
 	}
 	if (ctx->j[0].n == 0 && a[0].n == 0)
 		return;
 	if (ctx->j[0].n == 1 && a[0].n == 1)
-		write_one(ctx, a);
+	{
+		Datum		args[J_COLS + A_COLS];
+		char		nulls[J_COLS + A_COLS + 1];
+
+		one_row_args(ctx, a, args, nulls);
+		if (SPI_execute_plan(plan_write_one, args, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "journal and account write failed");
+	}
 	else
 	{
+		Datum		args[J_COLS + A_COLS];
+		Oid			el[J_COLS + A_COLS] = {INT8OID, INT8OID, TEXTOID, INT8OID, conf.ledger_type,
+			INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID,
+			INT8OID, conf.ledger_type, INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT8OID, INT8OID};
+
 		for (i = 0; i < J_COLS; i++)
 			args[i] = dbuf_array(&ctx->j[i], el[i]);
 		for (i = 0; i < A_COLS; i++)
@@ -863,6 +931,40 @@ flush(Ctx *ctx, bool include_carry)
 		ctx->j[i].n = 0;
 }
 
+/*
+ * The write of run_unlocked: account ctx->accts[0] and at most one journal
+ * row, only if the account row is still the version read (its ctid; a row
+ * updated since has another).  False when it is not, with nothing written.
+ */
+static bool
+write_if_unchanged(Ctx *ctx)
+{
+	Acct	   *ac = &ctx->accts[0];
+	DatumBuf	a[A_COLS];
+	Datum		args[J_COLS + A_COLS + 1];
+	char		nulls[J_COLS + A_COLS + 2];
+	int			i;
+
+	if (!ac->changed)
+		return ctx->j[0].n == 0 && ctx->h[0].n == 0;
+	if (ctx->j[0].n > 1)
+		return false;
+	memset(a, 0, sizeof(a));
+	push_account(a, ac);
+	one_row_args(ctx, a, args, nulls);
+	args[J_COLS + A_COLS] = PointerGetDatum(&ac->tid);
+	nulls[J_COLS + A_COLS] = ' ';
+	nulls[J_COLS + A_COLS + 1] = '\0';
+	if (SPI_execute_plan(ctx->j[0].n ? plan_cas_one : plan_cas_none, args, nulls, false, 0) < 0)
+		elog(ERROR, "journal and account write failed");
+	if (SPI_processed == 0)
+		return false;
+	for (i = 0; i < J_COLS; i++)
+		ctx->j[i].n = 0;
+	ac->changed = false;
+	flush_history(ctx);
+	return true;
+}
 
 static int
 cmp_int64(const void *a, const void *b)
@@ -874,6 +976,9 @@ cmp_int64(const void *a, const void *b)
 }
 
 /* Appends the accounts of a lock query's result to ctx->accts. */
+/* The columns of an account in the lock queries (8: birthday month, if there). */
+static const AttrNumber query_cols[7] = {1, 2, 3, 4, 5, 6, 7};
+
 /* The month (1-12) of customer cust's birthday, 0 if unknown. */
 static int
 birth_month(int64 cust)
@@ -894,41 +999,48 @@ birth_month(int64 cust)
 	return m;
 }
 
+/*
+ * An account from its row: cols are the attribute numbers of customer_id,
+ * ledger, debt, tier, tier_since, spend_month and spend_cents; the birthday
+ * month is attribute 8 when the row has it, else looked up.
+ */
+static void
+parse_account(Acct *ac, HeapTuple tup, TupleDesc desc, const AttrNumber *cols)
+{
+	bool		isnull;
+	Datum	   *sd;
+	int			ns,
+				k;
+
+	ac->cust = DatumGetInt64(heap_getattr(tup, cols[0], desc, &isnull));
+	lotbuf_from_ledger(&ac->lots, DatumGetLedgerP(heap_getattr(tup, cols[1], desc, &isnull)));
+	ac->debt = DatumGetInt64(heap_getattr(tup, cols[2], desc, &isnull));
+	ac->tier = tier_index(TextDatumGetCString(heap_getattr(tup, cols[3], desc, &isnull)));
+	ac->tier_since = DatumGetTimestampTz(heap_getattr(tup, cols[4], desc, &isnull));
+	ac->spend_month = DatumGetInt32(heap_getattr(tup, cols[5], desc, &isnull));
+	deconstruct_array(DatumGetArrayTypeP(heap_getattr(tup, cols[6], desc, &isnull)),
+					  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &sd, NULL, &ns);
+	for (k = 0; k < 12; k++)
+		ac->spend[k] = k < ns ? DatumGetInt64(sd[k]) : 0;
+	if (desc->natts >= 8 && cols == query_cols)
+	{
+		Datum		bm = heap_getattr(tup, 8, desc, &isnull);
+
+		ac->birth_month = isnull ? 0 : DatumGetInt32(bm);
+	}
+	else
+		ac->birth_month = birth_month(ac->cust);
+	ac->changed = false;
+	ac->tid = tup->t_self;
+}
+
 static void
 parse_accounts(Ctx *ctx, SPITupleTable *tt, uint64 rows)
 {
 	uint64		i;
 
 	for (i = 0; i < rows; i++)
-	{
-		HeapTuple	tup = tt->vals[i];
-		TupleDesc	desc = tt->tupdesc;
-		Acct	   *ac = &ctx->accts[ctx->naccts++];
-		bool		isnull;
-		Datum	   *sd;
-		int			ns,
-					k;
-		Datum		bm;
-
-		ac->cust = getint64(tup, desc, 1, &isnull);
-		lotbuf_from_ledger(&ac->lots, DatumGetLedgerP(SPI_getbinval(tup, desc, 2, &isnull)));
-		ac->debt = getint64(tup, desc, 3, &isnull);
-		ac->tier = tier_index(SPI_getvalue(tup, desc, 4));
-		ac->tier_since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
-		ac->spend_month = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 7, &isnull)),
-						  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &sd, NULL, &ns);
-		for (k = 0; k < 12; k++)
-			ac->spend[k] = k < ns ? DatumGetInt64(sd[k]) : 0;
-		if (desc->natts >= 8)
-		{
-			bm = SPI_getbinval(tup, desc, 8, &isnull);
-			ac->birth_month = isnull ? 0 : DatumGetInt32(bm);
-		}
-		else
-			ac->birth_month = birth_month(ac->cust);
-		ac->changed = false;
-	}
+		parse_account(&ctx->accts[ctx->naccts++], tt->vals[i], tt->tupdesc, query_cols);
 	SPI_freetuptable(tt);
 }
 
@@ -1141,6 +1253,48 @@ clawback(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 earned, int64 c
 typedef void (*RowFn) (Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc);
 
 /*
+ * One customer with an account, in a statement of one batch (a checkout;
+ * nothing carries this account's state on, and its row is not locked when
+ * nothing was written): read the account without a lock, compute, and
+ * write only if the row is still the version read (write_if_unchanged).
+ * That saves the locking query, about a quarter of a single-row order's
+ * points cost.  False, with nothing written and the buffers cleared, when
+ * the account is missing or was changed meanwhile, or the result needs more
+ * than one journal row: the caller then locks.
+ */
+static bool
+run_unlocked(Ctx *ctx, HeapTuple *rows, uint64 nrows, TupleDesc desc, int64 cust, RowFn fn)
+{
+	Datum		key = Int64GetDatum(cust);
+	Relation	rel = table_open(conf.account_relid, AccessShareLock);
+	HeapTuple	tup = crm_row_by_index(rel, conf.account_pkey, &key);
+	uint64		i;
+	int			k;
+
+	ctx->accts = palloc0(sizeof(Acct));
+	if (tup)
+		parse_account(&ctx->accts[0], tup, RelationGetDescr(rel), conf.account_cols);
+	/* Keep the table lock: no rewrite (VACUUM FULL) may move rows to other ctids meanwhile. */
+	table_close(rel, NoLock);
+	if (!tup)
+		return false;
+	ctx->naccts = 1;
+	for (i = 0; i < nrows; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		fn(ctx, &ctx->accts[0], rows[i], desc);
+	}
+	if (write_if_unchanged(ctx))
+		return true;
+	for (k = 0; k < J_COLS; k++)
+		ctx->j[k].n = 0;
+	for (k = 0; k < H_COLS; k++)
+		ctx->h[k].n = 0;
+	ctx->naccts = 0;
+	return false;
+}
+
+/*
  * Handles one batch of rows (sorted by customer_id in column 1): locks the
  * customers' accounts, calls fn per row and writes the results.  The last
  * customer's account is carried to the next batch, which may continue it.
@@ -1174,17 +1328,24 @@ run_batch(Ctx *ctx, HeapTuple *rows, uint64 nrows, TupleDesc desc, bool ensure,
 		since[nc] = since_col ? DatumGetTimestampTz(SPI_getbinval(rows[i], desc, since_col, &isnull)) : ctx->now;
 		nc++;
 	}
-	load_accounts(ctx, custs, since, nc, ensure);
-	for (i = 0; i < nrows; i++)
+	if (nc == 1 && ctx->single_batch && run_unlocked(ctx, rows, nrows, desc, custs[0], fn))
 	{
-		bool		isnull;
-		Acct	   *ac = find_acct(ctx, getint64(rows[i], desc, 1, &isnull));
-
-		CHECK_FOR_INTERRUPTS();
-		if (ac)
-			fn(ctx, ac, rows[i], desc);
+		/* done; nothing to carry: a single batch */
 	}
-	flush(ctx, true);
+	else
+	{
+		load_accounts(ctx, custs, since, nc, ensure);
+		for (i = 0; i < nrows; i++)
+		{
+			bool		isnull;
+			Acct	   *ac = find_acct(ctx, getint64(rows[i], desc, 1, &isnull));
+
+			CHECK_FOR_INTERRUPTS();
+			if (ac)
+				fn(ctx, ac, rows[i], desc);
+		}
+		flush(ctx, true);
+	}
 	/* Keep the batch's last customer (it may continue) in the other carry context. */
 	{
 		bool		isnull;
@@ -1505,6 +1666,7 @@ run_order_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent ev,
 		HeapTuple  *rows;
 		int			n = read_small(td, &rows);
 
+		ctx.single_batch = true;
 		if (n > 0)
 			run_batch(&ctx, rows, n, small_desc, ensure, since_col, row_fn);
 	}

@@ -107,33 +107,47 @@ find_customer_indexes(OriginColumns *cols)
 }
 
 /*
- * Column att (of a pass-by-value type) of the first row of table relid
- * through its index idx, with one equality key (int8) on the index's first
- * column when key is not NULL; read with the active snapshot and without the
- * executor: per-row lookups in triggers, where an SPI query would cost
- * several times as much.  False when there is no such row.
+ * A copy of the first row of rel through its index idx, with one int8
+ * equality key on the index's first column when key is not NULL, or NULL
+ * when there is none; t_self of the copy is the row's ctid.  Read with the
+ * active snapshot and without the executor: lookups in triggers, where an
+ * SPI query would cost several times as much.
  */
+HeapTuple
+crm_row_by_index(Relation rel, Oid idx, const Datum *key)
+{
+	Relation	irel = index_open(idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
+	ScanKeyData skey;
+	HeapTuple	tup = NULL;
+
+	if (key)
+		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
+	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		tup = ExecCopySlotHeapTuple(slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(irel, AccessShareLock);
+	return tup;
+}
+
+/* Column att of crm_row_by_index's row of table relid: false when none. */
 bool
 crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 					   Datum *value, bool *isnull)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
-	Relation	irel = index_open(idx, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	IndexScanDesc scan = index_beginscan(rel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
-	ScanKeyData skey;
-	bool		found;
+	HeapTuple	tup = crm_row_by_index(rel, idx, key);
+	bool		found = tup != NULL;
 
-	Assert(TupleDescAttr(RelationGetDescr(rel), att - 1)->attbyval);
-	if (key)
-		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
-	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	if (found)
-		*value = slot_getattr(slot, att, isnull);
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(irel, AccessShareLock);
+	{
+		Assert(TupleDescAttr(RelationGetDescr(rel), att - 1)->attbyval);
+		*value = heap_getattr(tup, att, RelationGetDescr(rel), isnull);
+		heap_freetuple(tup);
+	}
 	table_close(rel, AccessShareLock);
 	return found;
 }
