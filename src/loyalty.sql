@@ -291,6 +291,70 @@ $$;
 COMMENT ON FUNCTION crm.loyalty_check_args(bigint, bigint, text, timestamptz) IS
 	'Internal: argument checks shared by crm.redeem_points and crm.adjust_points';
 
+-- The write both crm.redeem_points and crm.adjust_points make once their
+-- arguments are checked: delta < 0 spends FIFO, delta > 0 adds a lot
+-- expiring by policy.  Exactly once per key: the key is looked up before
+-- and after the account lock (a retry may commit while this one waits), and
+-- a unique violation on insert means another customer's request with the
+-- same key committed first.
+CREATE FUNCTION crm.loyalty_post(customer_id bigint, kind text, delta bigint, idempotency_key text,
+	reason text, at timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	j crm.points_journal;
+	old_ledger crm.loyalty_ledger;
+	new_ledger crm.loyalty_ledger;
+	bal bigint;
+BEGIN
+	IF idempotency_key IS NOT NULL THEN
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) loyalty_post.idempotency_key;
+		IF FOUND THEN
+			RETURN crm.loyalty_replay(j, customer_id, kind, delta);
+		END IF;
+	END IF;
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		-- a credit opens the account at the lowest tier if there is none yet
+		INSERT INTO crm.loyalty_account AS a (customer_id, tier, tier_since)
+		SELECT loyalty_post.customer_id, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
+		ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
+	END IF;
+	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'insufficient points: 0 available, % requested', - delta USING ERRCODE = 'CR001';
+	END IF;
+	IF idempotency_key IS NOT NULL THEN
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) loyalty_post.idempotency_key;
+		IF FOUND THEN
+			RETURN crm.loyalty_replay(j, customer_id, kind, delta);
+		END IF;
+	END IF;
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		new_ledger := crm.ledger_earn(old_ledger, delta, at, crm.loyalty_expires_at(at));
+	ELSE
+		new_ledger := crm.ledger_spend(old_ledger, - delta, at);
+	END IF;
+	bal := crm.ledger_balance(new_ledger, at);
+	BEGIN
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
+		VALUES (customer_id, customer_id, kind, delta,
+		        CASE WHEN delta OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
+		        idempotency_key, bal, reason, at);
+	EXCEPTION WHEN unique_violation THEN
+		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) loyalty_post.idempotency_key;
+		RETURN crm.loyalty_replay(j, customer_id, kind, delta);
+	END;
+	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id;
+	RETURN bal;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_post(bigint, text, bigint, text, text, timestamptz) IS
+	'Internal: the exactly-once journal entry and ledger change of crm.redeem_points (spend) and crm.adjust_points (adjust)';
+
 CREATE FUNCTION crm.redeem_points(customer_id bigint, points bigint, idempotency_key text,
 	at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint
@@ -298,11 +362,6 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: NULL arguments get a clear error instead of a silent NULL.
-DECLARE
-	j crm.points_journal;
-	old_ledger crm.loyalty_ledger;
-	new_ledger crm.loyalty_ledger;
-	bal bigint;
 BEGIN
 	PERFORM crm.loyalty_check_args(customer_id, points, idempotency_key, at);
 	IF idempotency_key IS NULL THEN
@@ -312,33 +371,7 @@ BEGIN
 	IF points OPERATOR(pg_catalog.<=) 0 THEN
 		RAISE EXCEPTION 'points to redeem must be positive, not %', points USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) redeem_points.idempotency_key;
-	IF FOUND THEN
-		RETURN crm.loyalty_replay(j, customer_id, 'spend', - points);
-	END IF;
-	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
-	WHERE a.customer_id OPERATOR(pg_catalog.=) redeem_points.customer_id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'insufficient points: 0 available, % requested', points USING ERRCODE = 'CR001';
-	END IF;
-	-- A concurrent retry may have committed while we waited for the lock.
-	SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) redeem_points.idempotency_key;
-	IF FOUND THEN
-		RETURN crm.loyalty_replay(j, customer_id, 'spend', - points);
-	END IF;
-	new_ledger := crm.ledger_spend(old_ledger, points, at);
-	bal := crm.ledger_balance(new_ledger, at);
-	BEGIN
-		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, at)
-		VALUES (customer_id, customer_id, 'spend', - points, old_ledger OPERATOR(crm.-) new_ledger, idempotency_key, bal, at);
-	EXCEPTION WHEN unique_violation THEN
-		-- The same key, for another customer, committed first.
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) redeem_points.idempotency_key;
-		RETURN crm.loyalty_replay(j, customer_id, 'spend', - points);
-	END;
-	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) redeem_points.customer_id;
-	RETURN bal;
+	RETURN crm.loyalty_post(customer_id, 'spend', - points, idempotency_key, NULL, at);
 END
 $$;
 COMMENT ON FUNCTION crm.redeem_points(bigint, bigint, text, timestamptz) IS
@@ -351,11 +384,6 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: NULL arguments get a clear error; idempotency_key may be NULL.
-DECLARE
-	j crm.points_journal;
-	old_ledger crm.loyalty_ledger;
-	new_ledger crm.loyalty_ledger;
-	bal bigint;
 BEGIN
 	PERFORM crm.loyalty_check_args(customer_id, points, idempotency_key, at);
 	IF points OPERATOR(pg_catalog.=) 0 THEN
@@ -365,41 +393,7 @@ BEGIN
 		RAISE EXCEPTION 'an adjustment needs a reason' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'The reason is kept in crm.points_journal for audit.';
 	END IF;
-	IF idempotency_key IS NOT NULL THEN
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) adjust_points.idempotency_key;
-		IF FOUND THEN
-			RETURN crm.loyalty_replay(j, customer_id, 'adjust', points);
-		END IF;
-	END IF;
-	INSERT INTO crm.loyalty_account AS a (customer_id, tier, tier_since)
-	SELECT adjust_points.customer_id, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
-	ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
-	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
-	WHERE a.customer_id OPERATOR(pg_catalog.=) adjust_points.customer_id FOR UPDATE;
-	IF idempotency_key IS NOT NULL THEN
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) adjust_points.idempotency_key;
-		IF FOUND THEN
-			RETURN crm.loyalty_replay(j, customer_id, 'adjust', points);
-		END IF;
-	END IF;
-	IF points OPERATOR(pg_catalog.>) 0 THEN
-		new_ledger := crm.ledger_earn(old_ledger, points, at, crm.loyalty_expires_at(at));
-	ELSE
-		new_ledger := crm.ledger_spend(old_ledger, - points, at);
-	END IF;
-	bal := crm.ledger_balance(new_ledger, at);
-	BEGIN
-		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
-		VALUES (customer_id, customer_id, 'adjust', points,
-		        CASE WHEN points OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
-		        idempotency_key, bal, reason, at);
-	EXCEPTION WHEN unique_violation THEN
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) adjust_points.idempotency_key;
-		RETURN crm.loyalty_replay(j, customer_id, 'adjust', points);
-	END;
-	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) adjust_points.customer_id;
-	RETURN bal;
+	RETURN crm.loyalty_post(customer_id, 'adjust', points, idempotency_key, reason, at);
 END
 $$;
 COMMENT ON FUNCTION crm.adjust_points(bigint, bigint, text, text, timestamptz) IS
