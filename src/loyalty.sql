@@ -245,15 +245,25 @@ CREATE TRIGGER order_line_loyalty_insert AFTER INSERT ON crm.order_line
 -- ---------------------------------------------------------------------------
 -- Entry points
 -- ---------------------------------------------------------------------------
--- A stored spend/adjust entry answers a retry, or the key was used for
--- something else (CR002).
-CREATE FUNCTION crm.loyalty_replay(j crm.points_journal, customer_id bigint, kind text, points bigint)
+-- The journal entry with this idempotency key answers a retry with its first
+-- result, or the key was used for something else (CR002); NULL when no
+-- entry has the key.
+CREATE FUNCTION crm.loyalty_replay(key text, customer_id bigint, kind text, points bigint)
 RETURNS bigint
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Not STRICT: every argument is checked by the callers.
+-- Not STRICT: a NULL key is no key; the other arguments are checked by the callers.
+DECLARE
+	j crm.points_journal;
 BEGIN
+	IF key IS NULL THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) key;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
 	IF j.origin_customer_id OPERATOR(pg_catalog.=) customer_id AND j.kind OPERATOR(pg_catalog.=) kind
 	   AND j.points OPERATOR(pg_catalog.=) points THEN
 		RETURN j.balance_after;
@@ -264,8 +274,8 @@ BEGIN
 		      HINT = 'Use a new key for a new request.';
 END
 $$;
-COMMENT ON FUNCTION crm.loyalty_replay(crm.points_journal, bigint, text, bigint) IS
-	'Internal: the first result of an idempotency key, or SQLSTATE CR002 when the key was used with other arguments';
+COMMENT ON FUNCTION crm.loyalty_replay(text, bigint, text, bigint) IS
+	'Internal: the first result of an idempotency key, NULL when the key is new, SQLSTATE CR002 when it was used with other arguments';
 
 CREATE FUNCTION crm.loyalty_check_args(customer_id bigint, points bigint, key text, at timestamptz)
 RETURNS void
@@ -294,9 +304,8 @@ COMMENT ON FUNCTION crm.loyalty_check_args(bigint, bigint, text, timestamptz) IS
 -- The write both crm.redeem_points and crm.adjust_points make once their
 -- arguments are checked: delta < 0 spends FIFO, delta > 0 adds a lot
 -- expiring by policy.  Exactly once per key: the key is looked up before
--- and after the account lock (a retry may commit while this one waits), and
--- a unique violation on insert means another customer's request with the
--- same key committed first.
+-- and after the account lock, and a unique violation on insert means
+-- another customer's request with the same key committed first.
 CREATE FUNCTION crm.loyalty_post(customer_id bigint, kind text, delta bigint, idempotency_key text,
 	reason text, at timestamptz)
 RETURNS bigint
@@ -304,16 +313,13 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	j crm.points_journal;
 	old_ledger crm.loyalty_ledger;
 	new_ledger crm.loyalty_ledger;
 	bal bigint;
 BEGIN
-	IF idempotency_key IS NOT NULL THEN
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) loyalty_post.idempotency_key;
-		IF FOUND THEN
-			RETURN crm.loyalty_replay(j, customer_id, kind, delta);
-		END IF;
+	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	IF bal IS NOT NULL THEN
+		RETURN bal;
 	END IF;
 	IF delta OPERATOR(pg_catalog.>) 0 THEN
 		-- a credit opens the account at the lowest tier if there is none yet
@@ -326,11 +332,10 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'insufficient points: 0 available, % requested', - delta USING ERRCODE = 'CR001';
 	END IF;
-	IF idempotency_key IS NOT NULL THEN
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) loyalty_post.idempotency_key;
-		IF FOUND THEN
-			RETURN crm.loyalty_replay(j, customer_id, kind, delta);
-		END IF;
+	-- A retry may have committed while this one waited for the lock.
+	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	IF bal IS NOT NULL THEN
+		RETURN bal;
 	END IF;
 	IF delta OPERATOR(pg_catalog.>) 0 THEN
 		new_ledger := crm.ledger_earn(old_ledger, delta, at, crm.loyalty_expires_at(at));
@@ -344,8 +349,7 @@ BEGIN
 		        CASE WHEN delta OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
 		        idempotency_key, bal, reason, at);
 	EXCEPTION WHEN unique_violation THEN
-		SELECT * INTO j FROM crm.points_journal p WHERE p.idempotency_key OPERATOR(pg_catalog.=) loyalty_post.idempotency_key;
-		RETURN crm.loyalty_replay(j, customer_id, kind, delta);
+		RETURN crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
 	END;
 	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
 	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id;
