@@ -164,6 +164,37 @@ SELECT kind, points, debt, reason FROM crm.points_journal WHERE order_id = 502 O
 SELECT ledger, debt, qualifying_spend FROM crm.loyalty_account WHERE customer_id = 8;
 SELECT count(*) AS ledger_mismatches FROM crm.verify_ledgers();
 
+-- A refund reversed gives back what the net amount covers again, as a
+-- 'reinstate' lot earned at the order's time and expiring with its lot;
+-- debt is repaid from it first, qualifying spend returns, tiers upgrade.
+INSERT INTO crm.customer (customer_id, name) VALUES (9, 'Ivy');
+-- 1,200 with 700 refunded at once: earns 1,200, claws back 700, spend 500
+INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount, refunded_amount) VALUES
+	(601, 9, 'web', '2025-09-01 10:00+00', 1200.00, 700.00);
+SELECT crm.points_balance(9, '2025-09-02+00') AS ivy, crm.qualifying_spend(9, '2025-09-30+00') AS ivy_spend,
+       (SELECT tier FROM crm.loyalty_account WHERE customer_id = 9) AS ivy_tier;
+-- 500 of the refund reversed: keeps floor(1200 * 1000 / 1200) = 1,000, so 500 come back;
+-- spend 1,000 reaches silver
+UPDATE crm.orders SET refunded_amount = 200.00 WHERE order_id = 601;
+SELECT crm.points_balance(9, '2025-09-02+00') AS ivy, crm.qualifying_spend(9, '2025-09-30+00') AS ivy_spend,
+       (SELECT tier FROM crm.loyalty_account WHERE customer_id = 9) AS ivy_tier;
+SELECT from_tier, to_tier, reason, order_id, qualifying_spend FROM crm.tier_history WHERE customer_id = 9;
+-- spend it all, refund all (debt 1,000), then the refund is reversed: the
+-- points come back and repay the debt
+SELECT crm.redeem_points(9, 1000, 'ivy-1', '2025-09-05+00') AS ivy_left;
+UPDATE crm.orders SET status = 'refunded' WHERE order_id = 601;
+SELECT ledger, debt FROM crm.loyalty_account WHERE customer_id = 9;
+UPDATE crm.orders SET status = 'paid' WHERE order_id = 601;
+SELECT ledger, debt FROM crm.loyalty_account WHERE customer_id = 9;
+-- the last 200: the whole 1,200 kept
+UPDATE crm.orders SET refunded_amount = 0 WHERE order_id = 601;
+SELECT * FROM pg_temp.journal(9);
+SELECT crm.points_balance(9, '2025-09-06+00') AS ivy, debt, qualifying_spend
+FROM crm.loyalty_account WHERE customer_id = 9;
+-- reinstated points expire with the order's own lot (2026-10-01)
+SELECT crm.points_balance(9, '2026-11-01+00') AS ivy_after_expiry;
+SELECT count(*) AS ledger_mismatches FROM crm.verify_ledgers();
+
 -- ---------------------------------------------------------------------------
 -- Redemption: exactly once per key; errors.
 -- ---------------------------------------------------------------------------

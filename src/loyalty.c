@@ -469,7 +469,7 @@ crm_loyalty_config_changed(PG_FUNCTION_ARGS)
 static bool
 journal_kind_sign_ok(const char *kind, int64 points, int64 debt)
 {
-	if (strcmp(kind, "earn") == 0)
+	if (strcmp(kind, "earn") == 0 || strcmp(kind, "reinstate") == 0)
 		return points > 0 && debt == 0;
 	if (strcmp(kind, "spend") == 0 || strcmp(kind, "expire") == 0)
 		return points < 0 && debt == 0;
@@ -520,10 +520,10 @@ PG_FUNCTION_INFO_V1(crm_points_journal_entry_valid);
  * start of each statement that writes it, and the journal and the account
  * are written by every paid order's statement: as SQL, the two tables'
  * rules cost about a fifth of the points trigger on single-row inserts.
- *   - kind is one of earn, spend, expire, adjust, clawback, merge;
+ *   - kind is one of earn, spend, expire, adjust, clawback, reinstate, merge;
  *   - points is the signed total of lots (>= 0 adds them, < 0 takes them);
- *   - earn adds points, spend and expire take them, none of the three
- *     changes the debt; clawback never adds points;
+ *   - earn and reinstate add points, spend and expire take them, none of
+ *     these changes the debt; clawback never adds points;
  *   - at is finite; a key, when there is one, as idempotency_key_ok.
  * NULL (passes) when a NOT NULL column is NULL: its own constraint reports it.
  */
@@ -1189,19 +1189,21 @@ single_lot(int64 points, TimestampTz expires, TimestampTz earned, int64 source)
 }
 
 /*
- * Earn: a lot for the order, journaled; then any debt is repaid from it.
+ * Earn (kind "earn", or "reinstate" for points a refund reversal gives
+ * back): a lot for the order earned at earned_at, journaled at "at"; then
+ * any debt is repaid from it.
  */
 static void
-earn(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 points,
-	 TimestampTz at, TimestampTz expires, const char *reason)
+earn(Ctx *ctx, Acct *ac, const char *kind, int64 origin, int64 order_id, int64 points,
+	 TimestampTz earned_at, TimestampTz expires, TimestampTz at, const char *reason)
 {
 	if (points <= 0)
 		return;
-	if (expires <= at)
-		expires = at + 1;		/* a policy cannot expire points before they exist */
-	lotbuf_add(&ac->lots, points, expires, at, order_id);
-	journal_add(ctx, ac->cust, origin, "earn", points,
-				single_lot(points, expires, at, order_id), 0, order_id, at, reason);
+	if (expires <= earned_at)
+		expires = earned_at + 1;	/* a policy cannot expire points before they exist */
+	lotbuf_add(&ac->lots, points, expires, earned_at, order_id);
+	journal_add(ctx, ac->cust, origin, kind, points,
+				single_lot(points, expires, earned_at, order_id), 0, order_id, at, reason);
 	if (ac->debt > 0)
 	{
 		LotBuf		taken;
@@ -1220,12 +1222,16 @@ earn(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 points,
  * Claw back what an order's net amount no longer covers: target clawed =
  * earned - floor(earned * net / amount); the difference to what was already
  * clawed is taken from the order's lot first, then FIFO, the shortfall
- * becoming debt.
+ * becoming debt.  When the net amount rose again (a refund reversed), the
+ * difference is given back instead, as a "reinstate" lot earned at the
+ * order's time (ordered_at) and expiring with its own lot, so points past
+ * their expiry come back expired; debt is first repaid from it, as from any
+ * points earned.  Journaled at "at".
  */
 static void
 clawback(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 earned, int64 clawed,
-		 TimestampTz expires, int64 net_cents, int64 amount_cents, TimestampTz at,
-		 const char *reason)
+		 TimestampTz ordered_at, TimestampTz expires, int64 net_cents, int64 amount_cents,
+		 TimestampTz at, const char *reason)
 {
 	int128		keep;
 	int64		delta,
@@ -1237,7 +1243,12 @@ clawback(Ctx *ctx, Acct *ac, int64 origin, int64 order_id, int64 earned, int64 c
 	keep = (amount_cents > 0 && net_cents > 0) ?
 		((int128) earned * net_cents) / amount_cents : 0;
 	delta = earned - (int64) keep - clawed;
-	if (delta <= 0)
+	if (delta < 0)
+	{
+		earn(ctx, ac, "reinstate", origin, order_id, -delta, ordered_at, expires, at, reason);
+		return;
+	}
+	if (delta == 0)
 		return;
 	lotbuf_init(&taken, 2);
 	got = lotbuf_take(&ac->lots, delta, expires, DT_NOBEGIN, &taken);
@@ -1467,6 +1478,29 @@ check_statement_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent 
  */
 static SPIPlanPtr plan_new_orders;
 
+/* The highest tier the rolling spend now reaches, if above the current one. */
+static void
+upgrade_on_spend(Ctx *ctx, Acct *ac, int64 order_id, TimestampTz at)
+{
+	int64		q = spend_total(ac);
+	int			t;
+
+	for (t = conf.ntiers - 1; t > ac->tier; t--)
+		if (conf.tiers[t].threshold_cents <= q)
+		{
+			dbuf_push(&ctx->h[0], Int64GetDatum(ac->cust), false);
+			dbuf_push(&ctx->h[1], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
+			dbuf_push(&ctx->h[2], CStringGetTextDatum(conf.tiers[t].name), false);
+			dbuf_push(&ctx->h[3], TimestampTzGetDatum(at), false);
+			dbuf_push(&ctx->h[4], Int64GetDatum(order_id), false);
+			dbuf_push(&ctx->h[5], Int64GetDatum(q), false);
+			ac->tier = t;
+			ac->tier_since = at;
+			ac->changed = true;
+			return;
+		}
+}
+
 static void
 order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 {
@@ -1479,7 +1513,6 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 	const RuleConf *rule = rule_at(at);
 	struct pg_tm tm;
 	fsec_t		fsec;
-	int			t;
 
 	local_tm(at, &tm, &fsec);
 	if (rule && net > 0)
@@ -1504,31 +1537,15 @@ order_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 					 errmsg("points of order " INT64_FORMAT " out of range", order_id)));
 		points = (int64) (v / 1000000);
-		earn(ctx, ac, origin, order_id, points, at, expires, NULL);
+		earn(ctx, ac, "earn", origin, order_id, points, at, expires, at, NULL);
 		if (net < amount)
-			clawback(ctx, ac, origin, order_id, points, 0, expires, net, amount, at, "refund");
+			clawback(ctx, ac, origin, order_id, points, 0, at, expires, net, amount, at, "refund");
 	}
 	if (net > 0)
 	{
-		int64		q;
-
 		spend_add(ac, tm.tm_year * 12 + tm.tm_mon - 1, net);
 		/* Crossing a threshold upgrades at once (after this order's points). */
-		q = spend_total(ac);
-		for (t = conf.ntiers - 1; t > ac->tier; t--)
-			if (conf.tiers[t].threshold_cents <= q)
-			{
-				dbuf_push(&ctx->h[0], Int64GetDatum(ac->cust), false);
-				dbuf_push(&ctx->h[1], CStringGetTextDatum(conf.tiers[ac->tier].name), false);
-				dbuf_push(&ctx->h[2], CStringGetTextDatum(conf.tiers[t].name), false);
-				dbuf_push(&ctx->h[3], TimestampTzGetDatum(at), false);
-				dbuf_push(&ctx->h[4], Int64GetDatum(order_id), false);
-				dbuf_push(&ctx->h[5], Int64GetDatum(q), false);
-				ac->tier = t;
-				ac->tier_since = at;
-				ac->changed = true;
-				break;
-			}
+		upgrade_on_spend(ctx, ac, order_id, at);
 	}
 }
 
@@ -1700,8 +1717,9 @@ crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
 }
 
 /* ------------------------------------------------------------------------
- * Refunds (orders whose net amount fell) and deleted orders (all of the net
- * amount gone): the order's points are clawed back in proportion.
+ * Refunds (orders whose net amount fell), their reversals (net amount rose
+ * again) and deleted orders (all of the net amount gone): the order keeps
+ * points in proportion to its net amount, the rest clawed back or given back.
  * Columns: 1 customer_id, 2 order_id, 3 origin_customer_id, 4 ordered_at,
  * 5 amount cents, 6 new net cents, 7 old net cents, 8 earned, 9 clawed,
  * 10 earned lot expiry, 11 journal reason.
@@ -1714,7 +1732,7 @@ static SPIPlanPtr plan_deleted;
 #define ORDER_POINTS_SO_FAR(alias) \
 	"LEFT JOIN LATERAL (SELECT " \
 	"  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, " \
-	"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed, " \
+	"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY ('{clawback,reinstate}'))::bigint AS clawed, " \
 	"  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires " \
 	"  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) " alias ".order_id) j ON true "
 
@@ -1734,8 +1752,10 @@ refund_row(Ctx *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 	TimestampTz expires = isnull ? DT_NOBEGIN : DatumGetTimestampTz(e);
 
 	spend_add(ac, month_index(at), net - old_net);
-	clawback(ctx, ac, origin, order_id, earned, clawed, expires, net, amount, ctx->now,
+	clawback(ctx, ac, origin, order_id, earned, clawed, at, expires, net, amount, ctx->now,
 			 SPI_getvalue(tup, desc, 11));
+	if (net > old_net)
+		upgrade_on_spend(ctx, ac, order_id, ctx->now);
 }
 
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
@@ -1747,10 +1767,11 @@ crm_loyalty_orders_update(PG_FUNCTION_ARGS)
 	run_order_trigger(fcinfo, "crm.loyalty_orders_update()", LOY_UPDATE, &plan_refunds,
 					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
 					  "(n.amount * 100)::bigint, (n.net_amount * 100)::bigint, (o.net_amount * 100)::bigint, "
-					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, 'refund' "
+					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, "
+					  "CASE WHEN n.net_amount OPERATOR(pg_catalog.<) o.net_amount THEN 'refund' ELSE 'refund reversed' END "
 					  "FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
 					  ORDER_POINTS_SO_FAR("n")
-					  "WHERE n.net_amount OPERATOR(pg_catalog.<) o.net_amount "
+					  "WHERE n.net_amount OPERATOR(pg_catalog.<>) o.net_amount "
 					  "ORDER BY n.customer_id, n.order_id",
 					  NULL, false, 0, refund_row);
 	return PointerGetDatum(NULL);
@@ -1829,11 +1850,13 @@ lines_finish_order(Ctx *ctx, Acct *ac)
 	if (points > 0)
 	{
 		expires = expiry_of(lines_cur.at);
-		earn(ctx, ac, lines_cur.origin, lines_cur.order_id, points, lines_cur.at, expires, "category bonus");
+		earn(ctx, ac, "earn", lines_cur.origin, lines_cur.order_id, points, lines_cur.at, expires,
+			 lines_cur.at, "category bonus");
 		/* A partly refunded order keeps only its share of the bonus. */
 		if (lines_cur.net < lines_cur.amount)
 			clawback(ctx, ac, lines_cur.origin, lines_cur.order_id, lines_cur.earned + points,
-					 lines_cur.clawed, expires, lines_cur.net, lines_cur.amount, ctx->now, "refund");
+					 lines_cur.clawed, lines_cur.at, expires, lines_cur.net, lines_cur.amount,
+					 ctx->now, "refund");
 	}
 	lines_cur.order_id = 0;
 }
@@ -1906,7 +1929,7 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 								  "FROM loyalty_new l JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
 								  "LEFT JOIN LATERAL (SELECT "
 								  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
-								  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'clawback')::bigint AS clawed "
+								  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY ('{clawback,reinstate}'))::bigint AS clawed "
 								  "  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) o.order_id) j ON true "
 								  "WHERE o.status OPERATOR(pg_catalog.=) 'paid' AND l.category OPERATOR(pg_catalog.=) ANY ($1) "
 								  "GROUP BY 1, 2, 3, 4, 5, 6, 7, 9, 10 "

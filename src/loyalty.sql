@@ -113,7 +113,7 @@ CREATE FUNCTION crm.points_journal_entry_valid(kind text, points bigint, lots cr
 	at timestamptz, idempotency_key text)
 	RETURNS boolean LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_points_journal_entry_valid';
 COMMENT ON FUNCTION crm.points_journal_entry_valid(text, bigint, crm.loyalty_ledger, bigint, timestamptz, text) IS
-	'CHECK of crm.points_journal: kind is earn, spend, expire, adjust, clawback or merge; points = +/- ledger_total(lots); earn > 0, spend and expire < 0 (none of the three with debt), clawback <= 0; at finite; a key has 1 to 200 characters, not all spaces';
+	'CHECK of crm.points_journal: kind is earn, spend, expire, adjust, clawback, reinstate or merge; points = +/- ledger_total(lots); earn and reinstate > 0, spend and expire < 0 (none of these with debt), clawback <= 0; at finite; a key has 1 to 200 characters, not all spaces';
 
 CREATE SEQUENCE crm.points_journal_id_seq;
 CREATE TABLE crm.points_journal (
@@ -143,7 +143,7 @@ CREATE UNIQUE INDEX points_journal_idempotency_key_unique ON crm.points_journal 
 CREATE INDEX points_journal_customer_idx ON crm.points_journal (customer_id);
 CREATE INDEX points_journal_order_idx ON crm.points_journal (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX points_journal_origin_idx ON crm.points_journal (origin_customer_id) WHERE origin_customer_id <> customer_id;
-COMMENT ON TABLE crm.points_journal IS 'Append-only journal of every points change (earn, spend, expire, adjust, clawback, merge); the ledgers are its cache';
+COMMENT ON TABLE crm.points_journal IS 'Append-only journal of every points change (earn, spend, expire, adjust, clawback, reinstate, merge); the ledgers are its cache';
 COMMENT ON COLUMN crm.points_journal.points IS 'Signed change to the balance: > 0 adds the lots, < 0 takes them out, 0 (merge notes) changes nothing';
 COMMENT ON COLUMN crm.points_journal.lots IS 'The lots the entry added or took out (magnitudes); crm.ledger_agg(lots, points) over a customer''s rows rebuilds the ledger';
 COMMENT ON COLUMN crm.points_journal.debt IS 'Signed change to the account''s debt (clawback shortfall > 0, repayment < 0)';
