@@ -748,16 +748,16 @@ prepare_common_plans(void)
 		 * ctid), then the journal row only if the account was written: both
 		 * or nothing.  In READ COMMITTED a concurrent update makes the
 		 * recheck fail rather than apply this statement to the new version.
-		 * tideq() rather than "=" keeps the ctid test a filter of the key's
-		 * index scan, which EvalPlanQual re-evaluates on the newest version
-		 * like any qual, instead of a TID scan condition (the generic plan's
-		 * choice on a large table), whose recheck is the scan node's own.
+		 * "ctid = $18" makes it a TID scan, a direct fetch; the same test
+		 * again as tideq() is a filter, which EvalPlanQual re-evaluates on
+		 * the newest version like any qual: a TID scan's own recheck of its
+		 * condition only came with the minor releases of late 2025.
 		 */
 		plan_cas_one = prepare_kept(
 									"WITH u AS (UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									"tier_since = $14, spend_month = $15, spend_cents = $16, "
 									"qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
-									"WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND pg_catalog.tideq(a.ctid, $18) "
+									"WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18) "
 									"RETURNING 1) "
 									"INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
 									"SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM u",
@@ -766,7 +766,7 @@ prepare_common_plans(void)
 									 "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									 "tier_since = $14, spend_month = $15, spend_cents = $16, "
 									 "qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
-									 "WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND pg_catalog.tideq(a.ctid, $18)",
+									 "WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18)",
 									 J_COLS + A_COLS + 1, t);
 	}
 	if (plan_history == NULL)
