@@ -334,6 +334,10 @@ SELECT pg_temp.expect_error($$INSERT INTO t VALUES (1)$$);
 DROP TRIGGER t_bad ON t;
 CREATE TRIGGER t_bad AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_orders_insert();
 SELECT pg_temp.expect_error($$INSERT INTO t VALUES (1)$$);
+DROP TRIGGER t_bad ON t;
+CREATE TRIGGER t_bad AFTER INSERT ON t REFERENCING NEW TABLE AS loyalty_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_orders_insert();
+SELECT pg_temp.expect_error($$INSERT INTO t VALUES (1)$$);
 
 -- The ledgers agree with the journal; a corrupted cache would show.
 SELECT * FROM crm.verify_ledgers();

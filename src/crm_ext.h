@@ -25,6 +25,7 @@
 
 /* triggers.c */
 extern void crm_triggers_init(void);
+extern int	crm_trigger_attnum(Relation rel, const char *name, const char *fn);
 extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);

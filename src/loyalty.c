@@ -1579,16 +1579,6 @@ cmp_new_order(const void *a, const void *b)
 	return x->order_id < y->order_id ? -1 : (x->order_id > y->order_id ? 1 : 0);
 }
 
-static int
-orders_attnum(TupleDesc desc, const char *name)
-{
-	int			n = SPI_fnumber(desc, name);
-
-	if (n <= 0)
-		elog(ERROR, "crm.orders has no column \"%s\"", name);
-	return n;
-}
-
 /* (numeric) * 100 as bigint, as the query's cast rounds it. */
 static int64
 numeric_cents(Datum n)
@@ -1603,15 +1593,16 @@ static int
 read_new_orders(TriggerData *td, HeapTuple **rows)
 {
 	Tuplestorestate *ts = td->tg_newtable;
-	TupleDesc	od = RelationGetDescr(td->tg_relation);
-	TupleTableSlot *slot = MakeSingleTupleTableSlot(od, &TTSOpsMinimalTuple);
-	int			a_cust = orders_attnum(od, "customer_id"),
-				a_order = orders_attnum(od, "order_id"),
-				a_origin = orders_attnum(od, "origin_customer_id"),
-				a_at = orders_attnum(od, "ordered_at"),
-				a_amount = orders_attnum(od, "amount"),
-				a_refunded = orders_attnum(od, "refunded_amount"),
-				a_status = orders_attnum(od, "status");
+	Relation	rel = td->tg_relation;
+	const char *fn = "crm.loyalty_orders_insert()";
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
+	int			a_cust = crm_trigger_attnum(rel, "customer_id", fn),
+				a_order = crm_trigger_attnum(rel, "order_id", fn),
+				a_origin = crm_trigger_attnum(rel, "origin_customer_id", fn),
+				a_at = crm_trigger_attnum(rel, "ordered_at", fn),
+				a_amount = crm_trigger_attnum(rel, "amount", fn),
+				a_refunded = crm_trigger_attnum(rel, "refunded_amount", fn),
+				a_status = crm_trigger_attnum(rel, "status", fn);
 	NewOrder   *found = palloc(sizeof(NewOrder) * Max(tuplestore_tuple_count(ts), 1));
 	int			n = 0,
 				i;

@@ -59,18 +59,27 @@ check_origin_trigger_call(FunctionCallInfo fcinfo)
 				 errmsg("crm.fill_origin_customer() takes no argument or 'to_golden'")));
 }
 
-/* Attribute number of a column the trigger needs, or an ERROR naming it. */
-static int
-required_attnum(Relation rel, const char *name)
+/*
+ * Attribute number of a column that trigger function fn needs on rel, or an
+ * ERROR naming both (the function was attached to a table it is not for).
+ */
+int
+crm_trigger_attnum(Relation rel, const char *name, const char *fn)
 {
 	int			attnum = SPI_fnumber(RelationGetDescr(rel), name);
 
 	if (attnum <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("crm.fill_origin_customer() needs column \"%s\" on table \"%s\"",
-						name, RelationGetRelationName(rel))));
+				 errmsg("%s needs column \"%s\" on table \"%s\"",
+						fn, name, RelationGetRelationName(rel))));
 	return attnum;
+}
+
+static int
+required_attnum(Relation rel, const char *name)
+{
+	return crm_trigger_attnum(rel, name, "crm.fill_origin_customer()");
 }
 
 /* Column positions, looked up once per trigger and query (fn_extra). */
