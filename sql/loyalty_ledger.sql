@@ -187,3 +187,7 @@ SELECT name, pg_temp.copy_binary_in(pg_temp.framed(payload)) AS result FROM (VAL
 	                            || '0000000000000001' || '0002d8c0d2b0d000' || '0002a1a2a3a4a500' || '0000000000000001'),
 	('valid one lot', '000100000001' || '0000000000000005' || '0002d8c0d2b0c000' || '0002a1a2a3a4a500' || '0000000000000001')
 ) v(name, payload) ORDER BY name;
+-- the payload file goes with the test
+DO $$ BEGIN
+	EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', format('rm -f /tmp/crm_ext_ledger_%s.bin', pg_backend_pid()));
+END $$;
