@@ -980,7 +980,7 @@ cmp_int64(const void *a, const void *b)
 }
 
 /* Appends the accounts of a lock query's result to ctx->accts. */
-/* The columns of an account in the lock queries (8: birthday month, if there). */
+/* The columns of an account in the lock queries. */
 static const AttrNumber query_cols[7] = {1, 2, 3, 4, 5, 6, 7};
 
 /* The month (1-12) of customer cust's birthday, 0 if unknown. */
@@ -1005,11 +1005,11 @@ birth_month(int64 cust)
 
 /*
  * An account from its row: cols are the attribute numbers of customer_id,
- * ledger, debt, tier, tier_since, spend_month and spend_cents; the birthday
- * month is attribute 8 when the row has it, else looked up.
+ * ledger, debt, tier, tier_since, spend_month and spend_cents; birth_col is
+ * the attribute holding the birthday month, or 0 to look it up.
  */
 static void
-parse_account(Acct *ac, HeapTuple tup, TupleDesc desc, const AttrNumber *cols)
+parse_account(Acct *ac, HeapTuple tup, TupleDesc desc, const AttrNumber *cols, int birth_col)
 {
 	bool		isnull;
 	Datum	   *sd;
@@ -1026,9 +1026,9 @@ parse_account(Acct *ac, HeapTuple tup, TupleDesc desc, const AttrNumber *cols)
 					  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &sd, NULL, &ns);
 	for (k = 0; k < 12; k++)
 		ac->spend[k] = k < ns ? DatumGetInt64(sd[k]) : 0;
-	if (desc->natts >= 8 && cols == query_cols)
+	if (birth_col)
 	{
-		Datum		bm = heap_getattr(tup, 8, desc, &isnull);
+		Datum		bm = heap_getattr(tup, birth_col, desc, &isnull);
 
 		ac->birth_month = isnull ? 0 : DatumGetInt32(bm);
 	}
@@ -1044,7 +1044,8 @@ parse_accounts(Ctx *ctx, SPITupleTable *tt, uint64 rows)
 	uint64		i;
 
 	for (i = 0; i < rows; i++)
-		parse_account(&ctx->accts[ctx->naccts++], tt->vals[i], tt->tupdesc, query_cols);
+		parse_account(&ctx->accts[ctx->naccts++], tt->vals[i], tt->tupdesc, query_cols,
+					  tt->tupdesc->natts >= 8 ? 8 : 0);
 	SPI_freetuptable(tt);
 }
 
@@ -1288,7 +1289,7 @@ run_unlocked(Ctx *ctx, HeapTuple *rows, uint64 nrows, TupleDesc desc, int64 cust
 
 	ctx->accts = palloc0(sizeof(Acct));
 	if (tup)
-		parse_account(&ctx->accts[0], tup, RelationGetDescr(rel), conf.account_cols);
+		parse_account(&ctx->accts[0], tup, RelationGetDescr(rel), conf.account_cols, 0);
 	/* Keep the table lock: no rewrite (VACUUM FULL) may move rows to other ctids meanwhile. */
 	table_close(rel, NoLock);
 	if (!tup)
