@@ -209,7 +209,7 @@ load_conf(void)
 				 errmsg("crm.loyalty_program has an unknown time zone \"%s\"", tzname)));
 	MemoryContextSwitchTo(old);
 
-	ret = SPI_execute("SELECT t.tier, t.rank, (t.threshold * 100)::bigint, (t.multiplier * 1000)::bigint "
+	ret = SPI_execute("SELECT t.tier, t.rank, (t.threshold OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (t.multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 "
 					  "FROM crm.tier t ORDER BY t.rank", true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.tier");
@@ -233,11 +233,11 @@ load_conf(void)
 				 errmsg("the loyalty programme needs a lowest tier with threshold 0"),
 				 errhint("Add a row to crm.tier with threshold 0 and the lowest rank.")));
 
-	ret = SPI_execute("SELECT r.valid_from, r.valid_to, (r.points_per_unit * 10000)::bigint, "
-					  "(r.birthday_multiplier * 1000)::bigint, coalesce(r.member_day, 0), "
-					  "(r.member_day_multiplier * 1000)::bigint, "
+	ret = SPI_execute("SELECT r.valid_from, r.valid_to, (r.points_per_unit OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8, "
+					  "(r.birthday_multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, coalesce(r.member_day, 0), "
+					  "(r.member_day_multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 					  "ARRAY(SELECT b.key FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY 1), "
-					  "ARRAY(SELECT (b.value::text::numeric * 10000)::bigint FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY b.key) "
+					  "ARRAY(SELECT (b.value::pg_catalog.text::pg_catalog.numeric OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8 FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY b.key) "
 					  "FROM crm.earn_rule r ORDER BY r.priority DESC, r.valid_from DESC, r.rule", true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.earn_rule");
@@ -696,8 +696,8 @@ prepare_common_plans(void)
 								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
 								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
 								  "tier_since = u.tier_since, spend_month = u.spend_month, "
-								  "spend_cents = $16[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
-								  "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
+								  "spend_cents = $16[((u.ord OPERATOR(pg_catalog.*) 12) OPERATOR(pg_catalog.-) 11)::pg_catalog.int4 : (u.ord OPERATOR(pg_catalog.*) 12)::pg_catalog.int4], "
+								  "qualifying_spend = u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 								  "FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), "
 								  "pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY "
 								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
@@ -709,8 +709,8 @@ prepare_common_plans(void)
 								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
 								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
 								  "tier_since = u.tier_since, spend_month = u.spend_month, "
-								  "spend_cents = $16[(u.ord * 12 - 11)::integer : (u.ord * 12)::integer], "
-								  "qualifying_spend = u.q::numeric / 100, updated_at = pg_catalog.now() "
+								  "spend_cents = $16[((u.ord OPERATOR(pg_catalog.*) 12) OPERATOR(pg_catalog.-) 11)::pg_catalog.int4 : (u.ord OPERATOR(pg_catalog.*) 12)::pg_catalog.int4], "
+								  "qualifying_spend = u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 								  "FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), "
 								  "pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY "
 								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
@@ -733,7 +733,7 @@ prepare_common_plans(void)
 									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)) "
 									  "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									  "tier_since = $14, spend_month = $15, spend_cents = $16, "
-									  "qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
+									  "qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 									  "WHERE a.customer_id OPERATOR(pg_catalog.=) $10",
 									  J_COLS + A_COLS, t);
 	}
@@ -756,7 +756,7 @@ prepare_common_plans(void)
 		plan_cas_one = prepare_kept(
 									"WITH u AS (UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									"tier_since = $14, spend_month = $15, spend_cents = $16, "
-									"qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
+									"qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 									"WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18) "
 									"RETURNING 1) "
 									"INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
@@ -765,7 +765,7 @@ prepare_common_plans(void)
 		plan_cas_none = prepare_kept(
 									 "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									 "tier_since = $14, spend_month = $15, spend_cents = $16, "
-									 "qualifying_spend = $17::numeric / 100, updated_at = pg_catalog.now() "
+									 "qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 									 "WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18)",
 									 J_COLS + A_COLS + 1, t);
 	}
@@ -776,7 +776,7 @@ prepare_common_plans(void)
 
 		plan_history = prepare_kept(
 					  "INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
-					  "SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::numeric / 100 "
+					  "SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100 "
 					  "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
 									H_COLS, t);
 	}
@@ -786,14 +786,14 @@ prepare_common_plans(void)
 
 		plan_lock[0] = prepare_kept_opt(
 								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
-								 "pg_catalog.date_part('month', c.birthday)::integer "
+								 "pg_catalog.date_part('month', c.birthday)::pg_catalog.int4 "
 								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
 								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
 								 "ORDER BY a.customer_id FOR UPDATE OF a",
 								 1, t, CURSOR_OPT_CUSTOM_PLAN);
 		plan_lock[1] = prepare_kept(
 								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
-								 "pg_catalog.date_part('month', c.birthday)::integer "
+								 "pg_catalog.date_part('month', c.birthday)::pg_catalog.int4 "
 								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
 								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
 								 "ORDER BY a.customer_id FOR UPDATE OF a",
@@ -1701,7 +1701,7 @@ crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
 {
 	run_order_trigger(fcinfo, "crm.loyalty_orders_insert()", LOY_INSERT, &plan_new_orders,
 					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
-					  "((n.amount - n.refunded_amount) * 100)::bigint, (n.amount * 100)::bigint "
+					  "((n.amount OPERATOR(pg_catalog.-) n.refunded_amount) OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (n.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8 "
 					  "FROM loyalty_new n WHERE n.status OPERATOR(pg_catalog.=) 'paid' "
 					  "ORDER BY n.customer_id, n.ordered_at, n.order_id",
 					  read_new_orders, true, 4, order_row);
@@ -1723,8 +1723,8 @@ static SPIPlanPtr plan_deleted;
 /* What the journal holds for the order of alias.order_id so far. */
 #define ORDER_POINTS_SO_FAR(alias) \
 	"LEFT JOIN LATERAL (SELECT " \
-	"  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, " \
-	"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY ('{clawback,reinstate}'))::bigint AS clawed, " \
+	"  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::pg_catalog.int8 AS earned, " \
+	"  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY ('{clawback,reinstate}'))::pg_catalog.int8 AS clawed, " \
 	"  pg_catalog.min(crm.ledger_next_expiry(p.lots)) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn') AS expires " \
 	"  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) " alias ".order_id) j ON true "
 
@@ -1758,7 +1758,7 @@ crm_loyalty_orders_update(PG_FUNCTION_ARGS)
 {
 	run_order_trigger(fcinfo, "crm.loyalty_orders_update()", LOY_UPDATE, &plan_refunds,
 					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
-					  "(n.amount * 100)::bigint, (n.net_amount * 100)::bigint, (o.net_amount * 100)::bigint, "
+					  "(n.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (n.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (o.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, "
 					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, "
 					  "CASE WHEN n.net_amount OPERATOR(pg_catalog.<) o.net_amount THEN 'refund' ELSE 'refund reversed' END "
 					  "FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
@@ -1781,7 +1781,7 @@ crm_loyalty_orders_delete(PG_FUNCTION_ARGS)
 {
 	run_order_trigger(fcinfo, "crm.loyalty_orders_delete()", LOY_DELETE, &plan_deleted,
 					  "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
-					  "(o.amount * 100)::bigint, 0::bigint, (o.net_amount * 100)::bigint, "
+					  "(o.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, 0::pg_catalog.int8, (o.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, "
 					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, 'order deleted' "
 					  "FROM loyalty_old o "
 					  ORDER_POINTS_SO_FAR("o")
@@ -1915,13 +1915,13 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 		/* lines of bonus categories, per order and category, by customer */
 		plan_lines = prepare_kept(
 								  "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
-								  "(o.amount * 100)::bigint, (o.net_amount * 100)::bigint, l.category, "
-								  "pg_catalog.sum((l.amount * 100)::bigint)::bigint, "
+								  "(o.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (o.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, l.category, "
+								  "pg_catalog.sum((l.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8)::pg_catalog.int8, "
 								  "coalesce(j.earned, 0), coalesce(j.clawed, 0) "
 								  "FROM loyalty_new l JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
 								  "LEFT JOIN LATERAL (SELECT "
-								  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::bigint AS earned, "
-								  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY ('{clawback,reinstate}'))::bigint AS clawed "
+								  "  pg_catalog.sum(p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) 'earn')::pg_catalog.int8 AS earned, "
+								  "  pg_catalog.sum(p.debt OPERATOR(pg_catalog.-) p.points) FILTER (WHERE p.kind OPERATOR(pg_catalog.=) ANY ('{clawback,reinstate}'))::pg_catalog.int8 AS clawed "
 								  "  FROM crm.points_journal p WHERE p.order_id OPERATOR(pg_catalog.=) o.order_id) j ON true "
 								  "WHERE o.status OPERATOR(pg_catalog.=) 'paid' AND l.category OPERATOR(pg_catalog.=) ANY ($1) "
 								  "GROUP BY 1, 2, 3, 4, 5, 6, 7, 9, 10 "

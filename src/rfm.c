@@ -163,7 +163,7 @@ load_cuts(Cuts *cuts)
 
 	memset(cuts, 0, sizeof(Cuts) * 3);
 	SPI_connect();
-	if (SPI_execute("SELECT t.dimension, t.score, t.bound::float8 FROM crm.rfm_threshold t "
+	if (SPI_execute("SELECT t.dimension, t.score, t.bound::pg_catalog.float8 FROM crm.rfm_threshold t "
 					"ORDER BY t.dimension, t.score", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.rfm_threshold");
 	for (i = 0; i < SPI_processed; i++)

@@ -62,6 +62,9 @@ CREATE FUNCTION crm.generate_sample(customers integer, seed integer DEFAULT 1)
 RETURNS TABLE (relation text, rows bigint)
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+-- Identities are stitched in one batch at the end, not one by one; the
+-- setting comes back when the function returns.
+SET crm.stitch_on_insert = off
 AS $$
 DECLARE
 	-- The sample's two years: [window_start, window_end), days 0..729.
@@ -195,7 +198,6 @@ BEGIN
 	-- device used by just those two); family tablets (one device on the first
 	-- records of four persons, more than device's max_customers) and junk
 	-- phones that must never link anybody.
-	PERFORM pg_catalog.set_config('crm.stitch_on_insert', 'off', true);
 	INSERT INTO crm.identity (identity_id, kind, value, customer_id, origin_customer_id, created_at)
 	SELECT pg_catalog.row_number() OVER (ORDER BY i.customer_id, i.kind, i.value), i.kind, i.value,
 	       i.customer_id, i.customer_id, r.created_at
