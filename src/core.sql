@@ -5,7 +5,11 @@
 
 -- PostgreSQL creates schema crm for us (control file: schema = crm) but would
 -- silently adopt one that somebody created earlier.  Refuse a schema we do
--- not own or that already holds objects: its owner could replace our code.
+-- not own, one that grants anything to another role (CREATE would let that
+-- role plant operators our code finds), and one that holds anything at all:
+-- every object in a schema (tables, functions, types, operators, operator
+-- classes, collations, text search objects, default privileges, extensions)
+-- records a dependency on it in pg_depend.
 DO $guard$
 DECLARE
 	crm_oid oid := pg_catalog.to_regnamespace('crm');
@@ -17,9 +21,28 @@ BEGIN
 			USING ERRCODE = 'duplicate_schema',
 			      HINT = 'Drop or rename that schema, then run CREATE EXTENSION crm_ext again.';
 	END IF;
-	IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) crm_oid)
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+	           WHERE n.oid OPERATOR(pg_catalog.=) crm_oid AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner)
+	THEN
+		RAISE EXCEPTION 'schema "crm" already exists and grants privileges to other roles'
+			USING ERRCODE = 'duplicate_schema',
+			      HINT = 'Drop that schema (or revoke every grant on it), then run CREATE EXTENSION crm_ext again.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+	           WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+	             AND d.refobjid OPERATOR(pg_catalog.=) crm_oid
+	             -- crm_ext itself, being created, depends on its schema
+	             AND NOT (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+	                      AND d.objid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
+	                                                          WHERE e.extname OPERATOR(pg_catalog.=) 'crm_ext')))
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) crm_oid)
 	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) crm_oid)
 	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.typnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oprnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_opfamily f WHERE f.opfnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_collation l WHERE l.collnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_conversion v WHERE v.connamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl a WHERE a.defaclnamespace OPERATOR(pg_catalog.=) crm_oid)
 	THEN
 		RAISE EXCEPTION 'schema "crm" already holds objects'
 			USING ERRCODE = 'duplicate_schema',

@@ -9,6 +9,7 @@
 
 #include "access/attnum.h"
 #include "access/htup.h"
+#include "executor/spi.h"
 #include "utils/relcache.h"
 
 /*
@@ -25,6 +26,9 @@
 
 /* triggers.c */
 extern void crm_triggers_init(void);
+extern void crm_kept_plans_check(void);
+extern SPIPlanPtr crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes,
+								   int cursor_options);
 extern int	crm_trigger_attnum(Relation rel, const char *name, const char *fn);
 extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,

@@ -621,20 +621,11 @@ static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_stage_only = NULL;
 static SPIPlanPtr plan_lock = NULL;
 
+/* Generic plans: "= ANY ($1)" must not be re-planned for every batch. */
 static SPIPlanPtr
 prepare(SPIPlanPtr *slot, const char *sql, int nargs, Oid *types)
 {
-	if (*slot == NULL)
-	{
-		/* generic plans: "= ANY ($1)" must not be re-planned for every batch */
-		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*slot = p;
-	}
-	return *slot;
+	return crm_prepare_kept(slot, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 }
 
 static Datum
@@ -1382,16 +1373,17 @@ fact_plan(const char *sql, int nargs, Oid *types)
 
 	for (i = 0; i < N_FACT_PLANS && fact_plans[i].sql != NULL; i++)
 		if (strcmp(fact_plans[i].sql, sql) == 0)
-			return fact_plans[i].plan;
-	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
-	if (p == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+			return crm_prepare_kept(&fact_plans[i].plan, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 	if (i == N_FACT_PLANS)
-		return p;				/* cache full: use once */
-	SPI_keepplan(p);
+	{
+		/* cache full: use once */
+		p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		return p;
+	}
 	fact_plans[i].sql = MemoryContextStrdup(TopMemoryContext, sql);
-	fact_plans[i].plan = p;
-	return p;
+	return crm_prepare_kept(&fact_plans[i].plan, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /* The fact query rebuilding customers = ANY($1) from their data. */
@@ -1477,6 +1469,7 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 
 	as_of = crm_seg_now();
 	SPI_connect();
+	crm_kept_plans_check();
 	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
 		elog(ERROR, "could not register transition tables");
 	initStringInfo(&sql);
@@ -1558,6 +1551,7 @@ crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("at must be a finite time")));
 	SPI_connect();
+	crm_kept_plans_check();
 	if (PG_ARGISNULL(0))
 	{
 		bool		isnull;
@@ -1581,6 +1575,7 @@ customer_stats_tick(TimestampTz at)
 	int64		n;
 
 	SPI_connect();
+	crm_kept_plans_check();
 	n = process_facts(fact_plan("SELECT s.customer_id, 3, NULL::pg_catalog.timestamptz, NULL::pg_catalog.bool, "
 								"NULL::pg_catalog.numeric, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.int8 "
 								"FROM crm.customer_stats s ORDER BY 1", 0, NULL),

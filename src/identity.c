@@ -89,17 +89,11 @@ stitch_attnum(Relation rel, const char *name)
 	return attnum;
 }
 
+/* Always the generic plan: re-planning on every row would cost more. */
 static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
+prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 {
-	/* Always the generic plan: re-planning on every row would cost more. */
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
+	return crm_prepare_kept(slot, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /*
@@ -200,12 +194,12 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	crm_kept_plans_check();
 	if (probe_plan == NULL)
 	{
 		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
 
-		probe_plan = prepare_kept(
-			"SELECT EXISTS (SELECT 1 FROM crm.identity i"
+		prepare_kept(&probe_plan, "SELECT EXISTS (SELECT 1 FROM crm.identity i"
 			"                WHERE i.kind OPERATOR(pg_catalog.=) $1"
 			"                  AND i.value OPERATOR(pg_catalog.=) $2"
 			"                  AND i.customer_id OPERATOR(pg_catalog.<>) $3),"
@@ -235,8 +229,7 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 		{
 			Oid			types[2] = {TEXTOID, TEXTOID};
 
-			policy_plan = prepare_kept(
-				"SELECT NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b"
+			prepare_kept(&policy_plan, "SELECT NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b"
 				"                    WHERE b.value OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim($2))"
 				"                      AND (b.kind IS NULL OR b.kind OPERATOR(pg_catalog.=) $1))"
 				"   AND (k.strength OPERATOR(pg_catalog.=) 'strong'"
@@ -273,7 +266,7 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 			{
 				Oid			types[1] = {INT8OID};
 
-				stitch_plan = prepare_kept("SELECT crm.stitch_identity($1)", 1, types);
+				prepare_kept(&stitch_plan, "SELECT crm.stitch_identity($1)", 1, types);
 			}
 			ret = SPI_execute_plan(stitch_plan, idarg, idnull, false, 1);
 			if (ret != SPI_OK_SELECT)

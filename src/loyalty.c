@@ -398,6 +398,7 @@ connect_and_load(void)
 {
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	crm_kept_plans_check();
 	load_conf();
 }
 
@@ -656,27 +657,15 @@ static SPIPlanPtr plan_lock_one,
 			plan_cas_none;
 static int	plan_variant;		/* the variant the current batch uses */
 
-static SPIPlanPtr
-prepare_kept_opt(const char *sql, int nargs, Oid *argtypes, int options)
-{
-	SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, options);
-
-	if (p == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(p) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return p;
-}
-
 /*
  * Generic plans: with array parameters the planner would otherwise keep
  * choosing a fresh custom plan for every statement, and for a handful of
  * rows planning costs more than the work.
  */
 static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
+prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 {
-	return prepare_kept_opt(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	return crm_prepare_kept(slot, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 static void
@@ -690,8 +679,7 @@ prepare_common_plans(void)
 		TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 
 		/* One statement writes the journal rows and the changed accounts. */
-		plan_write[0] = prepare_kept_opt(
-								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+		crm_prepare_kept(&plan_write[0], "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
 								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
 								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
 								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
@@ -703,8 +691,7 @@ prepare_common_plans(void)
 								  "AS u(customer_id, ledger, debt, tier, tier_since, spend_month, q, ord) "
 								  "WHERE a.customer_id OPERATOR(pg_catalog.=) u.customer_id",
 								  J_COLS + A_COLS, t, CURSOR_OPT_CUSTOM_PLAN);
-		plan_write[1] = prepare_kept(
-								  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+		prepare_kept(&plan_write[1], "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
 								  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), "
 								  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) "
 								  "UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, "
@@ -728,8 +715,7 @@ prepare_common_plans(void)
 		 * without the arrays' function scans and join the statement costs
 		 * about half as much to start and run.
 		 */
-		plan_write_one = prepare_kept(
-									  "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+		prepare_kept(&plan_write_one, "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
 									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)) "
 									  "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									  "tier_since = $14, spend_month = $15, spend_cents = $16, "
@@ -753,8 +739,7 @@ prepare_common_plans(void)
 		 * the newest version like any qual: a TID scan's own recheck of its
 		 * condition only came with the minor releases of late 2025.
 		 */
-		plan_cas_one = prepare_kept(
-									"WITH u AS (UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
+		prepare_kept(&plan_cas_one, "WITH u AS (UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									"tier_since = $14, spend_month = $15, spend_cents = $16, "
 									"qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 									"WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18) "
@@ -762,8 +747,7 @@ prepare_common_plans(void)
 									"INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
 									"SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM u",
 									J_COLS + A_COLS + 1, t);
-		plan_cas_none = prepare_kept(
-									 "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
+		prepare_kept(&plan_cas_none, "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 									 "tier_since = $14, spend_month = $15, spend_cents = $16, "
 									 "qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 									 "WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18)",
@@ -774,8 +758,7 @@ prepare_common_plans(void)
 		Oid			t[H_COLS] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		INT8ARRAYOID, INT8ARRAYOID};
 
-		plan_history = prepare_kept(
-					  "INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
+		prepare_kept(&plan_history, "INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
 					  "SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100 "
 					  "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
 									H_COLS, t);
@@ -784,15 +767,13 @@ prepare_common_plans(void)
 	{
 		Oid			t[1] = {INT8ARRAYOID};
 
-		plan_lock[0] = prepare_kept_opt(
-								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
+		crm_prepare_kept(&plan_lock[0], "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
 								 "pg_catalog.date_part('month', c.birthday)::pg_catalog.int4 "
 								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
 								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
 								 "ORDER BY a.customer_id FOR UPDATE OF a",
 								 1, t, CURSOR_OPT_CUSTOM_PLAN);
-		plan_lock[1] = prepare_kept(
-								 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
+		prepare_kept(&plan_lock[1], "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents, "
 								 "pg_catalog.date_part('month', c.birthday)::pg_catalog.int4 "
 								 "FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) a.customer_id "
 								 "WHERE a.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
@@ -804,8 +785,7 @@ prepare_common_plans(void)
 		Oid			t[1] = {INT8OID};
 
 		/* The birthday comes from birth_month: a join would cost more. */
-		plan_lock_one = prepare_kept(
-									 "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents "
+		prepare_kept(&plan_lock_one, "SELECT a.customer_id, a.ledger, a.debt, a.tier, a.tier_since, a.spend_month, a.spend_cents "
 									 "FROM crm.loyalty_account a "
 									 "WHERE a.customer_id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF a",
 									 1, t);
@@ -814,13 +794,11 @@ prepare_common_plans(void)
 	{
 		Oid			t[3] = {INT8ARRAYOID, TEXTOID, TIMESTAMPTZARRAYOID};
 
-		plan_ensure[0] = prepare_kept_opt(
-								   "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
+		crm_prepare_kept(&plan_ensure[0], "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
 								   "SELECT u.c, $2, u.t FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($3)) AS u(c, t) ORDER BY u.c "
 								   "ON CONFLICT (customer_id) DO NOTHING",
 								   3, t, CURSOR_OPT_CUSTOM_PLAN);
-		plan_ensure[1] = prepare_kept(
-								   "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
+		prepare_kept(&plan_ensure[1], "INSERT INTO crm.loyalty_account (customer_id, tier, tier_since) "
 								   "SELECT u.c, $2, u.t FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($3)) AS u(c, t) ORDER BY u.c "
 								   "ON CONFLICT (customer_id) DO NOTHING",
 								   3, t);
@@ -1687,7 +1665,7 @@ run_order_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent ev,
 	{
 		SPI_register_trigger_data(td);
 		if (*plan == NULL)
-			*plan = prepare_kept(sql, 0, NULL);
+			prepare_kept(plan, sql, 0, NULL);
 		drive(&ctx, *plan, NULL, ensure, since_col, row_fn);
 	}
 	SPI_finish();
@@ -1913,8 +1891,7 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 		Oid			t[1] = {TEXTARRAYOID};
 
 		/* lines of bonus categories, per order and category, by customer */
-		plan_lines = prepare_kept(
-								  "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
+		prepare_kept(&plan_lines, "SELECT o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, "
 								  "(o.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (o.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, l.category, "
 								  "pg_catalog.sum((l.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8)::pg_catalog.int8, "
 								  "coalesce(j.earned, 0), coalesce(j.clawed, 0) "
