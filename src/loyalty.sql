@@ -151,15 +151,35 @@ COMMENT ON COLUMN crm.points_journal.origin_customer_id IS 'The customer the poi
 COMMENT ON COLUMN crm.points_journal.idempotency_key IS 'Redemptions and adjustments: a retry with the same key returns the first result';
 COMMENT ON COLUMN crm.points_journal.balance_after IS 'Spend and adjust: the balance right after the entry (what a retry returns)';
 
+CREATE FUNCTION crm.loyalty_merged_along(record bigint, target bigint) RETURNS boolean
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE up(id, depth) AS (
+		SELECT record, 0
+		UNION ALL
+		SELECT c.merged_into, u.depth OPERATOR(pg_catalog.+) 1
+		FROM up u JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
+		WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
+	SELECT EXISTS (SELECT 1 FROM up u WHERE u.id OPERATOR(pg_catalog.=) target)
+$$;
+COMMENT ON FUNCTION crm.loyalty_merged_along(bigint, bigint) IS
+	'Internal: is target the record itself or a record it is merged into now (directly or through others)';
+
 CREATE FUNCTION crm.points_journal_guard() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	-- Merge hooks re-point rows to the golden customer; nothing else changes.
-	IF TG_OP = 'UPDATE' AND pg_catalog.current_setting('crm.loyalty_repoint', true) = 'on'
+	-- Merges and unmerges re-point rows along the merges of the customer
+	-- records as they stand: a row may move only to the record its points
+	-- were earned or spent on, or to a record that one is merged into.
+	-- Nothing else about a row ever changes.  (A rule on the data, not a
+	-- switch a session could turn on.)
+	IF TG_OP = 'UPDATE'
 	   AND (pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) 'customer_id'::text)
-	       OPERATOR(pg_catalog.=) (pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) 'customer_id'::text) THEN
+	       OPERATOR(pg_catalog.=) (pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) 'customer_id'::text)
+	   AND crm.loyalty_merged_along(NEW.origin_customer_id, NEW.customer_id) THEN
 		RETURN NEW;
 	END IF;
 	RAISE EXCEPTION 'crm.points_journal is append-only: % is not allowed', TG_OP
@@ -168,7 +188,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.points_journal_guard() IS
-	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal (merge hooks may only re-point customer_id)';
+	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal; only customer_id may change, to the row''s origin or a record the origin is merged into';
 CREATE TRIGGER points_journal_append_only BEFORE UPDATE OR DELETE ON crm.points_journal
 	FOR EACH ROW EXECUTE FUNCTION crm.points_journal_guard();
 CREATE TRIGGER points_journal_no_truncate BEFORE TRUNCATE ON crm.points_journal
@@ -612,9 +632,7 @@ BEGIN
 	SELECT * INTO s FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
 	SELECT * INTO m FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
 	moved := crm.ledger_total(m.ledger);
-	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'on', true);
 	UPDATE crm.points_journal p SET customer_id = survivor WHERE p.customer_id OPERATOR(pg_catalog.=) merged;
-	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'off', true);
 	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
 	VALUES (survivor, merged, 'merge', 0,
 	        pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', merged, survivor, moved, m.debt), pg_catalog.now());
@@ -666,11 +684,9 @@ BEGIN
 	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, restored) ORDER BY a.customer_id FOR UPDATE;
 	-- 1. Every journal row goes back to the golden record of the customer it
 	--    was earned or spent on.
-	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'on', true);
 	UPDATE crm.points_journal p SET customer_id = restored
 	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.<>) survivor
 	  AND crm.loyalty_golden(p.origin_customer_id) OPERATOR(pg_catalog.=) restored;
-	PERFORM pg_catalog.set_config('crm.loyalty_repoint', 'off', true);
 	-- 2. Points one side spent (or lost to expiry) out of lots the other side
 	--    earned, while merged, are charged to the side that earned them: a
 	--    pair of 'merge' entries moves them per lot, so neither side ends with

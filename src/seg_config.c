@@ -63,10 +63,27 @@ seg_config_relcache_cb(Datum arg, Oid relid)
 		}
 }
 
+/* crm.as_of: simulated time of segmentation (empty: the transaction start) */
+static char *seg_as_of = NULL;
+
 void
 crm_seg_config_init(void)
 {
 	CacheRegisterRelcacheCallback(seg_config_relcache_cb, (Datum) 0);
+
+	/*
+	 * Superusers only (or roles granted SET ON PARAMETER): stages and tags
+	 * written as of a simulated time are stored results that every reader
+	 * sees, not a session's own view.
+	 */
+	DefineCustomStringVariable("crm.as_of",
+							   "Simulated time at which segmentation works (tests and backfills).",
+							   "Empty means the transaction start.  Stages and time-dependent tags are written as of this time.",
+							   &seg_as_of,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
 }
 
 /* OID of table crm.<relname>, or an ERROR if crm_ext is not installed right. */
@@ -225,7 +242,7 @@ crm_local_day(TimestampTz ts, int *weekday)
 TimestampTz
 crm_seg_now(void)
 {
-	const char *s = GetConfigOption("crm.as_of", true, false);
+	const char *s = seg_as_of;
 
 	if (s != NULL && s[0] != '\0')
 		return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s),
