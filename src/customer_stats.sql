@@ -37,8 +37,13 @@ CREATE FUNCTION crm.tag_compile() RETURNS trigger
 COMMENT ON FUNCTION crm.tag_compile() IS 'BEFORE INSERT OR UPDATE row trigger on crm.tag: compiles the rule (ERROR with the position of a mistake)';
 CREATE TRIGGER tag_compile BEFORE INSERT OR UPDATE ON crm.tag
 	FOR EACH ROW EXECUTE FUNCTION crm.tag_compile();
+-- ALWAYS: a restore runs with session_replication_role = replica (README,
+-- "Backup and restore"), CREATE EXTENSION included, and the shipped tags must
+-- still be compiled; recompiling a restored row gives the same columns.
+ALTER TABLE crm.tag ENABLE ALWAYS TRIGGER tag_compile;
 CREATE TRIGGER tag_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.tag
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.seg_config_changed();
+ALTER TABLE crm.tag ENABLE ALWAYS TRIGGER tag_changed;
 
 CREATE FUNCTION crm.tag_rule_explain(rule text) RETURNS text
 	LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_tag_rule_explain';

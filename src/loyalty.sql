@@ -63,17 +63,21 @@ COMMENT ON COLUMN crm.earn_rule.member_day IS 'Day of the month that is member d
 INSERT INTO crm.earn_rule (rule, points_per_unit, category_bonus, birthday_multiplier, member_day, member_day_multiplier, builtin)
 VALUES ('standard', 1, '{"baby": 1, "organic": 1}', 2, 8, 2, true);
 
--- Config changes reach every backend's cache (src/loyalty.c).
+-- Config changes reach every backend's cache (src/loyalty.c), also when they
+-- arrive with session_replication_role = replica (a restore, a replica): ALWAYS.
 CREATE FUNCTION crm.loyalty_config_changed() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_config_changed';
 COMMENT ON FUNCTION crm.loyalty_config_changed() IS
 	'AFTER statement trigger on the loyalty configuration tables: invalidates every backend''s cached configuration';
 CREATE TRIGGER loyalty_program_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.loyalty_program
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_config_changed();
+ALTER TABLE crm.loyalty_program ENABLE ALWAYS TRIGGER loyalty_program_changed;
 CREATE TRIGGER tier_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.tier
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_config_changed();
+ALTER TABLE crm.tier ENABLE ALWAYS TRIGGER tier_changed;
 CREATE TRIGGER earn_rule_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.earn_rule
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.loyalty_config_changed();
+ALTER TABLE crm.earn_rule ENABLE ALWAYS TRIGGER earn_rule_changed;
 
 -- ---------------------------------------------------------------------------
 -- Accounts, journal, tier history

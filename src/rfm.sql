@@ -17,8 +17,11 @@ CREATE FUNCTION crm.seg_config_changed() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_seg_config_changed';
 COMMENT ON FUNCTION crm.seg_config_changed() IS
 	'AFTER statement trigger on segmentation configuration tables: tells every backend to rebuild its cached configuration';
+-- Cache invalidations fire under session_replication_role = replica too
+-- (ALWAYS): a restore changes configuration rows as well.
 CREATE TRIGGER segment_setting_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.segment_setting
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.seg_config_changed();
+ALTER TABLE crm.segment_setting ENABLE ALWAYS TRIGGER segment_setting_changed;
 INSERT INTO crm.segment_setting (key, value, description, builtin) VALUES
 	('timezone', 'UTC', 'Time zone of local days, weekdays and rolling windows of customer stats', true);
 
@@ -39,6 +42,7 @@ COMMENT ON TABLE crm.rfm_segment_map IS 'Ordered rules naming RFM segments: the 
 SELECT pg_catalog.pg_extension_config_dump('crm.rfm_segment_map', 'WHERE NOT builtin');
 CREATE TRIGGER rfm_segment_map_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.rfm_segment_map
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.seg_config_changed();
+ALTER TABLE crm.rfm_segment_map ENABLE ALWAYS TRIGGER rfm_segment_map_changed;
 -- The 11 standard segments over recency and frequency quintiles.
 INSERT INTO crm.rfm_segment_map (priority, segment, r_min, r_max, f_min, f_max, builtin) VALUES
 	(10,  'Champions',          5, 5, 4, 5, true),
@@ -64,6 +68,7 @@ COMMENT ON TABLE crm.rfm_threshold IS 'Fixed RFM cut points for crm.rfm(..., met
 SELECT pg_catalog.pg_extension_config_dump('crm.rfm_threshold', 'WHERE NOT builtin');
 CREATE TRIGGER rfm_threshold_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.rfm_threshold
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.seg_config_changed();
+ALTER TABLE crm.rfm_threshold ENABLE ALWAYS TRIGGER rfm_threshold_changed;
 INSERT INTO crm.rfm_threshold (dimension, score, bound, builtin) VALUES
 	('r', 5, 14, true), ('r', 4, 30, true), ('r', 3, 90, true), ('r', 2, 180, true),
 	('f', 2, 2, true),  ('f', 3, 5, true),  ('f', 4, 10, true), ('f', 5, 20, true),
