@@ -43,7 +43,7 @@ SQL_SOURCES = \
 	src/replenishment.sql
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
-DATA        = $(wildcard src/updates/$(EXTENSION)--*--*.sql)
+DATA        = $(wildcard src/updates/$(EXTENSION)--*.sql)
 EXTRA_CLEAN = $(EXTENSION)--$(EXTVERSION).sql
 
 # pg_regress: every sql/*.sql, in name order, in one fresh database that
