@@ -60,6 +60,11 @@ PG_CPPFLAGS = -Isrc
 # -Wunused-parameter and -Wsign-compare, so those two stay quiet.
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 
+# META.json (PGXN) names the version twice; both must be the control file's.
+ifneq ($(shell grep -c '"version": "$(EXTVERSION)"' META.json),2)
+$(error META.json must give version $(EXTVERSION) (crm_ext.control) at the top and under "provides")
+endif
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
