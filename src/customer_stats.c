@@ -516,7 +516,7 @@ window_sum(const CustState *st, int32 asof_day, int width, int64 *orders, int64 
 		if (d <= asof_day - width)
 			break;
 		*orders += st->days[i].orders;
-		*cents += st->days[i].cents;
+		add_cents(cents, st->days[i].cents);
 	}
 	return st->horizon == NO_HORIZON || asof_day - width + 1 >= st->horizon;
 }
@@ -561,7 +561,7 @@ compute_facts(const CustState *st, TimestampTz as_of, TagFacts *f, TagCategory *
 		cats[k].orders = st->cats[k].orders;
 		cats[k].cents = st->cats[k].cents;
 		memcpy(cats[k].weekday, st->cats[k].weekday, sizeof(cats[k].weekday));
-		f->line_cents += st->cats[k].cents;
+		add_cents(&f->line_cents, st->cats[k].cents);
 	}
 	f->cats = cats;
 	f->ncats = st->ncats;
@@ -1084,7 +1084,7 @@ batch_finish(Batch *b)
 									 "first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, "
 									 "days, categories, line_spend, stage, stage_since, updated_at) "
 									 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::pg_catalog.int4[], $9, $10, $11, $12, "
-									 "($13::pg_catalog.numeric OPERATOR(pg_catalog./) 100)::pg_catalog.numeric(14,2), $14, $15, pg_catalog.now()) "
+									 "($13::pg_catalog.numeric OPERATOR(pg_catalog./) 100)::pg_catalog.numeric(20,2), $14, $15, pg_catalog.now()) "
 									 "ON CONFLICT (customer_id) DO UPDATE SET orders = EXCLUDED.orders, "
 									 "refunded_orders = EXCLUDED.refunded_orders, spend = EXCLUDED.spend, "
 									 "first_order_at = EXCLUDED.first_order_at, last_order_at = EXCLUDED.last_order_at, "
@@ -1123,7 +1123,7 @@ batch_finish(Batch *b)
 									 "first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, "
 									 "days, categories, line_spend, stage, stage_since, updated_at) "
 									 "SELECT u.c, u.o, u.r, u.sp, u.fa, u.la, u.mi, u.wd::pg_catalog.int4[], u.ev, u.le, "
-									 "u.dy, u.ca, (u.lc::pg_catalog.numeric OPERATOR(pg_catalog./) 100)::pg_catalog.numeric(14,2), u.st, u.ss, pg_catalog.now() "
+									 "u.dy, u.ca, (u.lc::pg_catalog.numeric OPERATOR(pg_catalog./) 100)::pg_catalog.numeric(20,2), u.st, u.ss, pg_catalog.now() "
 									 "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), pg_catalog.unnest($14), pg_catalog.unnest($15)) "
 									 "AS u(c, o, r, sp, fa, la, mi, wd, ev, le, dy, ca, lc, st, ss) "
 									 "ON CONFLICT (customer_id) DO UPDATE SET orders = EXCLUDED.orders, "

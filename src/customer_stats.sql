@@ -94,7 +94,7 @@ CREATE TABLE crm.customer_stats (
 	customer_id			bigint PRIMARY KEY REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
 	orders				integer NOT NULL,
 	refunded_orders		integer NOT NULL,
-	spend				numeric(14,2) NOT NULL,
+	spend				numeric(20,2) NOT NULL,
 	first_order_at		timestamptz,
 	last_order_at		timestamptz,
 	mean_interval_days	double precision,
@@ -103,7 +103,7 @@ CREATE TABLE crm.customer_stats (
 	last_event_at		timestamptz,
 	days				bytea NOT NULL,
 	categories			bytea NOT NULL,
-	line_spend			numeric(14,2) NOT NULL,
+	line_spend			numeric(20,2) NOT NULL,
 	stage				text NOT NULL,
 	stage_since			timestamptz NOT NULL,
 	updated_at			timestamptz NOT NULL

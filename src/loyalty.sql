@@ -97,7 +97,7 @@ CREATE TABLE crm.loyalty_account (
 	debt			bigint NOT NULL DEFAULT 0,
 	tier			text NOT NULL REFERENCES crm.tier (tier) ON UPDATE CASCADE,
 	tier_since		timestamptz NOT NULL,
-	qualifying_spend numeric(16,2) NOT NULL DEFAULT 0,
+	qualifying_spend numeric(20,2) NOT NULL DEFAULT 0,
 	spend_month		integer NOT NULL DEFAULT 0,
 	spend_cents		bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}',
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -208,7 +208,7 @@ CREATE TABLE crm.tier_history (
 	changed_at		timestamptz NOT NULL,
 	reason			text NOT NULL CONSTRAINT tier_history_reason_valid CHECK (reason IN ('upgrade', 'downgrade', 'merge', 'unmerge')),
 	order_id		bigint,
-	qualifying_spend numeric(16,2)
+	qualifying_spend numeric(20,2)
 );
 ALTER SEQUENCE crm.tier_history_id_seq OWNED BY crm.tier_history.tier_history_id;
 CREATE INDEX tier_history_customer_idx ON crm.tier_history (customer_id, changed_at);
@@ -451,7 +451,7 @@ RETURNS numeric
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((
-	SELECT (pg_catalog.sum(s.cents)::numeric / 100)::numeric(16,2) FROM crm.loyalty_account a,
+	SELECT (pg_catalog.sum(s.cents)::numeric / 100)::numeric(20,2) FROM crm.loyalty_account a,
 	       LATERAL pg_catalog.unnest(a.spend_cents) WITH ORDINALITY s(cents, k)
 	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id
 	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.>) crm.loyalty_month(at) - 12

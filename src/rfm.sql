@@ -91,7 +91,7 @@ CREATE TABLE crm.rfm_snapshot (
 	customer_id		bigint PRIMARY KEY,
 	last_order_at	timestamptz NOT NULL,
 	frequency		bigint NOT NULL,
-	monetary		numeric(14,2) NOT NULL,
+	monetary		numeric(20,2) NOT NULL,
 	score			crm.rfm_score NOT NULL,
 	segment			text NOT NULL
 );
