@@ -37,7 +37,7 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.identity_kind (kind, strength, max
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity_kind (kind, strength) VALUES ('phone', 'strong')$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('fax', '123', 1)$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '  ', 1)$$);
-SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', repeat('9', 257), 1)$$);
+SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('device', repeat('9', 257), 1)$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '13900000001', 77)$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '13900000001', NULL)$$);
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '13900000001', 1);

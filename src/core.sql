@@ -60,7 +60,7 @@ COMMENT ON SCHEMA crm IS 'crm_ext: customer-relationship logic next to the data'
 CREATE FUNCTION crm.fill_origin_customer() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_fill_origin_customer';
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
-	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards; with argument to_golden a row inserted for a merged record goes to its golden customer';
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards; arguments: to_golden (a row inserted for a merged record goes to its golden customer), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
 
 -- ---------------------------------------------------------------------------
 -- Stores
@@ -111,20 +111,26 @@ CREATE TABLE crm.identity_kind (
 	max_customers	integer NOT NULL DEFAULT 1 CONSTRAINT identity_kind_max_customers_positive CHECK (max_customers >= 1),
 	single_valued	boolean NOT NULL DEFAULT false,
 	description		text,
+	pattern			text CONSTRAINT identity_kind_pattern_valid CHECK (pattern IS NULL OR ('' ~ pattern) IS NOT NULL),
 	builtin			boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE crm.identity_kind IS 'Kinds of identifier and how far each is trusted to link customer records';
 COMMENT ON COLUMN crm.identity_kind.strength IS 'strong: one shared value links two records; weak: links only while few records share the value';
 COMMENT ON COLUMN crm.identity_kind.max_customers IS 'For weak kinds: a value shared by more customers than this links none of them';
 COMMENT ON COLUMN crm.identity_kind.single_valued IS 'A customer holds at most one value of this kind (e.g. a member number); two different values mean two people';
+COMMENT ON COLUMN crm.identity_kind.pattern IS 'Regular expression every value of this kind must match when inserted or changed (SQLSTATE 23514; blocklisted values are exempt); NULL accepts any value';
 COMMENT ON COLUMN crm.identity_kind.builtin IS 'Shipped with crm_ext; pg_dump keeps only the rows you add (builtin = false)';
-INSERT INTO crm.identity_kind (kind, strength, max_customers, single_valued, description, builtin) VALUES
-	('phone',       'strong', 1, false, 'Mobile phone number',                 true),
-	('member_no',   'strong', 1, true,  'Loyalty programme member number',      true),
-	('device',      'weak',   2, false, 'App device id; families share tablets', true),
-	('pay_account', 'strong', 1, false, 'Payment account or card token',        true),
-	('openid',      'strong', 1, false, 'Mini-program open id',                 true),
-	('email',       'strong', 1, false, 'E-mail address',                       true);
+-- Patterns: a phone is 6 to 20 digits, an optional leading +, single spaces
+-- or dashes between digits; an e-mail address is what crm.customer.email
+-- accepts; a member number is letters, digits and dashes; the token kinds
+-- hold no white space.
+INSERT INTO crm.identity_kind (kind, strength, max_customers, single_valued, description, pattern, builtin) VALUES
+	('phone',       'strong', 1, false, 'Mobile phone number',                 '^\+?[0-9]([ -]?[0-9]){5,19}$', true),
+	('member_no',   'strong', 1, true,  'Loyalty programme member number',      '^[A-Za-z0-9]([A-Za-z0-9-]{0,38}[A-Za-z0-9])?$', true),
+	('device',      'weak',   2, false, 'App device id; families share tablets', '^[^[:space:]]+$', true),
+	('pay_account', 'strong', 1, false, 'Payment account or card token',        '^[^[:space:]]+$', true),
+	('openid',      'strong', 1, false, 'Mini-program open id',                 '^[^[:space:]]+$', true),
+	('email',       'strong', 1, false, 'E-mail address',                       '^[^@[:space:]]+@[^@[:space:]]+$', true);
 
 CREATE SEQUENCE crm.identity_id_seq;
 CREATE TABLE crm.identity (
@@ -142,7 +148,7 @@ CREATE INDEX identity_origin_idx ON crm.identity (origin_customer_id) WHERE orig
 COMMENT ON TABLE crm.identity IS 'Identifiers (phone, member number, device, payment account, openid, e-mail) of customer records';
 COMMENT ON COLUMN crm.identity.origin_customer_id IS 'The customer record the identifier arrived on; never changes (merges move customer_id)';
 CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer();
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern');
 
 -- ---------------------------------------------------------------------------
 -- Orders and their lines
@@ -174,7 +180,7 @@ COMMENT ON COLUMN crm.orders.origin_customer_id IS 'The customer record the orde
 COMMENT ON COLUMN crm.orders.net_amount IS 'What the customer finally paid: 0 when refunded, else amount - refunded_amount';
 COMMENT ON COLUMN crm.orders.external_ref IS 'The channel''s own order number (receipt, app order id); unique per channel, so a resent order is rejected';
 CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at');
 
 CREATE TABLE crm.order_line (
 	order_id	bigint NOT NULL REFERENCES crm.orders (order_id) ON DELETE CASCADE,
@@ -223,7 +229,7 @@ CREATE INDEX event_origin_idx ON crm.event (origin_customer_id) WHERE origin_cus
 COMMENT ON TABLE crm.event IS 'Behaviour events (browse, cart, sign_in, store_visit, ...)';
 COMMENT ON COLUMN crm.event.origin_customer_id IS 'The customer record the event arrived on; never changes (merges move customer_id)';
 CREATE TRIGGER event_fill_origin BEFORE INSERT OR UPDATE ON crm.event
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at');
 
 -- ---------------------------------------------------------------------------
 -- pg_dump: tables of an extension are not dumped unless registered.  Data
