@@ -1,6 +1,6 @@
 -- Identity inputs that used to succeed silently (issue 11, item 6): values
--- that do not fit their kind (crm.identity_kind.pattern).  Errors name
--- the kind, never the value.
+-- that do not fit their kind (crm.identity_kind.pattern) and NULL
+-- arguments of the merge entry points.  Errors name the kind, never the value.
 \i sql/include/expect_error.sql
 BEGIN;
 SET LOCAL crm.stitch_on_insert = off;
@@ -46,4 +46,15 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity_kind (kind, strength, pattern) VALUES ('broken', 'strong', '([a-z]')$$) AS invalid_regex;
 -- COPY goes through the same check
 SELECT pg_temp.expect_error($$COPY crm.identity (kind, value, customer_id) FROM PROGRAM 'printf "loyalty_card\tLC99\t3\n"'$$) AS copy;
+ROLLBACK;
+
+-- 4. NULL arguments of the merge entry points are errors (22004), not defaults.
+BEGIN;
+INSERT INTO crm.customer (customer_id, name, created_at) VALUES (1, 'a', '2025-01-01'), (2, 'b', '2025-01-02');
+SELECT crm.merge_customers(1, 2) AS merge_id \gset
+SELECT pg_temp.expect_error(format('SELECT crm.unmerge(%s, NULL)', :merge_id)) AS unmerge_null_cascade;
+SELECT pg_temp.expect_error('SELECT crm.unmerge(NULL)') AS unmerge_null_id;
+SELECT pg_temp.expect_error('SELECT crm.merge_customers(1, NULL)') AS merge_null;
+SELECT merged_into FROM crm.customer WHERE customer_id = 2;
+SELECT crm.unmerge(:merge_id, false) AS undone;
 ROLLBACK;

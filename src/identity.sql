@@ -277,7 +277,7 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Not STRICT: a NULL merge_id raises an error.
+-- Not STRICT: a NULL merge_id or cascade raises an error.
 -- Undoes one merge exactly: rows go back to the records they arrived on
 -- (origin_customer_id).  Refused (CR004) when a later merge involves the
 -- same customers, unless cascade, which undoes those first, newest first.
@@ -291,6 +291,11 @@ BEGIN
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cascade IS NULL THEN
+		RAISE EXCEPTION 'cascade of crm.unmerge must be true or false, not NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+			      HINT = 'Pass cascade => true to undo later merges of the same customers first, or leave it out (false).';
 	END IF;
 	SELECT * INTO l FROM crm.merge_log g WHERE g.merge_id = unmerge.merge_id FOR UPDATE;
 	IF NOT FOUND THEN
