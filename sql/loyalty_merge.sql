@@ -4,6 +4,9 @@
 \i sql/include/expect_error.sql
 SET TimeZone = 'Europe/Berlin';
 BEGIN;
+-- The story happens in 2025: lots count as expired by that clock, not the
+-- wall clock's (redemptions never spend lots expired by crm.loyalty_now()).
+SET LOCAL crm.loyalty_now = '2025-01-01 00:00+00';
 INSERT INTO crm.customer (customer_id, name) VALUES (11, 'Ann (app)'), (12, 'Ann (pos)'), (13, 'Solo');
 SELECT event, hook, run_order, fn FROM crm.customer_hook WHERE hook = 'loyalty' ORDER BY event;
 

@@ -21,6 +21,7 @@
 
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -34,6 +35,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/date.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -117,10 +119,86 @@ loyalty_relcache_cb(Datum arg, Oid relid)
 			conf.valid = false;
 }
 
+/*
+ * crm.loyalty_now: the time the loyalty entry points take for "now" when
+ * they decide which lots have expired; empty (the default) is the
+ * transaction start.  Superusers only (tests and replays of history set it):
+ * an ordinary session must not bring expired points back.
+ */
+static char *loyalty_now_text = NULL;
+static bool loyalty_now_set = false;
+static TimestampTz loyalty_now_value = 0;
+
+/* A finite timestamptz from text without raising an error (GUC check hook). */
+static bool
+parse_timestamptz_quietly(const char *str, TimestampTz *out)
+{
+	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	int			tz;
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (strlen(str) > MAXDATELEN)
+		return false;
+	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0)
+		return false;
+	if (DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0 || dtype != DTK_DATE)
+		return false;
+	return tm2timestamp(&tm, fsec, &tz, out) == 0 && !TIMESTAMP_NOT_FINITE(*out);
+}
+
+static bool
+check_loyalty_now(char **newval, void **extra, GucSource source)
+{
+	TimestampTz *keep;
+	TimestampTz t = 0;
+
+	if (*newval != NULL && (*newval)[0] != '\0' && !parse_timestamptz_quietly(*newval, &t))
+	{
+		GUC_check_errdetail("crm.loyalty_now must be empty or a finite timestamp with time zone.");
+		return false;
+	}
+	keep = (TimestampTz *) malloc(sizeof(TimestampTz) + 1);
+	if (keep == NULL)
+		return false;
+	*keep = t;
+	((char *) keep)[sizeof(TimestampTz)] = (*newval != NULL && (*newval)[0] != '\0');
+	*extra = keep;
+	return true;
+}
+
+static void
+assign_loyalty_now(const char *newval, void *extra)
+{
+	loyalty_now_value = *(TimestampTz *) extra;
+	loyalty_now_set = ((char *) extra)[sizeof(TimestampTz)] != 0;
+}
+
 void
 crm_loyalty_init(void)
 {
 	CacheRegisterRelcacheCallback(loyalty_relcache_cb, (Datum) 0);
+	DefineCustomStringVariable("crm.loyalty_now",
+							   "The time loyalty redemptions take for now() when deciding which points have expired.",
+							   "Empty: the transaction start.  For tests and replays of history.",
+							   &loyalty_now_text,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_loyalty_now, assign_loyalty_now, NULL);
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_now);
+
+/* crm.loyalty_now(): setting crm.loyalty_now if set, else the transaction start */
+Datum
+crm_loyalty_now(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(loyalty_now_set ? loyalty_now_value : GetCurrentTransactionStartTimestamp());
 }
 
 static int64

@@ -317,6 +317,20 @@ BEGIN
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- The range orders and events must lie in (crm.fill_origin_customer): a
+	-- credit dated 9999-12-31 would never expire.  crm.max_future is unset
+	-- only before the library is loaded, when it has its default.
+	IF at OPERATOR(pg_catalog.<) '1900-01-01 00:00:00+00'::timestamptz THEN
+		RAISE EXCEPTION 'at lies before 1900-01-01' USING ERRCODE = 'datetime_field_overflow',
+			HINT = 'Correct the time: a date this old is a typing or feed error.';
+	END IF;
+	IF at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+)
+	   coalesce(pg_catalog.current_setting('crm.max_future', true), '1 day')::pg_catalog.interval) THEN
+		RAISE EXCEPTION 'at lies more than crm.max_future (%) after now()',
+			coalesce(pg_catalog.current_setting('crm.max_future', true), '1 day')
+			USING ERRCODE = 'datetime_field_overflow',
+			      HINT = 'Correct the time (and its time zone), or have a superuser raise crm.max_future.';
+	END IF;
 	IF NOT EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) loyalty_check_args.customer_id) THEN
 		RAISE EXCEPTION 'customer % does not exist', customer_id USING ERRCODE = 'foreign_key_violation';
 	END IF;
@@ -324,6 +338,11 @@ END
 $$;
 COMMENT ON FUNCTION crm.loyalty_check_args(bigint, bigint, text, timestamptz) IS
 	'Internal: argument checks shared by crm.redeem_points and crm.adjust_points';
+
+CREATE FUNCTION crm.loyalty_now() RETURNS timestamptz
+	LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_loyalty_now';
+COMMENT ON FUNCTION crm.loyalty_now() IS
+	'The time redemptions take for now() when deciding which lots have expired: setting crm.loyalty_now (superuser only; tests and replays of history) when set, else the transaction start';
 
 -- The write both crm.redeem_points and crm.adjust_points make once their
 -- arguments are checked: delta < 0 spends FIFO, delta > 0 adds a lot
@@ -361,12 +380,15 @@ BEGIN
 	IF bal IS NOT NULL THEN
 		RETURN bal;
 	END IF;
+	-- Lots expired by now() (crm.loyalty_now()) are gone, whatever "at"
+	-- says: a backdated redemption spends, and the balance counts, only lots
+	-- valid at both.
 	IF delta OPERATOR(pg_catalog.>) 0 THEN
 		new_ledger := crm.ledger_earn(old_ledger, delta, at, crm.loyalty_expires_at(at));
 	ELSE
-		new_ledger := crm.ledger_spend(old_ledger, - delta, at);
+		new_ledger := crm.ledger_spend(old_ledger, - delta, GREATEST(at, crm.loyalty_now()));
 	END IF;
-	bal := crm.ledger_balance(new_ledger, at);
+	bal := crm.ledger_balance(new_ledger, GREATEST(at, crm.loyalty_now()));
 	BEGIN
 		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
 		VALUES (customer_id, customer_id, kind, delta,
@@ -427,14 +449,31 @@ $$;
 COMMENT ON FUNCTION crm.adjust_points(bigint, bigint, text, text, timestamptz) IS
 	'Audited manual correction: adds a lot (points > 0, expiring by policy) or spends FIFO (points < 0, CR001 when short); journaled with reason and role; returns the balance';
 
+-- The read entry points below find the account with one index probe; only
+-- a customer without an account costs a second, here.
+CREATE FUNCTION crm.loyalty_no_account(customer_id bigint) RETURNS bigint
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) loyalty_no_account.customer_id) THEN
+		RAISE EXCEPTION 'customer % does not exist', customer_id USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	RETURN 0;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_no_account(bigint) IS
+	'Internal: 0 for a customer without a loyalty account; SQLSTATE 23503 when no such customer exists';
+
 CREATE FUNCTION crm.points_balance(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
-                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_balance.customer_id), 0);
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_balance.customer_id),
+                crm.loyalty_no_account(customer_id));
 COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
-	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account';
+	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; SQLSTATE 23503 for an unknown customer';
 
 CREATE FUNCTION crm.points_expiring(customer_id bigint, within interval DEFAULT '30 days',
 	at timestamptz DEFAULT pg_catalog.now())
@@ -442,9 +481,10 @@ RETURNS bigint
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
-                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_expiring.customer_id), 0);
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_expiring.customer_id),
+                crm.loyalty_no_account(customer_id));
 COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
-	'Points valid at "at" (default now) that expire within the interval (default 30 days)';
+	'Points valid at "at" (default now) that expire within the interval (default 30 days); SQLSTATE 23503 for an unknown customer';
 
 CREATE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
@@ -455,9 +495,10 @@ RETURN coalesce((
 	       LATERAL pg_catalog.unnest(a.spend_cents) WITH ORDINALITY s(cents, k)
 	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id
 	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.>) crm.loyalty_month(at) - 12
-	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)), 0.00);
+	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)),
+	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
-	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone)';
+	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); SQLSTATE 23503 for an unknown customer';
 
 CREATE FUNCTION crm.verify_ledgers()
 RETURNS TABLE (customer_id bigint, what text, ledger_value bigint, journal_value bigint)
