@@ -485,3 +485,340 @@ ALTER TABLE crm.tag ENABLE ALWAYS TRIGGER tag_compile;
 ALTER TABLE crm.tag ENABLE ALWAYS TRIGGER tag_changed;
 -- a database restored in replica mode under 0.1.0 has uncompiled tags
 UPDATE crm.tag SET rule = rule WHERE kind OPERATOR(pg_catalog.=) 'rule' AND compiled IS NULL;
+
+-- ---------------------------------------------------------------------------
+-- Issue 11, item 6: silent successes
+-- ---------------------------------------------------------------------------
+
+-- Order and event times in 1900-01-01 .. now() + crm.max_future; identity
+-- values match their kind's pattern (both checked by crm.fill_origin_customer).
+
+COMMENT ON FUNCTION crm.fill_origin_customer() IS
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards; arguments: to_golden (a row inserted for a merged record goes to its golden customer), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+
+ALTER TABLE crm.identity_kind ADD COLUMN pattern text CONSTRAINT identity_kind_pattern_valid CHECK (pattern IS NULL OR ('' ~ pattern) IS NOT NULL);
+
+COMMENT ON COLUMN crm.identity_kind.pattern IS 'Regular expression every value of this kind must match when inserted or changed (SQLSTATE 23514; blocklisted values are exempt); NULL accepts any value';
+
+UPDATE crm.identity_kind SET pattern = '^\+?[0-9]([ -]?[0-9]){5,19}$' WHERE kind OPERATOR(pg_catalog.=) 'phone' AND builtin;
+
+UPDATE crm.identity_kind SET pattern = '^[A-Za-z0-9]([A-Za-z0-9-]{0,38}[A-Za-z0-9])?$' WHERE kind OPERATOR(pg_catalog.=) 'member_no' AND builtin;
+
+UPDATE crm.identity_kind SET pattern = '^[^[:space:]]+$' WHERE kind OPERATOR(pg_catalog.=) 'device' AND builtin;
+
+UPDATE crm.identity_kind SET pattern = '^[^[:space:]]+$' WHERE kind OPERATOR(pg_catalog.=) 'pay_account' AND builtin;
+
+UPDATE crm.identity_kind SET pattern = '^[^[:space:]]+$' WHERE kind OPERATOR(pg_catalog.=) 'openid' AND builtin;
+
+UPDATE crm.identity_kind SET pattern = '^[^@[:space:]]+@[^@[:space:]]+$' WHERE kind OPERATOR(pg_catalog.=) 'email' AND builtin;
+
+DROP TRIGGER identity_fill_origin ON crm.identity;
+CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern');
+
+DROP TRIGGER orders_fill_origin ON crm.orders;
+CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at');
+
+DROP TRIGGER event_fill_origin ON crm.event;
+CREATE TRIGGER event_fill_origin BEFORE INSERT OR UPDATE ON crm.event
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at');
+
+
+-- Money totals hold sums of many maximal orders (numeric(20,2)).  The views
+-- over such columns are dropped and made again as in the install script.
+DROP VIEW crm.v_customer_360;
+DROP VIEW crm.v_segment_sizes;
+DROP VIEW crm.v_rfm_grid;
+DROP VIEW crm.customer_rfm;
+ALTER TABLE crm.customer_stats ALTER COLUMN spend TYPE numeric(20,2), ALTER COLUMN line_spend TYPE numeric(20,2);
+ALTER TABLE crm.rfm_snapshot ALTER COLUMN monetary TYPE numeric(20,2);
+ALTER TABLE crm.loyalty_account ALTER COLUMN qualifying_spend TYPE numeric(20,2);
+ALTER TABLE crm.tier_history ALTER COLUMN qualifying_spend TYPE numeric(20,2);
+
+CREATE VIEW crm.customer_rfm AS
+SELECT s.customer_id, r.as_of,
+	pg_catalog.floor(EXTRACT(EPOCH FROM r.as_of OPERATOR(pg_catalog.-) s.last_order_at) OPERATOR(pg_catalog./) 86400)::integer AS recency_days,
+	s.frequency, s.monetary, s.score, s.segment, s.last_order_at
+FROM crm.rfm_snapshot s CROSS JOIN crm.rfm_refresh r;
+COMMENT ON VIEW crm.customer_rfm IS 'RFM per golden customer as of the last crm.refresh_rfm (empty before the first)';
+
+CREATE VIEW crm.v_customer_360 AS
+SELECT c.customer_id, c.name, c.channel, c.home_store_id, c.created_at,
+	coalesce(s.orders, 0) AS orders, coalesce(s.spend, 0) AS spend,
+	s.first_order_at, s.last_order_at, s.mean_interval_days,
+	r.score AS rfm_score, r.segment AS rfm_segment, r.as_of AS rfm_as_of,
+	coalesce(s.stage, 'prospect') AS stage, s.stage_since,
+	coalesce((SELECT pg_catalog.array_agg(t.name ORDER BY t.name) FROM crm.customer_tag ct
+	          JOIN crm.tag t ON t.tag_id = ct.tag_id WHERE ct.customer_id = c.customer_id), '{}') AS tags,
+	a.tier, a.tier_since, coalesce(crm.ledger_balance(a.ledger, pg_catalog.now()), 0) AS points,
+	coalesce(a.debt, 0) AS points_debt
+FROM crm.customer c
+LEFT JOIN crm.customer_stats s ON s.customer_id = c.customer_id
+LEFT JOIN crm.customer_rfm r ON r.customer_id = c.customer_id
+LEFT JOIN crm.loyalty_account a ON a.customer_id = c.customer_id
+WHERE c.merged_into IS NULL;
+COMMENT ON VIEW crm.v_customer_360 IS 'One row per golden customer: profile, orders and spend, RFM (as of the last refresh), lifecycle stage, tags, loyalty tier and points (unexpired now)';
+
+CREATE VIEW crm.v_segment_sizes AS
+SELECT 'segment'::text AS kind, s.name, crm.segment_count(s.name) AS customers FROM crm.segment s
+UNION ALL
+SELECT 'tag', t.name, (SELECT pg_catalog.count(*) FROM crm.customer_tag ct WHERE ct.tag_id = t.tag_id) FROM crm.tag t
+UNION ALL
+SELECT 'rfm', r.segment, pg_catalog.count(*) FROM crm.customer_rfm r GROUP BY r.segment
+UNION ALL
+SELECT 'stage', st.stage, st.n FROM (
+	SELECT coalesce(s.stage, 'prospect') AS stage, pg_catalog.count(*) AS n
+	FROM crm.customer c LEFT JOIN crm.customer_stats s ON s.customer_id = c.customer_id
+	WHERE c.merged_into IS NULL GROUP BY 1) st;
+COMMENT ON VIEW crm.v_segment_sizes IS 'Customers per audience segment, tag, RFM segment (last refresh) and lifecycle stage';
+
+CREATE VIEW crm.v_rfm_grid AS
+SELECT crm.r(r.score) AS r, crm.f(r.score) AS f, pg_catalog.count(*) AS customers,
+	pg_catalog.round(pg_catalog.avg(r.monetary), 2) AS avg_monetary,
+	pg_catalog.mode() WITHIN GROUP (ORDER BY r.segment) AS segment
+FROM crm.customer_rfm r
+GROUP BY 1, 2;
+COMMENT ON VIEW crm.v_rfm_grid IS 'The recency x frequency grid of the last RFM refresh: customers, average monetary value and segment per cell';
+
+
+-- crm.unmerge refuses a NULL cascade.
+
+CREATE OR REPLACE FUNCTION crm.unmerge(merge_id bigint, cascade boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: a NULL merge_id or cascade raises an error.
+-- Undoes one merge exactly: rows go back to the records they arrived on
+-- (origin_customer_id).  Refused (CR004) when a later merge involves the
+-- same customers, unless cascade, which undoes those first, newest first.
+-- Returns the number of merges undone.
+DECLARE
+	l crm.merge_log;
+	later bigint;
+	n bigint := 0;
+	who bigint[];
+BEGIN
+	IF merge_id IS NULL THEN
+		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cascade IS NULL THEN
+		RAISE EXCEPTION 'cascade of crm.unmerge must be true or false, not NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+			      HINT = 'Pass cascade => true to undo later merges of the same customers first, or leave it out (false).';
+	END IF;
+	SELECT * INTO l FROM crm.merge_log g WHERE g.merge_id = unmerge.merge_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unmerge refused: merge % does not exist', merge_id
+			USING ERRCODE = 'CR004';
+	END IF;
+	IF l.undone_at IS NOT NULL THEN
+		RAISE EXCEPTION 'unmerge refused: merge % was already undone', merge_id
+			USING ERRCODE = 'CR004';
+	END IF;
+	PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(l.survivor, l.merged) FOR NO KEY UPDATE;
+	PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(l.survivor, l.merged) FOR NO KEY UPDATE;
+
+	who := l.members || l.survivor;
+	FOR later IN
+		SELECT g.merge_id FROM crm.merge_log g
+		WHERE g.merge_id > l.merge_id AND g.undone_at IS NULL
+		  AND (g.survivor = ANY (who) OR g.merged = ANY (who))
+		ORDER BY g.merge_id DESC
+	LOOP
+		IF NOT cascade THEN
+			RAISE EXCEPTION 'unmerge refused: merge % was followed by merge % of the same customers', merge_id, later
+				USING ERRCODE = 'CR004',
+				      HINT = pg_catalog.format('Undo merge %s first, or call crm.unmerge(%s, cascade => true).', later, merge_id);
+		END IF;
+		-- an earlier iteration may have undone it already
+		IF (SELECT g.undone_at IS NULL FROM crm.merge_log g WHERE g.merge_id = later) THEN
+			n := n + crm.unmerge(later, true);
+		END IF;
+	END LOOP;
+
+	UPDATE crm.customer c
+	SET merged_into = CASE WHEN c.customer_id = l.merged THEN NULL ELSE l.merged END
+	WHERE c.customer_id = ANY (l.members);
+	-- Every row that arrived on a restored record goes back (attribution by
+	-- origin_customer_id, also for rows added since the merge).
+	UPDATE crm.orders o SET customer_id = l.merged
+	WHERE o.customer_id = l.survivor AND o.origin_customer_id = ANY (l.members)
+	  AND o.origin_customer_id <> o.customer_id;
+	UPDATE crm.event e SET customer_id = l.merged
+	WHERE e.customer_id = l.survivor AND e.origin_customer_id = ANY (l.members)
+	  AND e.origin_customer_id <> e.customer_id;
+	UPDATE crm.identity i SET customer_id = l.merged
+	WHERE i.customer_id = l.survivor AND i.origin_customer_id = ANY (l.members)
+	  AND i.origin_customer_id <> i.customer_id;
+
+	UPDATE crm.merge_log g SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
+	WHERE g.merge_id = l.merge_id;
+	-- Stitching must not merge them again: the pair is kept apart (delete
+	-- the row to let stitching decide again).
+	UPDATE crm.identity_review r SET resolved_at = pg_catalog.now(), resolution = 'kept_apart', merge_id = l.merge_id
+	WHERE r.customer_a = LEAST(l.survivor, l.merged) AND r.customer_b = GREATEST(l.survivor, l.merged) AND r.resolved_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO crm.identity_review (customer_a, customer_b, source, merge_id, resolved_at, resolution)
+		VALUES (LEAST(l.survivor, l.merged), GREATEST(l.survivor, l.merged), 'unmerge', l.merge_id, pg_catalog.now(), 'kept_apart');
+	END IF;
+	PERFORM crm.run_customer_hooks('unmerge', l.survivor, l.merged);
+	RETURN n + 1;
+END
+$$;
+COMMENT ON FUNCTION crm.unmerge(bigint, boolean) IS
+	'Undoes a merge exactly (rows return to the records they arrived on) and runs the unmerge hooks; refused with CR004 when later merges build on it, unless cascade undoes those first; returns the merges undone';
+
+
+-- Loyalty: unknown customers are 23503 at the read entry points; backdated
+-- spends never reach lots expired by crm.loyalty_now(); at in range.
+
+CREATE FUNCTION crm.loyalty_now() RETURNS timestamptz
+	LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_loyalty_now';
+COMMENT ON FUNCTION crm.loyalty_now() IS
+	'The time redemptions take for now() when deciding which lots have expired: setting crm.loyalty_now (superuser only; tests and replays of history) when set, else the transaction start';
+
+CREATE FUNCTION crm.loyalty_no_account(customer_id bigint) RETURNS bigint
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) loyalty_no_account.customer_id) THEN
+		RAISE EXCEPTION 'customer % does not exist', customer_id USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	RETURN 0;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_no_account(bigint) IS
+	'Internal: 0 for a customer without a loyalty account; SQLSTATE 23503 when no such customer exists';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_check_args(customer_id bigint, points bigint, key text, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: it reports NULLs.
+BEGIN
+	IF customer_id IS NULL OR points IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, points and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF key IS NOT NULL AND (pg_catalog.btrim(key) OPERATOR(pg_catalog.=) '' OR pg_catalog.length(key) OPERATOR(pg_catalog.>) 200) THEN
+		RAISE EXCEPTION 'an idempotency key must be 1 to 200 characters, not blank' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'at must be a finite timestamp' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The range orders and events must lie in (crm.fill_origin_customer): a
+	-- credit dated 9999-12-31 would never expire.  crm.max_future is unset
+	-- only before the library is loaded, when it has its default.
+	IF at OPERATOR(pg_catalog.<) '1900-01-01 00:00:00+00'::timestamptz THEN
+		RAISE EXCEPTION 'at lies before 1900-01-01' USING ERRCODE = 'datetime_field_overflow',
+			HINT = 'Correct the time: a date this old is a typing or feed error.';
+	END IF;
+	IF at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+)
+	   coalesce(pg_catalog.current_setting('crm.max_future', true), '1 day')::pg_catalog.interval) THEN
+		RAISE EXCEPTION 'at lies more than crm.max_future (%) after now()',
+			coalesce(pg_catalog.current_setting('crm.max_future', true), '1 day')
+			USING ERRCODE = 'datetime_field_overflow',
+			      HINT = 'Correct the time (and its time zone), or have a superuser raise crm.max_future.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) loyalty_check_args.customer_id) THEN
+		RAISE EXCEPTION 'customer % does not exist', customer_id USING ERRCODE = 'foreign_key_violation';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_check_args(bigint, bigint, text, timestamptz) IS
+	'Internal: argument checks shared by crm.redeem_points and crm.adjust_points';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_post(customer_id bigint, kind text, delta bigint, idempotency_key text,
+	reason text, at timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_ledger crm.loyalty_ledger;
+	new_ledger crm.loyalty_ledger;
+	bal bigint;
+BEGIN
+	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	IF bal IS NOT NULL THEN
+		RETURN bal;
+	END IF;
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		-- a credit opens the account at the lowest tier if there is none yet
+		INSERT INTO crm.loyalty_account AS a (customer_id, tier, tier_since)
+		SELECT loyalty_post.customer_id, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
+		ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
+	END IF;
+	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'insufficient points: 0 available, % requested', - delta USING ERRCODE = 'CR001';
+	END IF;
+	-- A retry may have committed while this one waited for the lock.
+	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	IF bal IS NOT NULL THEN
+		RETURN bal;
+	END IF;
+	-- Lots expired by now() (crm.loyalty_now()) are gone, whatever "at"
+	-- says: a backdated redemption spends, and the balance counts, only lots
+	-- valid at both.
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		new_ledger := crm.ledger_earn(old_ledger, delta, at, crm.loyalty_expires_at(at));
+	ELSE
+		new_ledger := crm.ledger_spend(old_ledger, - delta, GREATEST(at, crm.loyalty_now()));
+	END IF;
+	bal := crm.ledger_balance(new_ledger, GREATEST(at, crm.loyalty_now()));
+	BEGIN
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
+		VALUES (customer_id, customer_id, kind, delta,
+		        CASE WHEN delta OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
+		        idempotency_key, bal, reason, at);
+	EXCEPTION WHEN unique_violation THEN
+		RETURN crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	END;
+	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id;
+	RETURN bal;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_post(bigint, text, bigint, text, text, timestamptz) IS
+	'Internal: the exactly-once journal entry and ledger change of crm.redeem_points (spend) and crm.adjust_points (adjust)';
+
+CREATE OR REPLACE FUNCTION crm.points_balance(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_balance.customer_id),
+                crm.loyalty_no_account(customer_id));
+COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
+	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; SQLSTATE 23503 for an unknown customer';
+
+CREATE OR REPLACE FUNCTION crm.points_expiring(customer_id bigint, within interval DEFAULT '30 days',
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_expiring.customer_id),
+                crm.loyalty_no_account(customer_id));
+COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
+	'Points valid at "at" (default now) that expire within the interval (default 30 days); SQLSTATE 23503 for an unknown customer';
+
+CREATE OR REPLACE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS numeric
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((
+	SELECT (pg_catalog.sum(s.cents)::numeric / 100)::numeric(20,2) FROM crm.loyalty_account a,
+	       LATERAL pg_catalog.unnest(a.spend_cents) WITH ORDINALITY s(cents, k)
+	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id
+	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.>) crm.loyalty_month(at) - 12
+	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)),
+	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
+COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
+	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); SQLSTATE 23503 for an unknown customer';

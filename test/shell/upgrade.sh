@@ -108,6 +108,9 @@ SELECT count(*) FROM crm.stitch_identities();
 SELECT crm.redeem_points(a.customer_id, 10, 'before-update-' || a.customer_id, crm.sample_as_of())
 FROM crm.loyalty_account a WHERE crm.points_balance(a.customer_id, crm.sample_as_of()) >= 10 ORDER BY 1 LIMIT 5;
 ALTER EXTENSION crm_ext UPDATE;
+-- the sample's story happens before 2026-07-01: redemptions count lots as
+-- expired by that clock, not the wall clock's
+SET crm.loyalty_now = '2026-07-01 00:00+00';
 INSERT INTO crm.orders (customer_id, channel, ordered_at, amount)
 SELECT c.customer_id, 'web', crm.sample_as_of() - interval '1 day', 100.00
 FROM crm.customer c WHERE c.merged_into IS NULL ORDER BY 1 LIMIT 5;
