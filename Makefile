@@ -9,13 +9,17 @@ OBJS = \
 	src/sample.o \
 	src/triggers.o \
 	src/loyalty_ledger.o \
+	src/loyalty_ledger_parse.o \
 	src/loyalty.o \
 	src/id_merge.o \
+	src/id_merge_parse.o \
 	src/identity.o \
 	src/seg_config.o \
 	src/rfm_score.o \
+	src/rfm_score_parse.o \
 	src/rfm.o \
 	src/tag_rule.o \
+	src/tag_rule_parse.o \
 	src/customer_stats.o \
 	src/segment.o \
 	src/clv_models.o \

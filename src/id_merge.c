@@ -187,15 +187,6 @@ idm_union(IdMergeState *st, int32 a, int32 b)
  * ------------------------------------------------------------------------
  */
 static int
-pair_cmp_member(const void *a, const void *b)
-{
-	int64		x = ((const IdMergePair *) a)->member;
-	int64		y = ((const IdMergePair *) b)->member;
-
-	return (x > y) - (x < y);
-}
-
-static int
 pair_cmp_golden(const void *a, const void *b)
 {
 	const IdMergePair *x = a;
@@ -225,174 +216,6 @@ idm_alloc(int64 count)
 	return res;
 }
 
-/* The golden of member, or -1 position when it is not in the value. */
-static int64
-idm_search(const IdMergeData *v, int64 member)
-{
-	int64		lo = 0;
-	int64		hi = v->count - 1;
-
-	while (lo <= hi)
-	{
-		int64		mid = lo + (hi - lo) / 2;
-		int64		m = v->pairs[mid].member;
-
-		if (m == member)
-			return mid;
-		if (m < member)
-			lo = mid + 1;
-		else
-			hi = mid - 1;
-	}
-	return -1;
-}
-
-/*
- * Checks what a stored value promises: members strictly increasing, each
- * golden a member of the value, its own golden, and not larger than the
- * members it stands for.  Returns NULL when valid, else what is wrong.
- */
-static const char *
-idm_check(const IdMergeData *v)
-{
-	for (int64 i = 0; i < v->count; i++)
-	{
-		const IdMergePair *p = &v->pairs[i];
-		int64		g;
-
-		if (i > 0 && p->member <= v->pairs[i - 1].member)
-			return "members are not strictly increasing";
-		if (p->golden > p->member)
-			return "a golden id is larger than its member";
-		g = idm_search(v, p->golden);
-		if (g < 0 || v->pairs[g].golden != p->golden)
-			return "a golden id is not the golden of its own component";
-	}
-	return NULL;
-}
-
-/* ------------------------------------------------------------------------
- * Text parser: a pure function, errors returned as codes
- * ------------------------------------------------------------------------
- */
-static inline const char *
-skip_space(const char *p)
-{
-	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-		p++;
-	return p;
-}
-
-/*
- * Parses {{id,...},...} into pairs sorted by member.  On failure *errpos is
- * the byte offset where parsing stopped.
- */
-IdMergeParseResult
-crm_id_merge_parse(const char *str, IdMergePair **pairs_out, int64 *npairs_out, int *errpos)
-{
-	const char *p = skip_space(str);
-	IdMergePair *pairs;
-	int64		n = 0;
-	int64		cap = 16;
-
-	*pairs_out = NULL;
-	*npairs_out = 0;
-	*errpos = 0;
-	pairs = palloc(cap * sizeof(IdMergePair));
-
-#define FAIL(code) do { *errpos = (int) Min(p - str, INT_MAX); pfree(pairs); return (code); } while (0)
-
-	if (*p != '{')
-		FAIL(IDMERGE_PARSE_SYNTAX);
-	p = skip_space(p + 1);
-	if (*p != '}')
-	{
-		for (;;)
-		{
-			int64		group_start = n;
-			int64		golden = PG_INT64_MAX;
-
-			if (*p != '{')
-				FAIL(IDMERGE_PARSE_SYNTAX);
-			p = skip_space(p + 1);
-			for (;;)
-			{
-				bool		neg = false;
-				uint64		v = 0;
-				const char *digits;
-
-				if (*p == '-' || *p == '+')
-				{
-					neg = (*p == '-');
-					p++;
-				}
-				digits = p;
-				while (*p >= '0' && *p <= '9')
-				{
-					if (v > (PG_UINT64_MAX - 9) / 10)
-						FAIL(IDMERGE_PARSE_RANGE);
-					v = v * 10 + (uint64) (*p - '0');
-					p++;
-				}
-				if (p == digits)
-					FAIL(IDMERGE_PARSE_SYNTAX);
-				if ((!neg && v > (uint64) PG_INT64_MAX) ||
-					(neg && v > (uint64) PG_INT64_MAX + 1))
-					FAIL(IDMERGE_PARSE_RANGE);
-				if (n >= IDMERGE_MAX_PAIRS)
-					FAIL(IDMERGE_PARSE_TOO_MANY);
-				if (n == cap)
-				{
-					cap *= 2;
-					pairs = repalloc_huge(pairs, cap * sizeof(IdMergePair));
-				}
-				pairs[n].member = neg ? (int64) (0 - v) : (int64) v;
-				if (pairs[n].member < golden)
-					golden = pairs[n].member;
-				n++;
-				p = skip_space(p);
-				if (*p == ',')
-				{
-					p = skip_space(p + 1);
-					continue;
-				}
-				if (*p == '}')
-					break;
-				FAIL(IDMERGE_PARSE_SYNTAX);
-			}
-			for (int64 i = group_start; i < n; i++)
-				pairs[i].golden = golden;
-			p = skip_space(p + 1);
-			if (*p == ',')
-			{
-				p = skip_space(p + 1);
-				continue;
-			}
-			if (*p == '}')
-				break;
-			FAIL(IDMERGE_PARSE_SYNTAX);
-		}
-	}
-	p = skip_space(p + 1);
-	if (*p != '\0')
-		FAIL(IDMERGE_PARSE_SYNTAX);
-
-	qsort(pairs, n, sizeof(IdMergePair), pair_cmp_member);
-	for (int64 i = 1; i < n; i++)
-	{
-		if (pairs[i].member == pairs[i - 1].member)
-		{
-			*errpos = 0;
-			pfree(pairs);
-			return IDMERGE_PARSE_DUPLICATE;
-		}
-	}
-#undef FAIL
-	*pairs_out = pairs;
-	*npairs_out = n;
-	return IDMERGE_PARSE_OK;
-}
-
 PG_FUNCTION_INFO_V1(crm_id_merge_in);
 
 /*
@@ -403,12 +226,21 @@ Datum
 crm_id_merge_in(PG_FUNCTION_ARGS)
 {
 	char	   *str = PG_GETARG_CSTRING(0);
-	IdMergePair *pairs;
 	int64		n;
 	int			errpos;
-	IdMergeData *res;
+	IdMergeParseResult r;
+	IdMergeData *res = NULL;
 
-	switch (crm_id_merge_parse(str, &pairs, &n, &errpos))
+	/* First pass: syntax, ranges and the number of ids; then fill. */
+	r = crm_id_merge_parse(str, NULL, 0, &n, &errpos);
+	if (r == IDMERGE_PARSE_OK)
+	{
+		res = idm_alloc(n);
+		r = crm_id_merge_parse(str, res->pairs, n, &n, &errpos);
+	}
+	if (r == IDMERGE_PARSE_OK)
+		r = crm_id_merge_sort(res->pairs, n);
+	switch (r)
 	{
 		case IDMERGE_PARSE_OK:
 			break;
@@ -434,11 +266,9 @@ crm_id_merge_in(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("id_merge input has more than %lld ids", (long long) IDMERGE_MAX_PAIRS)));
 			break;
+		default:
+			elog(ERROR, "unexpected id_merge parse result %d", (int) r);
 	}
-	res = idm_alloc(n);
-	if (n > 0)
-		memcpy(res->pairs, pairs, n * sizeof(IdMergePair));
-	pfree(pairs);
 	PG_RETURN_POINTER(res);
 }
 
@@ -491,31 +321,34 @@ Datum
 crm_id_merge_recv(PG_FUNCTION_ARGS)
 {
 	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
+	const char *data = buf->data + buf->cursor;
+	int			len = buf->len - buf->cursor;
 	int64		count;
 	IdMergeData *res;
 	const char *problem;
 
-	if (buf->len - buf->cursor < (int) sizeof(int64))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("invalid binary id_merge: too short")));
-	count = pq_getmsgint64(buf);
-	if (count < 0 || count > IDMERGE_MAX_PAIRS ||
-		(int64) (buf->len - buf->cursor) != count * (int64) sizeof(IdMergePair))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("invalid binary id_merge: count %lld does not match the data", (long long) count)));
-	res = idm_alloc(count);
-	for (int64 i = 0; i < count; i++)
+	switch (crm_id_merge_recv_header(data, len, &count))
 	{
-		res->pairs[i].member = pq_getmsgint64(buf);
-		res->pairs[i].golden = pq_getmsgint64(buf);
+		case IDMERGE_PARSE_OK:
+			break;
+		case IDMERGE_PARSE_SYNTAX:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid binary id_merge: too short")));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid binary id_merge: count %lld does not match the data", (long long) count)));
+			break;
 	}
-	problem = idm_check(res);
+	res = idm_alloc(count);
+	problem = crm_id_merge_recv_pairs(data, count, res->pairs);
 	if (problem != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 				 errmsg("invalid binary id_merge: %s", problem)));
+	buf->cursor = buf->len;
 	PG_RETURN_POINTER(res);
 }
 
@@ -556,7 +389,7 @@ crm_id_merge_golden(PG_FUNCTION_ARGS)
 {
 	IdMergeData *v = PG_GETARG_IDMERGE_P(0);
 	int64		id = PG_GETARG_INT64(1);
-	int64		pos = idm_search(v, id);
+	int64		pos = crm_id_merge_search(v->pairs, v->count, id);
 
 	PG_RETURN_INT64(pos < 0 ? id : v->pairs[pos].golden);
 }
@@ -693,7 +526,7 @@ crm_id_merge_agg_final(PG_FUNCTION_ARGS)
 		res->pairs[i].golden = mins[idm_find(st, (int32) i)];
 	}
 	pfree(mins);
-	qsort(res->pairs, st->n, sizeof(IdMergePair), pair_cmp_member);
+	(void) crm_id_merge_sort(res->pairs, st->n);
 	PG_RETURN_POINTER(res);
 }
 

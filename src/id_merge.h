@@ -46,7 +46,30 @@ typedef enum IdMergeParseResult
 	IDMERGE_PARSE_TOO_MANY		/* more ids than a value can hold */
 } IdMergeParseResult;
 
-extern IdMergeParseResult crm_id_merge_parse(const char *str, IdMergePair **pairs,
+/*
+ * The parsers are pure (src/id_merge_parse.c: no palloc, no ereport), so
+ * test/fuzz builds them without a server.
+ *
+ * crm_id_merge_parse: {{id,...},...} into pairs[0..cap-1] with each pair's
+ * golden, in input order; with pairs NULL it only checks and counts.  On
+ * failure *errpos is the byte offset where parsing stopped.
+ */
+extern IdMergeParseResult crm_id_merge_parse(const char *str, IdMergePair *pairs, int64 cap,
 											 int64 *npairs, int *errpos);
+/* Sorts pairs by member; IDMERGE_PARSE_DUPLICATE when a member repeats. */
+extern IdMergeParseResult crm_id_merge_sort(IdMergePair *pairs, int64 n);
+/* Position of member in pairs sorted by member, or -1. */
+extern int64 crm_id_merge_search(const IdMergePair *pairs, int64 n, int64 member);
+/* NULL when pairs are a valid stored value, else what is wrong. */
+extern const char *crm_id_merge_check(const IdMergePair *pairs, int64 n);
+
+/*
+ * Binary form: int64 count, then count (member, golden) pairs.  The header
+ * gives IDMERGE_PARSE_SYNTAX when shorter than the count and
+ * IDMERGE_PARSE_RANGE when the count does not match the length; the pairs
+ * are read and checked with crm_id_merge_check.
+ */
+extern IdMergeParseResult crm_id_merge_recv_header(const char *data, int len, int64 *count);
+extern const char *crm_id_merge_recv_pairs(const char *data, int64 count, IdMergePair *pairs);
 
 #endif							/* CRM_ID_MERGE_H */

@@ -28,6 +28,7 @@
 
 #include "crm_ext.h"
 #include "loyalty_ledger.h"
+#include "loyalty_ledger_parse.h"
 
 /* ------------------------------------------------------------------------
  * Building ledgers
@@ -219,200 +220,6 @@ ledger_empty(void)
  * ------------------------------------------------------------------------
  */
 
-typedef enum LedgerParseError
-{
-	LPE_OK = 0,
-	LPE_SYNTAX,
-	LPE_POINTS_RANGE,
-	LPE_POINTS_NOT_POSITIVE,
-	LPE_TIMESTAMP,
-	LPE_EARNED_AFTER_EXPIRY,
-	LPE_SOURCE,
-	LPE_TOO_MANY_LOTS
-} LedgerParseError;
-
-static const char *
-skip_space(const char *p)
-{
-	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-		p++;
-	return p;
-}
-
-/* Digits into an unsigned value; fails past max. */
-static bool
-parse_digits(const char **pp, int min_digits, int max_digits, uint64 max, uint64 *out, bool *range)
-{
-	const char *p = *pp;
-	uint64		v = 0;
-	int			nd = 0;
-
-	*range = false;
-	while (*p >= '0' && *p <= '9')
-	{
-		if (nd >= max_digits && max_digits > 0)
-			return false;
-		if (v > (max - (uint64) (*p - '0')) / 10)
-		{
-			*range = true;
-			return false;
-		}
-		v = v * 10 + (uint64) (*p - '0');
-		p++;
-		nd++;
-	}
-	if (nd < min_digits)
-		return false;
-	*pp = p;
-	*out = v;
-	return true;
-}
-
-/* Strict UTC timestamp: YYYY-MM-DDTHH:MM:SS[.ffffff]Z */
-static bool
-parse_utc_timestamp(const char **pp, TimestampTz *out)
-{
-	const char *p = *pp;
-	uint64		y,
-				mo,
-				d,
-				h,
-				mi,
-				s,
-				frac = 0;
-	bool		range;
-	struct pg_tm tm;
-	fsec_t		fsec = 0;
-	Timestamp	ts;
-
-	if (!parse_digits(&p, 4, 4, 9999, &y, &range) || *p++ != '-' ||
-		!parse_digits(&p, 2, 2, 99, &mo, &range) || *p++ != '-' ||
-		!parse_digits(&p, 2, 2, 99, &d, &range) || *p++ != 'T' ||
-		!parse_digits(&p, 2, 2, 99, &h, &range) || *p++ != ':' ||
-		!parse_digits(&p, 2, 2, 99, &mi, &range) || *p++ != ':' ||
-		!parse_digits(&p, 2, 2, 99, &s, &range))
-		return false;
-	if (*p == '.')
-	{
-		int			nd = 0;
-
-		p++;
-		while (*p >= '0' && *p <= '9' && nd < 6)
-		{
-			frac = frac * 10 + (uint64) (*p - '0');
-			p++;
-			nd++;
-		}
-		if (nd == 0 || (*p >= '0' && *p <= '9'))
-			return false;
-		while (nd++ < 6)
-			frac *= 10;
-	}
-	if (*p++ != 'Z')
-		return false;
-	if (y < 1 || mo < 1 || mo > 12 || d < 1 ||
-		d > (uint64) day_tab[isleap((int) y)][mo - 1] || h > 23 || mi > 59 || s > 59)
-		return false;
-	memset(&tm, 0, sizeof(tm));
-	tm.tm_year = (int) y;
-	tm.tm_mon = (int) mo;
-	tm.tm_mday = (int) d;
-	tm.tm_hour = (int) h;
-	tm.tm_min = (int) mi;
-	tm.tm_sec = (int) s;
-	fsec = (fsec_t) frac;
-	if (tm2timestamp(&tm, fsec, NULL, &ts) != 0 || !IS_VALID_TIMESTAMP(ts))
-		return false;
-	*out = ts;
-	*pp = p;
-	return true;
-}
-
-/*
- * Parse the text form into buf (already sized for "count" lots).  Pure:
- * returns an error code, never raises (except out of memory).
- */
-static LedgerParseError
-ledger_parse(const char *str, LotBuf *buf)
-{
-	const char *p = skip_space(str);
-
-	if (*p++ != '{')
-		return LPE_SYNTAX;
-	p = skip_space(p);
-	if (*p == '}')
-	{
-		p = skip_space(p + 1);
-		return *p == '\0' ? LPE_OK : LPE_SYNTAX;
-	}
-	for (;;)
-	{
-		uint64		points,
-					source = 0;
-		bool		range;
-		TimestampTz expires,
-					earned;
-		bool		neg = false;
-
-		if (*p++ != '(')
-			return LPE_SYNTAX;
-		p = skip_space(p);
-		if (*p == '-')
-		{
-			neg = true;
-			p++;
-		}
-		if (!parse_digits(&p, 1, 0, (uint64) PG_INT64_MAX, &points, &range))
-			return range ? LPE_POINTS_RANGE : LPE_SYNTAX;
-		if (neg || points == 0)
-			return LPE_POINTS_NOT_POSITIVE;
-		p = skip_space(p);
-		if (*p++ != ',')
-			return LPE_SYNTAX;
-		p = skip_space(p);
-		if (!parse_utc_timestamp(&p, &expires))
-			return LPE_TIMESTAMP;
-		p = skip_space(p);
-		if (*p++ != ',')
-			return LPE_SYNTAX;
-		p = skip_space(p);
-		if (!parse_utc_timestamp(&p, &earned))
-			return LPE_TIMESTAMP;
-		if (earned >= expires)
-			return LPE_EARNED_AFTER_EXPIRY;
-		p = skip_space(p);
-		if (*p++ != ',')
-			return LPE_SYNTAX;
-		p = skip_space(p);
-		if (*p != ')')
-		{
-			if (!parse_digits(&p, 1, 0, (uint64) PG_INT64_MAX, &source, &range))
-				return range ? LPE_SOURCE : LPE_SYNTAX;
-			if (source == 0)
-				return LPE_SOURCE;
-			p = skip_space(p);
-		}
-		if (*p++ != ')')
-			return LPE_SYNTAX;
-		if (buf->n >= buf->cap)
-			return LPE_TOO_MANY_LOTS;
-		buf->lots[buf->n].points = (int64) points;
-		buf->lots[buf->n].expires_at = expires;
-		buf->lots[buf->n].earned_at = earned;
-		buf->lots[buf->n].source = (int64) source;
-		buf->n++;
-		p = skip_space(p);
-		if (*p == '}')
-		{
-			p = skip_space(p + 1);
-			return *p == '\0' ? LPE_OK : LPE_SYNTAX;
-		}
-		if (*p++ != ',')
-			return LPE_SYNTAX;
-		p = skip_space(p);
-	}
-}
-
 PG_FUNCTION_INFO_V1(crm_ledger_in);
 
 /*
@@ -423,21 +230,20 @@ Datum
 crm_ledger_in(PG_FUNCTION_ARGS)
 {
 	const char *str = PG_GETARG_CSTRING(0);
-	const char *p;
-	int			count = 0;
-	LotBuf		raw,
-				buf;
+	int			count;
+	LotBuf		buf;
 	LedgerParseError err;
-	int			i;
 
 	/* Count lots before allocating anything. */
-	for (p = str; *p; p++)
-		if (*p == '(' && ++count > LEDGER_MAX_LOTS)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("a ledger holds at most %d lots", LEDGER_MAX_LOTS)));
-	lotbuf_init(&raw, count);
-	err = ledger_parse(str, &raw);
+	count = ledger_text_count_lots(str);
+	if (count > LEDGER_MAX_LOTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a ledger holds at most %d lots", LEDGER_MAX_LOTS)));
+	lotbuf_init(&buf, count);
+	err = ledger_parse_text(str, buf.lots, buf.cap, &buf.n);
+	if (err == LPE_OK)
+		err = ledger_canonicalize(buf.lots, &buf.n);
 	switch (err)
 	{
 		case LPE_OK:
@@ -447,6 +253,9 @@ crm_ledger_in(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 					 errmsg("points out of range in loyalty_ledger input"),
 					 errdetail("Points of a lot are at most 9223372036854775807.")));
+			break;
+		case LPE_TOTAL_RANGE:
+			points_overflow();
 			break;
 		case LPE_POINTS_NOT_POSITIVE:
 			ereport(ERROR,
@@ -472,18 +281,13 @@ crm_ledger_in(PG_FUNCTION_ARGS)
 					 errmsg("invalid input syntax for type loyalty_ledger"),
 					 errdetail("A source order id is a positive bigint, or empty for none.")));
 			break;
-		case LPE_TOO_MANY_LOTS:
-		case LPE_SYNTAX:
+		default:
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 					 errmsg("invalid input syntax for type loyalty_ledger"),
 					 errdetail("Expected {} or {(points,expires_at,earned_at,source_order),...}.")));
 			break;
 	}
-	lotbuf_init(&buf, raw.n);
-	for (i = 0; i < raw.n; i++)
-		lotbuf_add(&buf, raw.lots[i].points, raw.lots[i].expires_at,
-				   raw.lots[i].earned_at, raw.lots[i].source);
 	PG_RETURN_LEDGER_P(lotbuf_to_ledger(&buf));
 }
 
@@ -555,46 +359,21 @@ Datum
 crm_ledger_recv(PG_FUNCTION_ARGS)
 {
 	StringInfo	msg = (StringInfo) PG_GETARG_POINTER(0);
-	int			version,
-				nlots,
-				i;
+	const char *data = msg->data + msg->cursor;
+	int			len = msg->len - msg->cursor;
+	int32		nlots;
 	LotBuf		buf;
-	int64		total = 0;
+	LedgerParseError err;
 
-	if (msg->len - msg->cursor < 6)
-		bad_binary("The message is shorter than the header.");
-	version = pq_getmsgint(msg, 2);
-	if (version != LEDGER_VERSION)
-		bad_binary("Unknown format version.");
-	nlots = (int) pq_getmsgint(msg, 4);
-	if (nlots < 0 || nlots > LEDGER_MAX_LOTS)
-		bad_binary("The lot count is out of range.");
-	if ((int64) (msg->len - msg->cursor) != (int64) nlots * 32)
-		bad_binary("The message length does not match the lot count.");
+	err = ledger_recv_header(data, len, &nlots);
+	if (err != LPE_OK)
+		bad_binary(ledger_recv_error_detail(err));
 	lotbuf_init(&buf, nlots);
-	for (i = 0; i < nlots; i++)
-	{
-		LedgerLot	lot;
-
-		lot.points = (int64) pq_getmsgint64(msg);
-		lot.expires_at = (TimestampTz) pq_getmsgint64(msg);
-		lot.earned_at = (TimestampTz) pq_getmsgint64(msg);
-		lot.source = (int64) pq_getmsgint64(msg);
-		if (lot.points <= 0)
-			bad_binary("Every lot holds at least one point.");
-		if (!IS_VALID_TIMESTAMP(lot.expires_at) || !IS_VALID_TIMESTAMP(lot.earned_at))
-			bad_binary("A lot timestamp is out of range or infinite.");
-		if (lot.earned_at >= lot.expires_at)
-			bad_binary("A lot must be earned before it expires.");
-		if (lot.source < 0)
-			bad_binary("A source order id cannot be negative.");
-		if (i > 0 && lot.expires_at <= buf.lots[i - 1].expires_at)
-			bad_binary("Lots must be in strictly increasing order of expiry.");
-		if (pg_add_s64_overflow(total, lot.points, &total))
-			bad_binary("The ledger's total points exceed 9223372036854775807.");
-		buf.lots[buf.n++] = lot;
-	}
-	pq_getmsgend(msg);
+	err = ledger_recv_lots(data, len, nlots, buf.lots);
+	if (err != LPE_OK)
+		bad_binary(ledger_recv_error_detail(err));
+	buf.n = nlots;
+	msg->cursor = msg->len;
 	PG_RETURN_LEDGER_P(lotbuf_to_ledger(&buf));
 }
 

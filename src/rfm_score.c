@@ -13,56 +13,6 @@
 #include "crm_ext.h"
 #include "rfm_score.h"
 
-/* Is each of the three scores within 1..9 and nothing else set? */
-bool
-rfm_score_valid(RfmScore s)
-{
-	return (s & ~0xFFF) == 0 &&
-		RFM_R(s) >= 1 && RFM_R(s) <= RFM_SCORE_MAX &&
-		RFM_F(s) >= 1 && RFM_F(s) <= RFM_SCORE_MAX &&
-		RFM_M(s) >= 1 && RFM_M(s) <= RFM_SCORE_MAX;
-}
-
-/*
- * rfm_score_parse
- *		Pure parser of the text form: optional blanks, R<d>F<d>M<d> in any
- *		letter case, optional blanks.  Digits 1..9.
- */
-RfmParseResult
-rfm_score_parse(const char *str, RfmScore *result)
-{
-	static const char letters[3] = {'r', 'f', 'm'};
-	int			digits[3];
-	const char *p = str;
-	int			i;
-
-	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-		p++;
-	for (i = 0; i < 3; i++)
-	{
-		char		c = *p;
-
-		if (c >= 'A' && c <= 'Z')
-			c = c - 'A' + 'a';
-		if (c != letters[i])
-			return RFM_PARSE_SYNTAX;
-		p++;
-		if (*p < '0' || *p > '9')
-			return RFM_PARSE_SYNTAX;
-		digits[i] = *p - '0';
-		p++;
-	}
-	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-		p++;
-	if (*p != '\0')
-		return RFM_PARSE_SYNTAX;
-	for (i = 0; i < 3; i++)
-		if (digits[i] < 1)
-			return RFM_PARSE_RANGE;
-	*result = RFM_PACK(digits[0], digits[1], digits[2]);
-	return RFM_PARSE_OK;
-}
-
 PG_FUNCTION_INFO_V1(crm_rfm_score_in);
 
 /* crm.rfm_score_in(cstring): text form R5F4M3 */
@@ -109,25 +59,27 @@ Datum
 crm_rfm_score_recv(PG_FUNCTION_ARGS)
 {
 	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
-	int			r,
-				f,
-				m;
-	RfmScore	s;
+	RfmScore	s = 0;
 
-	if (buf->len - buf->cursor != 3)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("invalid binary rfm_score"),
-				 errdetail("The binary form is exactly three bytes.")));
-	r = pq_getmsgbyte(buf);
-	f = pq_getmsgbyte(buf);
-	m = pq_getmsgbyte(buf);
-	s = RFM_PACK(r & 0xF, f & 0xF, m & 0xF);
-	if (r > RFM_SCORE_MAX || f > RFM_SCORE_MAX || m > RFM_SCORE_MAX || !rfm_score_valid(s))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-				 errmsg("invalid binary rfm_score"),
-				 errdetail("Each score must be between 1 and 9.")));
+	switch (rfm_score_recv_parse((const unsigned char *) buf->data + buf->cursor,
+								 buf->len - buf->cursor, &s))
+	{
+		case RFM_PARSE_OK:
+			break;
+		case RFM_PARSE_LENGTH:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid binary rfm_score"),
+					 errdetail("The binary form is exactly three bytes.")));
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+					 errmsg("invalid binary rfm_score"),
+					 errdetail("Each score must be between 1 and 9.")));
+			break;
+	}
+	buf->cursor = buf->len;
 	PG_RETURN_DATUM(RfmScoreGetDatum(s));
 }
 

@@ -28,10 +28,17 @@ typedef enum RfmParseResult
 {
 	RFM_PARSE_OK = 0,
 	RFM_PARSE_SYNTAX,
-	RFM_PARSE_RANGE
+	RFM_PARSE_RANGE,
+	RFM_PARSE_LENGTH			/* binary form: not three bytes */
 } RfmParseResult;
 
+/*
+ * The parsers are pure (src/rfm_score_parse.c: no palloc, no ereport), so
+ * test/fuzz builds them without a server.
+ */
 extern RfmParseResult rfm_score_parse(const char *str, RfmScore *result);
+/* Binary form: three bytes R, F, M, each 1..9. */
+extern RfmParseResult rfm_score_recv_parse(const unsigned char *data, int len, RfmScore *result);
 extern bool rfm_score_valid(RfmScore s);
 
 #endif							/* RFM_SCORE_H */
