@@ -68,9 +68,10 @@ typedef struct TagRuleError
 } TagRuleError;
 
 /*
- * Parse and compile.  Pure: no ERRORs, result in palloc'd memory.  Returns
- * NULL and fills *err on a bad rule.  In TAG_RULE_TAGS mode every
- * identifier is passed to lookup_tag, which returns its tag id or -1.
+ * Parse and compile (the pure compiler is tag_rule_parse.c): no ERRORs,
+ * result in palloc'd memory.  Returns NULL and fills *err (a character
+ * position) on a bad rule.  In TAG_RULE_TAGS mode every identifier is passed
+ * to lookup_tag, which returns its tag id or -1.
  */
 extern bytea *tag_rule_compile(const char *rule, TagRuleMode mode,
 							   int (*lookup_tag) (const char *name, void *arg),
@@ -79,7 +80,7 @@ extern bytea *tag_rule_compile(const char *rule, TagRuleMode mode,
 /* Does a compiled rule read time-dependent features? */
 extern bool tag_rule_time_dependent(const bytea *compiled);
 
-/* Load a compiled rule (validated; ERROR if corrupt) into memory of the current context. */
+/* Load a compiled rule (validated; 22P03 if invalid) into memory of the current context. */
 extern TagProgram *tag_program_load(const bytea *compiled);
 
 /* Evaluate a feature rule. */
