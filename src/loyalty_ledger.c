@@ -460,6 +460,11 @@ crm_ledger_earn(PG_FUNCTION_ARGS)
 				 errmsg("points to earn must be positive, not " INT64_FORMAT, points)));
 	check_finite(earned, "earned_at");
 	check_finite(expires, "expires_at");
+	if (!LEDGER_TS_IN_RANGE(earned) || !LEDGER_TS_IN_RANGE(expires))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("lot timestamps must lie in the years 1 to 9999 UTC"),
+				 errdetail("The text form of a ledger writes four-digit years.")));
 	if (earned >= expires)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -713,7 +718,8 @@ crm_ledger_lots(PG_FUNCTION_ARGS)
 /* ------------------------------------------------------------------------
  * crm.ledger_agg(lots loyalty_ledger, points bigint): rebuilds a ledger
  * from journal rows.  A row with points > 0 adds its lots, points < 0
- * takes them out, points = 0 changes nothing.  Order does not matter
+ * takes them out, points = 0 changes nothing; |points| must equal the
+ * total of the row's lots (as the journal's CHECK demands), else 22023.  Order does not matter
  * (per-expiry sums), so it is parallel-safe with combine.
  * ------------------------------------------------------------------------
  */
@@ -816,7 +822,8 @@ crm_ledger_agg_trans(PG_FUNCTION_ARGS)
 				old;
 	LedgerAggState   *st;
 	Ledger	   *l;
-	int64		points;
+	int64		points,
+				total;
 	int			i;
 
 	if (!AggCheckCallContext(fcinfo, &aggcxt))
@@ -825,9 +832,16 @@ crm_ledger_agg_trans(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		PG_RETURN_POINTER(st);
 	points = PG_GETARG_INT64(2);
+	l = PG_GETARG_LEDGER_P(1);
+	total = ledger_balance_at(l, DT_NOBEGIN);
+	if (points >= 0 ? points != total : (points == PG_INT64_MIN || -points != total))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ledger_agg row has points " INT64_FORMAT " but its lots hold " INT64_FORMAT " points",
+						points, total),
+				 errdetail("Points are the signed total of the row's lots: positive to add them, negative to take them out, 0 only with no lots.")));
 	if (points == 0)
 		PG_RETURN_POINTER(st);
-	l = PG_GETARG_LEDGER_P(1);
 	old = MemoryContextSwitchTo(aggcxt);
 	for (i = 0; i < l->nlots; i++)
 	{
@@ -941,8 +955,8 @@ crm_ledger_agg_deserialize(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(crm_ledger_agg_final);
 
 /*
- * Final function of crm.ledger_agg: lots with a positive sum; an ERROR if
- * the rows take more from a lot than they put in (a corrupt journal).
+ * Final function of crm.ledger_agg: lots with a positive sum; an ERROR
+ * (22023) if the rows take more from a lot than they put in.
  */
 Datum
 crm_ledger_agg_final(PG_FUNCTION_ARGS)
@@ -962,7 +976,7 @@ crm_ledger_agg_final(PG_FUNCTION_ARGS)
 
 		if (en->sum < 0)
 			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("journal rows take more points from a lot than they put in"),
 					 errdetail("The lot expiring at %s is short by " INT64_FORMAT " points.",
 							   timestamptz_to_str(en->expires_at), -en->sum)));

@@ -144,4 +144,4 @@ CREATE AGGREGATE crm.ledger_agg(lots crm.loyalty_ledger, points bigint) (
 	PARALLEL = SAFE
 );
 COMMENT ON AGGREGATE crm.ledger_agg(crm.loyalty_ledger, bigint) IS
-	'Rebuilds a ledger from journal rows: a row with points > 0 adds its lots, points < 0 takes them out; order does not matter';
+	'Rebuilds a ledger from journal rows: a row with points > 0 adds its lots, points < 0 takes them out; |points| must equal the total of the row''s lots (22023 otherwise); order does not matter';

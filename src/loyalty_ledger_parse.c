@@ -323,7 +323,7 @@ ledger_recv_lots(const char *data, int len, int32 nlots, LedgerLot *lots)
 		lot.source = get_be64(d + 24);
 		if (lot.points <= 0)
 			return LPE_BIN_POINTS;
-		if (!IS_VALID_TIMESTAMP(lot.expires_at) || !IS_VALID_TIMESTAMP(lot.earned_at))
+		if (!LEDGER_TS_IN_RANGE(lot.expires_at) || !LEDGER_TS_IN_RANGE(lot.earned_at))
 			return LPE_BIN_TIMESTAMP;
 		if (lot.earned_at >= lot.expires_at)
 			return LPE_BIN_EARNED_AFTER_EXPIRY;

@@ -39,6 +39,14 @@ typedef enum LedgerParseError
 	LPE_BIN_TOTAL
 } LedgerParseError;
 
+/*
+ * Lot timestamps lie in the years the text form writes, 0001-01-01 to
+ * 9999-12-31 UTC, so every ledger has a text form that reads back.
+ */
+#define LEDGER_MIN_TS		INT64CONST(-63082281600000000)	/* 0001-01-01 */
+#define LEDGER_END_TS		INT64CONST(252455616000000000)	/* 10000-01-01 */
+#define LEDGER_TS_IN_RANGE(t)	((t) >= LEDGER_MIN_TS && (t) < LEDGER_END_TS)
+
 /* Binary form: int2 version, int4 lot count, then 4 x int8 per lot. */
 #define LEDGER_BIN_HDRSZ	6
 #define LEDGER_BIN_LOTSZ	32
