@@ -44,11 +44,13 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "utils/tuplestore.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -393,28 +395,121 @@ days_to_bytea(const CustState *st)
 	return b;
 }
 
-static void
-bad_stats(void)
+/*
+ * What is wrong with a compact column's bytes, or NULL.  The columns are
+ * written by the triggers; crm.stats_window and crm.stats_categories read
+ * whatever bytes they are given, so every field is checked before use.
+ */
+static const char *
+days_problem(const char *d, int len)
 {
+	int32		n;
+	int64		cents = 0;
+
+	if (len < 8)
+		return "The day buckets are shorter than their 8-byte header.";
+	memcpy(&n, d + 4, 4);
+	if (n < 0 || n > DAY_HORIZON)
+		return "The day bucket count is not between 0 and 400.";
+	if (len != 8 + (int) sizeof(DayBucket) * n)
+		return "The length does not match the day bucket count.";
+	for (int i = 0; i < n; i++)
+	{
+		DayBucket	bk;
+		int32		first;
+
+		memcpy(&bk, d + 8 + sizeof(DayBucket) * i, sizeof(DayBucket));
+		if (i > 0)
+		{
+			DayBucket	prev;
+
+			memcpy(&prev, d + 8 + sizeof(DayBucket) * (i - 1), sizeof(DayBucket));
+			if (bk.day <= prev.day)
+				return "The day buckets are not in increasing order of day.";
+		}
+		memcpy(&first, d + 8, 4);
+		if ((int64) bk.day - first >= DAY_HORIZON)
+			return "The day buckets span more than 400 days.";
+		if (bk.orders < 1 || bk.cents < 0)
+			return "A day bucket has no orders or a negative spend.";
+		if (pg_add_s64_overflow(cents, bk.cents, &cents))
+			return "The day buckets' spend exceeds the bigint range.";
+	}
+	return NULL;
+}
+
+static const char *
+cats_problem(const char *d, int len)
+{
+	int			off = 4;
+	int32		n;
+
+	if (len < 4)
+		return "The categories are shorter than their 4-byte header.";
+	memcpy(&n, d, 4);
+	if (n < 0 || n > len / 42)
+		return "The category count does not fit the length.";
+	for (int i = 0; i < n; i++)
+	{
+		uint16		nl;
+		int32		orders,
+					wd[7];
+		int64		cents;
+
+		if (len - off < 2)
+			return "The categories end inside a category.";
+		memcpy(&nl, d + off, 2);
+		off += 2;
+		if (len - off < nl + 40)
+			return "The categories end inside a category.";
+		if (memchr(d + off, '\0', nl) != NULL ||
+			pg_encoding_verifymbstr(GetDatabaseEncoding(), d + off, nl) != nl)
+			return "A category name is not valid text in the database encoding.";
+		off += nl;
+		memcpy(&orders, d + off, 4);
+		memcpy(&cents, d + off + 4, 8);
+		memcpy(wd, d + off + 12, 28);
+		off += 40;
+		if (orders < 0 || cents < 0)
+			return "A category has negative orders or spend.";
+		for (int k = 0; k < 7; k++)
+			if (wd[k] < 0)
+				return "A category has negative orders on a weekday.";
+	}
+	if (off != len)
+		return "The categories have trailing bytes.";
+	return NULL;
+}
+
+/* A bad compact column: given to a function (user) or read from the table. */
+static void
+bad_stats(const char *problem, bool from_table)
+{
+	if (from_table)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+				 errmsg("invalid compact column in crm.customer_stats"),
+				 errdetail("%s", problem),
+				 errhint("Run crm.rebuild_customer_stats() to rebuild it from the orders.")));
 	ereport(ERROR,
-			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("invalid compact column in crm.customer_stats"),
-			 errhint("Run crm.rebuild_customer_stats() to rebuild it from the orders.")));
+			(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+			 errmsg("invalid compact column value"),
+			 errdetail("%s", problem),
+			 errhint("Pass the days or categories column of crm.customer_stats.")));
 }
 
 static void
-days_from_bytea(CustState *st, bytea *b)
+days_from_bytea(CustState *st, bytea *b, bool from_table)
 {
 	const char *d = VARDATA_ANY(b);
 	int			len = VARSIZE_ANY_EXHDR(b);
+	const char *problem = days_problem(d, len);
 	int32		n;
 
-	if (len < 8)
-		bad_stats();
+	if (problem != NULL)
+		bad_stats(problem, from_table);
 	memcpy(&st->horizon, d, 4);
 	memcpy(&n, d + 4, 4);
-	if (n < 0 || n > DAY_HORIZON || len != 8 + (int) sizeof(DayBucket) * n)
-		bad_stats();
 	st->ndays = n;
 	st->maxdays = Max(n, 8);
 	st->days = palloc(sizeof(DayBucket) * st->maxdays);
@@ -457,19 +552,18 @@ cats_to_bytea(CustState *st)
 }
 
 static void
-cats_from_bytea(CustState *st, bytea *b)
+cats_from_bytea(CustState *st, bytea *b, bool from_table)
 {
 	const char *d = VARDATA_ANY(b);
 	int			len = VARSIZE_ANY_EXHDR(b);
+	const char *problem = cats_problem(d, len);
 	int			off = 4;
 	int32		n;
 	int			i;
 
-	if (len < 4)
-		bad_stats();
+	if (problem != NULL)
+		bad_stats(problem, from_table);
 	memcpy(&n, d, 4);
-	if (n < 0 || n > len / 42)
-		bad_stats();
 	st->ncats = n;
 	st->maxcats = Max(n, 8);
 	st->cats = palloc(sizeof(CatStat) * st->maxcats);
@@ -478,12 +572,8 @@ cats_from_bytea(CustState *st, bytea *b)
 		CatStat    *c = &st->cats[i];
 		uint16		nl;
 
-		if (len - off < 2)
-			bad_stats();
 		memcpy(&nl, d + off, 2);
 		off += 2;
-		if (len - off < nl + 40)
-			bad_stats();
 		c->name = pnstrdup(d + off, nl);
 		off += nl;
 		memcpy(&c->orders, d + off, 4);
@@ -492,8 +582,6 @@ cats_from_bytea(CustState *st, bytea *b)
 		off += 40;
 		c->last_order = -1;
 	}
-	if (off != len)
-		bad_stats();
 }
 
 /* ---------------------------------------------------------------------
@@ -755,14 +843,14 @@ read_stats_rows(Batch *b)
 			ArrayType  *a = DatumGetArrayTypeP(d);
 
 			if (ARR_NDIM(a) != 1 || ARR_DIMS(a)[0] != 7 || ARR_HASNULL(a) || ARR_ELEMTYPE(a) != INT4OID)
-				bad_stats();
+				bad_stats("weekday_orders is not an array of 7 integers.", true);
 			memcpy(st->weekday, ARR_DATA_PTR(a), sizeof(int32) * 7);
 		}
 		st->events = DatumGetInt32(SPI_getbinval(tup, td, 8, &isnull));
 		d = SPI_getbinval(tup, td, 9, &isnull);
 		st->last_event_at = isnull ? 0 : DatumGetTimestampTz(d);
-		days_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 10, &isnull)));
-		cats_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 11, &isnull)));
+		days_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 10, &isnull)), true);
+		cats_from_bytea(st, DatumGetByteaPP(SPI_getbinval(tup, td, 11, &isnull)), true);
 		st->stage = TextDatumGetCString(SPI_getbinval(tup, td, 12, &isnull));
 		st->stage_since = DatumGetTimestampTz(SPI_getbinval(tup, td, 13, &isnull));
 		d = SPI_getbinval(tup, td, 14, &isnull);
@@ -1615,7 +1703,7 @@ crm_stats_categories(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	memset(&st, 0, sizeof(st));
-	cats_from_bytea(&st, PG_GETARG_BYTEA_PP(0));
+	cats_from_bytea(&st, PG_GETARG_BYTEA_PP(0), false);
 	for (i = 0; i < st.ncats; i++)
 	{
 		Datum		values[4];
@@ -1663,7 +1751,7 @@ crm_stats_window(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	memset(&st, 0, sizeof(st));
-	days_from_bytea(&st, PG_GETARG_BYTEA_PP(0));
+	days_from_bytea(&st, PG_GETARG_BYTEA_PP(0), false);
 	if (window_sum(&st, crm_local_day(as_of, NULL), width, &o, &c))
 	{
 		values[0] = Int64GetDatum(o);
