@@ -720,7 +720,7 @@ tag_rule_build(const char *rule, size_t len, TagRuleMode mode,
 	b->nstr = 0;
 	b->strused = 0;
 	b->outlen = 0;
-	if (len > TAG_RULE_MAX_BYTES || memchr(rule, '\0', len) != NULL)
+	if (len > TAG_RULE_MAX_BYTES)
 	{
 		fail(&p, ERRCODE_PROGRAM_LIMIT_EXCEEDED, TAG_RULE_MAX_BYTES, "rule is longer than %d bytes",
 			 TAG_RULE_MAX_BYTES);
@@ -831,8 +831,8 @@ tag_program_check(const char *d, int len)
 
 		memcpy(&in, d + TAG_RULE_HDRSZ + sizeof(Instr) * i, sizeof(Instr));
 		if (in.op >= OP_N_OPS ||
-			(mode == TAG_RULE_TAGS) != (in.op == OP_TAG || in.op == OP_AND ||
-										in.op == OP_OR || in.op == OP_NOT) ||
+			(mode == TAG_RULE_TAGS && in.op != OP_TAG && in.op != OP_AND &&
+			 in.op != OP_OR && in.op != OP_NOT) ||
 			(mode == TAG_RULE_FEATURES && in.op == OP_TAG))
 			return "The compiled rule has an unknown instruction.";
 		switch (in.op)

@@ -80,7 +80,7 @@ extern const char *const tag_op_names[OP_N_OPS];
 extern const char *const tag_fn_names[FN_N];
 
 /*
- * Compile rule[0..len-1] into b->out.  Returns false and fills *err (byte
+ * Compile rule[0..len-1] (a NUL ends it early) into b->out.  Returns false and fills *err (byte
  * position) on a bad rule.  In TAG_RULE_TAGS mode every identifier is passed
  * to lookup_tag, which returns its tag id or -1.
  */
