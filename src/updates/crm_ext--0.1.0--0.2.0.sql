@@ -822,3 +822,12 @@ RETURN coalesce((
 	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
 	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); SQLSTATE 23503 for an unknown customer';
+
+-- ---------------------------------------------------------------------------
+-- Issue 11, items 5 and 6: clean errors for bad input, ledger_agg rows
+-- ---------------------------------------------------------------------------
+
+-- crm.ledger_agg refuses a row whose points are not the signed total of its
+-- lots (the check is in C); its comment says so.
+COMMENT ON AGGREGATE crm.ledger_agg(crm.loyalty_ledger, bigint) IS
+	'Rebuilds a ledger from journal rows: a row with points > 0 adds its lots, points < 0 takes them out; |points| must equal the total of the row''s lots (22023 otherwise); order does not matter';
