@@ -2,49 +2,70 @@
 EXTENSION   = crm_ext
 EXTVERSION  = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 
-# One C file per concept (see src/).  Keep this list explicit.
+# One folder per feature (DEVELOPER.md, "Layout"); each lists its C files
+# and the SQL that declares their objects.  Features depend on common, not on
+# each other.  Keep the lists explicit.
 MODULE_big  = crm_ext
-OBJS = \
-	src/crm_ext.o \
-	src/sample.o \
-	src/triggers.o \
-	src/loyalty_ledger.o \
-	src/loyalty_ledger_parse.o \
-	src/loyalty.o \
-	src/id_merge.o \
-	src/id_merge_parse.o \
-	src/identity.o \
-	src/seg_config.o \
-	src/rfm_score.o \
-	src/rfm_score_parse.o \
-	src/rfm.o \
-	src/tag_rule.o \
-	src/tag_rule_parse.o \
-	src/customer_stats.o \
-	src/segment.o \
-	src/clv_models.o \
-	src/optimize.o \
-	src/clv.o \
-	src/associations.o \
-	src/replenishment.o
 
-# The install script is the concatenation of each concept's SQL, in
+COMMON_OBJS = \
+	src/common/crm_ext.o \
+	src/common/kept_plans.o \
+	src/common/config_cache.o \
+	src/common/trigger_check.o \
+	src/common/rows.o \
+	src/common/money.o \
+	src/common/int64_util.o
+CORE_OBJS = \
+	src/core/origin.o \
+	src/core/sample.o
+IDENTITY_OBJS = \
+	src/identity/id_merge.o \
+	src/identity/id_merge_parse.o \
+	src/identity/identity.o
+LOYALTY_OBJS = \
+	src/loyalty/loyalty_ledger.o \
+	src/loyalty/loyalty_ledger_parse.o \
+	src/loyalty/loyalty.o
+SEGMENTATION_OBJS = \
+	src/segmentation/seg_config.o \
+	src/segmentation/rfm_score.o \
+	src/segmentation/rfm_score_parse.o \
+	src/segmentation/rfm.o \
+	src/segmentation/tag_rule.o \
+	src/segmentation/tag_rule_parse.o \
+	src/segmentation/customer_stats.o \
+	src/segmentation/segment.o
+PREDICTION_OBJS = \
+	src/prediction/clv_models.o \
+	src/prediction/optimize.o \
+	src/prediction/clv.o \
+	src/prediction/associations.o \
+	src/prediction/replenishment.o
+OBJS = $(COMMON_OBJS) $(CORE_OBJS) $(IDENTITY_OBJS) $(LOYALTY_OBJS) $(SEGMENTATION_OBJS) $(PREDICTION_OBJS)
+
+# The install script is the concatenation of each feature's SQL, in
 # dependency order: the core schema first.
-SQL_SOURCES = \
-	src/header.sql \
-	src/core.sql \
-	src/sample.sql \
-	src/loyalty_ledger.sql \
-	src/loyalty.sql \
-	src/id_merge.sql \
-	src/identity.sql \
-	src/rfm_score.sql \
-	src/rfm.sql \
-	src/customer_stats.sql \
-	src/segment.sql \
-	src/clv.sql \
-	src/associations.sql \
-	src/replenishment.sql
+CORE_SQL = \
+	src/core/header.sql \
+	src/core/core.sql \
+	src/common/common.sql \
+	src/core/sample.sql
+LOYALTY_SQL = \
+	src/loyalty/loyalty_ledger.sql \
+	src/loyalty/loyalty.sql
+IDENTITY_SQL = \
+	src/identity/id_merge.sql \
+	src/identity/identity.sql
+SEGMENTATION_SQL = \
+	src/segmentation/rfm_score.sql \
+	src/segmentation/rfm.sql \
+	src/segmentation/customer_stats.sql \
+	src/segmentation/segment.sql
+PREDICTION_SQL = \
+	src/prediction/clv.sql \
+	src/prediction/associations.sql \
+	src/prediction/replenishment.sql
+SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL)
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*.sql)
@@ -59,7 +80,7 @@ REGRESS_OPTS = --load-extension=$(EXTENSION)
 ISOLATION      = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/isolation/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test/isolation --load-extension=$(EXTENSION)
 
-PG_CPPFLAGS = -Isrc
+PG_CPPFLAGS = -Isrc/common -Isrc
 # Our own files compile warning-free with these; PostgreSQL's headers trip
 # -Wunused-parameter and -Wsign-compare, so those two stay quiet.
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
@@ -96,18 +117,18 @@ FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_TARGETS  = loyalty_ledger rfm_score id_merge tag_rule
 FUZZ_CFLAGS   = -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
-	-fno-sanitize-recover=all -Wall -Wno-ignored-attributes -Isrc -I$(shell $(PG_CONFIG) --includedir-server)
+	-fno-sanitize-recover=all -Wall -Wno-ignored-attributes -Isrc/common -Isrc/identity -Isrc/loyalty -Isrc/segmentation -I$(shell $(PG_CONFIG) --includedir-server)
 # the port library provides pg_qsort and pg_snprintf, which port.h maps qsort and snprintf to
 FUZZ_LIBS     = $(shell $(PG_CONFIG) --pkglibdir)/libpgport.a
-fuzz_src_loyalty_ledger = src/loyalty_ledger_parse.c
-fuzz_src_rfm_score      = src/rfm_score_parse.c
-fuzz_src_id_merge       = src/id_merge_parse.c
-fuzz_src_tag_rule       = src/tag_rule_parse.c
+fuzz_src_loyalty_ledger = src/loyalty/loyalty_ledger_parse.c
+fuzz_src_rfm_score      = src/segmentation/rfm_score_parse.c
+fuzz_src_id_merge       = src/identity/id_merge_parse.c
+fuzz_src_tag_rule       = src/segmentation/tag_rule_parse.c
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(patsubst %,test/fuzz/build/fuzz_%,$(FUZZ_TARGETS))
 
-test/fuzz/build/fuzz_%: test/fuzz/fuzz_%.c src/*_parse.c src/*.h
+test/fuzz/build/fuzz_%: test/fuzz/fuzz_%.c src/*/*_parse.c src/*/*.h
 	@mkdir -p test/fuzz/build
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(fuzz_src_$*) $(FUZZ_LIBS)
 

@@ -831,3 +831,41 @@ COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
 -- lots (the check is in C); its comment says so.
 COMMENT ON AGGREGATE crm.ledger_agg(crm.loyalty_ledger, bigint) IS
 	'Rebuilds a ledger from journal rows: a row with points > 0 adds its lots, points < 0 takes them out; |points| must equal the total of the row''s lots (22023 otherwise); order does not matter';
+
+-- ---------------------------------------------------------------------------
+-- Issue 12: one "configuration changed" trigger for every configuration table
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.config_changed() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_config_changed';
+COMMENT ON FUNCTION crm.config_changed() IS
+	'AFTER statement trigger on every configuration table: every backend rebuilds its cached configuration';
+DROP TRIGGER loyalty_program_changed ON crm.loyalty_program;
+CREATE TRIGGER loyalty_program_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.loyalty_program
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.loyalty_program ENABLE ALWAYS TRIGGER loyalty_program_changed;
+DROP TRIGGER tier_changed ON crm.tier;
+CREATE TRIGGER tier_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.tier
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.tier ENABLE ALWAYS TRIGGER tier_changed;
+DROP TRIGGER earn_rule_changed ON crm.earn_rule;
+CREATE TRIGGER earn_rule_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.earn_rule
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.earn_rule ENABLE ALWAYS TRIGGER earn_rule_changed;
+DROP TRIGGER segment_setting_changed ON crm.segment_setting;
+CREATE TRIGGER segment_setting_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.segment_setting
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.segment_setting ENABLE ALWAYS TRIGGER segment_setting_changed;
+DROP TRIGGER rfm_segment_map_changed ON crm.rfm_segment_map;
+CREATE TRIGGER rfm_segment_map_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.rfm_segment_map
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.rfm_segment_map ENABLE ALWAYS TRIGGER rfm_segment_map_changed;
+DROP TRIGGER rfm_threshold_changed ON crm.rfm_threshold;
+CREATE TRIGGER rfm_threshold_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.rfm_threshold
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.rfm_threshold ENABLE ALWAYS TRIGGER rfm_threshold_changed;
+DROP TRIGGER tag_changed ON crm.tag;
+CREATE TRIGGER tag_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.tag
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.config_changed();
+ALTER TABLE crm.tag ENABLE ALWAYS TRIGGER tag_changed;
+DROP FUNCTION crm.loyalty_config_changed();
+DROP FUNCTION crm.seg_config_changed();

@@ -1,7 +1,7 @@
 /*
  * fuzz_id_merge.c
  *		libFuzzer target: the crm.id_merge text and binary parsers
- *		(src/id_merge_parse.c).  First byte even: text, odd: binary.  The
+ *		(src/identity/id_merge_parse.c).  First byte even: text, odd: binary.  The
  *		counting pass and the filling pass must agree, and an accepted value
  *		must pass crm_id_merge_check (what a stored value promises) and
  *		round-trip through the text form as id_merge_out writes it.

@@ -1,7 +1,7 @@
 /*
  * fuzz_loyalty_ledger.c
  *		libFuzzer target: the crm.loyalty_ledger text and binary parsers
- *		(src/loyalty_ledger_parse.c).  The first input byte picks the form
+ *		(src/loyalty/loyalty_ledger_parse.c).  The first input byte picks the form
  *		(even: text, odd: binary); the rest is the input.  Whatever is
  *		accepted must be a valid ledger: lots strictly increasing by expiry,
  *		each with points > 0 earned before it expires, timestamps within the

@@ -1,7 +1,7 @@
 /*
  * fuzz_rfm_score.c
  *		libFuzzer target: the crm.rfm_score text and binary parsers
- *		(src/rfm_score_parse.c).  First byte even: text, odd: binary.  An
+ *		(src/segmentation/rfm_score_parse.c).  First byte even: text, odd: binary.  An
  *		accepted score must be valid (each of R, F, M within 1..9).
  */
 #include "postgres.h"

@@ -1,7 +1,7 @@
 /*
  * fuzz_tag_rule.c
  *		libFuzzer target: the tag rule compiler and the check of compiled
- *		rules (src/tag_rule_parse.c).  First byte: bit 0 picks the mode
+ *		rules (src/segmentation/tag_rule_parse.c).  First byte: bit 0 picks the mode
  *		(feature rule or segment expression), bit 1 feeds the rest to
  *		tag_program_check as a compiled rule instead of compiling it.  A rule
  *		that compiles must pass tag_program_check, and a failure must carry

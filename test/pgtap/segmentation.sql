@@ -49,8 +49,9 @@ SELECT results_eq($$
 	         ('crm.orders orders_stats_update statement=t old=t new=t')$$,
 	'the stats trigger is a statement trigger with transition tables on orders, lines and events');
 SELECT results_eq($$SELECT t.tgrelid::regclass::text FROM pg_catalog.pg_trigger t
-	WHERE t.tgfoid = 'crm.seg_config_changed'::regproc ORDER BY 1$$,
-	$$VALUES ('crm.rfm_segment_map'), ('crm.rfm_threshold'), ('crm.segment_setting'), ('crm.tag')$$,
+	WHERE t.tgfoid = 'crm.config_changed'::regproc ORDER BY 1$$,
+	$$VALUES ('crm.earn_rule'), ('crm.loyalty_program'), ('crm.rfm_segment_map'), ('crm.rfm_threshold'), ('crm.segment_setting'),
+	         ('crm.tag'), ('crm.tier')$$,
 	'every configuration table invalidates the per-backend cache');
 
 -- wiring into crm.tick and the customer hooks

@@ -1,0 +1,85 @@
+/*
+ * crm_ext.h
+ *		The plumbing every feature of crm_ext shares (src/common/), its
+ *		SQLSTATEs, and the features' load-time entry points.
+ */
+#ifndef CRM_EXT_H
+#define CRM_EXT_H
+
+#include "postgres.h"
+
+#include "access/attnum.h"
+#include "access/htup.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "executor/spi.h"
+#include "utils/relcache.h"
+
+/*
+ * The extension's own SQLSTATEs, class "CR" (documented in README.md,
+ * "Errors").  Generic conditions use PostgreSQL's standard codes instead.
+ */
+#define ERRCODE_CRM_INSUFFICIENT_POINTS		MAKE_SQLSTATE('C','R','0','0','1')
+#define ERRCODE_CRM_IDEMPOTENCY_CONFLICT	MAKE_SQLSTATE('C','R','0','0','2')
+#define ERRCODE_CRM_COUPON_UNAVAILABLE		MAKE_SQLSTATE('C','R','0','0','3')
+#define ERRCODE_CRM_MERGE_REFUSED			MAKE_SQLSTATE('C','R','0','0','4')
+#define ERRCODE_CRM_SAMPLE_NOT_EMPTY		MAKE_SQLSTATE('C','R','0','0','5')
+#define ERRCODE_CRM_MODEL_NOT_CONVERGED		MAKE_SQLSTATE('C','R','0','0','6')
+#define ERRCODE_CRM_INSUFFICIENT_DATA		MAKE_SQLSTATE('C','R','0','0','7')
+
+/* Each feature's load-time set-up, called by _PG_init (crm_ext.c). */
+extern void crm_origin_init(void);		/* core/origin.c */
+extern void crm_loyalty_init(void);		/* loyalty/loyalty.c */
+extern void crm_identity_init(void);	/* identity/identity.c */
+extern void crm_seg_config_init(void);	/* segmentation/seg_config.c */
+
+/* kept_plans.c: SPI plans kept across statements, freed on reinstall */
+extern void crm_kept_plans_init(void);
+extern void crm_kept_plans_check(void);
+extern SPIPlanPtr crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes,
+								   int cursor_options);
+
+/* config_cache.c: caches of configuration tables, crm.config_changed() */
+extern void crm_config_cache_init(void);
+extern uint64 crm_config_generation(void);
+extern Oid	crm_relid(const char *relname);
+
+/* trigger_check.c: how a C trigger was called (misuse is 39P01) */
+#define CRM_TG_BEFORE		1
+#define CRM_TG_AFTER		2
+#define CRM_TG_ROW			1
+#define CRM_TG_STATEMENT	2
+#define CRM_TG_INSERT		0x01
+#define CRM_TG_UPDATE		0x02
+#define CRM_TG_DELETE		0x04
+#define CRM_TG_TRUNCATE		0x08
+#define CRM_TG_ANY_EVENT	0x0F
+extern TriggerData *crm_check_trigger(FunctionCallInfo fcinfo, const char *fn, int timing,
+									  int level, int events, int max_nargs);
+extern int	crm_trigger_attnum(Relation rel, const char *name, const char *fn);
+
+/* rows.c: reading rows by index without the executor */
+extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
+extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
+								   Datum *value, bool *isnull);
+
+/* money.c: numeric <-> int64 cents (values with more than 2 decimals are rounded) */
+extern int64 crm_numeric_to_cents(Datum num);
+extern Datum crm_cents_to_numeric(int64 cents);
+
+/* int64_util.c */
+extern void crm_sort_int64(int64 *a, size_t n);
+
+/*
+ * splitmix64's finaliser: a bijective 64-bit mix with good avalanche, for
+ * hashing ids (consecutive ids spread over a table) and deterministic draws.
+ */
+static inline uint64
+crm_mix64(uint64 z)
+{
+	z = (z ^ (z >> 30)) * UINT64CONST(0xbf58476d1ce4e5b9);
+	z = (z ^ (z >> 27)) * UINT64CONST(0x94d049bb133111eb);
+	return z ^ (z >> 31);
+}
+
+#endif							/* CRM_EXT_H */

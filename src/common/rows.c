@@ -1,0 +1,67 @@
+/*
+ * rows.c
+ *		Reading crm's rows and relations without the executor: lookups by
+ *		key inside triggers, where an SPI query would cost several times as
+ *		much, and relations by name.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "executor/tuptable.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "crm_ext.h"
+
+/*
+ * A copy of the first row of rel through its index idx, with one int8
+ * equality key on the index's first column when key is not NULL, or NULL
+ * when there is none; t_self of the copy is the row's ctid.  Read with the
+ * active snapshot and without the executor: lookups in triggers, where an
+ * SPI query would cost several times as much.
+ */
+HeapTuple
+crm_row_by_index(Relation rel, Oid idx, const Datum *key)
+{
+	Relation	irel = index_open(idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
+	ScanKeyData skey;
+	HeapTuple	tup = NULL;
+
+	if (key)
+		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
+	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		tup = ExecCopySlotHeapTuple(slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(irel, AccessShareLock);
+	return tup;
+}
+
+/* Column att of crm_row_by_index's row of table relid: false when none. */
+bool
+crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
+					   Datum *value, bool *isnull)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	HeapTuple	tup = crm_row_by_index(rel, idx, key);
+	bool		found = tup != NULL;
+
+	if (found)
+	{
+		Assert(TupleDescAttr(RelationGetDescr(rel), att - 1)->attbyval);
+		*value = heap_getattr(tup, att, RelationGetDescr(rel), isnull);
+		heap_freetuple(tup);
+	}
+	table_close(rel, AccessShareLock);
+	return found;
+}

@@ -1,0 +1,384 @@
+
+-- ===========================================================================
+-- core.sql: schema guard, the customer data model and its triggers
+-- ===========================================================================
+
+-- PostgreSQL creates schema crm for us (control file: schema = crm) but would
+-- silently adopt one that somebody created earlier.  Refuse a schema we do
+-- not own, one that grants anything to another role (CREATE would let that
+-- role plant operators our code finds), and one that holds anything at all:
+-- every object in a schema (tables, functions, types, operators, operator
+-- classes, collations, text search objects, default privileges, extensions)
+-- records a dependency on it in pg_depend.
+DO $guard$
+DECLARE
+	crm_oid oid := pg_catalog.to_regnamespace('crm');
+BEGIN
+	IF (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.oid OPERATOR(pg_catalog.=) crm_oid)
+	   OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
+	THEN
+		RAISE EXCEPTION 'schema "crm" already exists and belongs to another role'
+			USING ERRCODE = 'duplicate_schema',
+			      HINT = 'Drop or rename that schema, then run CREATE EXTENSION crm_ext again.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+	           WHERE n.oid OPERATOR(pg_catalog.=) crm_oid AND a.grantee OPERATOR(pg_catalog.<>) n.nspowner)
+	THEN
+		RAISE EXCEPTION 'schema "crm" already exists and grants privileges to other roles'
+			USING ERRCODE = 'duplicate_schema',
+			      HINT = 'Drop that schema (or revoke every grant on it), then run CREATE EXTENSION crm_ext again.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+	           WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+	             AND d.refobjid OPERATOR(pg_catalog.=) crm_oid
+	             -- crm_ext itself, being created, depends on its schema
+	             AND NOT (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+	                      AND d.objid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
+	                                                          WHERE e.extname OPERATOR(pg_catalog.=) 'crm_ext')))
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.typnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oprnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_opfamily f WHERE f.opfnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_collation l WHERE l.collnamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_conversion v WHERE v.connamespace OPERATOR(pg_catalog.=) crm_oid)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl a WHERE a.defaclnamespace OPERATOR(pg_catalog.=) crm_oid)
+	THEN
+		RAISE EXCEPTION 'schema "crm" already holds objects'
+			USING ERRCODE = 'duplicate_schema',
+			      HINT = 'crm_ext needs an empty schema "crm"; move those objects elsewhere first.';
+	END IF;
+END
+$guard$;
+
+REVOKE ALL ON SCHEMA crm FROM PUBLIC;
+COMMENT ON SCHEMA crm IS 'crm_ext: customer-relationship logic next to the data';
+
+-- ---------------------------------------------------------------------------
+-- Row triggers of the core model (C, src/core/origin.c)
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.fill_origin_customer() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_fill_origin_customer';
+COMMENT ON FUNCTION crm.fill_origin_customer() IS
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards; arguments: to_golden (a row inserted for a merged record goes to its golden customer), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+
+-- ---------------------------------------------------------------------------
+-- Stores
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.store (
+	store_id	integer PRIMARY KEY CONSTRAINT store_id_positive CHECK (store_id > 0),
+	name		text NOT NULL CONSTRAINT store_name_not_blank CHECK (pg_catalog.btrim(name) <> ''),
+	city		text,
+	region		text,
+	opened_on	date
+);
+COMMENT ON TABLE crm.store IS 'Physical stores; POS orders and home stores refer to them (store-scoped roles see their own stores'' rows)';
+
+-- ---------------------------------------------------------------------------
+-- Customers: one row per customer record as it arrived from a channel
+-- ---------------------------------------------------------------------------
+CREATE SEQUENCE crm.customer_id_seq;
+CREATE TABLE crm.customer (
+	customer_id		bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.customer_id_seq'::pg_catalog.regclass)
+					CONSTRAINT customer_id_positive CHECK (customer_id > 0),
+	name			text CONSTRAINT customer_name_length CHECK (pg_catalog.length(name) <= 200),
+	phone			text CONSTRAINT customer_phone_format CHECK (phone ~ '^\+?[0-9]{5,20}$'),
+	email			text CONSTRAINT customer_email_format CHECK (email ~ '^[^@[:space:]]+@[^@[:space:]]+$' AND pg_catalog.length(email) <= 254),
+	birthday		date CONSTRAINT customer_birthday_range CHECK (birthday BETWEEN '1900-01-01' AND '2100-12-31'),
+	gender			text CONSTRAINT customer_gender_valid CHECK (gender IN ('f', 'm', 'x')),
+	home_store_id	integer REFERENCES crm.store (store_id),
+	channel			text CONSTRAINT customer_channel_valid CHECK (channel IN ('pos', 'app', 'mini_program', 'web')),
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+					CONSTRAINT customer_created_at_finite CHECK (pg_catalog.isfinite(created_at)),
+	merged_into		bigint REFERENCES crm.customer (customer_id),
+	forgotten_at	timestamptz,
+	CONSTRAINT customer_not_merged_into_self CHECK (merged_into <> customer_id)
+);
+ALTER SEQUENCE crm.customer_id_seq OWNED BY crm.customer.customer_id;
+CREATE INDEX customer_merged_into_idx ON crm.customer (merged_into) WHERE merged_into IS NOT NULL;
+CREATE INDEX customer_home_store_idx ON crm.customer (home_store_id);
+COMMENT ON TABLE crm.customer IS 'One row per customer record as it arrived from a channel; merged_into points at the surviving golden record (NULL for golden records)';
+COMMENT ON COLUMN crm.customer.merged_into IS 'The golden customer this record was merged into; NULL for a golden record';
+COMMENT ON COLUMN crm.customer.channel IS 'The channel the record was created in';
+COMMENT ON COLUMN crm.customer.forgotten_at IS 'When crm.forget_customer erased this record''s PII';
+
+-- ---------------------------------------------------------------------------
+-- Identifiers
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.identity_kind (
+	kind			text PRIMARY KEY CONSTRAINT identity_kind_name_format CHECK (kind ~ '^[a-z][a-z0-9_]{0,39}$'),
+	strength		text NOT NULL CONSTRAINT identity_kind_strength_valid CHECK (strength IN ('strong', 'weak')),
+	max_customers	integer NOT NULL DEFAULT 1 CONSTRAINT identity_kind_max_customers_positive CHECK (max_customers >= 1),
+	single_valued	boolean NOT NULL DEFAULT false,
+	description		text,
+	pattern			text CONSTRAINT identity_kind_pattern_valid CHECK (pattern IS NULL OR ('' ~ pattern) IS NOT NULL),
+	builtin			boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE crm.identity_kind IS 'Kinds of identifier and how far each is trusted to link customer records';
+COMMENT ON COLUMN crm.identity_kind.strength IS 'strong: one shared value links two records; weak: links only while few records share the value';
+COMMENT ON COLUMN crm.identity_kind.max_customers IS 'For weak kinds: a value shared by more customers than this links none of them';
+COMMENT ON COLUMN crm.identity_kind.single_valued IS 'A customer holds at most one value of this kind (e.g. a member number); two different values mean two people';
+COMMENT ON COLUMN crm.identity_kind.pattern IS 'Regular expression every value of this kind must match when inserted or changed (SQLSTATE 23514; blocklisted values are exempt); NULL accepts any value';
+COMMENT ON COLUMN crm.identity_kind.builtin IS 'Shipped with crm_ext; pg_dump keeps only the rows you add (builtin = false)';
+-- Patterns: a phone is 6 to 20 digits, an optional leading +, single spaces
+-- or dashes between digits; an e-mail address is what crm.customer.email
+-- accepts; a member number is letters, digits and dashes; the token kinds
+-- hold no white space.
+INSERT INTO crm.identity_kind (kind, strength, max_customers, single_valued, description, pattern, builtin) VALUES
+	('phone',       'strong', 1, false, 'Mobile phone number',                 '^\+?[0-9]([ -]?[0-9]){5,19}$', true),
+	('member_no',   'strong', 1, true,  'Loyalty programme member number',      '^[A-Za-z0-9]([A-Za-z0-9-]{0,38}[A-Za-z0-9])?$', true),
+	('device',      'weak',   2, false, 'App device id; families share tablets', '^[^[:space:]]+$', true),
+	('pay_account', 'strong', 1, false, 'Payment account or card token',        '^[^[:space:]]+$', true),
+	('openid',      'strong', 1, false, 'Mini-program open id',                 '^[^[:space:]]+$', true),
+	('email',       'strong', 1, false, 'E-mail address',                       '^[^@[:space:]]+@[^@[:space:]]+$', true);
+
+CREATE SEQUENCE crm.identity_id_seq;
+CREATE TABLE crm.identity (
+	identity_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.identity_id_seq'::pg_catalog.regclass),
+	kind				text NOT NULL REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE,
+	value				text NOT NULL CONSTRAINT identity_value_not_blank CHECK (pg_catalog.btrim(value) <> '' AND pg_catalog.length(value) <= 256),
+	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	origin_customer_id	bigint NOT NULL REFERENCES crm.customer (customer_id),
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT identity_unique_per_customer UNIQUE (kind, value, customer_id)
+);
+ALTER SEQUENCE crm.identity_id_seq OWNED BY crm.identity.identity_id;
+CREATE INDEX identity_customer_idx ON crm.identity (customer_id);
+CREATE INDEX identity_origin_idx ON crm.identity (origin_customer_id) WHERE origin_customer_id <> customer_id;
+COMMENT ON TABLE crm.identity IS 'Identifiers (phone, member number, device, payment account, openid, e-mail) of customer records';
+COMMENT ON COLUMN crm.identity.origin_customer_id IS 'The customer record the identifier arrived on; never changes (merges move customer_id)';
+CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern');
+
+-- ---------------------------------------------------------------------------
+-- Orders and their lines
+-- ---------------------------------------------------------------------------
+CREATE SEQUENCE crm.order_id_seq;
+CREATE TABLE crm.orders (
+	order_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.order_id_seq'::pg_catalog.regclass),
+	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	origin_customer_id	bigint NOT NULL REFERENCES crm.customer (customer_id),
+	store_id			integer REFERENCES crm.store (store_id),
+	channel				text NOT NULL CONSTRAINT orders_channel_valid CHECK (channel IN ('pos', 'app', 'mini_program', 'web')),
+	ordered_at			timestamptz NOT NULL CONSTRAINT orders_ordered_at_finite CHECK (pg_catalog.isfinite(ordered_at)),
+	amount				numeric(14,2) NOT NULL CONSTRAINT orders_amount_not_negative CHECK (amount >= 0 AND amount <> 'NaN'::numeric),
+	status				text NOT NULL DEFAULT 'paid' CONSTRAINT orders_status_valid CHECK (status IN ('paid', 'refunded')),
+	refunded_amount		numeric(14,2) NOT NULL DEFAULT 0
+						CONSTRAINT orders_refund_within_amount CHECK (refunded_amount >= 0 AND refunded_amount <= amount AND refunded_amount <> 'NaN'::numeric),
+	net_amount			numeric(14,2) GENERATED ALWAYS AS
+						(CASE WHEN status = 'refunded' THEN 0::numeric ELSE amount - refunded_amount END) STORED,
+	external_ref		text CONSTRAINT orders_external_ref_not_blank CHECK (pg_catalog.btrim(external_ref) <> ''),
+	CONSTRAINT orders_pos_has_store CHECK (channel <> 'pos' OR store_id IS NOT NULL),
+	CONSTRAINT orders_external_ref_unique UNIQUE (channel, external_ref)
+);
+ALTER SEQUENCE crm.order_id_seq OWNED BY crm.orders.order_id;
+CREATE INDEX orders_customer_idx ON crm.orders (customer_id, ordered_at);
+CREATE INDEX orders_origin_idx ON crm.orders (origin_customer_id) WHERE origin_customer_id <> customer_id;
+CREATE INDEX orders_store_idx ON crm.orders (store_id, ordered_at) WHERE store_id IS NOT NULL;
+COMMENT ON TABLE crm.orders IS 'Purchases in every channel.  status paid or refunded (fully); a partial refund on a paid order raises refunded_amount';
+COMMENT ON COLUMN crm.orders.origin_customer_id IS 'The customer record the order arrived on; never changes (merges move customer_id)';
+COMMENT ON COLUMN crm.orders.net_amount IS 'What the customer finally paid: 0 when refunded, else amount - refunded_amount';
+COMMENT ON COLUMN crm.orders.external_ref IS 'The channel''s own order number (receipt, app order id); unique per channel, so a resent order is rejected';
+CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at');
+
+CREATE TABLE crm.order_line (
+	order_id	bigint NOT NULL REFERENCES crm.orders (order_id) ON DELETE CASCADE,
+	line_no		integer NOT NULL CONSTRAINT order_line_no_positive CHECK (line_no >= 1),
+	sku			text NOT NULL CONSTRAINT order_line_sku_not_blank CHECK (pg_catalog.btrim(sku) <> ''),
+	category	text NOT NULL CONSTRAINT order_line_category_not_blank CHECK (pg_catalog.btrim(category) <> ''),
+	qty			integer NOT NULL CONSTRAINT order_line_qty_positive CHECK (qty > 0),
+	amount		numeric(14,2) NOT NULL CONSTRAINT order_line_amount_not_negative CHECK (amount >= 0 AND amount <> 'NaN'::numeric),
+	PRIMARY KEY (order_id, line_no)
+);
+CREATE INDEX order_line_sku_idx ON crm.order_line (sku);
+COMMENT ON TABLE crm.order_line IS 'The lines of an order: sku, category, quantity and amount';
+
+-- ---------------------------------------------------------------------------
+-- Behaviour events
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.event_kind (
+	kind		text PRIMARY KEY CONSTRAINT event_kind_name_format CHECK (kind ~ '^[a-z][a-z0-9_]{0,39}$'),
+	description	text,
+	builtin		boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE crm.event_kind IS 'Kinds of behaviour event; add your own';
+INSERT INTO crm.event_kind (kind, description, builtin) VALUES
+	('browse',      'Viewed a product (props.sku)',            true),
+	('search',      'Searched (props.query)',                  true),
+	('cart',        'Added a product to the cart (props.sku)', true),
+	('checkout',    'Started checkout',                        true),
+	('sign_in',     'Signed in to the app, web or mini-program', true),
+	('store_visit', 'Entered a store (props.store_id)',        true);
+
+CREATE SEQUENCE crm.event_id_seq;
+CREATE TABLE crm.event (
+	event_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.event_id_seq'::pg_catalog.regclass),
+	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	origin_customer_id	bigint NOT NULL REFERENCES crm.customer (customer_id),
+	kind				text NOT NULL REFERENCES crm.event_kind (kind) ON UPDATE CASCADE,
+	at					timestamptz NOT NULL CONSTRAINT event_at_finite CHECK (pg_catalog.isfinite(at)),
+	channel				text CONSTRAINT event_channel_valid CHECK (channel IN ('pos', 'app', 'mini_program', 'web')),
+	store_id			integer REFERENCES crm.store (store_id),
+	props				jsonb NOT NULL DEFAULT '{}'::jsonb
+						CONSTRAINT event_props_object CHECK (pg_catalog.jsonb_typeof(props) = 'object')
+);
+ALTER SEQUENCE crm.event_id_seq OWNED BY crm.event.event_id;
+CREATE INDEX event_customer_idx ON crm.event (customer_id, at);
+CREATE INDEX event_origin_idx ON crm.event (origin_customer_id) WHERE origin_customer_id <> customer_id;
+COMMENT ON TABLE crm.event IS 'Behaviour events (browse, cart, sign_in, store_visit, ...)';
+COMMENT ON COLUMN crm.event.origin_customer_id IS 'The customer record the event arrived on; never changes (merges move customer_id)';
+CREATE TRIGGER event_fill_origin BEFORE INSERT OR UPDATE ON crm.event
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at');
+
+-- ---------------------------------------------------------------------------
+-- pg_dump: tables of an extension are not dumped unless registered.  Data
+-- tables are dumped whole; configuration tables only the rows users added.
+-- ---------------------------------------------------------------------------
+SELECT pg_catalog.pg_extension_config_dump('crm.store', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.customer', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.customer_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.identity_kind', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('crm.identity', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.identity_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.orders', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.order_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.order_line', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.event_kind', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('crm.event', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.event_id_seq', '');
+
+-- ---------------------------------------------------------------------------
+-- crm.tick: all time-driven work, as registered tasks
+-- ---------------------------------------------------------------------------
+-- Each feature registers the tasks it needs (expire points, downgrade tiers,
+-- refresh time-dependent tags, ...).  A task is a function (at timestamptz)
+-- RETURNS bigint, the number of things it changed; it must be idempotent, so
+-- running tick twice for the same time changes nothing the second time.
+CREATE TABLE crm.tick_task (
+	task		text PRIMARY KEY CONSTRAINT tick_task_name_format CHECK (task ~ '^[a-z][a-z0-9_]{0,62}$'),
+	run_order	integer NOT NULL,
+	fn			regprocedure NOT NULL,
+	enabled		boolean NOT NULL DEFAULT true,
+	builtin		boolean NOT NULL DEFAULT false,
+	CONSTRAINT tick_task_order_unique UNIQUE (run_order)
+);
+COMMENT ON TABLE crm.tick_task IS 'Time-driven tasks run by crm.tick, in run_order; each is a function (at timestamptz) RETURNS bigint and must be idempotent';
+SELECT pg_catalog.pg_extension_config_dump('crm.tick_task', 'WHERE NOT builtin');
+
+CREATE FUNCTION crm.tick(at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (task text, changed bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- One tick at a time: a second caller waits, then finds nothing to do.
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.tick'));
+	FOR t IN SELECT k.task, k.fn FROM crm.tick_task k WHERE k.enabled ORDER BY k.run_order LOOP
+		task := t.task;
+		EXECUTE pg_catalog.format('SELECT %s($1)', t.fn::oid::regproc) INTO changed USING at;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.tick(timestamptz) IS
+	'Runs every enabled crm.tick_task for time "at" (default now()) and reports what each changed; idempotent, safe to run from pg_cron every few minutes';
+
+-- ---------------------------------------------------------------------------
+-- Customer hooks: what each feature does when customers merge, unmerge or
+-- are forgotten.  Merging moves the core rows itself; features that keep
+-- per-customer state (points, stats, tags) register a hook to move theirs.
+--   merge:   fn(survivor bigint, merged bigint)   RETURNS void
+--   unmerge: fn(survivor bigint, restored bigint) RETURNS void
+--   forget:  fn(customer bigint)                  RETURNS void
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.customer_hook (
+	event		text NOT NULL CONSTRAINT customer_hook_event_valid CHECK (event IN ('merge', 'unmerge', 'forget')),
+	hook		text NOT NULL,
+	run_order	integer NOT NULL,
+	fn			regprocedure NOT NULL,
+	builtin		boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (event, hook),
+	CONSTRAINT customer_hook_order_unique UNIQUE (event, run_order)
+);
+COMMENT ON TABLE crm.customer_hook IS 'Per-feature functions run, in run_order, when customers are merged, unmerged or forgotten';
+SELECT pg_catalog.pg_extension_config_dump('crm.customer_hook', 'WHERE NOT builtin');
+
+-- A task or hook whose function has the wrong signature would fail only when
+-- crm.tick or a merge runs it: refuse it when it is registered instead.
+CREATE FUNCTION crm.check_registered_function()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	want_args oidvector;
+	want_ret regtype;
+	what text;
+	p record;
+BEGIN
+	IF TG_TABLE_NAME = 'tick_task' THEN
+		want_args := '1184'::oidvector;
+		want_ret := 'bigint';
+		what := pg_catalog.format('tick task "%s"', NEW.task);
+	ELSIF NEW.event NOT IN ('merge', 'unmerge', 'forget') THEN
+		RETURN NEW;				-- customer_hook_event_valid reports it
+	ELSE
+		want_args := CASE WHEN NEW.event = 'forget' THEN '20'::oidvector ELSE '20 20'::oidvector END;
+		want_ret := 'void';
+		what := pg_catalog.format('%s hook "%s"', NEW.event, NEW.hook);
+	END IF;
+	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = NEW.fn;
+	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
+		RAISE EXCEPTION '% cannot run %', what, NEW.fn
+			USING ERRCODE = 'invalid_function_definition',
+			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
+			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
+			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
+CREATE TRIGGER tick_task_signature BEFORE INSERT OR UPDATE OF fn ON crm.tick_task
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event ON crm.customer_hook
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+
+CREATE FUNCTION crm.run_customer_hooks(event text, a bigint, b bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: b is NULL for 'forget'.
+DECLARE
+	h record;
+	n integer := 0;
+BEGIN
+	IF event IS NULL OR event NOT IN ('merge', 'unmerge', 'forget') THEN
+		RAISE EXCEPTION 'unknown customer hook event "%"', event
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use merge, unmerge or forget.';
+	END IF;
+	IF a IS NULL OR (event <> 'forget' AND b IS NULL) THEN
+		RAISE EXCEPTION 'customer hook "%" needs its customer ids', event
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	FOR h IN SELECT k.fn FROM crm.customer_hook k WHERE k.event = run_customer_hooks.event ORDER BY k.run_order LOOP
+		IF event = 'forget' THEN
+			EXECUTE pg_catalog.format('SELECT %s($1)', h.fn::oid::regproc) USING a;
+		ELSE
+			EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.fn::oid::regproc) USING a, b;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.run_customer_hooks(text, bigint, bigint) IS
+	'Runs the crm.customer_hook functions of one event (merge, unmerge, forget) in run_order; returns how many ran';

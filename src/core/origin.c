@@ -1,0 +1,543 @@
+/*
+ * origin.c
+ *		The row trigger every row of the core data model passes on its way in.
+ *
+ * crm.fill_origin_customer keeps origin_customer_id, the customer a row
+ * arrived on, beside customer_id, the golden customer it belongs to now.
+ * Merges rewrite customer_id; origin_customer_id never changes, which is what
+ * lets an unmerge put every row back exactly.  With the argument 'to_golden'
+ * (orders, events) a row inserted for a record already merged into another
+ * goes to the golden customer at once, so its points, stats and tags land
+ * where the shopper is; origin_customer_id still names the record.
+ *
+ * Two more arguments make it the one place rows of the core model are
+ * checked on the way in (each costs nothing unless given):
+ *	'time=<column>'	(orders.ordered_at, event.at) the column must lie between
+ *		CRM_TIME_FLOOR and now() + crm.max_future; the limit is computed once
+ *		per statement.  An UPDATE that leaves the column alone is not checked.
+ *	'pattern'	(identity) the value must match crm.identity_kind.pattern of
+ *		its kind, unless crm.identity_blocklist blocks it (placeholders such as
+ *		'unknown' are stored and never link); patterns are read once per kind
+ *		and statement.  An UPDATE that changes neither kind nor value is not
+ *		checked, so merges never re-validate old rows.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "access/xact.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/inval.h"
+#include "utils/timestamp.h"
+
+#include "crm_ext.h"
+
+/*
+ * Rows of orders and events may not be older than this (1900-01-01 00:00
+ * UTC): an order in 4713 BC is a typo or a broken feed, not history.
+ */
+#define CRM_TIME_FLOOR_TEXT	"1900-01-01 00:00:00+00"
+#define CRM_TIME_FLOOR	((TimestampTz) (INT64CONST(-36524) * USECS_PER_DAY))
+
+/* crm.max_future, as text (the GUC) and as parsed by its check hook */
+static char *crm_max_future_text = NULL;
+static Interval crm_max_future = {0, 1, 0};
+
+/* Longest crm.max_future accepted: 100 years (of 360 days, as intervals compare), so now() + it cannot overflow. */
+#define MAX_FUTURE_LIMIT_DAYS	36000.0
+
+/*
+ * Parse an interval without raising an error (a GUC check hook must not):
+ * the steps of interval_in.  False for anything interval_in would refuse.
+ */
+static bool
+parse_interval_quietly(const char *str, Interval *result)
+{
+	char		workbuf[256];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm_in;
+	int			dterr;
+
+	if (str == NULL || strlen(str) >= sizeof(workbuf))
+		return false;
+	memset(&itm_in, 0, sizeof(itm_in));
+	dterr = ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf);
+	if (dterr == 0)
+		dterr = DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm_in);
+	if (dterr == DTERR_BAD_FORMAT)
+	{
+		char		copy[256];
+
+		strlcpy(copy, str, sizeof(copy));
+		memset(&itm_in, 0, sizeof(itm_in));
+		dterr = DecodeISO8601Interval(copy, &dtype, &itm_in);
+	}
+	if (dterr != 0 || dtype != DTK_DELTA)
+		return false;
+	return itmin2interval(&itm_in, result) == 0;
+}
+
+static bool
+check_max_future(char **newval, void **extra, GucSource source)
+{
+	Interval	span;
+	double		days;
+	Interval   *keep;
+
+	if (!parse_interval_quietly(*newval, &span))
+	{
+		GUC_check_errdetail("crm.max_future must be an interval such as '1 day' or '6 hours'.");
+		return false;
+	}
+	days = (double) span.month * DAYS_PER_MONTH + span.day + (double) span.time / USECS_PER_DAY;
+	if (days < 0 || days > MAX_FUTURE_LIMIT_DAYS)
+	{
+		GUC_check_errdetail("crm.max_future must lie between 0 and 100 years.");
+		return false;
+	}
+	keep = (Interval *) malloc(sizeof(Interval));
+	if (keep == NULL)
+		return false;
+	*keep = span;
+	*extra = keep;
+	return true;
+}
+
+static void
+assign_max_future(const char *newval, void *extra)
+{
+	crm_max_future = *(Interval *) extra;
+}
+
+void
+crm_origin_init(void)
+{
+	DefineCustomStringVariable("crm.max_future",
+							   "How far past now() the time of an order or event may lie.",
+							   "Rows of crm.orders (ordered_at) and crm.event (at) later than now() plus this are refused; so are rows before 1900-01-01.",
+							   &crm_max_future_text,
+							   "1 day",
+							   PGC_SUSET,
+							   0,
+							   check_max_future, assign_max_future, NULL);
+}
+
+/* Refuse to run unless called as a BEFORE ROW trigger on INSERT or UPDATE. */
+static void
+check_origin_trigger_call(FunctionCallInfo fcinfo)
+{
+	TriggerData *trigdata = crm_check_trigger(fcinfo, "crm.fill_origin_customer()", CRM_TG_BEFORE, CRM_TG_ROW,
+											  CRM_TG_INSERT | CRM_TG_UPDATE, -1);
+
+	for (int i = 0; i < trigdata->tg_trigger->tgnargs; i++)
+	{
+		const char *arg = trigdata->tg_trigger->tgargs[i];
+
+		if (strcmp(arg, "to_golden") != 0 && strcmp(arg, "pattern") != 0 &&
+			(strncmp(arg, "time=", 5) != 0 || arg[5] == '\0'))
+			ereport(ERROR,
+					(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+					 errmsg("crm.fill_origin_customer() takes only the arguments 'to_golden', 'time=<column>' and 'pattern'")));
+	}
+}
+
+static int
+required_attnum(Relation rel, const char *name)
+{
+	return crm_trigger_attnum(rel, name, "crm.fill_origin_customer()");
+}
+
+/* A kind's pattern, read once per statement (NULL pattern: anything goes). */
+typedef struct KindPattern
+{
+	char	   *kind;
+	text	   *pattern;
+} KindPattern;
+
+/* Column positions, looked up once per trigger and query (fn_extra). */
+typedef struct OriginColumns
+{
+	Oid			relid;
+	int			cust_att;
+	int			origin_att;
+	/* time=<column>: its position, and now() + crm.max_future */
+	int			time_att;
+	const char *time_col;
+	bool		time_max_set;
+	TimestampTz time_max;
+	/* pattern: kind and value columns, the patterns seen so far */
+	bool		check_pattern;
+	int			kind_att;
+	int			value_att;
+	Oid			value_collation;
+	Oid			kind_relid;
+	Oid			kind_pkey;
+	AttrNumber	pattern_att;
+	Oid			blocked_fn;
+	int			npatterns;
+	KindPattern patterns[8];
+	/* to_golden: crm.customer, its primary key and merged-record index */
+	bool		to_golden;
+	bool		any_merged_checked;
+	bool		any_merged;		/* checked at the statement's first row */
+	Oid			customer_relid;
+	Oid			pkey_oid;
+	Oid			merged_idx_oid;
+	AttrNumber	merged_att;
+} OriginColumns;
+
+static void
+find_customer_indexes(OriginColumns *cols)
+{
+	Oid			nsp = get_namespace_oid("crm", false);
+	Relation	crel;
+
+	cols->customer_relid = get_relname_relid("customer", nsp);
+	cols->merged_idx_oid = get_relname_relid("customer_merged_into_idx", nsp);
+	if (!OidIsValid(cols->customer_relid) || !OidIsValid(cols->merged_idx_oid))
+		elog(ERROR, "crm.customer or its index customer_merged_into_idx is missing");
+	crel = table_open(cols->customer_relid, AccessShareLock);
+	cols->pkey_oid = RelationGetPrimaryKeyIndex(crel);
+	cols->merged_att = required_attnum(crel, "merged_into");
+	table_close(crel, AccessShareLock);
+	cols->any_merged_checked = false;
+}
+
+/*
+ * The golden customer of record cust: its merged_into, or cust itself.  The
+ * first row of a statement checks whether any record is merged at all, so
+ * loads into a database without merges pay no lookup per row.
+ */
+static Datum
+golden_of(OriginColumns *cols, Datum cust)
+{
+	Datum		merged_into;
+	bool		isnull;
+
+	/* fn_extra is new for each statement */
+	if (!cols->any_merged_checked)
+	{
+		cols->any_merged = crm_first_row_by_index(cols->customer_relid, cols->merged_idx_oid, NULL,
+												cols->merged_att, &merged_into, &isnull);
+		cols->any_merged_checked = true;
+	}
+	if (!cols->any_merged)
+		return cust;
+	if (crm_first_row_by_index(cols->customer_relid, cols->pkey_oid, &cust, cols->merged_att,
+							   &merged_into, &isnull) && !isnull)
+		return merged_into;
+	return cust;
+}
+
+/* The columns and catalog objects the 'pattern' check reads. */
+static void
+find_kind_patterns(OriginColumns *cols, Relation rel)
+{
+	Oid			nsp = get_namespace_oid("crm", false);
+	Relation	krel;
+
+	cols->kind_att = required_attnum(rel, "kind");
+	cols->value_att = required_attnum(rel, "value");
+	cols->value_collation = TupleDescAttr(RelationGetDescr(rel), cols->value_att - 1)->attcollation;
+	cols->kind_relid = get_relname_relid("identity_kind", nsp);
+	if (!OidIsValid(cols->kind_relid))
+		elog(ERROR, "crm.identity_kind is missing");
+	krel = table_open(cols->kind_relid, AccessShareLock);
+	cols->kind_pkey = RelationGetPrimaryKeyIndex(krel);
+	cols->pattern_att = required_attnum(krel, "pattern");
+	table_close(krel, AccessShareLock);
+}
+
+/*
+ * The pattern of identity kind "kind" (NULL: none, or no such kind, which
+ * the foreign key reports), read through the primary key of
+ * crm.identity_kind once per kind and statement.
+ */
+static text *
+kind_pattern(OriginColumns *cols, MemoryContext cxt, text *kind)
+{
+	char	   *name = text_to_cstring(kind);
+	Relation	krel;
+	Relation	irel;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+	ScanKeyData skey;
+	text	   *pattern = NULL;
+
+	for (int i = 0; i < cols->npatterns; i++)
+		if (strcmp(cols->patterns[i].kind, name) == 0)
+		{
+			pfree(name);
+			return cols->patterns[i].pattern;
+		}
+
+	krel = table_open(cols->kind_relid, AccessShareLock);
+	irel = index_open(cols->kind_pkey, AccessShareLock);
+	slot = table_slot_create(krel, NULL);
+	scan = index_beginscan(krel, irel, GetActiveSnapshot(), 1, 0);
+	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(kind));
+	/* compare as the index does */
+	skey.sk_collation = irel->rd_indcollation[0];
+	index_rescan(scan, &skey, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, cols->pattern_att, &isnull);
+
+		if (!isnull)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			pattern = DatumGetTextPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(irel, AccessShareLock);
+	table_close(krel, AccessShareLock);
+
+	if (cols->npatterns < lengthof(cols->patterns))
+	{
+		cols->patterns[cols->npatterns].kind = MemoryContextStrdup(cxt, name);
+		cols->patterns[cols->npatterns].pattern = pattern;
+		cols->npatterns++;
+	}
+	pfree(name);
+	return pattern;
+}
+
+/*
+ * 'pattern': the row's value must match its kind's pattern, unless the
+ * blocklist blocks it.  The error names the kind, never the value.
+ */
+static void
+check_value_pattern(OriginColumns *cols, MemoryContext cxt, HeapTuple tup, TupleDesc desc)
+{
+	bool		kind_null;
+	bool		value_null;
+	Datum		kind = heap_getattr(tup, cols->kind_att, desc, &kind_null);
+	Datum		value = heap_getattr(tup, cols->value_att, desc, &value_null);
+	text	   *pattern;
+	char	   *kind_name;
+
+	if (kind_null || value_null)
+		return;					/* NOT NULL reports it */
+	pattern = kind_pattern(cols, cxt, DatumGetTextPP(kind));
+	if (pattern == NULL)
+		return;
+	if (DatumGetBool(DirectFunctionCall2Coll(textregexeq, cols->value_collation,
+											 value, PointerGetDatum(pattern))))
+		return;
+	/* A blocklisted placeholder ('unknown', 'n/a') is stored; it never links. */
+	if (!OidIsValid(cols->blocked_fn))
+		cols->blocked_fn = DatumGetObjectId(DirectFunctionCall1(to_regprocedure,
+																CStringGetTextDatum("crm.identity_blocked(pg_catalog.text, pg_catalog.text)")));
+	if (OidIsValid(cols->blocked_fn) &&
+		DatumGetBool(OidFunctionCall2Coll(cols->blocked_fn, cols->value_collation, kind, value)))
+		return;
+	kind_name = TextDatumGetCString(kind);
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("value of identity kind \"%s\" does not match the kind's pattern", kind_name),
+			 errdetail("Values of kind \"%s\" must match the regular expression %s (crm.identity_kind.pattern). The value is not shown: it may be personal data.",
+					   kind_name, text_to_cstring(pattern)),
+			 errhint("Correct the value or its kind, or change the pattern: UPDATE crm.identity_kind SET pattern = ... WHERE kind = '%s' (NULL accepts any value).",
+					 kind_name)));
+}
+
+/*
+ * 'time=<column>': the column lies in [CRM_TIME_FLOOR, now() +
+ * crm.max_future]; the upper limit is computed at the statement's first row.
+ * NULL and infinite values are left to NOT NULL and the isfinite CHECKs.
+ */
+static void
+check_time_range(OriginColumns *cols, Relation rel, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tup, cols->time_att, desc, &isnull);
+	TimestampTz t;
+
+	if (isnull)
+		return;
+	t = DatumGetTimestampTz(d);
+	if (TIMESTAMP_NOT_FINITE(t))
+		return;
+	if (t < CRM_TIME_FLOOR)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+				 errmsg("%s.%s lies before 1900-01-01",
+						RelationGetRelationName(rel), cols->time_col),
+				 errdetail("crm_ext accepts times from %s on.", CRM_TIME_FLOOR_TEXT),
+				 errhint("Correct the time: a date this old is a typing or feed error.")));
+	if (!cols->time_max_set)
+	{
+		cols->time_max = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+																 TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+																 IntervalPGetDatum(&crm_max_future)));
+		cols->time_max_set = true;
+	}
+	if (t > cols->time_max)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_FIELD_OVERFLOW),
+				 errmsg("%s.%s lies more than crm.max_future (%s) after now()",
+						RelationGetRelationName(rel), cols->time_col, crm_max_future_text),
+				 errdetail("The latest time accepted in this transaction is %s.",
+						   timestamptz_to_str(cols->time_max)),
+				 errhint("Correct the time (and its time zone), or have a superuser raise crm.max_future.")));
+}
+
+/* Whether column att differs between two versions of a row. */
+static bool
+column_changed(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc, int att)
+{
+	bool		oldnull;
+	bool		newnull;
+	Datum		oldval = heap_getattr(oldtup, att, desc, &oldnull);
+	Datum		newval = heap_getattr(newtup, att, desc, &newnull);
+	Form_pg_attribute a = TupleDescAttr(desc, att - 1);
+
+	if (oldnull || newnull)
+		return oldnull != newnull;
+	return !datumIsEqual(oldval, newval, a->attbyval, a->attlen);
+}
+
+static OriginColumns *
+origin_columns(FunctionCallInfo fcinfo, Relation rel)
+{
+	OriginColumns *cols = (OriginColumns *) fcinfo->flinfo->fn_extra;
+
+	if (cols == NULL || cols->relid != RelationGetRelid(rel))
+	{
+		Trigger    *tg = ((TriggerData *) fcinfo->context)->tg_trigger;
+
+		cols = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(OriginColumns));
+		cols->relid = RelationGetRelid(rel);
+		cols->cust_att = required_attnum(rel, "customer_id");
+		cols->origin_att = required_attnum(rel, "origin_customer_id");
+		for (int i = 0; i < tg->tgnargs; i++)
+		{
+			if (strcmp(tg->tgargs[i], "to_golden") == 0)
+				cols->to_golden = true;
+			else if (strcmp(tg->tgargs[i], "pattern") == 0)
+				cols->check_pattern = true;
+			else
+			{
+				cols->time_col = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, tg->tgargs[i] + 5);
+				cols->time_att = required_attnum(rel, cols->time_col);
+				if (TupleDescAttr(RelationGetDescr(rel), cols->time_att - 1)->atttypid != TIMESTAMPTZOID)
+					ereport(ERROR,
+							(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+							 errmsg("crm.fill_origin_customer() needs column \"%s\" of table \"%s\" to be timestamptz",
+									cols->time_col, RelationGetRelationName(rel))));
+			}
+		}
+		if (cols->to_golden)
+			find_customer_indexes(cols);
+		if (cols->check_pattern)
+			find_kind_patterns(cols, rel);
+		fcinfo->flinfo->fn_extra = cols;
+	}
+	return cols;
+}
+
+PG_FUNCTION_INFO_V1(crm_fill_origin_customer);
+
+/*
+ * crm.fill_origin_customer() RETURNS trigger
+ *		INSERT: a NULL origin_customer_id becomes customer_id.
+ *		UPDATE: origin_customer_id may not change.
+ *		Both: the checks its arguments ask for (time range, value pattern).
+ */
+Datum
+crm_fill_origin_customer(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	int			cust_att;
+	int			origin_att;
+	bool		isnull;
+	Datum		origin;
+
+	OriginColumns *oc;
+
+	check_origin_trigger_call(fcinfo);
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	oc = origin_columns(fcinfo, rel);
+	cust_att = oc->cust_att;
+	origin_att = oc->origin_att;
+
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+	{
+		HeapTuple	oldtup = trigdata->tg_trigtuple;
+		HeapTuple	newtup = trigdata->tg_newtuple;
+		bool		oldnull;
+		Datum		oldval = heap_getattr(oldtup, origin_att, tupdesc, &oldnull);
+
+		if (oc->time_att > 0 && column_changed(oldtup, newtup, tupdesc, oc->time_att))
+			check_time_range(oc, rel, newtup, tupdesc);
+		if (oc->check_pattern &&
+			(column_changed(oldtup, newtup, tupdesc, oc->kind_att) ||
+			 column_changed(oldtup, newtup, tupdesc, oc->value_att)))
+			check_value_pattern(oc, fcinfo->flinfo->fn_mcxt, newtup, tupdesc);
+
+		origin = heap_getattr(newtup, origin_att, tupdesc, &isnull);
+		if (isnull != oldnull ||
+			(!isnull && DatumGetInt64(origin) != DatumGetInt64(oldval)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
+					 errmsg("origin_customer_id of \"%s\" cannot change",
+							RelationGetRelationName(rel)),
+					 errdetail("It records the customer the row arrived on; merges change customer_id only.")));
+		return PointerGetDatum(newtup);
+	}
+
+	if (oc->time_att > 0)
+		check_time_range(oc, rel, trigdata->tg_trigtuple, tupdesc);
+	if (oc->check_pattern)
+		check_value_pattern(oc, fcinfo->flinfo->fn_mcxt, trigdata->tg_trigtuple, tupdesc);
+	{
+		bool		origin_null;
+		bool		cust_null;
+		Datum		cust = heap_getattr(trigdata->tg_trigtuple, cust_att, tupdesc, &cust_null);
+		Datum		golden = cust;
+		int			cols[2] = {origin_att, cust_att};
+		Datum		vals[2];
+		bool		nulls[2];
+
+		origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &origin_null);
+		if (oc->to_golden && !cust_null)
+			golden = golden_of(oc, cust);
+		if (!origin_null && golden == cust)
+			return PointerGetDatum(trigdata->tg_trigtuple);
+		/* A NULL customer_id stays NULL here and fails its NOT NULL check. */
+		vals[0] = origin_null ? cust : origin;
+		nulls[0] = origin_null ? cust_null : false;
+		vals[1] = golden;
+		nulls[1] = cust_null;
+		return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, tupdesc,
+														 2, cols, vals, nulls));
+	}
+}

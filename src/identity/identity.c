@@ -1,0 +1,256 @@
+/*
+ * identity.c
+ *		Online identity stitching: crm.identity_stitch_trigger(), an AFTER
+ *		INSERT row trigger on crm.identity, and the setting
+ *		crm.stitch_on_insert that turns it off.
+ *
+ * The hot path is an insert of an identifier nobody else holds: one cached
+ * generic plan probes the (kind, value, customer_id) unique index and the
+ * customer's merged_into, and the trigger returns.  When somebody else
+ * holds the value, a second small plan checks the policy (blocklist, weak
+ * kinds' limit); only when the value may link (or the row was inserted for
+ * a merged-away customer) does the trigger call
+ * crm.stitch_identity(identity_id), which merges (src/identity/identity.sql).
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "storage/lmgr.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/rel.h"
+
+#include "crm_ext.h"
+#include "identity.h"
+
+bool		crm_stitch_on_insert = true;
+
+static SPIPlanPtr probe_plan = NULL;
+static SPIPlanPtr policy_plan = NULL;
+static SPIPlanPtr stitch_plan = NULL;
+
+void
+crm_identity_init(void)
+{
+	DefineCustomBoolVariable("crm.stitch_on_insert",
+							 "Stitch identities as they are inserted into crm.identity.",
+							 "When off, inserted identifiers are not linked until crm.stitch_identities() runs.",
+							 &crm_stitch_on_insert,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+}
+
+static void
+check_stitch_trigger_call(FunctionCallInfo fcinfo)
+{
+	(void) crm_check_trigger(fcinfo, "crm.identity_stitch_trigger()", CRM_TG_AFTER, CRM_TG_ROW, CRM_TG_INSERT, 0);
+}
+
+static int
+stitch_attnum(Relation rel, const char *name)
+{
+	return crm_trigger_attnum(rel, name, "crm.identity_stitch_trigger()");
+}
+
+/* Always the generic plan: re-planning on every row would cost more. */
+static SPIPlanPtr
+prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	return crm_prepare_kept(slot, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+}
+
+/*
+ * Another transaction may be inserting the same (kind, value) for another
+ * customer right now; neither would see the other's row and the link would
+ * be lost.  Look with a dirty snapshot (as unique checks do): when an older
+ * transaction holds an uncommitted row of this value, wait for it to end and
+ * return true, so the caller probes again.  Only the younger of two such
+ * transactions waits, so they cannot deadlock.
+ */
+static bool
+waited_for_concurrent_holder(Relation rel, Datum kind, Datum value)
+{
+	Oid			indexoid = get_relname_relid("identity_unique_per_customer", RelationGetNamespace(rel));
+	Relation	idx;
+	SnapshotData dirty;
+	ScanKeyData keys[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	TransactionId xwait = InvalidTransactionId;
+	TransactionId mine = GetTopTransactionIdIfAny();
+	ItemPointerData tid;
+
+	if (!OidIsValid(indexoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.identity_stitch_trigger() needs index \"identity_unique_per_customer\" on table \"%s\"",
+						RelationGetRelationName(rel))));
+	idx = index_open(indexoid, AccessShareLock);
+	InitDirtySnapshot(dirty);
+	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ, kind);
+	ScanKeyEntryInitialize(&keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ, value);
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, &dirty, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		TransactionId other = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+
+		if (TransactionIdIsValid(other) && TransactionIdIsValid(mine) &&
+			TransactionIdPrecedes(other, mine))
+		{
+			xwait = other;
+			tid = slot->tts_tid;
+			break;
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+
+	if (!TransactionIdIsValid(xwait))
+		return false;
+	XactLockTableWait(xwait, rel, &tid, XLTW_InsertIndex);
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(crm_identity_stitch_trigger);
+
+/*
+ * crm.identity_stitch_trigger() RETURNS trigger
+ *		AFTER INSERT row trigger on crm.identity: links the new identifier's
+ *		customer with the other customers holding the same (kind, value).
+ */
+Datum
+crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	tupdesc;
+	HeapTuple	tup;
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	bool		isnull;
+	bool		held;
+	bool		merged;
+	bool		found;
+	int			ret;
+
+	check_stitch_trigger_call(fcinfo);
+	if (!crm_stitch_on_insert)
+		return PointerGetDatum(NULL);
+
+	rel = trigdata->tg_relation;
+	tupdesc = RelationGetDescr(rel);
+	tup = trigdata->tg_trigtuple;
+	args[0] = heap_getattr(tup, stitch_attnum(rel, "kind"), tupdesc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	args[1] = heap_getattr(tup, stitch_attnum(rel, "value"), tupdesc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+	args[2] = heap_getattr(tup, stitch_attnum(rel, "customer_id"), tupdesc, &isnull);
+	if (isnull)
+		return PointerGetDatum(NULL);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	crm_kept_plans_check();
+	if (probe_plan == NULL)
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+
+		prepare_kept(&probe_plan, "SELECT EXISTS (SELECT 1 FROM crm.identity i"
+			"                WHERE i.kind OPERATOR(pg_catalog.=) $1"
+			"                  AND i.value OPERATOR(pg_catalog.=) $2"
+			"                  AND i.customer_id OPERATOR(pg_catalog.<>) $3),"
+			"       EXISTS (SELECT 1 FROM crm.customer c"
+			"                WHERE c.customer_id OPERATOR(pg_catalog.=) $3"
+			"                  AND c.merged_into IS NOT NULL)",
+			3, types);
+	}
+	for (;;)
+	{
+		/* A fresh snapshot each time (read_only = false). */
+		ret = SPI_execute_plan(probe_plan, args, nulls, false, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "identity probe failed: %s", SPI_result_code_string(ret));
+		held = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		/* Nobody else holds it (as far as we can see): is somebody adding it? */
+		if (held || !waited_for_concurrent_holder(rel, args[0], args[1]))
+			break;
+	}
+
+	found = merged;
+	if (held && !found)
+	{
+		/* May the value link?  Not blocklisted; weak kinds under their limit. */
+		if (policy_plan == NULL)
+		{
+			Oid			types[2] = {TEXTOID, TEXTOID};
+
+			prepare_kept(&policy_plan, "SELECT NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b"
+				"                    WHERE b.value OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim($2))"
+				"                      AND (b.kind IS NULL OR b.kind OPERATOR(pg_catalog.=) $1))"
+				"   AND (k.strength OPERATOR(pg_catalog.=) 'strong'"
+				"        OR (SELECT pg_catalog.count(*) FROM"
+				"             (SELECT 1 FROM crm.identity i"
+				"               WHERE i.kind OPERATOR(pg_catalog.=) $1"
+				"                 AND i.value OPERATOR(pg_catalog.=) $2"
+				"               LIMIT (SELECT k2.max_customers OPERATOR(pg_catalog.+) 1 FROM crm.identity_kind k2"
+				"                       WHERE k2.kind OPERATOR(pg_catalog.=) $1)) x)"
+				"           OPERATOR(pg_catalog.<=) k.max_customers)"
+				"  FROM crm.identity_kind k WHERE k.kind OPERATOR(pg_catalog.=) $1",
+				2, types);
+		}
+		ret = SPI_execute_plan(policy_plan, args, nulls, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "identity policy probe failed: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+		{
+			found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			if (isnull)
+				found = false;
+		}
+	}
+
+	if (found)
+	{
+		Datum		idarg[1];
+		char		idnull[1] = {' '};
+
+		idarg[0] = heap_getattr(tup, stitch_attnum(rel, "identity_id"), tupdesc, &isnull);
+		if (!isnull)
+		{
+			if (stitch_plan == NULL)
+			{
+				Oid			types[1] = {INT8OID};
+
+				prepare_kept(&stitch_plan, "SELECT crm.stitch_identity($1)", 1, types);
+			}
+			ret = SPI_execute_plan(stitch_plan, idarg, idnull, false, 1);
+			if (ret != SPI_OK_SELECT)
+				elog(ERROR, "crm.stitch_identity failed: %s", SPI_result_code_string(ret));
+		}
+	}
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,624 @@
+
+-- ===========================================================================
+-- identity.sql: identity resolution.  Blocklist, review queue, merge log,
+-- crm.merge_customers / crm.unmerge, online stitching (trigger in C,
+-- src/identity/identity.c) and batch stitching (crm.stitch_identities).
+--
+-- Invariants kept here:
+--   * a golden customer has merged_into NULL; every other record's
+--     merged_into is its golden (never a chain);
+--   * merges move customer_id of orders, events and identities to the
+--     survivor; origin_customer_id never changes;
+--   * an identity the survivor already holds (same kind and value) is not
+--     moved: it stays on the record it was on ("parked"), so UNIQUE (kind,
+--     value, customer_id) holds and unmerge has nothing to re-create.
+-- ===========================================================================
+
+-- ---------------------------------------------------------------------------
+-- Blocklist: values that never link anybody
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.identity_blocklist (
+	kind		text REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE ON DELETE CASCADE,
+	value		text NOT NULL CONSTRAINT identity_blocklist_value_normalized
+					CHECK (value = pg_catalog.lower(pg_catalog.btrim(value))),
+	reason		text,
+	builtin		boolean NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX identity_blocklist_unique ON crm.identity_blocklist (COALESCE(kind, ''), value);
+CREATE INDEX identity_blocklist_value_idx ON crm.identity_blocklist (value);
+COMMENT ON TABLE crm.identity_blocklist IS
+	'Identifier values that never link customer records (junk phones, placeholders, test numbers); kind NULL means every kind.  Values are stored lower-case and trimmed';
+COMMENT ON COLUMN crm.identity_blocklist.kind IS 'The kind the value is blocked for; NULL blocks it for every kind';
+COMMENT ON COLUMN crm.identity_blocklist.builtin IS 'Shipped with crm_ext; pg_dump keeps only the rows you add (builtin = false)';
+INSERT INTO crm.identity_blocklist (kind, value, reason, builtin) VALUES
+	(NULL,    '',            'empty',                 true),
+	(NULL,    '0',           'placeholder',           true),
+	(NULL,    'null',        'placeholder',           true),
+	(NULL,    'none',        'placeholder',           true),
+	(NULL,    'unknown',     'placeholder',           true),
+	(NULL,    'n/a',         'placeholder',           true),
+	('phone', '00000000000', 'junk phone',            true),
+	('phone', '0000000000',  'junk phone',            true),
+	('phone', '11111111111', 'junk phone',            true),
+	('phone', '12345678901', 'junk phone',            true),
+	('phone', '13800138000', 'well-known test number', true),
+	('phone', '13888888888', 'well-known test number', true),
+	('email', 'test@test.com', 'test address',        true),
+	('email', 'noreply@example.com', 'test address',  true);
+SELECT pg_catalog.pg_extension_config_dump('crm.identity_blocklist', 'WHERE NOT builtin');
+
+CREATE FUNCTION crm.identity_blocked(kind text, value text) RETURNS boolean
+	LANGUAGE sql STABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN EXISTS (SELECT 1 FROM crm.identity_blocklist b
+	               WHERE b.value OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim(identity_blocked.value))
+	                 AND (b.kind IS NULL OR b.kind OPERATOR(pg_catalog.=) identity_blocked.kind));
+COMMENT ON FUNCTION crm.identity_blocked(text, text) IS
+	'True when crm.identity_blocklist blocks the value (compared lower-case and trimmed) for the kind';
+
+-- ---------------------------------------------------------------------------
+-- Review queue: links stitching would not make on its own
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.identity_review (
+	review_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	customer_a		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	customer_b		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	conflict_kind	text REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE,
+	via_kind		text REFERENCES crm.identity_kind (kind) ON UPDATE CASCADE,
+	source			text NOT NULL CONSTRAINT identity_review_source_valid CHECK (source IN ('online', 'batch', 'unmerge')),
+	merge_id		bigint,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	resolved_at		timestamptz,
+	resolution		text CONSTRAINT identity_review_resolution_valid CHECK (resolution IN ('merged', 'kept_apart')),
+	CONSTRAINT identity_review_ordered CHECK (customer_a < customer_b),
+	CONSTRAINT identity_review_resolved CHECK ((resolved_at IS NULL) = (resolution IS NULL))
+);
+CREATE UNIQUE INDEX identity_review_open_pair ON crm.identity_review (customer_a, customer_b) WHERE resolved_at IS NULL;
+COMMENT ON TABLE crm.identity_review IS
+	'Pairs of customers stitching will not merge: linked by an identifier but holding different values of a single-valued kind (two member numbers), waiting for a person to decide; and pairs kept apart (resolution kept_apart, e.g. by crm.unmerge), which stitching never merges again';
+COMMENT ON COLUMN crm.identity_review.conflict_kind IS 'The single-valued kind both customers hold with different values (NULL for a pair an unmerge separated)';
+COMMENT ON COLUMN crm.identity_review.merge_id IS 'For source unmerge: the merge that was undone';
+COMMENT ON COLUMN crm.identity_review.resolution IS 'merged: a person merged them (crm.merge_customers); kept_apart: stitching must never merge them';
+COMMENT ON COLUMN crm.identity_review.via_kind IS 'The kind of the shared identifier that linked them (NULL from batch stitching)';
+SELECT pg_catalog.pg_extension_config_dump('crm.identity_review', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.identity_review_review_id_seq', '');
+
+-- ---------------------------------------------------------------------------
+-- Merge log: everything needed to undo a merge
+-- ---------------------------------------------------------------------------
+CREATE TABLE crm.merge_log (
+	merge_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	survivor		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	merged			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	members			bigint[] NOT NULL,
+	source			text NOT NULL CONSTRAINT merge_log_source_valid CHECK (source IN ('manual', 'online', 'batch')),
+	reason			text,
+	via_identity_id	bigint,
+	merged_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	merged_by		name NOT NULL DEFAULT CURRENT_USER,
+	orders_moved	bigint NOT NULL DEFAULT 0,
+	events_moved	bigint NOT NULL DEFAULT 0,
+	identities_moved bigint NOT NULL DEFAULT 0,
+	identities_parked bigint NOT NULL DEFAULT 0,
+	undone_at		timestamptz,
+	undone_by		name,
+	CONSTRAINT merge_log_distinct CHECK (survivor <> merged),
+	CONSTRAINT merge_log_members_hold_merged CHECK (merged = ANY (members))
+);
+CREATE INDEX merge_log_survivor_idx ON crm.merge_log (survivor);
+CREATE INDEX merge_log_merged_idx ON crm.merge_log (merged);
+COMMENT ON TABLE crm.merge_log IS
+	'One row per merge of two golden customers: who survived, which records moved (members), how many rows, and when it was undone';
+COMMENT ON COLUMN crm.merge_log.members IS
+	'The customer records that moved under the survivor: the merged golden record and the records merged into it before';
+COMMENT ON COLUMN crm.merge_log.via_identity_id IS 'The crm.identity row whose insert caused an online merge';
+COMMENT ON COLUMN crm.merge_log.identities_parked IS
+	'Identities of the merged records that the survivor already held: left on their record, so unique (kind, value, customer_id) holds';
+SELECT pg_catalog.pg_extension_config_dump('crm.merge_log', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.merge_log_merge_id_seq', '');
+
+CREATE FUNCTION crm.golden_customer(customer_id bigint) RETURNS bigint
+	LANGUAGE sql STABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN (SELECT COALESCE(c.merged_into, c.customer_id) FROM crm.customer c
+	        WHERE c.customer_id OPERATOR(pg_catalog.=) golden_customer.customer_id);
+COMMENT ON FUNCTION crm.golden_customer(bigint) IS
+	'The golden customer a record belongs to now (itself when not merged); NULL for an unknown id';
+
+-- ---------------------------------------------------------------------------
+-- The merge itself (used by every path)
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, reason text, via_identity_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: reason and via_identity_id may be NULL.
+-- Merges the golden customers of records a and b.  Returns the merge_id, or
+-- NULL when they are one customer already or (source online/batch) when a
+-- single-valued kind conflicts, which is written to crm.identity_review.
+-- source 'manual' raises CR004 instead of returning NULL.
+DECLARE
+	ga bigint;
+	gb bigint;
+	s bigint;
+	m bigint;
+	mem bigint[];
+	conflict text;
+	via_kind text;
+	n_orders bigint;
+	n_events bigint;
+	n_ids bigint;
+	n_parked bigint;
+	mid bigint;
+BEGIN
+	IF a IS NULL OR b IS NULL OR source IS NULL THEN
+		RAISE EXCEPTION 'merging needs two customer ids'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	LOOP
+		SELECT COALESCE(c.merged_into, c.customer_id) INTO ga FROM crm.customer c WHERE c.customer_id = a;
+		SELECT COALESCE(c.merged_into, c.customer_id) INTO gb FROM crm.customer c WHERE c.customer_id = b;
+		IF ga IS NULL OR gb IS NULL THEN
+			RAISE EXCEPTION 'merge refused: customer % does not exist', CASE WHEN ga IS NULL THEN a ELSE b END
+				USING ERRCODE = 'CR004';
+		END IF;
+		IF ga = gb THEN
+			IF source = 'manual' THEN
+				RAISE EXCEPTION 'merge refused: customers % and % are already one customer (%)', a, b, ga
+					USING ERRCODE = 'CR004';
+			END IF;
+			RETURN NULL;
+		END IF;
+		-- Lock both golden records in id order, so A->B and B->A at once
+		-- wait for each other instead of deadlocking.  FOR NO KEY UPDATE does
+		-- not block the foreign-key checks of concurrent inserts.
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
+		-- Another session may have merged one of them while we waited.
+		EXIT WHEN NOT EXISTS (SELECT 1 FROM crm.customer c
+		                      WHERE c.customer_id IN (ga, gb) AND c.merged_into IS NOT NULL);
+	END LOOP;
+
+	IF EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) AND c.forgotten_at IS NOT NULL) THEN
+		IF source <> 'manual' THEN
+			RETURN NULL;	-- stitching leaves forgotten customers alone
+		END IF;
+		RAISE EXCEPTION 'merge refused: a forgotten customer cannot be merged'
+			USING ERRCODE = 'CR004';
+	END IF;
+
+	-- The survivor is the oldest golden record (created_at, then id).
+	SELECT c.customer_id INTO s FROM crm.customer c WHERE c.customer_id IN (ga, gb)
+	ORDER BY c.created_at, c.customer_id LIMIT 1;
+	m := CASE WHEN s = ga THEN gb ELSE ga END;
+
+	IF source <> 'manual' THEN
+		-- A pair a person kept apart (or an unmerge separated) stays apart:
+		-- any record of one golden against any record of the other.
+		IF EXISTS (SELECT 1 FROM crm.identity_review r
+		           JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		           JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		           WHERE r.resolution = 'kept_apart'
+		             AND ((COALESCE(ca.merged_into, ca.customer_id) = s AND COALESCE(cb.merged_into, cb.customer_id) = m)
+		               OR (COALESCE(ca.merged_into, ca.customer_id) = m AND COALESCE(cb.merged_into, cb.customer_id) = s))) THEN
+			RETURN NULL;
+		END IF;
+		-- Two different values of a single-valued kind mean two people.
+		SELECT i1.kind INTO conflict
+		FROM crm.identity i1
+		JOIN crm.identity_kind k ON k.kind = i1.kind AND k.single_valued
+		JOIN crm.identity i2 ON i2.kind = i1.kind AND i2.customer_id = m AND i2.value <> i1.value
+		WHERE i1.customer_id = s
+		ORDER BY i1.kind LIMIT 1;
+		IF conflict IS NOT NULL THEN
+			SELECT i.kind INTO via_kind FROM crm.identity i WHERE i.identity_id = via_identity_id;
+			INSERT INTO crm.identity_review (customer_a, customer_b, conflict_kind, via_kind, source)
+			VALUES (LEAST(s, m), GREATEST(s, m), conflict, via_kind, source)
+			ON CONFLICT (customer_a, customer_b) WHERE resolved_at IS NULL DO NOTHING;
+			RETURN NULL;
+		END IF;
+	END IF;
+
+	mem := ARRAY(SELECT c.customer_id FROM crm.customer c WHERE c.customer_id = m
+	             UNION SELECT c.customer_id FROM crm.customer c WHERE c.merged_into = m
+	             ORDER BY 1);
+	UPDATE crm.customer c SET merged_into = s WHERE c.customer_id = ANY (mem);
+
+	-- Core rows of every member (strays inserted for a merged-away record
+	-- included) move to the survivor.
+	UPDATE crm.orders o SET customer_id = s WHERE o.customer_id = ANY (mem);
+	GET DIAGNOSTICS n_orders = ROW_COUNT;
+	UPDATE crm.event e SET customer_id = s WHERE e.customer_id = ANY (mem);
+	GET DIAGNOSTICS n_events = ROW_COUNT;
+	UPDATE crm.identity i SET customer_id = s
+	WHERE i.customer_id = m
+	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = s);
+	GET DIAGNOSTICS n_ids = ROW_COUNT;
+	SELECT pg_catalog.count(*) INTO n_parked FROM crm.identity i WHERE i.customer_id = m;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason, via_identity_id,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	VALUES (s, m, mem, source, reason, via_identity_id, n_orders, n_events, n_ids, n_parked)
+	RETURNING merge_id INTO mid;
+
+	-- Features with per-customer state (points, stats, tags) move theirs.
+	PERFORM crm.run_customer_hooks('merge', s, m);
+	RETURN mid;
+END
+$$;
+COMMENT ON FUNCTION crm.merge_goldens(bigint, bigint, text, text, bigint) IS
+	'Merges the golden customers of two records (the oldest survives), moves their rows, logs the merge and runs the merge hooks; used by crm.merge_customers and stitching';
+
+CREATE FUNCTION crm.merge_customers(a bigint, b bigint, reason text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: reason may be NULL; NULL ids raise an error.
+BEGIN
+	IF a IS NULL OR b IS NULL THEN
+		RAISE EXCEPTION 'crm.merge_customers needs two customer ids'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF a = b THEN
+		RAISE EXCEPTION 'merge refused: a customer cannot be merged with itself'
+			USING ERRCODE = 'CR004';
+	END IF;
+	RETURN crm.merge_goldens(a, b, 'manual', reason, NULL);
+END
+$$;
+COMMENT ON FUNCTION crm.merge_customers(bigint, bigint, text) IS
+	'Merges the golden customers of records a and b by hand (the oldest survives) and returns the merge_id; refused with CR004 when they are one customer already';
+
+CREATE FUNCTION crm.unmerge(merge_id bigint, cascade boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: a NULL merge_id or cascade raises an error.
+-- Undoes one merge exactly: rows go back to the records they arrived on
+-- (origin_customer_id).  Refused (CR004) when a later merge involves the
+-- same customers, unless cascade, which undoes those first, newest first.
+-- Returns the number of merges undone.
+DECLARE
+	l crm.merge_log;
+	later bigint;
+	n bigint := 0;
+	who bigint[];
+BEGIN
+	IF merge_id IS NULL THEN
+		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cascade IS NULL THEN
+		RAISE EXCEPTION 'cascade of crm.unmerge must be true or false, not NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+			      HINT = 'Pass cascade => true to undo later merges of the same customers first, or leave it out (false).';
+	END IF;
+	SELECT * INTO l FROM crm.merge_log g WHERE g.merge_id = unmerge.merge_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unmerge refused: merge % does not exist', merge_id
+			USING ERRCODE = 'CR004';
+	END IF;
+	IF l.undone_at IS NOT NULL THEN
+		RAISE EXCEPTION 'unmerge refused: merge % was already undone', merge_id
+			USING ERRCODE = 'CR004';
+	END IF;
+	PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(l.survivor, l.merged) FOR NO KEY UPDATE;
+	PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(l.survivor, l.merged) FOR NO KEY UPDATE;
+
+	who := l.members || l.survivor;
+	FOR later IN
+		SELECT g.merge_id FROM crm.merge_log g
+		WHERE g.merge_id > l.merge_id AND g.undone_at IS NULL
+		  AND (g.survivor = ANY (who) OR g.merged = ANY (who))
+		ORDER BY g.merge_id DESC
+	LOOP
+		IF NOT cascade THEN
+			RAISE EXCEPTION 'unmerge refused: merge % was followed by merge % of the same customers', merge_id, later
+				USING ERRCODE = 'CR004',
+				      HINT = pg_catalog.format('Undo merge %s first, or call crm.unmerge(%s, cascade => true).', later, merge_id);
+		END IF;
+		-- an earlier iteration may have undone it already
+		IF (SELECT g.undone_at IS NULL FROM crm.merge_log g WHERE g.merge_id = later) THEN
+			n := n + crm.unmerge(later, true);
+		END IF;
+	END LOOP;
+
+	UPDATE crm.customer c
+	SET merged_into = CASE WHEN c.customer_id = l.merged THEN NULL ELSE l.merged END
+	WHERE c.customer_id = ANY (l.members);
+	-- Every row that arrived on a restored record goes back (attribution by
+	-- origin_customer_id, also for rows added since the merge).
+	UPDATE crm.orders o SET customer_id = l.merged
+	WHERE o.customer_id = l.survivor AND o.origin_customer_id = ANY (l.members)
+	  AND o.origin_customer_id <> o.customer_id;
+	UPDATE crm.event e SET customer_id = l.merged
+	WHERE e.customer_id = l.survivor AND e.origin_customer_id = ANY (l.members)
+	  AND e.origin_customer_id <> e.customer_id;
+	UPDATE crm.identity i SET customer_id = l.merged
+	WHERE i.customer_id = l.survivor AND i.origin_customer_id = ANY (l.members)
+	  AND i.origin_customer_id <> i.customer_id;
+
+	UPDATE crm.merge_log g SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
+	WHERE g.merge_id = l.merge_id;
+	-- Stitching must not merge them again: the pair is kept apart (delete
+	-- the row to let stitching decide again).
+	UPDATE crm.identity_review r SET resolved_at = pg_catalog.now(), resolution = 'kept_apart', merge_id = l.merge_id
+	WHERE r.customer_a = LEAST(l.survivor, l.merged) AND r.customer_b = GREATEST(l.survivor, l.merged) AND r.resolved_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO crm.identity_review (customer_a, customer_b, source, merge_id, resolved_at, resolution)
+		VALUES (LEAST(l.survivor, l.merged), GREATEST(l.survivor, l.merged), 'unmerge', l.merge_id, pg_catalog.now(), 'kept_apart');
+	END IF;
+	PERFORM crm.run_customer_hooks('unmerge', l.survivor, l.merged);
+	RETURN n + 1;
+END
+$$;
+COMMENT ON FUNCTION crm.unmerge(bigint, boolean) IS
+	'Undoes a merge exactly (rows return to the records they arrived on) and runs the unmerge hooks; refused with CR004 when later merges build on it, unless cascade undoes those first; returns the merges undone';
+
+-- ---------------------------------------------------------------------------
+-- Online stitching: the trigger (C) calls crm.stitch_identity when another
+-- customer holds the inserted value
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.stitch_identity(identity_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Applies the kind's policy to one identity row and merges its customer
+-- with the other golden customers holding the same (kind, value).  Returns
+-- the number of merges made.
+DECLARE
+	r crm.identity;
+	k crm.identity_kind;
+	g bigint;
+	h bigint;
+	nrec bigint;
+	n integer := 0;
+BEGIN
+	SELECT * INTO r FROM crm.identity i WHERE i.identity_id = stitch_identity.identity_id;
+	IF NOT FOUND THEN
+		RETURN 0;
+	END IF;
+	-- An identifier inserted for a merged-away record belongs to its golden
+	-- (unless the golden holds the value already).
+	g := crm.golden_customer(r.customer_id);
+	IF g <> r.customer_id AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN
+		UPDATE crm.identity i SET customer_id = g WHERE i.identity_id = r.identity_id;
+	END IF;
+	IF crm.identity_blocked(r.kind, r.value) THEN
+		RETURN 0;
+	END IF;
+	SELECT * INTO k FROM crm.identity_kind ik WHERE ik.kind = r.kind;
+	IF k.strength = 'weak' THEN
+		-- Stop counting past the limit: a value on 100,000 records costs
+		-- no more than one on three.
+		SELECT pg_catalog.count(*) INTO nrec
+		FROM (SELECT 1 FROM crm.identity i WHERE i.kind = r.kind AND i.value = r.value
+		      LIMIT k.max_customers + 1) x;
+		IF nrec > k.max_customers THEN
+			RETURN 0;
+		END IF;
+	END IF;
+	FOR h IN
+		SELECT DISTINCT COALESCE(c.merged_into, c.customer_id)
+		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+		WHERE i.kind = r.kind AND i.value = r.value
+		ORDER BY 1
+	LOOP
+		IF crm.merge_goldens(r.customer_id, h, 'online', 'shared ' || r.kind, r.identity_id) IS NOT NULL THEN
+			n := n + 1;
+		END IF;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_identity(bigint) IS
+	'Online stitching of one crm.identity row: merges its customer with every other golden customer holding the same value, if the kind''s policy and the blocklist allow';
+
+CREATE FUNCTION crm.identity_stitch_trigger() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_identity_stitch_trigger';
+COMMENT ON FUNCTION crm.identity_stitch_trigger() IS
+	'AFTER INSERT row trigger on crm.identity: calls crm.stitch_identity when another customer holds the value (off when crm.stitch_on_insert is off)';
+CREATE TRIGGER identity_stitch AFTER INSERT ON crm.identity
+	FOR EACH ROW EXECUTE FUNCTION crm.identity_stitch_trigger();
+
+-- ---------------------------------------------------------------------------
+-- Batch stitching
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.identity_graph() RETURNS crm.id_merge
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	-- The links the policies allow, between customer records (origin ids):
+	-- values held by 2+ records, not blocklisted, and for weak kinds held by
+	-- at most max_customers records.  A value on exactly two records is one
+	-- edge (min, max); the rare larger groups are joined back for theirs.
+	WITH grp AS (
+		SELECT i.kind, i.value, pg_catalog.min(i.origin_customer_id) AS lo,
+		       pg_catalog.max(i.origin_customer_id) AS hi, pg_catalog.count(*) AS n
+		FROM crm.identity i
+		GROUP BY i.kind, i.value
+		HAVING pg_catalog.count(*) > 1
+	), linking AS (
+		SELECT g.kind, g.value, g.lo, g.hi, g.n
+		FROM grp g JOIN crm.identity_kind k ON k.kind = g.kind
+		WHERE (k.strength = 'strong' OR g.n <= k.max_customers)
+		  AND NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b
+		                  WHERE b.value = pg_catalog.lower(pg_catalog.btrim(g.value))
+		                    AND (b.kind IS NULL OR b.kind = g.kind))
+	), edges AS (
+		SELECT l.lo AS a, l.hi AS b FROM linking l WHERE l.n = 2
+		UNION ALL
+		SELECT l.lo, i.origin_customer_id FROM linking l
+		JOIN crm.identity i ON i.kind = l.kind AND i.value = l.value
+		WHERE l.n > 2
+	)
+	SELECT crm.id_merge_agg(e.a, e.b) FROM edges e;
+END;
+COMMENT ON FUNCTION crm.identity_graph() IS
+	'The identity graph as an id_merge over customer records: components of records linked by identifiers the kinds'' policies and the blocklist allow';
+
+CREATE FUNCTION crm.stitch_identities(OUT merges bigint, OUT reviews bigint, OUT rows_redirected bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- No arguments.  Builds the identity graph with crm.id_merge_agg and merges
+-- every component's golden customers into its oldest one, under the same
+-- policies as online stitching.  Idempotent: a second run merges nothing.
+DECLARE
+	graph crm.id_merge;
+	comp record;
+	h bigint;
+	reviews_before bigint;
+	n bigint;
+BEGIN
+	merges := 0;
+	rows_redirected := 0;
+	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
+
+	-- Rows inserted for records that were merged away meanwhile (a race
+	-- with a concurrent merge) go to their golden.
+	UPDATE crm.orders o SET customer_id = c.merged_into
+	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND o.customer_id = c.customer_id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+	UPDATE crm.event e SET customer_id = c.merged_into
+	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND e.customer_id = c.customer_id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+	-- identities too, unless the golden holds the value (then they are
+	-- parked duplicates and stay)
+	UPDATE crm.identity i SET customer_id = c.merged_into
+	FROM crm.customer c
+	WHERE c.merged_into IS NOT NULL AND i.customer_id = c.customer_id
+	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+
+	graph := crm.identity_graph();
+
+	-- Every component with more than one golden customer: one row per
+	-- golden, the oldest (created_at, id) first.
+	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS
+	WITH g AS (
+		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
+		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
+	)
+	SELECT g.comp, g.cust,
+	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
+	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
+	FROM g JOIN crm.customer c ON c.customer_id = g.cust
+	WHERE c.forgotten_at IS NULL;
+	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
+	ANALYZE crm_stitch_golden;
+
+	-- Components that need the careful path, merge by merge: a single-valued
+	-- kind with two values among its goldens, or a pair kept apart.
+	CREATE TEMP TABLE crm_stitch_pair ON COMMIT DROP AS
+	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn
+	FROM crm_stitch_golden g JOIN crm_stitch_golden s ON s.comp = g.comp AND s.rn = 1
+	WHERE g.rn > 1
+	  AND g.comp NOT IN (
+		SELECT x.comp FROM crm_stitch_golden x
+		JOIN crm.identity i ON i.customer_id = x.cust
+		JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
+		GROUP BY x.comp, i.kind HAVING pg_catalog.count(DISTINCT i.value) > 1
+		UNION
+		SELECT x.comp FROM crm.identity_review r
+		JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
+		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
+		WHERE r.resolution = 'kept_apart');
+	ANALYZE crm_stitch_pair;
+
+	-- The fast path, set-based: lock every golden involved in id order,
+	-- drop components a concurrent merge changed meanwhile (the careful
+	-- path takes them), then move everything in one statement per table.
+	PERFORM 1 FROM crm.customer c
+	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
+	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
+		UNION
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL);
+	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
+	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
+	UNION ALL
+	SELECT p.survivor, p.merged, c.customer_id FROM crm_stitch_pair p JOIN crm.customer c ON c.merged_into = p.merged;
+	CREATE TEMP TABLE crm_stitch_count (what text, merged bigint, cnt bigint) ON COMMIT DROP;
+	ANALYZE crm_stitch_member;
+
+	UPDATE crm.customer c SET merged_into = m.survivor FROM crm_stitch_member m WHERE c.customer_id = m.member;
+	WITH u AS (UPDATE crm.orders o SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE o.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'orders', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	WITH u AS (UPDATE crm.event e SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE e.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'events', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	-- Identities of each merged golden move unless the survivor holds the
+	-- value already, or another merged golden of the component moves the
+	-- same value in this pass (the lowest identity_id moves, the rest stay).
+	WITH cand AS (
+		SELECT i.identity_id, p.survivor, p.merged,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, p.survivor ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm_stitch_pair p ON i.customer_id = p.merged
+		WHERE NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = p.survivor)
+	), u AS (
+		UPDATE crm.identity i SET customer_id = c.survivor FROM cand c
+		WHERE i.identity_id = c.identity_id AND c.rn = 1 RETURNING c.merged
+	)
+	INSERT INTO crm_stitch_count SELECT 'identities', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	INSERT INTO crm_stitch_count
+	SELECT 'parked', i.customer_id, pg_catalog.count(*) FROM crm.identity i
+	WHERE i.customer_id IN (SELECT p.merged FROM crm_stitch_pair p) GROUP BY i.customer_id;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	SELECT p.survivor, p.merged, mm.members, 'batch', 'batch stitching',
+	       COALESCE(k.orders, 0), COALESCE(k.events, 0), COALESCE(k.identities, 0), COALESCE(k.parked, 0)
+	FROM crm_stitch_pair p
+	JOIN (SELECT m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
+	      FROM crm_stitch_member m GROUP BY m.merged) mm ON mm.merged = p.merged
+	LEFT JOIN (SELECT c.merged,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'orders') AS orders,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'events') AS events,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'identities') AS identities,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'parked') AS parked
+	           FROM crm_stitch_count c GROUP BY c.merged) k ON k.merged = p.merged
+	ORDER BY p.comp, p.rn;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	merges := merges + n;
+	IF EXISTS (SELECT 1 FROM crm.customer_hook k WHERE k.event = 'merge') THEN
+		FOR comp IN SELECT p.survivor, p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn LOOP
+			PERFORM crm.run_customer_hooks('merge', comp.survivor, comp.merged);
+		END LOOP;
+	END IF;
+
+	-- The careful path: the other components, merge by merge, under
+	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
+	FOR comp IN
+		SELECT g.comp, pg_catalog.array_agg(g.cust ORDER BY g.rn) AS goldens
+		FROM crm_stitch_golden g
+		WHERE g.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+		GROUP BY g.comp ORDER BY g.comp
+	LOOP
+		FOREACH h IN ARRAY comp.goldens[2:] LOOP
+			IF crm.merge_goldens(comp.goldens[1], h, 'batch', 'batch stitching', NULL) IS NOT NULL THEN
+				merges := merges + 1;
+			END IF;
+		END LOOP;
+	END LOOP;
+	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_member, pg_temp.crm_stitch_count;
+	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_identities() IS
+	'Batch stitching: merges every component of crm.identity_graph() into its oldest golden customer under the kinds'' policies; idempotent; reports merges, new reviews and stray rows redirected';
