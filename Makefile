@@ -14,7 +14,8 @@ COMMON_OBJS = \
 	src/common/trigger_check.o \
 	src/common/rows.o \
 	src/common/money.o \
-	src/common/int64_util.o
+	src/common/int64_util.o \
+	src/common/settings.o
 CORE_OBJS = \
 	src/core/origin.o \
 	src/core/sample.o

@@ -104,8 +104,9 @@ FROM crm.clv_scores('cdnow_bg', 'cdnow_gg', 52, 0, '1997-09-30 00:00+00');
 SET LOCAL crm.at_risk_threshold = 0.2;
 SELECT crm.clv_at_risk_threshold() AS threshold, count(*) FILTER (WHERE at_risk) AS at_risk
 FROM crm.clv_scores('cdnow_bg', 'cdnow_gg', 52, 0, '1997-09-30 00:00+00');
-SET LOCAL crm.at_risk_threshold = 'high';
-SELECT pg_temp.expect_error($$SELECT crm.clv_at_risk_threshold()$$);
+-- a real setting: a bad threshold is refused when it is set, not when read
+SELECT pg_temp.expect_error($$SET LOCAL crm.at_risk_threshold = 'high'$$);
+SELECT pg_temp.expect_error($$SET LOCAL crm.at_risk_threshold = 1.5$$);
 RESET crm.at_risk_threshold;
 SELECT customer_id, frequency, round(p_alive::numeric, 4) AS p_alive, round(clv::numeric, 2) AS clv, at_risk
 FROM crm.clv_scores('cdnow_bg', 'cdnow_gg', 52, 0, '1997-09-30 00:00+00')

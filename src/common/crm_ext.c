@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/guc.h"
 
 #include "crm_ext.h"
 
@@ -23,10 +24,18 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	crm_settings_init();
 	crm_kept_plans_init();
 	crm_config_cache_init();
 	crm_origin_init();
 	crm_loyalty_init();
 	crm_identity_init();
 	crm_seg_config_init();
+	crm_prediction_init();
+
+	/*
+	 * Every crm.* setting is declared above: a misspelt one (or one that no
+	 * longer exists) is an error when set, not a silent no-op.
+	 */
+	MarkGUCPrefixReserved("crm");
 }

@@ -12,6 +12,8 @@
 #include "access/htup.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
+#include "datatype/timestamp.h"
+#include "utils/guc.h"
 #include "executor/spi.h"
 #include "utils/relcache.h"
 
@@ -32,6 +34,7 @@ extern void crm_origin_init(void);		/* core/origin.c */
 extern void crm_loyalty_init(void);		/* loyalty/loyalty.c */
 extern void crm_identity_init(void);	/* identity/identity.c */
 extern void crm_seg_config_init(void);	/* segmentation/seg_config.c */
+extern void crm_prediction_init(void);	/* prediction/clv.c */
 
 /* kept_plans.c: SPI plans kept across statements, freed on reinstall */
 extern void crm_kept_plans_init(void);
@@ -66,6 +69,12 @@ extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNum
 /* money.c: numeric <-> int64 cents (values with more than 2 decimals are rounded) */
 extern int64 crm_numeric_to_cents(Datum num);
 extern Datum crm_cents_to_numeric(int64 cents);
+
+/* settings.c: what settings share */
+extern void crm_settings_init(void);
+extern bool crm_parse_timestamptz_quietly(const char *str, TimestampTz *out);
+extern bool crm_check_time_setting(char **newval, void **extra, GucSource source);
+extern TimestampTz crm_time_setting(const char *value);
 
 /* int64_util.c */
 extern void crm_sort_int64(int64 *a, size_t n);

@@ -625,6 +625,35 @@ finite_result(double v, const char *what)
 	return v;
 }
 
+/*
+ * crm.at_risk_threshold: the P(alive) below which crm.v_clv flags a customer
+ * at risk.  It changes how a query reads the scores, nothing stored, so any
+ * role may set it; the range is checked when it is set.
+ */
+static double at_risk_threshold = 0.5;
+
+void
+crm_prediction_init(void)
+{
+	DefineCustomRealVariable("crm.at_risk_threshold",
+							 "P(alive) below which a customer counts as at risk (crm.v_clv).",
+							 NULL,
+							 &at_risk_threshold,
+							 0.5, 0.0, 1.0,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+}
+
+PG_FUNCTION_INFO_V1(crm_clv_at_risk_threshold);
+
+/* crm.clv_at_risk_threshold(): the setting crm.at_risk_threshold */
+Datum
+crm_clv_at_risk_threshold(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_FLOAT8(at_risk_threshold);
+}
+
 PG_FUNCTION_INFO_V1(crm_p_alive);
 
 /* crm.p_alive(model, frequency, recency, t): probability the customer is still active. */

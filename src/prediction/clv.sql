@@ -262,30 +262,9 @@ COMMENT ON FUNCTION crm.clv(text, text, double precision, double precision, doub
 	'Customer lifetime value over the next horizon periods: expected purchases per period times expected spend, discounted at discount_rate per period';
 
 CREATE FUNCTION crm.clv_at_risk_threshold() RETURNS double precision
-LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	s text := pg_catalog.current_setting('crm.at_risk_threshold', true);
-	v double precision;
-BEGIN
-	IF s IS NULL OR s = '' THEN
-		RETURN 0.5;
-	END IF;
-	BEGIN
-		v := s::double precision;
-	EXCEPTION WHEN invalid_text_representation THEN
-		v := NULL;
-	END;
-	IF v IS NULL OR NOT (v >= 0 AND v <= 1) THEN
-		RAISE EXCEPTION 'crm.at_risk_threshold must be a number between 0 and 1, not "%"', s
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	RETURN v;
-END
-$$;
+	LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_clv_at_risk_threshold';
 COMMENT ON FUNCTION crm.clv_at_risk_threshold() IS
-	'The P(alive) below which a customer is at risk: setting crm.at_risk_threshold (e.g. ALTER DATABASE ... SET crm.at_risk_threshold = 0.3), 0.5 when unset';
+	'The P(alive) below which a customer is at risk: setting crm.at_risk_threshold, a number between 0 and 1 (e.g. ALTER DATABASE ... SET crm.at_risk_threshold = 0.3), 0.5 when unset';
 
 CREATE FUNCTION crm.clv_scores(model text, spend_model text DEFAULT NULL, horizon double precision DEFAULT 52,
 	discount_rate double precision DEFAULT 0, as_of timestamptz DEFAULT NULL)

@@ -46,7 +46,7 @@ crm_seg_config_init(void)
 							   "",
 							   PGC_SUSET,
 							   0,
-							   NULL, NULL, NULL);
+							   crm_check_time_setting, NULL, NULL);
 }
 
 
@@ -108,11 +108,5 @@ crm_local_day(TimestampTz ts, int *weekday)
 TimestampTz
 crm_seg_now(void)
 {
-	const char *s = seg_as_of;
-
-	if (s != NULL && s[0] != '\0')
-		return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(s),
-													   ObjectIdGetDatum(InvalidOid),
-													   Int32GetDatum(-1)));
-	return GetCurrentTransactionStartTimestamp();
+	return crm_time_setting(seg_as_of);
 }

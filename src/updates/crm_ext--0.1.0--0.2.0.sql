@@ -869,3 +869,9 @@ CREATE TRIGGER tag_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON crm.t
 ALTER TABLE crm.tag ENABLE ALWAYS TRIGGER tag_changed;
 DROP FUNCTION crm.loyalty_config_changed();
 DROP FUNCTION crm.seg_config_changed();
+
+-- crm.at_risk_threshold is a real setting (0 to 1, checked when set), read in C.
+CREATE OR REPLACE FUNCTION crm.clv_at_risk_threshold() RETURNS double precision
+	LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_clv_at_risk_threshold';
+COMMENT ON FUNCTION crm.clv_at_risk_threshold() IS
+	'The P(alive) below which a customer is at risk: setting crm.at_risk_threshold, a number between 0 and 1 (e.g. ALTER DATABASE ... SET crm.at_risk_threshold = 0.3), 0.5 when unset';
