@@ -18,6 +18,7 @@ COMMON_OBJS = \
 	src/common/settings.o
 CORE_OBJS = \
 	src/core/origin.o \
+	src/core/order_line.o \
 	src/core/sample.o
 IDENTITY_OBJS = \
 	src/identity/id_merge.o \
@@ -85,6 +86,10 @@ PG_CPPFLAGS = -Isrc/common -Isrc
 # Our own files compile warning-free with these; PostgreSQL's headers trip
 # -Wunused-parameter and -Wsign-compare, so those two stay quiet.
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+# CI (CI=true in its environment) turns any warning in our files into an error.
+ifneq ($(CI),)
+PG_CFLAGS  += -Werror
+endif
 
 # META.json (PGXN) names the version twice; both must be the control file's.
 ifneq ($(shell grep -c '"version": "$(EXTVERSION)"' META.json),2)

@@ -243,7 +243,8 @@ VALUES (900001, 1, 'web', '2026-06-20 10:00+00', 123.45, 'hj-1');
 INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount, external_ref)
 VALUES (900002, 1, 'web', '2026-06-21 10:00+00', 80.00, 'hj-2'), (900003, 2, 'app', '2026-06-21 11:00+00', 60.00, 'hj-3');
 INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount)
-VALUES (900001, 1, 'FRE-0001', 'fresh', 1, 100.00), (900001, 2, 'BAK-0001', 'bakery', 1, 23.45);
+VALUES (900001, 1, 'FRE-0001', 'fresh', 1, 100.00), (900001, 2, 'BAK-0001', 'bakery', 1, 13.45);
+INSERT INTO crm.order_line (order_id, sku, category, qty, amount) VALUES (900001, 'BAK-0002', 'bakery', 1, 10.00);
 UPDATE crm.orders SET refunded_amount = 20.00 WHERE order_id OPERATOR(pg_catalog.=) 900001;
 UPDATE crm.orders SET refunded_amount = 0.00 WHERE order_id OPERATOR(pg_catalog.=) 900001;
 UPDATE crm.orders SET status = 'refunded' WHERE order_id OPERATOR(pg_catalog.=) 900002;

@@ -1,15 +1,15 @@
 /*
  * crm_ext.h
  *		The plumbing every feature of crm_ext shares (src/common/), its
- *		SQLSTATEs, and the features' load-time entry points.
+ *		SQLSTATEs, and the features' load-time entry points.  Include
+ *		postgres.h first, as every C file does.
  */
 #ifndef CRM_EXT_H
 #define CRM_EXT_H
 
-#include "postgres.h"
-
 #include "access/attnum.h"
 #include "access/htup.h"
+#include "access/sdir.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "datatype/timestamp.h"
@@ -63,6 +63,7 @@ extern int	crm_trigger_attnum(Relation rel, const char *name, const char *fn);
 
 /* rows.c: reading rows by index without the executor */
 extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
+extern HeapTuple crm_row_by_index_in(Relation rel, Oid idx, const Datum *key, ScanDirection direction);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);
 

@@ -30,6 +30,13 @@
 HeapTuple
 crm_row_by_index(Relation rel, Oid idx, const Datum *key)
 {
+	return crm_row_by_index_in(rel, idx, key, ForwardScanDirection);
+}
+
+/* crm_row_by_index, from either end of the index: the last row when backward. */
+HeapTuple
+crm_row_by_index_in(Relation rel, Oid idx, const Datum *key, ScanDirection direction)
+{
 	Relation	irel = index_open(idx, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	IndexScanDesc scan = index_beginscan(rel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
@@ -39,7 +46,7 @@ crm_row_by_index(Relation rel, Oid idx, const Datum *key)
 	if (key)
 		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
 	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	if (index_getnext_slot(scan, direction, slot))
 		tup = ExecCopySlotHeapTuple(slot);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);

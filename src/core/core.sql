@@ -192,6 +192,14 @@ CREATE TABLE crm.order_line (
 	PRIMARY KEY (order_id, line_no)
 );
 CREATE INDEX order_line_sku_idx ON crm.order_line (sku);
+-- An order's lines may be inserted without numbers: they are numbered after
+-- the order's highest line (src/core/order_line.c).
+CREATE FUNCTION crm.number_order_line() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_number_order_line';
+COMMENT ON FUNCTION crm.number_order_line() IS
+	'BEFORE INSERT row trigger on crm.order_line (WHEN line_no IS NULL): numbers the line after the order''s highest line';
+CREATE TRIGGER order_line_number BEFORE INSERT ON crm.order_line
+	FOR EACH ROW WHEN (NEW.line_no IS NULL) EXECUTE FUNCTION crm.number_order_line();
 COMMENT ON TABLE crm.order_line IS 'The lines of an order: sku, category, quantity and amount';
 
 -- ---------------------------------------------------------------------------

@@ -875,3 +875,11 @@ CREATE OR REPLACE FUNCTION crm.clv_at_risk_threshold() RETURNS double precision
 	LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_clv_at_risk_threshold';
 COMMENT ON FUNCTION crm.clv_at_risk_threshold() IS
 	'The P(alive) below which a customer is at risk: setting crm.at_risk_threshold, a number between 0 and 1 (e.g. ALTER DATABASE ... SET crm.at_risk_threshold = 0.3), 0.5 when unset';
+
+-- Order lines inserted without line numbers are numbered (src/core/order_line.c).
+CREATE FUNCTION crm.number_order_line() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_number_order_line';
+COMMENT ON FUNCTION crm.number_order_line() IS
+	'BEFORE INSERT row trigger on crm.order_line (WHEN line_no IS NULL): numbers the line after the order''s highest line';
+CREATE TRIGGER order_line_number BEFORE INSERT ON crm.order_line
+	FOR EACH ROW WHEN (NEW.line_no IS NULL) EXECUTE FUNCTION crm.number_order_line();
