@@ -23,6 +23,7 @@
 #define NUMERIC_SHORT_WEIGHT_SIGN_MASK 0x0040
 #define NUMERIC_SHORT_WEIGHT_MASK 0x003F
 
+/* A numeric with at most two decimals as int64 cents (see above). */
 int64
 crm_numeric_to_cents(Datum num)
 {

@@ -148,6 +148,10 @@ count_basket(int *items, int n, int lo, int hi, const int64 *rowoff, uint32 *tri
 	"SELECT l.order_id, l.sku FROM crm.order_line l " \
 	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " \
 	"WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id"
+enum
+{
+	LINE_ORDER_ID = 1, LINE_SKU
+};
 
 typedef struct PassState
 {
@@ -198,8 +202,8 @@ scan_lines(PassState *ps)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
 			bool		isnull;
-			int64		oid = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-			char	   *sku = TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+			int64		oid = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, LINE_ORDER_ID, &isnull));
+			char	   *sku = TextDatumGetCString(SPI_getbinval(tup, SPI_tuptable->tupdesc, LINE_SKU, &isnull));
 			SkuEntry   *e;
 			bool		found;
 

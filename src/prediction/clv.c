@@ -514,6 +514,12 @@ typedef struct ModelCache
 	bool		valid;
 } ModelCache;
 
+/* Columns of lookup_model's query of crm.clv_model. */
+enum
+{
+	MODEL_KIND = 1, MODEL_PARAMS
+};
+
 /* Looks a model up in crm.clv_model, once per call site and name. */
 static ModelCache *
 lookup_model(FunctionCallInfo fcinfo, int argno, ModelCache *slot)
@@ -558,10 +564,10 @@ lookup_model(FunctionCallInfo fcinfo, int argno, ModelCache *slot)
 				errcode(ERRCODE_UNDEFINED_OBJECT),
 				errmsg("no CLV model named \"%s\"", name),
 				errhint("Fit one with crm.clv_fit, or list them in crm.clv_model."));
-	model = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	model = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, MODEL_KIND);
 	if (!clv_model_from_name(model, &slot->kind))
 		elog(ERROR, "crm.clv_model holds unknown model \"%s\"", model);
-	arr = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	arr = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, MODEL_PARAMS, &isnull));
 	deconstruct_array(arr, FLOAT8OID, sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
 					  &elems, &enulls, &nel);
 	if (nel != clv_model_nparams(slot->kind))

@@ -91,7 +91,7 @@ clv_model_from_name(const char *name, ClvModelKind *kind)
  * ------------------------------------------------------------------------ */
 
 /* Digamma for x > 0: recurrence up to 6, then the asymptotic series. */
-double
+static double
 clv_digamma(double x)
 {
 	double		acc = 0.0;
@@ -117,7 +117,7 @@ clv_digamma(double x)
  * series whose terms decay even as z approaches 1.  *ok is false when the
  * series does not settle (then the caller reports an error).
  */
-double
+static double
 clv_log_hyp2f1(double a, double b, double c, double z, int max_terms, bool *ok)
 {
 	double		pre = 0.0;
@@ -201,6 +201,7 @@ find_value(const double *vals, int n, double v)
 	return lo;
 }
 
+/* Fills the derived columns of the summary (logs, sorted distinct values) the likelihoods read. */
 void
 clv_data_prepare(ClvData *d)
 {
@@ -454,6 +455,7 @@ pnbd_loglik(const ClvData *d, const double *p, bool *ok)
 	return ll;
 }
 
+/* Gamma-Gamma log-likelihood of the repeat customers' mean spend, with its gradient in log-parameters. */
 static double
 gg_loglik(const ClvData *d, const double *p, double *grad)
 {
@@ -513,6 +515,7 @@ gg_loglik(const ClvData *d, const double *p, double *grad)
 	return ll;
 }
 
+/* Log-likelihood of a model (and its gradient where it has an analytic one) at log-parameters. */
 double
 clv_loglik(ClvModelKind kind, const ClvData *d, const double *params,
 		   double *grad, bool *have_grad)
@@ -604,6 +607,7 @@ clv_p_alive(ClvModelKind kind, const double *p, double x, double tx, double T)
 	}
 }
 
+/* Expected purchases in the next t periods of a customer with history (x, tx, T). */
 double
 clv_expected_conditional(ClvModelKind kind, const double *p, double t,
 						 double x, double tx, double T)

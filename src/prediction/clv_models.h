@@ -74,8 +74,4 @@ extern double clv_expected_conditional(ClvModelKind kind, const double *p, doubl
 extern double clv_expected_unconditional(ClvModelKind kind, const double *p, double t);
 extern double clv_expected_spend(const double *p, double x, double m);
 
-/* Special functions */
-extern double clv_digamma(double x);
-extern double clv_log_hyp2f1(double a, double b, double c, double z, int max_terms, bool *ok);
-
 #endif							/* CLV_MODELS_H */

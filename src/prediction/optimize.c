@@ -469,6 +469,7 @@ newton_polish(OptState *s, double *x, double *f, double gtol, double *gnorm, int
 	return *gnorm < gtol;
 }
 
+/* Minimises fn: Nelder-Mead from each start (screened on a subsample), then BFGS and Newton steps. */
 void
 opt_minimize(opt_fn fn, void *ctx, opt_fn screen_fn, void *screen_ctx,
 			 int k, const double *starts, int nstarts, double gtol,
