@@ -74,7 +74,7 @@ crm_config_generation(void)
 	return config_generation;
 }
 
-/* OID of table crm.<relname>, or an ERROR if crm_ext is not installed right. */
+/* OID of relation (table, index, view) crm.<relname>, or an ERROR if crm_ext is not installed right. */
 Oid
 crm_relid(const char *relname)
 {
@@ -83,7 +83,8 @@ crm_relid(const char *relname)
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("table crm.%s does not exist", relname)));
+				 errmsg("relation crm.%s does not exist", relname),
+				 errhint("crm_ext is not installed completely: reinstall it.")));
 	return relid;
 }
 

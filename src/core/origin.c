@@ -209,13 +209,10 @@ typedef struct OriginColumns
 static void
 find_customer_indexes(OriginColumns *cols)
 {
-	Oid			nsp = get_namespace_oid("crm", false);
 	Relation	crel;
 
-	cols->customer_relid = get_relname_relid("customer", nsp);
-	cols->merged_idx_oid = get_relname_relid("customer_merged_into_idx", nsp);
-	if (!OidIsValid(cols->customer_relid) || !OidIsValid(cols->merged_idx_oid))
-		elog(ERROR, "crm.customer or its index customer_merged_into_idx is missing");
+	cols->customer_relid = crm_relid("customer");
+	cols->merged_idx_oid = crm_relid("customer_merged_into_idx");
 	crel = table_open(cols->customer_relid, AccessShareLock);
 	cols->pkey_oid = RelationGetPrimaryKeyIndex(crel);
 	cols->merged_att = required_attnum(crel, "merged_into");
@@ -253,15 +250,12 @@ golden_of(OriginColumns *cols, Datum cust)
 static void
 find_kind_patterns(OriginColumns *cols, Relation rel)
 {
-	Oid			nsp = get_namespace_oid("crm", false);
 	Relation	krel;
 
 	cols->kind_att = required_attnum(rel, "kind");
 	cols->value_att = required_attnum(rel, "value");
 	cols->value_collation = TupleDescAttr(RelationGetDescr(rel), cols->value_att - 1)->attcollation;
-	cols->kind_relid = get_relname_relid("identity_kind", nsp);
-	if (!OidIsValid(cols->kind_relid))
-		elog(ERROR, "crm.identity_kind is missing");
+	cols->kind_relid = crm_relid("identity_kind");
 	krel = table_open(cols->kind_relid, AccessShareLock);
 	cols->kind_pkey = RelationGetPrimaryKeyIndex(krel);
 	cols->pattern_att = required_attnum(krel, "pattern");
