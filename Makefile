@@ -27,7 +27,9 @@ IDENTITY_OBJS = \
 LOYALTY_OBJS = \
 	src/loyalty/loyalty_ledger.o \
 	src/loyalty/loyalty_ledger_parse.o \
-	src/loyalty/loyalty.o
+	src/loyalty/loyalty_config.o \
+	src/loyalty/loyalty_account.o \
+	src/loyalty/loyalty_triggers.o
 SEGMENTATION_OBJS = \
 	src/segmentation/seg_config.o \
 	src/segmentation/rfm_score.o \

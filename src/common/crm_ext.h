@@ -31,7 +31,7 @@
 
 /* Each feature's load-time set-up, called by _PG_init (crm_ext.c). */
 extern void crm_origin_init(void);		/* core/origin.c */
-extern void crm_loyalty_init(void);		/* loyalty/loyalty.c */
+extern void crm_loyalty_init(void);		/* loyalty/loyalty_config.c */
 extern void crm_identity_init(void);	/* identity/identity.c */
 extern void crm_seg_config_init(void);	/* segmentation/seg_config.c */
 extern void crm_prediction_init(void);	/* prediction/clv.c */

@@ -1,7 +1,7 @@
 
 -- ===========================================================================
 -- loyalty.sql: the member programme (tables, C triggers, entry points, tick
--- tasks, merge hooks).  The C side is src/loyalty/loyalty.c.
+-- tasks, merge hooks).  The C side is src/loyalty/loyalty_{config,account,triggers}.c.
 -- ===========================================================================
 
 -- ---------------------------------------------------------------------------
