@@ -255,6 +255,11 @@ SELECT crm.redeem_points(1, 100, 'hj-red-1', '2026-06-23') IS NOT NULL;
 SELECT crm.redeem_points(1, 100, 'hj-red-1', '2026-06-23') IS NOT NULL;
 SELECT crm.points_balance(1, '2026-06-24') IS NOT NULL, crm.qualifying_spend(1, '2026-06-24') IS NOT NULL;
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.points_expiring(1, '90 days', '2026-06-24');
+SELECT crm.loyalty_month('2026-06-24') IS NOT NULL, crm.loyalty_no_account(1) IS NOT NULL,
+	crm.tier_for_spend(1000.00) IS NOT NULL, crm.spend_buckets_total(a.spend_month, a.spend_cents, '2026-06-24') IS NOT NULL
+FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) 1;
+SELECT b.spend_month IS NOT NULL, b.spend_cents IS NOT NULL, b.qualifying_spend IS NOT NULL
+FROM crm.spend_buckets('{2026-06-20 10:00+00,2025-01-05 10:00+00}', '{123.45,0.00}') b;
 -- identities: online stitching of two records, a manual merge and unmerges
 INSERT INTO crm.customer (customer_id, name) VALUES (900001, 'hj a'), (900002, 'hj b'), (900003, 'hj c');
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('email', 'hj-shared@example.com', 900001);

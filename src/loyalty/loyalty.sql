@@ -232,6 +232,25 @@ CREATE FUNCTION crm.loyalty_month(at timestamptz) RETURNS integer
 COMMENT ON FUNCTION crm.loyalty_month(timestamptz) IS
 	'The month of "at" in the programme time zone as year * 12 + month - 1';
 
+-- The business rules of tiers and qualifying spend live once, in C
+-- (src/loyalty/loyalty_account.c); the triggers use them directly and the
+-- SQL paths (crm.qualifying_spend, tick tasks, merge hooks) through these.
+CREATE FUNCTION crm.tier_for_spend(spend numeric) RETURNS text
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_tier_for_spend';
+COMMENT ON FUNCTION crm.tier_for_spend(numeric) IS
+	'The tier a rolling 12-month qualifying spend reaches: the highest rank whose threshold is at most spend; NULL for a negative spend; 22023 for NaN';
+
+CREATE FUNCTION crm.spend_buckets_total(spend_month integer, spend_cents bigint[], at timestamptz) RETURNS numeric
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_spend_buckets_total';
+COMMENT ON FUNCTION crm.spend_buckets_total(integer, bigint[], timestamptz) IS
+	'Rolling qualifying spend at "at" of monthly buckets in cents (spend_cents[k] is month spend_month - k + 1): those of the month of "at" and the 11 before it (programme time zone), NULL elements counting 0';
+
+CREATE FUNCTION crm.spend_buckets(ordered_at timestamptz[], net_amount numeric[],
+	OUT spend_month integer, OUT spend_cents bigint[], OUT qualifying_spend numeric)
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_spend_buckets';
+COMMENT ON FUNCTION crm.spend_buckets(timestamptz[], numeric[]) IS
+	'An account''s 12 monthly qualifying-spend buckets built from its orders (pairs of ordered_at and net_amount): net amounts above 0 count, in cents, in the programme month of ordered_at; spend_month is the newest such month (0 for none); qualifying_spend their total; pairs with a NULL are skipped';
+
 CREATE FUNCTION crm.loyalty_orders_insert() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_insert';
 COMMENT ON FUNCTION crm.loyalty_orders_insert() IS
@@ -487,11 +506,9 @@ RETURNS numeric
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((
-	SELECT (pg_catalog.sum(s.cents)::numeric / 100)::numeric(20,2) FROM crm.loyalty_account a,
-	       LATERAL pg_catalog.unnest(a.spend_cents) WITH ORDINALITY s(cents, k)
-	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id
-	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.>) crm.loyalty_month(at) - 12
-	  AND a.spend_month - (s.k::integer - 1) OPERATOR(pg_catalog.<=) crm.loyalty_month(at)),
+	SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
+	FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id),
 	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
 	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); SQLSTATE 23503 for an unknown customer';
@@ -583,9 +600,7 @@ BEGIN
 		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
 		ORDER BY a.customer_id FOR UPDATE OF a),
 	target AS (
-		SELECT c.customer_id, c.old_tier, c.spend,
-		       (SELECT t.tier FROM crm.tier t WHERE t.threshold OPERATOR(pg_catalog.<=) c.spend
-		        ORDER BY t.rank DESC LIMIT 1) AS new_tier
+		SELECT c.customer_id, c.old_tier, c.spend, crm.tier_for_spend(c.spend) AS new_tier
 		FROM cand c),
 	down AS (
 		SELECT t.* FROM target t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
@@ -617,23 +632,16 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	m integer;
-	cents bigint[];
+	b record;
 BEGIN
-	SELECT pg_catalog.max(crm.loyalty_month(o.ordered_at)) INTO m FROM crm.orders o
-	WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id AND o.net_amount OPERATOR(pg_catalog.>) 0;
-	IF m IS NULL THEN
-		m := 0;
-	END IF;
-	SELECT pg_catalog.array_agg(coalesce(s.c, 0) ORDER BY k.k) INTO cents
-	FROM pg_catalog.generate_series(1, 12) k(k)
-	LEFT JOIN (SELECT m OPERATOR(pg_catalog.-) crm.loyalty_month(o.ordered_at) OPERATOR(pg_catalog.+) 1 AS k,
-	                  pg_catalog.sum(o.net_amount OPERATOR(pg_catalog.*) 100)::bigint AS c
-	           FROM crm.orders o
-	           WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id AND o.net_amount OPERATOR(pg_catalog.>) 0
-	           GROUP BY 1) s ON s.k OPERATOR(pg_catalog.=) k.k;
-	UPDATE crm.loyalty_account a SET spend_month = m, spend_cents = cents,
-		qualifying_spend = (SELECT pg_catalog.sum(x)::numeric / 100 FROM pg_catalog.unnest(cents) x),
+	-- Which orders count and in which month is crm.spend_buckets' rule.
+	SELECT s.spend_month, s.spend_cents, s.qualifying_spend INTO b
+	FROM (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
+	      FROM crm.orders o
+	      WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id) o,
+	     LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s;
+	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
+		qualifying_spend = b.qualifying_spend,
 		updated_at = pg_catalog.now()
 	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id;
 END
@@ -773,7 +781,7 @@ BEGIN
 	PERFORM crm.loyalty_recompute_spend(restored);
 	-- The restored record gets the tier its own rolling spend reaches.
 	UPDATE crm.loyalty_account a
-	SET tier = (SELECT t.tier FROM crm.tier t WHERE t.threshold OPERATOR(pg_catalog.<=) a.qualifying_spend ORDER BY t.rank DESC LIMIT 1),
+	SET tier = crm.tier_for_spend(a.qualifying_spend),
 	    tier_since = pg_catalog.now()
 	WHERE a.customer_id OPERATOR(pg_catalog.=) restored;
 	INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason)

@@ -883,3 +883,163 @@ COMMENT ON FUNCTION crm.number_order_line() IS
 	'BEFORE INSERT row trigger on crm.order_line (WHEN line_no IS NULL): numbers the line after the order''s highest line';
 CREATE TRIGGER order_line_number BEFORE INSERT ON crm.order_line
 	FOR EACH ROW WHEN (NEW.line_no IS NULL) EXECUTE FUNCTION crm.number_order_line();
+
+-- ---------------------------------------------------------------------------
+-- Issue 12, items 3 and 4 (loyalty): one owner per business rule, in C.  The
+-- tier a spend reaches and the monthly spend buckets are C functions the
+-- SQL paths call instead of their own copies.
+-- ---------------------------------------------------------------------------
+-- The business rules of tiers and qualifying spend live once, in C
+-- (src/loyalty/loyalty_account.c); the triggers use them directly and the
+-- SQL paths (crm.qualifying_spend, tick tasks, merge hooks) through these.
+CREATE FUNCTION crm.tier_for_spend(spend numeric) RETURNS text
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_tier_for_spend';
+COMMENT ON FUNCTION crm.tier_for_spend(numeric) IS
+	'The tier a rolling 12-month qualifying spend reaches: the highest rank whose threshold is at most spend; NULL for a negative spend; 22023 for NaN';
+
+CREATE FUNCTION crm.spend_buckets_total(spend_month integer, spend_cents bigint[], at timestamptz) RETURNS numeric
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_spend_buckets_total';
+COMMENT ON FUNCTION crm.spend_buckets_total(integer, bigint[], timestamptz) IS
+	'Rolling qualifying spend at "at" of monthly buckets in cents (spend_cents[k] is month spend_month - k + 1): those of the month of "at" and the 11 before it (programme time zone), NULL elements counting 0';
+
+CREATE FUNCTION crm.spend_buckets(ordered_at timestamptz[], net_amount numeric[],
+	OUT spend_month integer, OUT spend_cents bigint[], OUT qualifying_spend numeric)
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_spend_buckets';
+COMMENT ON FUNCTION crm.spend_buckets(timestamptz[], numeric[]) IS
+	'An account''s 12 monthly qualifying-spend buckets built from its orders (pairs of ordered_at and net_amount): net amounts above 0 count, in cents, in the programme month of ordered_at; spend_month is the newest such month (0 for none); qualifying_spend their total; pairs with a NULL are skipped';
+
+CREATE OR REPLACE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS numeric
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((
+	SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
+	FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id),
+	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
+
+CREATE OR REPLACE FUNCTION crm.loyalty_downgrade_tiers(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
+BEGIN
+	-- Policy: a tier held at least tier_hold_months drops to the highest tier
+	-- that the rolling 12-month spend at "at" still reaches.  Only lowers.
+	WITH cand AS (
+		SELECT a.customer_id, a.tier AS old_tier, cur.rank AS old_rank, crm.qualifying_spend(a.customer_id, at) AS spend
+		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
+		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
+		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
+		ORDER BY a.customer_id FOR UPDATE OF a),
+	target AS (
+		SELECT c.customer_id, c.old_tier, c.spend, crm.tier_for_spend(c.spend) AS new_tier
+		FROM cand c),
+	down AS (
+		SELECT t.* FROM target t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
+		JOIN crm.tier ot ON ot.tier OPERATOR(pg_catalog.=) t.old_tier
+		WHERE nt.rank OPERATOR(pg_catalog.<) ot.rank),
+	h AS (
+		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
+		SELECT d.customer_id, d.old_tier, d.new_tier, at, 'downgrade', d.spend FROM down d),
+	u AS (
+		UPDATE crm.loyalty_account a SET tier = d.new_tier, tier_since = at, updated_at = pg_catalog.now()
+		FROM down d WHERE a.customer_id OPERATOR(pg_catalog.=) d.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION crm.loyalty_recompute_spend(customer_id bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+BEGIN
+	-- Which orders count and in which month is crm.spend_buckets' rule.
+	SELECT s.spend_month, s.spend_cents, s.qualifying_spend INTO b
+	FROM (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
+	      FROM crm.orders o
+	      WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id) o,
+	     LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s;
+	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
+		qualifying_spend = b.qualifying_spend,
+		updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION crm.loyalty_unmerge(survivor bigint, restored bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	side bigint;
+	other bigint;
+BEGIN
+	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
+	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, restored) ORDER BY a.customer_id FOR UPDATE;
+	-- 1. Every journal row goes back to the golden record of the customer it
+	--    was earned or spent on.
+	UPDATE crm.points_journal p SET customer_id = restored
+	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.<>) survivor
+	  AND crm.loyalty_golden(p.origin_customer_id) OPERATOR(pg_catalog.=) restored;
+	-- 2. Points one side spent (or lost to expiry) out of lots the other side
+	--    earned, while merged, are charged to the side that earned them: a
+	--    pair of 'merge' entries moves them per lot, so neither side ends with
+	--    a negative lot.
+	FOR r IN
+		SELECT p.customer_id, l.expires_at,
+		       pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END)::bigint AS pts
+		FROM crm.points_journal p, LATERAL crm.ledger_lots(p.lots) l
+		WHERE p.customer_id IN (survivor, restored) AND p.points OPERATOR(pg_catalog.<>) 0
+		GROUP BY 1, 2
+		HAVING pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END) OPERATOR(pg_catalog.<) 0
+		ORDER BY 1, 2
+	LOOP
+		side := r.customer_id;
+		other := CASE WHEN side OPERATOR(pg_catalog.=) survivor THEN restored ELSE survivor END;
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, reason, at) VALUES
+			(other, other, 'merge', r.pts,
+			 crm.ledger_earn('{}', - r.pts, r.expires_at OPERATOR(pg_catalog.-) '1 second'::interval, r.expires_at),
+			 pg_catalog.format('unmerge of %s from %s: points of customer %s used by customer %s', restored, survivor, other, side), pg_catalog.now()),
+			(side, side, 'merge', - r.pts,
+			 crm.ledger_earn('{}', - r.pts, r.expires_at OPERATOR(pg_catalog.-) '1 second'::interval, r.expires_at),
+			 pg_catalog.format('unmerge of %s from %s: points of customer %s used by customer %s', restored, survivor, other, side), pg_catalog.now());
+	END LOOP;
+	-- Debt follows the same rule.
+	FOR r IN
+		SELECT p.customer_id, pg_catalog.sum(p.debt)::bigint AS d FROM crm.points_journal p
+		WHERE p.customer_id IN (survivor, restored) GROUP BY 1 HAVING pg_catalog.sum(p.debt) OPERATOR(pg_catalog.<) 0
+	LOOP
+		other := CASE WHEN r.customer_id OPERATOR(pg_catalog.=) survivor THEN restored ELSE survivor END;
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, debt, reason, at) VALUES
+			(other, other, 'merge', 0, r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now()),
+			(r.customer_id, r.customer_id, 'merge', 0, - r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now());
+	END LOOP;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	VALUES (restored, restored, 'merge', 0, pg_catalog.format('unmerged customer %s from %s', restored, survivor), pg_catalog.now());
+	-- 3. Both ledgers are rebuilt from their journal rows.
+	UPDATE crm.loyalty_account a
+	SET ledger = (SELECT crm.ledger_agg(p.lots, p.points) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
+	    debt = (SELECT coalesce(pg_catalog.sum(p.debt), 0) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
+	    updated_at = pg_catalog.now()
+	WHERE a.customer_id IN (survivor, restored);
+	PERFORM crm.loyalty_recompute_spend(survivor);
+	PERFORM crm.loyalty_recompute_spend(restored);
+	-- The restored record gets the tier its own rolling spend reaches.
+	UPDATE crm.loyalty_account a
+	SET tier = crm.tier_for_spend(a.qualifying_spend),
+	    tier_since = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) restored;
+	INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason)
+	SELECT a.customer_id, NULL, a.tier, pg_catalog.now(), 'unmerge' FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) restored;
+END
+$$;
