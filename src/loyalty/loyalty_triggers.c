@@ -377,11 +377,9 @@ flush_history(LoyaltyBatch *ctx)
 static void
 push_account(DatumBuf *a, Acct *ac)
 {
-	int64		q = 0;
+	int64		q = loyalty_spend_total(ac);
 	int			k;
 
-	for (k = 0; k < SPEND_MONTHS; k++)
-		q += ac->spend.cents[k];
 	dbuf_push(&a[AP_CUSTOMER], Int64GetDatum(ac->cust), false);
 	dbuf_push(&a[AP_LEDGER], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
 	dbuf_push(&a[AP_DEBT], Int64GetDatum(ac->debt), false);
