@@ -39,35 +39,14 @@ static char *loyalty_now_text = NULL;
 static bool loyalty_now_set = false;
 static TimestampTz loyalty_now_value = 0;
 
-/* A finite timestamptz from text without raising an error (GUC check hook). */
-static bool
-parse_timestamptz_quietly(const char *str, TimestampTz *out)
-{
-	char		workbuf[MAXDATELEN + MAXDATEFIELDS];
-	char	   *field[MAXDATEFIELDS];
-	int			ftype[MAXDATEFIELDS];
-	int			nf;
-	int			dtype;
-	int			tz;
-	struct pg_tm tm;
-	fsec_t		fsec;
-
-	if (strlen(str) > MAXDATELEN)
-		return false;
-	if (ParseDateTime(str, workbuf, sizeof(workbuf), field, ftype, MAXDATEFIELDS, &nf) != 0)
-		return false;
-	if (DecodeDateTime(field, ftype, nf, &dtype, &tm, &fsec, &tz) != 0 || dtype != DTK_DATE)
-		return false;
-	return tm2timestamp(&tm, fsec, &tz, out) == 0 && !TIMESTAMP_NOT_FINITE(*out);
-}
-
+/* GUC check hook: empty or a finite timestamptz, kept parsed in *extra with whether it is set. */
 static bool
 check_loyalty_now(char **newval, void **extra, GucSource source)
 {
 	TimestampTz *keep;
 	TimestampTz t = 0;
 
-	if (*newval != NULL && (*newval)[0] != '\0' && !parse_timestamptz_quietly(*newval, &t))
+	if (*newval != NULL && (*newval)[0] != '\0' && !crm_parse_timestamptz_quietly(*newval, &t))
 	{
 		GUC_check_errdetail("crm.loyalty_now must be empty or a finite timestamp with time zone.");
 		return false;
