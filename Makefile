@@ -37,7 +37,9 @@ SEGMENTATION_OBJS = \
 	src/segmentation/rfm.o \
 	src/segmentation/tag_rule.o \
 	src/segmentation/tag_rule_parse.o \
-	src/segmentation/customer_stats.o \
+	src/segmentation/stats_fold.o \
+	src/segmentation/stats_batch.o \
+	src/segmentation/stats_trigger.o \
 	src/segmentation/segment.o
 PREDICTION_OBJS = \
 	src/prediction/clv_models.o \

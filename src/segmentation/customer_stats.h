@@ -1,11 +1,11 @@
 /*
  * customer_stats.h
- *		Trigger-maintained customer features, lifecycle stages and rule tags.
+ *		Trigger-maintained customer features, lifecycle stages and rule tags
+ *		(src/segmentation/stats_*.c; what those files share is in
+ *		stats_private.h).  Include after postgres.h.
  */
 #ifndef CUSTOMER_STATS_H
 #define CUSTOMER_STATS_H
-
-#include "postgres.h"
 
 #include "datatype/timestamp.h"
 

@@ -1,0 +1,455 @@
+/*
+ * stats_trigger.c
+ *		The entry points of crm.customer_stats: the statement trigger
+ *		crm.customer_stats_trigger() on crm.orders, crm.order_line and
+ *		crm.event, crm.rebuild_customer_stats, the tick task
+ *		crm.segmentation_tick, and crm.stats_window / crm.stats_categories,
+ *		which read the compact columns.  Each trigger turns its transition
+ *		table into facts (stats_private.h) and hands them to stats_batch.c.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "utils/tuplestore.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "crm_ext.h"
+#include "customer_stats.h"
+#include "seg_config.h"
+#include "stats_private.h"
+
+static int
+cmp_fact(const void *a, const void *b)
+{
+	const Fact *x = (const Fact *) a;
+	const Fact *y = (const Fact *) b;
+
+	if (x->cust != y->cust)
+		return x->cust < y->cust ? -1 : 1;
+	if (x->order_id != y->order_id)
+		return x->order_id < y->order_id ? -1 : 1;
+	return 0;
+}
+
+/*
+ * Small inserts into crm.orders or crm.event (most statements insert one
+ * row): read the transition table directly instead of through a query.
+ */
+#define DIRECT_MAX_ROWS 1000
+
+/* The facts of a small insert into crm.orders or crm.event, read from the transition table and folded in. */
+static void
+direct_facts(TriggerData *td, bool orders, TimestampTz as_of)
+{
+	Tuplestorestate *ts = td->tg_newtable;
+	Relation	rel = td->tg_relation;
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	int			n = (int) tuplestore_tuple_count(ts);
+	Fact	   *facts = palloc(sizeof(Fact) * Max(n, 1));
+	int			k = 0;
+	int			a_cust = SPI_fnumber(desc, "customer_id");
+	int			a_at = SPI_fnumber(desc, orders ? "ordered_at" : "at");
+	int			a_status = orders ? SPI_fnumber(desc, "status") : 0;
+	int			a_net = orders ? SPI_fnumber(desc, "net_amount") : 0;
+	int			a_id = SPI_fnumber(desc, orders ? "order_id" : "event_id");
+
+	if (a_cust <= 0 || a_at <= 0 || a_id <= 0 || (orders && (a_status <= 0 || a_net <= 0)))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.customer_stats_trigger() is missing columns of \"%s\"",
+						RelationGetRelationName(rel))));
+	tuplestore_rescan(ts);
+	while (k < n && tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		Fact	   *f = &facts[k];
+		bool		isnull;
+		Datum		d;
+
+		memset(f, 0, sizeof(Fact));
+		f->cust = DatumGetInt64(slot_getattr(slot, a_cust, &isnull));
+		f->at = DatumGetTimestampTz(slot_getattr(slot, a_at, &isnull));
+		f->order_id = DatumGetInt64(slot_getattr(slot, a_id, &isnull));
+		if (orders)
+		{
+			text	   *status;
+
+			f->kind = FACT_ORDER;
+			d = slot_getattr(slot, a_status, &isnull);
+			status = DatumGetTextPP(d);
+			f->paid = !isnull && VARSIZE_ANY_EXHDR(status) == 4 &&
+				memcmp(VARDATA_ANY(status), "paid", 4) == 0;
+			d = slot_getattr(slot, a_net, &isnull);
+			f->cents = isnull ? 0 : crm_numeric_to_cents(d);
+			f->count = 1;
+		}
+		else
+		{
+			f->kind = FACT_EVENTS;
+			f->paid = true;
+			f->count = 1;
+		}
+		k++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	if (k > 1)
+		qsort(facts, k, sizeof(Fact), cmp_fact);
+
+	stats_fold_facts(facts, k, as_of);
+	pfree(facts);
+}
+
+/*
+ * Fact queries, prepared once per backend and kept (the trigger's queries
+ * name its transition tables, so they are keyed by their text).
+ */
+#define N_FACT_PLANS 16
+static struct
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+}			fact_plans[N_FACT_PLANS];
+
+/* The kept plan of a fact query (SQL text), prepared on first use. */
+static SPIPlanPtr
+fact_plan(const char *sql, int nargs, Oid *types)
+{
+	int			i;
+	SPIPlanPtr	p;
+
+	for (i = 0; i < N_FACT_PLANS && fact_plans[i].sql != NULL; i++)
+		if (strcmp(fact_plans[i].sql, sql) == 0)
+			return crm_prepare_kept(&fact_plans[i].plan, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+	if (i == N_FACT_PLANS)
+	{
+		/* cache full: use once */
+		p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		return p;
+	}
+	fact_plans[i].sql = MemoryContextStrdup(TopMemoryContext, sql);
+	return crm_prepare_kept(&fact_plans[i].plan, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+}
+
+/* The fact query (FactColumn) rebuilding customers = ANY($1) from their data. */
+static const char *rebuild_sql =
+"SELECT o.customer_id, 0, o.ordered_at, o.status OPERATOR(pg_catalog.=) 'paid', o.net_amount, o.order_id, NULL::pg_catalog.text, 1::pg_catalog.int8 "
+"FROM crm.orders o WHERE o.customer_id OPERATOR(pg_catalog.=) ANY ($1) "
+"UNION ALL "
+"SELECT o.customer_id, 1, o.ordered_at, true, l.amount, l.order_id, l.category, 1 "
+"FROM crm.order_line l JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
+"WHERE o.customer_id OPERATOR(pg_catalog.=) ANY ($1) AND o.status OPERATOR(pg_catalog.=) 'paid' "
+"UNION ALL "
+"SELECT e.customer_id, 2, pg_catalog.max(e.at), true, NULL, NULL, NULL, pg_catalog.count(*) "
+"FROM crm.event e WHERE e.customer_id OPERATOR(pg_catalog.=) ANY ($1) GROUP BY e.customer_id "
+"UNION ALL "
+"SELECT u.c, 3, NULL, NULL, NULL, NULL, NULL, NULL FROM pg_catalog.unnest($1) AS u(c) "
+"ORDER BY 1, 2, 6";
+
+/* Rebuild the stats of customers = ANY (ids) from their data. */
+static int64
+rebuild_customers(Datum ids, TimestampTz as_of)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		args[1] = {ids};
+
+	return stats_process_facts(fact_plan(rebuild_sql, 1, types), args, true, false, as_of);
+}
+
+/* ---------------------------------------------------------------------
+ * The triggers
+ * --------------------------------------------------------------------- */
+typedef enum Source
+{
+	SRC_ORDERS,
+	SRC_LINES,
+	SRC_EVENTS
+} Source;
+
+/* The fact query (FactColumn) over the rows a statement inserted. */
+static char *
+inserted_facts_sql(Trigger *tg, Source src)
+{
+	StringInfoData sql;
+	const char *nt = quote_identifier(tg->tgnewtable);
+
+	initStringInfo(&sql);
+	if (src == SRC_ORDERS)
+		appendStringInfo(&sql,
+						 "SELECT n.customer_id, 0, n.ordered_at, n.status OPERATOR(pg_catalog.=) 'paid', n.net_amount, "
+						 "n.order_id, NULL::pg_catalog.text, 1::pg_catalog.int8 FROM %s n ORDER BY 1", nt);
+	else if (src == SRC_LINES)
+		appendStringInfo(&sql,
+						 "SELECT o.customer_id, 1, o.ordered_at, true, l.amount, l.order_id, l.category, 1::pg_catalog.int8 "
+						 "FROM %s l JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id "
+						 "WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY 1, 6", nt);
+	else
+		appendStringInfo(&sql,
+						 "SELECT n.customer_id, 2, pg_catalog.max(n.at), true, NULL::pg_catalog.numeric, NULL::pg_catalog.int8, "
+						 "NULL::pg_catalog.text, pg_catalog.count(*) FROM %s n GROUP BY 1 ORDER BY 1", nt);
+	return sql.data;
+}
+
+/* Updates and deletes: rebuild every customer the old or new rows belong to. */
+static void
+rebuild_changed(Trigger *tg, Source src, TimestampTz as_of)
+{
+	enum
+	{
+		CHANGED_COL_CUSTOMER_IDS = 1
+	};
+	StringInfoData sql;
+	const char *ot = quote_identifier(tg->tgoldtable);
+	Datum		ids;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	if (src == SRC_LINES)
+	{
+		appendStringInfo(&sql,
+						 "SELECT pg_catalog.array_agg(DISTINCT o.customer_id) FROM crm.orders o "
+						 "WHERE o.order_id OPERATOR(pg_catalog.=) ANY (SELECT x.order_id FROM %s x", ot);
+		if (tg->tgnewtable)
+			appendStringInfo(&sql, " UNION ALL SELECT y.order_id FROM %s y", quote_identifier(tg->tgnewtable));
+		appendStringInfoString(&sql, ")");
+	}
+	else
+	{
+		appendStringInfo(&sql, "SELECT pg_catalog.array_agg(DISTINCT u.customer_id) FROM (SELECT x.customer_id FROM %s x", ot);
+		if (tg->tgnewtable)
+			appendStringInfo(&sql, " UNION ALL SELECT y.customer_id FROM %s y", quote_identifier(tg->tgnewtable));
+		appendStringInfoString(&sql, ") u");
+	}
+	if (SPI_execute(sql.data, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not collect customers");
+	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, CHANGED_COL_CUSTOMER_IDS, &isnull);
+	if (!isnull)
+	{
+		ids = PointerGetDatum(DatumGetArrayTypePCopy(ids));
+		(void) rebuild_customers(ids, as_of);
+	}
+}
+
+PG_FUNCTION_INFO_V1(crm_customer_stats_trigger);
+
+/*
+ * crm.customer_stats_trigger() RETURNS trigger
+ *		AFTER INSERT / UPDATE / DELETE FOR EACH STATEMENT on crm.orders,
+ *		crm.order_line, crm.event, with transition tables.
+ */
+Datum
+crm_customer_stats_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	const char *relname;
+	Source		src;
+	Trigger    *tg;
+	TimestampTz as_of;
+
+	(void) crm_check_trigger(fcinfo, "crm.customer_stats_trigger()", CRM_TG_AFTER, CRM_TG_STATEMENT,
+							 CRM_TG_INSERT | CRM_TG_UPDATE | CRM_TG_DELETE, -1);
+	tg = td->tg_trigger;
+	relname = RelationGetRelationName(td->tg_relation);
+	if (get_rel_namespace(RelationGetRelid(td->tg_relation)) != get_namespace_oid("crm", false))
+		relname = "";
+	if (strcmp(relname, "orders") == 0)
+		src = SRC_ORDERS;
+	else if (strcmp(relname, "order_line") == 0)
+		src = SRC_LINES;
+	else if (strcmp(relname, "event") == 0)
+		src = SRC_EVENTS;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.customer_stats_trigger() works on crm.orders, crm.order_line and crm.event only")));
+	if ((TRIGGER_FIRED_BY_INSERT(td->tg_event) && tg->tgnewtable == NULL) ||
+		(TRIGGER_FIRED_BY_UPDATE(td->tg_event) && (tg->tgnewtable == NULL || tg->tgoldtable == NULL)) ||
+		(TRIGGER_FIRED_BY_DELETE(td->tg_event) && tg->tgoldtable == NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.customer_stats_trigger() needs the transition tables of its event")));
+
+	as_of = crm_seg_now();
+	SPI_connect();
+	crm_kept_plans_check();
+	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
+		elog(ERROR, "could not register transition tables");
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event) && src != SRC_LINES &&
+		tuplestore_tuple_count(td->tg_newtable) <= DIRECT_MAX_ROWS)
+		direct_facts(td, src == SRC_ORDERS, as_of);
+	else if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		(void) stats_process_facts(fact_plan(inserted_facts_sql(tg, src), 0, NULL), NULL, false, false, as_of);
+	else
+		rebuild_changed(tg, src, as_of);
+	SPI_finish();
+	PG_RETURN_POINTER(NULL);
+}
+
+PG_FUNCTION_INFO_V1(crm_rebuild_customer_stats);
+
+/*
+ * crm.rebuild_customer_stats(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
+ *		Rebuild stats, stage and tags of the given customers (all customer
+ *		records when NULL) from their orders, lines and events, as of "at"
+ *		(NULL: crm.segmentation_now()).
+ */
+Datum
+crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
+{
+	TimestampTz at;
+	int64		n;
+
+	at = PG_ARGISNULL(1) ? crm_seg_now() : PG_GETARG_TIMESTAMPTZ(1);
+	if (TIMESTAMP_NOT_FINITE(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be a finite time")));
+	SPI_connect();
+	crm_kept_plans_check();
+	if (PG_ARGISNULL(0))
+	{
+		enum
+		{
+			ALL_COL_CUSTOMER_IDS = 1
+		};
+		bool		isnull;
+		Datum		ids;
+
+		if (SPI_execute("SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) FROM crm.customer c",
+						false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read crm.customer");
+		ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, ALL_COL_CUSTOMER_IDS, &isnull);
+		n = isnull ? 0 : rebuild_customers(PointerGetDatum(DatumGetArrayTypePCopy(ids)), at);
+	}
+	else
+		n = rebuild_customers(PG_GETARG_DATUM(0), at);
+	SPI_finish();
+	PG_RETURN_INT64(n);
+}
+
+/* The tick's work: re-evaluate stage and rule tags of every customer with stats. */
+int64
+customer_stats_tick(TimestampTz at)
+{
+	int64		n;
+
+	SPI_connect();
+	crm_kept_plans_check();
+	n = stats_process_facts(fact_plan("SELECT s.customer_id, 3, NULL::pg_catalog.timestamptz, NULL::pg_catalog.bool, "
+								"NULL::pg_catalog.numeric, NULL::pg_catalog.int8, NULL::pg_catalog.text, NULL::pg_catalog.int8 "
+								"FROM crm.customer_stats s ORDER BY 1", 0, NULL),
+					  NULL, false, true, at);
+	SPI_finish();
+	return n;
+}
+
+PG_FUNCTION_INFO_V1(crm_segmentation_tick);
+
+/* crm.segmentation_tick(at): tick task moving stages and time-dependent tags */
+Datum
+crm_segmentation_tick(PG_FUNCTION_ARGS)
+{
+	TimestampTz at = PG_GETARG_TIMESTAMPTZ(0);
+
+	if (TIMESTAMP_NOT_FINITE(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be a finite time")));
+	PG_RETURN_INT64(customer_stats_tick(at));
+}
+
+/* ---------------------------------------------------------------------
+ * Reading the compact columns from SQL
+ * --------------------------------------------------------------------- */
+PG_FUNCTION_INFO_V1(crm_stats_categories);
+
+/* crm.stats_categories(categories bytea) RETURNS TABLE(category, orders, spend, weekday_orders) */
+Datum
+crm_stats_categories(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	CustState	st;
+	int			i,
+				k;
+
+	InitMaterializedSRF(fcinfo, 0);
+	memset(&st, 0, sizeof(st));
+	stats_cats_from_bytea(&st, PG_GETARG_BYTEA_PP(0), false);
+	for (i = 0; i < st.ncats; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		Datum		wd[7];
+
+		for (k = 0; k < 7; k++)
+			wd[k] = Int32GetDatum(st.cats[i].weekday[k]);
+		values[0] = CStringGetTextDatum(st.cats[i].name);
+		values[1] = Int32GetDatum(st.cats[i].orders);
+		values[2] = crm_cents_to_numeric(st.cats[i].cents);
+		values[3] = PointerGetDatum(construct_array(wd, 7, INT4OID, 4, true, TYPALIGN_INT));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(crm_stats_window);
+
+/*
+ * crm.stats_window(days bytea, as_of timestamptz, width integer, OUT orders, OUT spend)
+ *		Orders and spend of the width local days up to as_of's day, from the
+ *		day buckets; NULLs when the buckets no longer reach back that far.
+ */
+Datum
+crm_stats_window(PG_FUNCTION_ARGS)
+{
+	CustState	st;
+	TimestampTz as_of = PG_GETARG_TIMESTAMPTZ(1);
+	int32		width = PG_GETARG_INT32(2);
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	int64		o,
+				c;
+
+	if (width < 1 || width > DAY_HORIZON)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("window width must be between 1 and %d days", DAY_HORIZON)));
+	if (TIMESTAMP_NOT_FINITE(as_of))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("as_of must be a finite time")));
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	memset(&st, 0, sizeof(st));
+	stats_days_from_bytea(&st, PG_GETARG_BYTEA_PP(0), false);
+	if (stats_window_sum(&st, crm_local_day(as_of, NULL), width, &o, &c))
+	{
+		values[0] = Int64GetDatum(o);
+		values[1] = crm_cents_to_numeric(c);
+	}
+	else
+		nulls[0] = nulls[1] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(crm_segmentation_now);
+
+/* crm.segmentation_now(): setting crm.as_of if set, else the transaction start */
+Datum
+crm_segmentation_now(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(crm_seg_now());
+}
