@@ -73,6 +73,7 @@ skip_space(const char *p)
 	return p;
 }
 
+/* Parse the text form "{member:golden,...}" into pairs (at most cap), with the position of an error. */
 IdMergeParseResult
 crm_id_merge_parse(const char *str, IdMergePair *pairs, int64 cap, int64 *npairs_out, int *errpos)
 {

@@ -70,9 +70,22 @@ static int	n_seg_rules = 0;
 static uint64 seg_rules_generation = 0;
 static MemoryContext seg_rules_cxt = NULL;
 
+/* The rules of crm.rfm_segment_map in priority order, cached per configuration generation. */
 static void
 load_segment_map(void)
 {
+	enum
+	{
+		MAP_COL_SEGMENT = 1,
+		MAP_COL_R_MIN,
+		MAP_COL_R_MAX,
+		MAP_COL_F_MIN,
+		MAP_COL_F_MAX,
+		MAP_COL_M_MIN,
+		MAP_COL_M_MAX
+	};
+	static const int lo_col[3] = {MAP_COL_R_MIN, MAP_COL_F_MIN, MAP_COL_M_MIN};
+	static const int hi_col[3] = {MAP_COL_R_MAX, MAP_COL_F_MAX, MAP_COL_M_MAX};
 	int			i;
 
 	if (seg_rules != NULL && seg_rules_generation == crm_config_generation())
@@ -98,11 +111,11 @@ load_segment_map(void)
 		int			k;
 
 		seg_rules[i].name = MemoryContextStrdup(seg_rules_cxt,
-												TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull)));
+												TextDatumGetCString(SPI_getbinval(tup, td, MAP_COL_SEGMENT, &isnull)));
 		for (k = 0; k < 3; k++)
 		{
-			seg_rules[i].lo[k] = DatumGetInt32(SPI_getbinval(tup, td, 2 + 2 * k, &isnull));
-			seg_rules[i].hi[k] = DatumGetInt32(SPI_getbinval(tup, td, 3 + 2 * k, &isnull));
+			seg_rules[i].lo[k] = DatumGetInt32(SPI_getbinval(tup, td, lo_col[k], &isnull));
+			seg_rules[i].hi[k] = DatumGetInt32(SPI_getbinval(tup, td, hi_col[k], &isnull));
 		}
 	}
 	SPI_finish();
@@ -153,6 +166,12 @@ typedef struct Cuts
 static void
 load_cuts(Cuts *cuts)
 {
+	enum
+	{
+		CUT_COL_DIMENSION = 1,
+		CUT_COL_SCORE,
+		CUT_COL_BOUND
+	};
 	int			i;
 
 	memset(cuts, 0, sizeof(Cuts) * 3);
@@ -165,14 +184,14 @@ load_cuts(Cuts *cuts)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	td = SPI_tuptable->tupdesc;
 		bool		isnull;
-		char	   *dim = TextDatumGetCString(SPI_getbinval(tup, td, 1, &isnull));
+		char	   *dim = TextDatumGetCString(SPI_getbinval(tup, td, CUT_COL_DIMENSION, &isnull));
 		int			k = dim[0] == 'r' ? 0 : dim[0] == 'f' ? 1 : 2;
 		Cuts	   *c = &cuts[k];
 
 		if (c->n < RFM_SCORE_MAX)
 		{
-			c->score[c->n] = DatumGetInt32(SPI_getbinval(tup, td, 2, &isnull));
-			c->bound[c->n] = DatumGetFloat8(SPI_getbinval(tup, td, 3, &isnull));
+			c->score[c->n] = DatumGetInt32(SPI_getbinval(tup, td, CUT_COL_SCORE, &isnull));
+			c->bound[c->n] = DatumGetFloat8(SPI_getbinval(tup, td, CUT_COL_BOUND, &isnull));
 			c->n++;
 		}
 	}
@@ -294,6 +313,10 @@ check_rfm_args(TimestampTz as_of, int32 bins, const char *method)
 static rfmagg_hash *
 load_merged(void)
 {
+	enum
+	{
+		MERGED_COL_CUSTOMER_ID = 1
+	};
 	rfmagg_hash *merged = rfmagg_create(CurrentMemoryContext, 1024, NULL);
 	uint64		i;
 
@@ -307,7 +330,7 @@ load_merged(void)
 		bool		found;
 
 		(void) rfmagg_insert(merged, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-																 SPI_tuptable->tupdesc, 1, &isnull)),
+																 SPI_tuptable->tupdesc, MERGED_COL_CUSTOMER_ID, &isnull)),
 							 &found);
 	}
 	SPI_finish();

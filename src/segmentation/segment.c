@@ -33,6 +33,10 @@ report_rule_error(const char *what, const TagRuleError *err)
 static int
 lookup_tag_spi(const char *name, void *arg)
 {
+	enum
+	{
+		TAG_COL_TAG_ID = 1
+	};
 	Oid			types[1] = {TEXTOID};
 	Datum		args[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
@@ -42,7 +46,7 @@ lookup_tag_spi(const char *name, void *arg)
 		elog(ERROR, "could not read crm.tag");
 	if (SPI_processed == 0)
 		return -1;
-	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, TAG_COL_TAG_ID, &isnull));
 }
 
 PG_FUNCTION_INFO_V1(crm_tag_compile_trigger);
@@ -147,6 +151,10 @@ typedef struct IdSet
 static IdSet
 fetch_tag_ids(int32 tag_id, const IdSet *candidates)
 {
+	enum
+	{
+		MEMBERS_COL_CUSTOMER_IDS = 1
+	};
 	Oid			types[2] = {INT4OID, INT8ARRAYOID};
 	Datum		args[2];
 	IdSet		s = {NULL, 0, false, 0};
@@ -171,7 +179,7 @@ fetch_tag_ids(int32 tag_id, const IdSet *candidates)
 							  "WHERE ct.tag_id OPERATOR(pg_catalog.=) $1",
 							  candidates ? 2 : 1, types, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read crm.customer_tag");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, MEMBERS_COL_CUSTOMER_IDS, &isnull);
 	if (isnull)
 		s.ids = palloc(sizeof(int64));
 	else
@@ -357,6 +365,10 @@ eval_audience(const char *expr)
 static char *
 segment_expression(text *name)
 {
+	enum
+	{
+		SEGMENT_COL_EXPRESSION = 1
+	};
 	Oid			types[1] = {TEXTOID};
 	Datum		args[1] = {PointerGetDatum(name)};
 	bool		isnull;
@@ -368,12 +380,16 @@ segment_expression(text *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("segment \"%s\" does not exist", text_to_cstring(name))));
-	return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, SEGMENT_COL_EXPRESSION, &isnull));
 }
 
 static int64
 audience_count(const char *expr)
 {
+	enum
+	{
+		GOLDEN_COL_COUNT = 1
+	};
 	IdSet		s = eval_audience(expr);
 	bool		isnull;
 
@@ -382,12 +398,17 @@ audience_count(const char *expr)
 	if (SPI_execute("SELECT pg_catalog.count(*) FROM crm.customer c WHERE c.merged_into IS NULL",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count customers");
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) - s.n;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, GOLDEN_COL_COUNT, &isnull)) - s.n;
 }
 
+/* The rows of an audience expression's members, as a set-returning function's result. */
 static void
 audience_members(FunctionCallInfo fcinfo, const char *expr)
 {
+	enum
+	{
+		GOLDEN_COL_CUSTOMER_ID = 1
+	};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	IdSet		s;
 	int64		i;
@@ -422,7 +443,7 @@ audience_members(FunctionCallInfo fcinfo, const char *expr)
 				break;
 			for (k = 0; k < SPI_processed; k++)
 			{
-				int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1, &isnull));
+				int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, GOLDEN_COL_CUSTOMER_ID, &isnull));
 
 				while (j < s.n && s.ids[j] < id)
 					j++;

@@ -155,6 +155,7 @@ top_weekday(const int32 *wd)
 	return best < 0 ? NULL : tag_weekday_names[best];
 }
 
+/* Run a compiled feature rule's stack machine over one customer's facts. */
 bool
 tag_program_eval(const TagProgram *prog, const TagFacts *f)
 {
@@ -321,6 +322,7 @@ tag_program_set_ops(const TagProgram *prog, TagSetOp **ops, int32 **args)
 	return prog->ninstr;
 }
 
+/* The postfix text form of a compiled rule (crm.tag_rule_explain). */
 char *
 tag_rule_explain(const bytea *compiled)
 {

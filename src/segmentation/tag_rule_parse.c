@@ -130,6 +130,7 @@ text_append(Parser *p, const char *s, int n)
 	p->text[p->textlen] = '\0';
 }
 
+/* Read the next token of the rule into p->tok (TK_BAD and a failure on an unterminated string). */
 static void
 next_token(Parser *p)
 {
@@ -366,6 +367,7 @@ parse_tag_primary(Parser *p, VType *t)
 	return fail(p, ERRCODE_SYNTAX_ERROR, p->tokpos, "expected a tag name, found %s", tok_desc(p));
 }
 
+/* primary: a number, a string, true/false, a feature, a function call or a parenthesised expression; compiled. */
 static bool
 parse_primary(Parser *p, VType *t)
 {
@@ -572,6 +574,7 @@ parse_sum(Parser *p, VType *t)
 	return parse_arith_level(p, t, parse_term, TK_PLUS, OP_ADD, TK_MINUS, OP_SUB);
 }
 
+/* cmp: a sum, or two sums compared (the rule grammar at the top of the file). */
 static bool
 parse_cmp(Parser *p, VType *t)
 {
