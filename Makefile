@@ -23,6 +23,7 @@ CORE_OBJS = \
 IDENTITY_OBJS = \
 	src/identity/id_merge.o \
 	src/identity/id_merge_parse.o \
+	src/identity/identity_policy.o \
 	src/identity/identity.o
 LOYALTY_OBJS = \
 	src/loyalty/loyalty_ledger.o \

@@ -7,8 +7,8 @@
  * The hot path is an insert of an identifier nobody else holds: one cached
  * generic plan probes the (kind, value, customer_id) unique index and the
  * customer's merged_into, and the trigger returns.  When somebody else
- * holds the value, a second small plan checks the policy (blocklist, weak
- * kinds' limit); only when the value may link (or the row was inserted for
+ * holds the value, crm_identity_may_link (identity_policy.c) checks the
+ * policy (blocklist, weak kinds' limit); only when the value may link (or the row was inserted for
  * a merged-away customer) does the trigger call
  * crm.stitch_identity(identity_id), which merges (src/identity/identity.sql).
  */
@@ -39,7 +39,6 @@
 bool		crm_stitch_on_insert = true;
 
 static SPIPlanPtr probe_plan = NULL;
-static SPIPlanPtr policy_plan = NULL;
 static SPIPlanPtr stitch_plan = NULL;
 
 void
@@ -141,6 +140,11 @@ PG_FUNCTION_INFO_V1(crm_identity_stitch_trigger);
 Datum
 crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 {
+	enum
+	{
+		PROBE_COL_HELD = 1,		/* another customer holds the value */
+		PROBE_COL_MERGED		/* the row's customer is merged away */
+	};
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Relation	rel;
 	TupleDesc	tupdesc;
@@ -192,45 +196,15 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 		ret = SPI_execute_plan(probe_plan, args, nulls, false, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "identity probe failed: %s", SPI_result_code_string(ret));
-		held = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		held = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, PROBE_COL_HELD, &isnull));
+		merged = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, PROBE_COL_MERGED, &isnull));
 		/* Nobody else holds it (as far as we can see): is somebody adding it? */
 		if (held || !waited_for_concurrent_holder(rel, args[0], args[1]))
 			break;
 	}
 
-	found = merged;
-	if (held && !found)
-	{
-		/* May the value link?  Not blocklisted; weak kinds under their limit. */
-		if (policy_plan == NULL)
-		{
-			Oid			types[2] = {TEXTOID, TEXTOID};
-
-			prepare_kept(&policy_plan, "SELECT NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b"
-				"                    WHERE b.value OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim($2))"
-				"                      AND (b.kind IS NULL OR b.kind OPERATOR(pg_catalog.=) $1))"
-				"   AND (k.strength OPERATOR(pg_catalog.=) 'strong'"
-				"        OR (SELECT pg_catalog.count(*) FROM"
-				"             (SELECT 1 FROM crm.identity i"
-				"               WHERE i.kind OPERATOR(pg_catalog.=) $1"
-				"                 AND i.value OPERATOR(pg_catalog.=) $2"
-				"               LIMIT (SELECT k2.max_customers OPERATOR(pg_catalog.+) 1 FROM crm.identity_kind k2"
-				"                       WHERE k2.kind OPERATOR(pg_catalog.=) $1)) x)"
-				"           OPERATOR(pg_catalog.<=) k.max_customers)"
-				"  FROM crm.identity_kind k WHERE k.kind OPERATOR(pg_catalog.=) $1",
-				2, types);
-		}
-		ret = SPI_execute_plan(policy_plan, args, nulls, false, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "identity policy probe failed: %s", SPI_result_code_string(ret));
-		if (SPI_processed == 1)
-		{
-			found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-			if (isnull)
-				found = false;
-		}
-	}
+	/* May the value link?  The policy is identity_policy.c's. */
+	found = merged || (held && crm_identity_may_link(args[0], args[1], -1, false));
 
 	if (found)
 	{

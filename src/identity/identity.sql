@@ -47,14 +47,27 @@ INSERT INTO crm.identity_blocklist (kind, value, reason, builtin) VALUES
 	('email', 'noreply@example.com', 'test address',  true);
 SELECT pg_catalog.pg_extension_config_dump('crm.identity_blocklist', 'WHERE NOT builtin');
 
+-- ---------------------------------------------------------------------------
+-- The link policy (C, src/identity/identity_policy.c): online and batch
+-- stitching both ask it whether a shared value may link
+-- ---------------------------------------------------------------------------
 CREATE FUNCTION crm.identity_blocked(kind text, value text) RETURNS boolean
-	LANGUAGE sql STABLE STRICT PARALLEL SAFE
-	SET search_path = pg_catalog, pg_temp
-	RETURN EXISTS (SELECT 1 FROM crm.identity_blocklist b
-	               WHERE b.value OPERATOR(pg_catalog.=) pg_catalog.lower(pg_catalog.btrim(identity_blocked.value))
-	                 AND (b.kind IS NULL OR b.kind OPERATOR(pg_catalog.=) identity_blocked.kind));
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_blocked';
 COMMENT ON FUNCTION crm.identity_blocked(text, text) IS
 	'True when crm.identity_blocklist blocks the value (compared lower-case and trimmed) for the kind';
+
+CREATE FUNCTION crm.identity_may_link(kind text, value text) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_may_link_sql';
+COMMENT ON FUNCTION crm.identity_may_link(text, text) IS
+	'The identity link policy: true when the value may link the customer records holding it (not blocklisted for the kind; a known kind; strong, or weak and held by at most max_customers records of crm.identity)';
+
+CREATE FUNCTION crm.identity_may_link(kind text, value text, holders bigint) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_may_link_sql';
+COMMENT ON FUNCTION crm.identity_may_link(text, text, bigint) IS
+	'The identity link policy for a value held by the given number of customer records (batch stitching counts them itself); holders must not be negative';
 
 -- ---------------------------------------------------------------------------
 -- Review queue: links stitching would not make on its own
@@ -373,10 +386,8 @@ AS $$
 -- the number of merges made.
 DECLARE
 	r crm.identity;
-	k crm.identity_kind;
 	g bigint;
 	h bigint;
-	nrec bigint;
 	n integer := 0;
 BEGIN
 	SELECT * INTO r FROM crm.identity i WHERE i.identity_id = stitch_identity.identity_id;
@@ -390,19 +401,9 @@ BEGIN
 	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN
 		UPDATE crm.identity i SET customer_id = g WHERE i.identity_id = r.identity_id;
 	END IF;
-	IF crm.identity_blocked(r.kind, r.value) THEN
+	-- The link policy (blocklist, weak kinds' limit) is crm.identity_may_link's.
+	IF NOT crm.identity_may_link(r.kind, r.value) THEN
 		RETURN 0;
-	END IF;
-	SELECT * INTO k FROM crm.identity_kind ik WHERE ik.kind = r.kind;
-	IF k.strength = 'weak' THEN
-		-- Stop counting past the limit: a value on 100,000 records costs
-		-- no more than one on three.
-		SELECT pg_catalog.count(*) INTO nrec
-		FROM (SELECT 1 FROM crm.identity i WHERE i.kind = r.kind AND i.value = r.value
-		      LIMIT k.max_customers + 1) x;
-		IF nrec > k.max_customers THEN
-			RETURN 0;
-		END IF;
 	END IF;
 	FOR h IN
 		SELECT DISTINCT COALESCE(c.merged_into, c.customer_id)
@@ -435,9 +436,10 @@ LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
 	-- The links the policies allow, between customer records (origin ids):
-	-- values held by 2+ records, not blocklisted, and for weak kinds held by
-	-- at most max_customers records.  A value on exactly two records is one
-	-- edge (min, max); the rare larger groups are joined back for theirs.
+	-- values held by 2+ records that crm.identity_may_link lets link (not
+	-- blocklisted; for weak kinds held by at most max_customers records).
+	-- A value on exactly two records is one edge (min, max); the rare
+	-- larger groups are joined back for theirs.
 	WITH grp AS (
 		SELECT i.kind, i.value, pg_catalog.min(i.origin_customer_id) AS lo,
 		       pg_catalog.max(i.origin_customer_id) AS hi, pg_catalog.count(*) AS n
@@ -446,11 +448,8 @@ BEGIN ATOMIC
 		HAVING pg_catalog.count(*) > 1
 	), linking AS (
 		SELECT g.kind, g.value, g.lo, g.hi, g.n
-		FROM grp g JOIN crm.identity_kind k ON k.kind = g.kind
-		WHERE (k.strength = 'strong' OR g.n <= k.max_customers)
-		  AND NOT EXISTS (SELECT 1 FROM crm.identity_blocklist b
-		                  WHERE b.value = pg_catalog.lower(pg_catalog.btrim(g.value))
-		                    AND (b.kind IS NULL OR b.kind = g.kind))
+		FROM grp g
+		WHERE crm.identity_may_link(g.kind, g.value, g.n)
 	), edges AS (
 		SELECT l.lo AS a, l.hi AS b FROM linking l WHERE l.n = 2
 		UNION ALL

@@ -1043,3 +1043,100 @@ BEGIN
 	WHERE a.customer_id OPERATOR(pg_catalog.=) restored;
 END
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Issue 12, item 4: one owner for the identity link policy.  The blocklist
+-- and the weak kinds' limit are decided in C (src/identity/identity_policy.c):
+-- crm.identity_blocked becomes a C function, crm.identity_may_link is new,
+-- and online (crm.stitch_identity) and batch (crm.identity_graph) stitching
+-- ask it instead of carrying their own copies.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION crm.identity_blocked(kind text, value text) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_blocked';
+COMMENT ON FUNCTION crm.identity_blocked(text, text) IS
+	'True when crm.identity_blocklist blocks the value (compared lower-case and trimmed) for the kind';
+
+CREATE FUNCTION crm.identity_may_link(kind text, value text) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_may_link_sql';
+COMMENT ON FUNCTION crm.identity_may_link(text, text) IS
+	'The identity link policy: true when the value may link the customer records holding it (not blocklisted for the kind; a known kind; strong, or weak and held by at most max_customers records of crm.identity)';
+
+CREATE FUNCTION crm.identity_may_link(kind text, value text, holders bigint) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_may_link_sql';
+COMMENT ON FUNCTION crm.identity_may_link(text, text, bigint) IS
+	'The identity link policy for a value held by the given number of customer records (batch stitching counts them itself); holders must not be negative';
+
+CREATE OR REPLACE FUNCTION crm.stitch_identity(identity_id bigint)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Applies the kind's policy to one identity row and merges its customer
+-- with the other golden customers holding the same (kind, value).  Returns
+-- the number of merges made.
+DECLARE
+	r crm.identity;
+	g bigint;
+	h bigint;
+	n integer := 0;
+BEGIN
+	SELECT * INTO r FROM crm.identity i WHERE i.identity_id = stitch_identity.identity_id;
+	IF NOT FOUND THEN
+		RETURN 0;
+	END IF;
+	-- An identifier inserted for a merged-away record belongs to its golden
+	-- (unless the golden holds the value already).
+	g := crm.golden_customer(r.customer_id);
+	IF g <> r.customer_id AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN
+		UPDATE crm.identity i SET customer_id = g WHERE i.identity_id = r.identity_id;
+	END IF;
+	-- The link policy (blocklist, weak kinds' limit) is crm.identity_may_link's.
+	IF NOT crm.identity_may_link(r.kind, r.value) THEN
+		RETURN 0;
+	END IF;
+	FOR h IN
+		SELECT DISTINCT COALESCE(c.merged_into, c.customer_id)
+		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+		WHERE i.kind = r.kind AND i.value = r.value
+		ORDER BY 1
+	LOOP
+		IF crm.merge_goldens(r.customer_id, h, 'online', 'shared ' || r.kind, r.identity_id) IS NOT NULL THEN
+			n := n + 1;
+		END IF;
+	END LOOP;
+	RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION crm.identity_graph() RETURNS crm.id_merge
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	-- The links the policies allow, between customer records (origin ids):
+	-- values held by 2+ records that crm.identity_may_link lets link (not
+	-- blocklisted; for weak kinds held by at most max_customers records).
+	-- A value on exactly two records is one edge (min, max); the rare
+	-- larger groups are joined back for theirs.
+	WITH grp AS (
+		SELECT i.kind, i.value, pg_catalog.min(i.origin_customer_id) AS lo,
+		       pg_catalog.max(i.origin_customer_id) AS hi, pg_catalog.count(*) AS n
+		FROM crm.identity i
+		GROUP BY i.kind, i.value
+		HAVING pg_catalog.count(*) > 1
+	), linking AS (
+		SELECT g.kind, g.value, g.lo, g.hi, g.n
+		FROM grp g
+		WHERE crm.identity_may_link(g.kind, g.value, g.n)
+	), edges AS (
+		SELECT l.lo AS a, l.hi AS b FROM linking l WHERE l.n = 2
+		UNION ALL
+		SELECT l.lo, i.origin_customer_id FROM linking l
+		JOIN crm.identity i ON i.kind = l.kind AND i.value = l.value
+		WHERE l.n > 2
+	)
+	SELECT crm.id_merge_agg(e.a, e.b) FROM edges e;
+END;
