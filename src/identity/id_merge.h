@@ -10,8 +10,6 @@
 #ifndef CRM_ID_MERGE_H
 #define CRM_ID_MERGE_H
 
-#include "postgres.h"
-
 #define IDMERGE_VERSION		1
 
 typedef struct IdMergePair

@@ -9,8 +9,6 @@
 #ifndef RFM_SCORE_H
 #define RFM_SCORE_H
 
-#include "postgres.h"
-
 typedef int32 RfmScore;
 
 #define RFM_SCORE_MAX 9

@@ -7,8 +7,6 @@
 #ifndef TAG_RULE_H
 #define TAG_RULE_H
 
-#include "postgres.h"
-
 /* Numeric features of a customer (see README, "Segmentation"). */
 typedef enum TagFeature
 {

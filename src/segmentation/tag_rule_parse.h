@@ -13,8 +13,6 @@
 #ifndef TAG_RULE_PARSE_H
 #define TAG_RULE_PARSE_H
 
-#include "postgres.h"
-
 #include "tag_rule.h"
 
 #define TAG_RULE_MAGIC		0x31545243	/* "CRT1" little-endian */
