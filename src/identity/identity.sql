@@ -2,7 +2,8 @@
 -- ===========================================================================
 -- identity.sql: identity resolution.  Blocklist, review queue, merge log,
 -- crm.merge_customers / crm.unmerge, online stitching (trigger in C,
--- src/identity/identity.c) and batch stitching (crm.stitch_identities).
+-- src/identity/identity.c) and batch stitching (crm.stitch_identities),
+-- both under the link policy of src/identity/identity_policy.c.
 --
 -- Invariants kept here:
 --   * a golden customer has merged_into NULL; every other record's

@@ -1,7 +1,8 @@
 
 -- ===========================================================================
 -- customer_stats.sql: trigger-maintained customer features, rule tags and
--- lifecycle stages (src/segmentation/customer_stats.c, src/segmentation/tag_rule.c, src/segmentation/segment.c)
+-- lifecycle stages (src/segmentation/stats_fold.c, stats_batch.c, stats_trigger.c,
+-- src/segmentation/tag_rule.c, src/segmentation/segment.c)
 -- ===========================================================================
 INSERT INTO crm.segment_setting (key, value, description, builtin) VALUES
 	('lifecycle_new_days',           '60',  'Stage new: first paid order at most this many days ago', true),
