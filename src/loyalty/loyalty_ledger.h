@@ -8,11 +8,10 @@
  * its unexpired points (with the default policy, one per month: at most 13).
  * Every lot holds at least one point, and the sum of all lots fits in int64,
  * so balance arithmetic on a valid ledger cannot overflow.
+ * Include after postgres.h.
  */
 #ifndef LOYALTY_LEDGER_H
 #define LOYALTY_LEDGER_H
-
-#include "postgres.h"
 
 #include "fmgr.h"
 #include "utils/timestamp.h"

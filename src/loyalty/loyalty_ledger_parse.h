@@ -6,11 +6,10 @@
  * ledger_text_count_lots or ledger_recv_header) and turns a LedgerParseError
  * into an ereport.  The functions use only c.h types, libc and PostgreSQL's
  * port library (pg_qsort), so test/fuzz builds them without a server.
+ * Include after postgres.h.
  */
 #ifndef LOYALTY_LEDGER_PARSE_H
 #define LOYALTY_LEDGER_PARSE_H
-
-#include "postgres.h"
 
 #include "loyalty_ledger.h"
 

@@ -25,6 +25,12 @@
 #include "crm_ext.h"
 #include "seg_config.h"
 
+/* The one column of seg_local_tz's query of crm.segment_setting. */
+enum
+{
+	SETTING_VALUE = 1
+};
+
 static pg_tz *local_tz = NULL;
 static uint64 local_tz_generation = 0;
 
@@ -68,7 +74,7 @@ seg_local_tz(void)
 		if (SPI_execute("SELECT s.value FROM crm.segment_setting s WHERE s.key OPERATOR(pg_catalog.=) 'timezone'",
 						true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 		{
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, SETTING_VALUE, &isnull);
 
 			if (!isnull)
 				name = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(d));

@@ -1,11 +1,10 @@
 /*
  * seg_config.h
  *		The time segmentation works at, and local days.
+ * Include after postgres.h.
  */
 #ifndef SEG_CONFIG_H
 #define SEG_CONFIG_H
-
-#include "postgres.h"
 
 #include "datatype/timestamp.h"
 
