@@ -69,10 +69,11 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.orders (customer_id, channel, stor
 UPDATE crm.orders SET refunded_amount = 5.50 WHERE order_id = 1;
 UPDATE crm.orders SET status = 'refunded' WHERE order_id = 2;
 SELECT order_id, customer_id, origin_customer_id, status, amount, refunded_amount, net_amount FROM crm.orders ORDER BY order_id;
--- origin_customer_id is immutable; customer_id is what merges move
+-- origin_customer_id is immutable; customer_id is what merges move, and
+-- only merges (issue 13, item 5: a direct change used to succeed)
 SELECT pg_temp.expect_error($$UPDATE crm.orders SET origin_customer_id = 2 WHERE order_id = 1$$);
 SELECT pg_temp.expect_error($$UPDATE crm.orders SET origin_customer_id = NULL WHERE order_id = 1$$);
-UPDATE crm.orders SET customer_id = 2 WHERE order_id = 1;
+SELECT pg_temp.expect_error($$UPDATE crm.orders SET customer_id = 2 WHERE order_id = 1$$);
 SELECT order_id, customer_id, origin_customer_id FROM crm.orders WHERE order_id = 1;
 -- an explicit origin is kept as given
 INSERT INTO crm.orders (order_id, customer_id, origin_customer_id, channel, ordered_at, amount) VALUES (3, 2, 1, 'app', '2025-03-04', 1);

@@ -32,6 +32,7 @@ SELECT kind, value FROM crm.identity WHERE customer_id = 1 ORDER BY kind, value;
 SELECT pg_temp.expect_error($$UPDATE crm.identity SET value = 'call me' WHERE kind = 'phone' AND value = '13900000001'$$) AS bad_value;
 SELECT pg_temp.expect_error($$UPDATE crm.identity SET kind = 'phone' WHERE kind = 'email' AND value = 'ann@example.com'$$) AS bad_kind;
 UPDATE crm.identity_kind SET pattern = '^1[0-9]{10}$' WHERE kind = 'phone';
+UPDATE crm.customer SET merged_into = 2 WHERE customer_id = 1;  -- rows move only along merges
 UPDATE crm.identity SET customer_id = 2 WHERE kind = 'phone' AND value = '+86 139 0000 0001';
 SELECT customer_id FROM crm.identity WHERE kind = 'phone' AND value = '+86 139 0000 0001';
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '+86 139 0000 0002', 1)$$) AS tightened;

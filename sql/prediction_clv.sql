@@ -115,8 +115,8 @@ ORDER BY clv DESC, customer_id LIMIT 3;
 SELECT count(*) AS customers, count(clv) AS with_clv FROM crm.v_clv;
 
 -- Merged records and refunded orders are left out of the summary.
-UPDATE crm.orders SET customer_id = 1 WHERE customer_id = 2;
 UPDATE crm.customer SET merged_into = 1 WHERE customer_id = 2;
+UPDATE crm.orders SET customer_id = 1 WHERE customer_id = 2;
 UPDATE crm.orders SET status = 'refunded' WHERE customer_id = 1000;
 SELECT customer_id, frequency, round(recency::numeric, 2) AS recency, round(t::numeric, 2) AS t
 FROM crm.clv_summary('1997-09-30 00:00+00') WHERE customer_id IN (1, 2, 1000) ORDER BY customer_id;

@@ -36,8 +36,8 @@ SELECT count(*) FROM crm.replenishment_due('2026-07-13', '30 days');
 -- Orders after as_of are not seen.
 SELECT customer_id, category, sku, purchases FROM crm.replenishment('2026-06-25') ORDER BY 1, 2, 3 NULLS FIRST;
 -- A merged record's orders count for its golden customer only.
-UPDATE crm.orders SET customer_id = 1 WHERE customer_id = 3;
 UPDATE crm.customer SET merged_into = 1 WHERE customer_id = 3;
+UPDATE crm.orders SET customer_id = 1 WHERE customer_id = 3;
 SELECT customer_id, category, sku, purchases, interval_days FROM crm.replenishment('2026-07-05')
 WHERE category = 'pet' ORDER BY 1, 2, 3 NULLS FIRST;
 

@@ -20,6 +20,16 @@
  *		'unknown' are stored and never link); patterns are read once per kind
  *		and statement.  An UPDATE that changes neither kind nor value is not
  *		checked, so merges never re-validate old rows.
+ *
+ * On UPDATE, customer_id may move only along the merges of the row's origin
+ * record: to origin_customer_id itself or to a record that origin is merged
+ * into, directly or through others (the rule crm.points_journal_guard
+ * applies to the points journal).  That is every move merges, unmerges and
+ * stitching make, since they re-point crm.customer.merged_into first; any
+ * other change of customer_id (re-assigning an order by hand) would leave
+ * points, tags and origin_customer_id behind, so it is refused (55000) with
+ * the supported way in the hint.  Nothing is read unless customer_id
+ * changes; then merged_into is walked through crm.customer's primary key.
  */
 #include "postgres.h"
 
@@ -198,6 +208,11 @@ typedef struct OriginColumns
 	KindPattern patterns[8];
 	/* to_golden: crm.customer, its primary key and merged-record index */
 	bool		to_golden;
+	bool		customer_found;	/* customer_relid .. merged_att are set */
+	/* the last move of customer_id found along merges (one statement) */
+	bool		move_ok_set;
+	int64		move_ok_origin;
+	int64		move_ok_target;
 	bool		any_merged_checked;
 	bool		any_merged;		/* checked at the statement's first row */
 	Oid			customer_relid;
@@ -218,6 +233,7 @@ find_customer_indexes(OriginColumns *cols)
 	cols->merged_att = required_attnum(crel, "merged_into");
 	table_close(crel, AccessShareLock);
 	cols->any_merged_checked = false;
+	cols->customer_found = true;
 }
 
 /*
@@ -244,6 +260,101 @@ golden_of(OriginColumns *cols, Datum cust)
 							   &merged_into, &isnull) && !isnull)
 		return merged_into;
 	return cust;
+}
+
+/*
+ * Longest chain of merged_into links walked from a row's origin record (as
+ * crm.loyalty_merged_along); merges keep chains one link long.
+ */
+#define MERGE_WALK_LIMIT	1000
+
+/*
+ * Whether target is the record origin itself or a record origin is merged
+ * into, directly or through others, as crm.customer stands in the active
+ * snapshot (merges and unmerges re-point merged_into before they move rows).
+ * The last pair found is remembered: a merge moves many rows of one origin
+ * to one target, and the statement's snapshot does not change.
+ */
+static bool
+merged_along(OriginColumns *cols, Datum origin, Datum target)
+{
+	Relation	crel;
+	Datum		id = origin;
+	bool		found = false;
+
+	if (DatumGetInt64(origin) == DatumGetInt64(target))
+		return true;
+	if (cols->move_ok_set && cols->move_ok_origin == DatumGetInt64(origin) &&
+		cols->move_ok_target == DatumGetInt64(target))
+		return true;
+	if (!cols->customer_found)
+		find_customer_indexes(cols);
+	crel = table_open(cols->customer_relid, AccessShareLock);
+	for (int depth = 0; depth < MERGE_WALK_LIMIT; depth++)
+	{
+		HeapTuple	tup = crm_row_by_index(crel, cols->pkey_oid, &id);
+		bool		isnull = true;
+		Datum		next = (Datum) 0;
+
+		if (tup != NULL)
+		{
+			next = heap_getattr(tup, cols->merged_att, RelationGetDescr(crel), &isnull);
+			heap_freetuple(tup);
+		}
+		if (isnull)
+			break;
+		id = next;
+		if (DatumGetInt64(id) == DatumGetInt64(target))
+		{
+			found = true;
+			break;
+		}
+	}
+	table_close(crel, AccessShareLock);
+	if (found)
+	{
+		cols->move_ok_set = true;
+		cols->move_ok_origin = DatumGetInt64(origin);
+		cols->move_ok_target = DatumGetInt64(target);
+	}
+	return found;
+}
+
+/* The supported way to move a row of table relname, as an errhint. */
+static int
+customer_move_hint(const char *relname)
+{
+	if (strcmp(relname, "orders") == 0)
+		return errhint("To move an order to another customer, refund it (status = 'refunded') and insert it again for the right customer (under a new external_ref: the refunded order keeps the old one); if the two customers are one person, merge them with crm.merge_customers, which moves all their rows, points, stats and tags.");
+	if (strcmp(relname, "event") == 0)
+		return errhint("Events move only with merges: if the two customers are one person, merge them with crm.merge_customers; an event recorded for the wrong customer is deleted and inserted again for the right one.");
+	if (strcmp(relname, "identity") == 0)
+		return errhint("Identifiers move only with merges: if the two customers are one person, merge them with crm.merge_customers (stitching merges customers sharing an identifier); an identifier recorded for the wrong customer is deleted and inserted again for the right one.");
+	return errhint("Rows move to another customer only with merges (crm.merge_customers, crm.unmerge).");
+}
+
+/*
+ * An UPDATE that changed customer_id: allowed along the origin's merges,
+ * refused otherwise with the supported way for the table in the hint.
+ */
+static void
+check_customer_move(OriginColumns *cols, Relation rel, HeapTuple newtup, TupleDesc desc)
+{
+	bool		cust_null;
+	bool		origin_null;
+	Datum		cust = heap_getattr(newtup, cols->cust_att, desc, &cust_null);
+	Datum		origin = heap_getattr(newtup, cols->origin_att, desc, &origin_null);
+
+	if (cust_null || origin_null)
+		return;					/* NOT NULL reports it */
+	if (merged_along(cols, origin, cust))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("customer_id of \"%s\" can change only along merges", RelationGetRelationName(rel)),
+			 errdetail("The row arrived on customer %lld (origin_customer_id), which is neither customer %lld nor merged into it; moving the row by hand would leave its points, stats and origin behind.",
+					   (long long) DatumGetInt64(origin), (long long) DatumGetInt64(cust)),
+			 customer_move_hint(RelationGetRelationName(rel))));
 }
 
 /* The columns and catalog objects the 'pattern' check reads. */
@@ -460,7 +571,8 @@ PG_FUNCTION_INFO_V1(crm_fill_origin_customer);
 /*
  * crm.fill_origin_customer() RETURNS trigger
  *		INSERT: a NULL origin_customer_id becomes customer_id.
- *		UPDATE: origin_customer_id may not change.
+ *		UPDATE: origin_customer_id may not change; customer_id only along
+ *		the origin's merges (55000).
  *		Both: the checks its arguments ask for (time range, value pattern).
  */
 Datum
@@ -505,6 +617,8 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 					 errmsg("origin_customer_id of \"%s\" cannot change",
 							RelationGetRelationName(rel)),
 					 errdetail("It records the customer the row arrived on; merges change customer_id only.")));
+		if (column_changed(oldtup, newtup, tupdesc, cust_att))
+			check_customer_move(oc, rel, newtup, tupdesc);
 		return PointerGetDatum(newtup);
 	}
 
