@@ -1,6 +1,6 @@
 -- The business rules of tiers and qualifying spend, called directly: the
 -- tier a spend reaches (crm.tier_for_spend), the rolling total of an
--- account's 12 monthly buckets (crm.spend_buckets_total) and the buckets
+-- account's monthly buckets (crm.spend_buckets_total) and the buckets
 -- built from orders (crm.spend_buckets).  The triggers use the same C code;
 -- the last part checks that they agree with these functions and with the
 -- SQL the functions replaced.  One transaction, rolled back.
@@ -62,8 +62,9 @@ UPDATE crm.loyalty_program SET time_zone = 'UTC';
 -- ---------------------------------------------------------------------------
 SELECT * FROM crm.spend_buckets('{}', '{}');
 -- two orders in June 2026, one in May, one in July 2025 (the oldest month
--- still in the window), one in June 2025 (12 months back: out); net amounts
--- of 0 or less and pairs with a NULL do not count
+-- still in the window), one in June 2025 (12 months back: kept in the 13th
+-- bucket, not counted); net amounts of 0 or less and pairs with a NULL do
+-- not count
 SELECT * FROM crm.spend_buckets(
 	'{2026-06-01 00:00, 2026-06-30 23:59:59, 2026-05-31 23:59:59, 2025-07-01 00:00, 2025-06-30 23:59:59, 2026-06-02, 2026-06-03, NULL, 2026-06-04}',
 	'{10.00, 20.05, 5.50, 1.01, 999.00, 0.00, -3.00, 7.00, NULL}');

@@ -1,6 +1,7 @@
--- Demo report, section 1: customers, channels and duplicates.
+-- Demo report, section 1: customer records, channels and duplicates, as
+-- loaded: before identity stitching (section 2), so counts are per record.
 \pset border 1
-\echo '== Customers and duplicates =='
+\echo '== Customer records and duplicates (as loaded, before stitching: one row per record) =='
 SELECT count(*) AS customer_records,
        count(*) FILTER (WHERE merged_into IS NULL) AS golden_customers,
        count(*) FILTER (WHERE merged_into IS NOT NULL) AS merged_records,
@@ -13,7 +14,7 @@ FROM (SELECT kind, value, count(*) AS n FROM crm.identity GROUP BY 1, 2 HAVING c
 JOIN crm.identity_kind k USING (kind)
 GROUP BY 1, 2 ORDER BY 1;
 
-\echo 'Sales by channel, last 12 months of the sample:'
+\echo 'Sales by channel, last 12 months of the sample (buyers are records):'
 SELECT o.channel,
        count(DISTINCT o.customer_id) AS buyers,
        count(*) AS orders,

@@ -1,7 +1,8 @@
--- Demo report: prediction -- CLV models, customers at risk, frequently
--- bought together and replenishment, as of crm.sample_as_of().
+-- Demo report, section 5: prediction -- CLV models, customers at risk,
+-- frequently bought together and replenishment, as of crm.sample_as_of(),
+-- per shopper (golden customers after stitching, section 2).
 \pset border 1
-\echo '== Prediction: customer lifetime value =='
+\echo '== Prediction: customer lifetime value (per shopper: golden customers after stitching) =='
 \echo 'Models fitted inside the database on every golden customer''s summary (weeks):'
 SELECT f.name, f.model, f.param_names,
        ARRAY(SELECT round(p::numeric, 4) FROM unnest(f.params) p) AS params,

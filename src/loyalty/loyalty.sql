@@ -86,7 +86,7 @@ ALTER TABLE crm.earn_rule ENABLE ALWAYS TRIGGER earn_rule_changed;
 CREATE FUNCTION crm.loyalty_account_valid(debt bigint, spend_cents bigint[])
 	RETURNS boolean LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_loyalty_account_valid';
 COMMENT ON FUNCTION crm.loyalty_account_valid(bigint, bigint[]) IS
-	'CHECK of crm.loyalty_account: debt >= 0; spend_cents has 12 elements, none NULL';
+	'CHECK of crm.loyalty_account: debt >= 0; spend_cents has 13 elements (12 in rows written before 0.2.0), none NULL';
 CREATE TABLE crm.loyalty_account (
 	customer_id		bigint PRIMARY KEY REFERENCES crm.customer (customer_id) ON DELETE CASCADE,
 	ledger			crm.loyalty_ledger NOT NULL DEFAULT '{}',
@@ -95,7 +95,7 @@ CREATE TABLE crm.loyalty_account (
 	tier_since		timestamptz NOT NULL,
 	qualifying_spend numeric(20,2) NOT NULL DEFAULT 0,
 	spend_month		integer NOT NULL DEFAULT 0,
-	spend_cents		bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0}',
+	spend_cents		bigint[] NOT NULL DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0,0}',
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	-- No rule that the balance is >= 0: crm.loyalty_ledger guarantees it
 	-- (every lot holds at least one point).
@@ -105,8 +105,8 @@ COMMENT ON TABLE crm.loyalty_account IS 'A member''s points (ledger, a cache of 
 COMMENT ON COLUMN crm.loyalty_account.ledger IS 'Points as lots by expiry; crm.verify_ledgers() checks it against the journal';
 COMMENT ON COLUMN crm.loyalty_account.debt IS 'Points clawed back by refunds that the balance could not cover; repaid from the next points earned';
 COMMENT ON COLUMN crm.loyalty_account.qualifying_spend IS 'Rolling 12-month qualifying spend as of spend_month (the newest month with an order)';
-COMMENT ON COLUMN crm.loyalty_account.spend_month IS 'Newest month with a qualifying order, as year * 12 + month - 1 in the programme time zone';
-COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents of spend_month (element 1) and the 11 months before it';
+COMMENT ON COLUMN crm.loyalty_account.spend_month IS 'Newest month with a qualifying order, as year * 12 + month - 1 in the programme time zone; never past the month after now()';
+COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents of spend_month (element 1) and the 12 months before it: one more than a rolling spend counts, so an order dated into next month keeps every month that counts now';
 
 -- Not STRICT: a row without an idempotency key is checked too.
 CREATE FUNCTION crm.points_journal_entry_valid(kind text, points bigint, lots crm.loyalty_ledger, debt bigint,
@@ -249,7 +249,7 @@ CREATE FUNCTION crm.spend_buckets(ordered_at timestamptz[], net_amount numeric[]
 	OUT spend_month integer, OUT spend_cents bigint[], OUT qualifying_spend numeric)
 	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_spend_buckets';
 COMMENT ON FUNCTION crm.spend_buckets(timestamptz[], numeric[]) IS
-	'An account''s 12 monthly qualifying-spend buckets built from its orders (pairs of ordered_at and net_amount): net amounts above 0 count, in cents, in the programme month of ordered_at; spend_month is the newest such month (0 for none); qualifying_spend their total; pairs with a NULL are skipped';
+	'An account''s 13 monthly qualifying-spend buckets built from its orders (pairs of ordered_at and net_amount): net amounts above 0 count, in cents, in the programme month of ordered_at (at most the month after now()); spend_month is the newest such month (0 for none); qualifying_spend the total of it and the 11 months before; pairs with a NULL are skipped';
 
 CREATE FUNCTION crm.loyalty_orders_insert() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_insert';
@@ -647,7 +647,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
-	'Internal: rebuilds an account''s 12 monthly qualifying-spend buckets from its orders (after merges)';
+	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges)';
 
 CREATE FUNCTION crm.loyalty_ensure_account(customer_id bigint, at timestamptz) RETURNS void
 LANGUAGE sql VOLATILE STRICT

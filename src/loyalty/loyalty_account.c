@@ -2,10 +2,11 @@
  * loyalty_account.c
  *		The business rules on one member's account, in memory: the points an
  *		order earns, earning (debt repaid first), clawback and reinstatement
- *		when an order's net amount changes, the 12 monthly qualifying-spend
- *		buckets and the tier a rolling spend reaches.  Each rule lives here
- *		once; the SQL paths call it through the functions at the end
- *		(crm.tier_for_spend, crm.spend_buckets, crm.spend_buckets_total).
+ *		when an order's net amount changes, the monthly qualifying-spend
+ *		buckets (12 counted, 13 kept) and the tier a rolling spend reaches.
+ *		Each rule lives here once; the SQL paths call it through the
+ *		functions at the end (crm.tier_for_spend, crm.spend_buckets,
+ *		crm.spend_buckets_total).
  *
  * Also the CHECK functions of account and journal rows
  * (crm.loyalty_account_valid, crm.points_journal_entry_valid).
@@ -15,6 +16,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
@@ -66,16 +68,17 @@ PG_FUNCTION_INFO_V1(crm_loyalty_account_valid);
 /*
  * crm.loyalty_account_valid(debt, spend_cents): the CHECK of an account
  * row (a C call for the reason given at crm_points_journal_entry_valid):
- * debt >= 0; spend_cents has 12 elements, none NULL.
+ * debt >= 0; spend_cents has 13 elements (12: a row written before 0.2.0,
+ * its 13th month counting 0), none NULL.
  */
 Datum
 crm_loyalty_account_valid(PG_FUNCTION_ARGS)
 {
 	int64		debt = PG_GETARG_INT64(0);
 	ArrayType  *spend = PG_GETARG_ARRAYTYPE_P(1);
+	int			n = ARR_NDIM(spend) == 1 ? ArrayGetNItems(1, ARR_DIMS(spend)) : -1;
 
-	PG_RETURN_BOOL(debt >= 0 && ARR_NDIM(spend) == 1 && ArrayGetNItems(1, ARR_DIMS(spend)) == SPEND_MONTHS &&
-				   !array_contains_nulls(spend));
+	PG_RETURN_BOOL(debt >= 0 && (n == SPEND_SLOTS || n == SPEND_MONTHS) && !array_contains_nulls(spend));
 }
 
 PG_FUNCTION_INFO_V1(crm_points_journal_entry_valid);
@@ -131,10 +134,53 @@ spend_out_of_range(void)
 			 errmsg("qualifying spend out of range")));
 }
 
+/* The programme month of a time, kept while the time and configuration stay. */
+typedef struct MonthCache
+{
+	TimestampTz at;
+	uint64		generation;
+	bool		valid;
+	int32		month;
+} MonthCache;
+
+static int32
+month_cached(MonthCache *c, TimestampTz at)
+{
+	uint64		g = crm_config_generation();
+
+	if (!c->valid || c->at != at || c->generation != g)
+	{
+		c->month = loyalty_month_index(at);
+		c->at = at;
+		c->generation = g;
+		c->valid = true;
+	}
+	return c->month;
+}
+
+/*
+ * The newest month the window may move to: the month after that of now()
+ * (the transaction start, which crm.max_future measures from), in the
+ * programme time zone.  Asked on every move of a window, so kept.
+ */
+static int32
+spend_month_limit(void)
+{
+	static MonthCache c;
+
+	return month_cached(&c, GetCurrentTransactionStartTimestamp()) + 1;
+}
+
 /*
  * Adds cents (may be negative; a bucket never drops below 0) to month's
  * bucket.  A newer month than w->month moves the window on; a month older
  * than the window counts no more.  False when the month was too old.
+ *
+ * The window keeps SPEND_SLOTS months, one more than a rolling spend counts,
+ * and never moves past next month (spend_month_limit): an order dated into
+ * next month (within crm.max_future) keeps every month that counts now,
+ * whatever order the rows arrive in.  Spend dated later still (only with
+ * a crm.max_future of more than a month) counts in next month's bucket.
  */
 static bool
 spend_window_add(SpendWindow *w, int32 month, int64 cents)
@@ -143,19 +189,21 @@ spend_window_add(SpendWindow *w, int32 month, int64 cents)
 
 	if (month > w->month)
 	{
-		int64		shift = (int64) month - w->month;
+		int64		shift;
 
-		if (shift >= SPEND_MONTHS)
+		month = Min(month, spend_month_limit());
+		shift = (int64) month - w->month;
+		if (shift >= SPEND_SLOTS)
 			memset(w->cents, 0, sizeof(w->cents));
-		else
+		else if (shift > 0)
 		{
-			memmove(&w->cents[shift], &w->cents[0], sizeof(int64) * (SPEND_MONTHS - shift));
+			memmove(&w->cents[shift], &w->cents[0], sizeof(int64) * (SPEND_SLOTS - shift));
 			memset(&w->cents[0], 0, sizeof(int64) * shift);
 		}
-		w->month = month;
+		w->month = Max(w->month, month);
 	}
 	k = w->month - month;
-	if (k >= SPEND_MONTHS)
+	if (k >= SPEND_SLOTS)
 		return false;
 	if (pg_add_s64_overflow(w->cents[k], cents, &w->cents[k]))
 		spend_out_of_range();
@@ -166,7 +214,8 @@ spend_window_add(SpendWindow *w, int32 month, int64 cents)
 
 /*
  * The rolling spend as of month as_of: the buckets cents[0..n) (cents[k]
- * is month newest - k; NULL ones count 0) of as_of and the 11 months before.
+ * is month newest - k; NULL ones count 0) of as_of and the 11 months before
+ * (SPEND_MONTHS in all).
  */
 static int128
 spend_in_window(int32 newest, const int64 *cents, const bool *nulls, int n, int32 as_of)
@@ -193,7 +242,10 @@ loyalty_spend_add(Acct *ac, int32 month, int64 cents)
 		ac->changed = true;
 }
 
-/* The account's rolling spend as of its newest month (the column qualifying_spend). */
+/*
+ * The account's rolling spend as of its newest month (the column
+ * qualifying_spend): the newest SPEND_MONTHS buckets.
+ */
 int64
 loyalty_spend_total(const Acct *ac)
 {
@@ -220,11 +272,35 @@ loyalty_tier_for_spend(int64 spend_cents)
 	return -1;
 }
 
+/*
+ * The rolling spend an upgrade goes by: as of the window's newest month, and
+ * when that is the month after that of crm.loyalty_now() (an order dated
+ * into next month, within crm.max_future), the higher of that and the spend
+ * as of now (the window holds all its months): an old order arriving after
+ * one dated into next month still upgrades.
+ */
+static int64
+spend_for_upgrade(const Acct *ac)
+{
+	static MonthCache c;
+	int64		q = loyalty_spend_total(ac);
+	int32		now = month_cached(&c, loyalty_now());
+
+	if ((int64) ac->spend.month - now == 1)
+	{
+		int128		q_now = spend_in_window(ac->spend.month, ac->spend.cents, NULL, SPEND_SLOTS, now);
+
+		if (q_now > q && q_now <= PG_INT64_MAX)
+			q = (int64) q_now;
+	}
+	return q;
+}
+
 /* Raises the tier at once when the rolling spend now reaches a higher one. */
 void
 loyalty_upgrade_on_spend(LoyaltyBatch *batch, Acct *ac, int64 order_id, TimestampTz at)
 {
-	int64		q = loyalty_spend_total(ac);
+	int64		q = spend_for_upgrade(ac);
 	int			t = loyalty_tier_for_spend(q);
 
 	if (t <= ac->tier)
@@ -477,8 +553,9 @@ PG_FUNCTION_INFO_V1(crm_spend_buckets);
  * crm.spend_buckets(ordered_at[], net_amount[]): an account's buckets built
  * from its orders (pairs of ordered_at and net_amount): orders with a net
  * amount above 0 count in whole cents in the month of ordered_at; the
- * newest such month is spend_month (0 when there is none).  Pairs with a
- * NULL are skipped.  Returns (spend_month, spend_cents, qualifying_spend).
+ * newest such month is spend_month (0 when there is none), but never past
+ * next month (spend_window_add).  Pairs with a NULL are skipped.  Returns
+ * (spend_month, spend_cents: SPEND_SLOTS months, qualifying_spend).
  */
 Datum
 crm_spend_buckets(PG_FUNCTION_ARGS)
@@ -497,7 +574,7 @@ crm_spend_buckets(PG_FUNCTION_ARGS)
 	int64	   *cents;
 	SpendWindow w;
 	Datum		zero = NumericGetDatum(int64_to_numeric(0));
-	Datum		cd[SPEND_MONTHS];
+	Datum		cd[SPEND_SLOTS];
 	Datum		values[3];
 	bool		isnull[3] = {false, false, false};
 	TupleDesc	desc;
@@ -522,7 +599,7 @@ crm_spend_buckets(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("ordered_at must hold finite timestamps")));
-		months[n] = loyalty_month_index(DatumGetTimestampTz(ad[i]));
+		months[n] = Min(loyalty_month_index(DatumGetTimestampTz(ad[i])), spend_month_limit());
 		cents[n] = crm_numeric_to_cents(nd[i]);
 		if (n == 0 || months[n] > w.month)
 			w.month = months[n];
@@ -531,10 +608,10 @@ crm_spend_buckets(PG_FUNCTION_ARGS)
 	SPI_finish();
 	for (i = 0; i < n; i++)
 		spend_window_add(&w, months[i], cents[i]);
-	for (i = 0; i < SPEND_MONTHS; i++)
+	for (i = 0; i < SPEND_SLOTS; i++)
 		cd[i] = Int64GetDatum(w.cents[i]);
 	values[0] = Int32GetDatum(w.month);
-	values[1] = PointerGetDatum(construct_array(cd, SPEND_MONTHS, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(cd, SPEND_SLOTS, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[2] = cents_to_numeric(spend_in_window(w.month, w.cents, NULL, SPEND_MONTHS, w.month));
 	desc = BlessTupleDesc(desc);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, isnull)));

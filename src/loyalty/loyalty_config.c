@@ -80,13 +80,20 @@ crm_loyalty_init(void)
 							   check_loyalty_now, assign_loyalty_now, NULL);
 }
 
+/* The loyalty "now": setting crm.loyalty_now if set, else the transaction start. */
+TimestampTz
+loyalty_now(void)
+{
+	return loyalty_now_set ? loyalty_now_value : GetCurrentTransactionStartTimestamp();
+}
+
 PG_FUNCTION_INFO_V1(crm_loyalty_now);
 
 /* crm.loyalty_now(): setting crm.loyalty_now if set, else the transaction start */
 Datum
 crm_loyalty_now(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TIMESTAMPTZ(loyalty_now_set ? loyalty_now_value : GetCurrentTransactionStartTimestamp());
+	PG_RETURN_TIMESTAMPTZ(loyalty_now());
 }
 
 static int64

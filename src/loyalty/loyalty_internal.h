@@ -6,7 +6,7 @@
  *						tiers, earn rules), the expiry policy and programme
  *						months, setting crm.loyalty_now
  * loyalty_account.c	the business rules on one account in memory: earning,
- *						clawback and reinstatement, debt, the 12 monthly spend
+ *						clawback and reinstatement, debt, the monthly spend
  *						buckets, the tier a rolling spend reaches; the CHECK
  *						functions of accounts and journal rows
  * loyalty_triggers.c	the statement triggers on crm.orders and
@@ -94,13 +94,22 @@ extern const RuleConf *loyalty_rule_at(TimestampTz t);
 extern int	loyalty_tier_index(const char *name);
 extern void loyalty_local_tm(TimestampTz t, struct pg_tm *tm, fsec_t *fsec);
 extern int32 loyalty_month_index(TimestampTz t);
+extern TimestampTz loyalty_now(void);
 extern TimestampTz loyalty_expiry_of(TimestampTz t);
 
 /* ------------------------------------------------------------------------
  * Accounts (loyalty_account.c)
  * ------------------------------------------------------------------------
  */
-#define SPEND_MONTHS	12
+#define SPEND_MONTHS	12		/* the months a rolling spend counts */
+
+/*
+ * The months an account keeps: one more than a rolling spend counts, so an
+ * order dated into next month (crm.max_future allows a day by default)
+ * moves the window on without dropping the oldest month that still counts
+ * now.  Never more than one month ahead of now() (spend_window_add).
+ */
+#define SPEND_SLOTS		13
 
 /*
  * Qualifying spend in cents by programme month (loyalty_month_index): the
@@ -109,7 +118,7 @@ extern TimestampTz loyalty_expiry_of(TimestampTz t);
 typedef struct SpendWindow
 {
 	int32		month;			/* the newest month with spend */
-	int64		cents[SPEND_MONTHS];	/* [k]: month - k */
+	int64		cents[SPEND_SLOTS]; /* [k]: month - k */
 } SpendWindow;
 
 typedef struct Acct

@@ -56,8 +56,8 @@ typedef struct DatumBuf
 
 /*
  * The columns of a journal row as the write statements take them ($1 ..
- * $9), then those of an account ($10 .. $17; spend_cents holds 12 values per
- * account), then of a tier change (the history statement's $1 .. $6).
+ * $9), then those of an account ($10 .. $17; spend_cents holds SPEND_SLOTS
+ * values per account), then of a tier change (the history statement's $1 .. $6).
  */
 typedef enum JournalParam
 {
@@ -210,7 +210,7 @@ prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	"pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) " \
 	"UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, " \
 	"tier_since = u.tier_since, spend_month = u.spend_month, " \
-	"spend_cents = $16[((u.ord OPERATOR(pg_catalog.*) 12) OPERATOR(pg_catalog.-) 11)::pg_catalog.int4 : (u.ord OPERATOR(pg_catalog.*) 12)::pg_catalog.int4], " \
+	"spend_cents = $16[((u.ord OPERATOR(pg_catalog.*) 13) OPERATOR(pg_catalog.-) 12)::pg_catalog.int4 : (u.ord OPERATOR(pg_catalog.*) 13)::pg_catalog.int4], " \
 	"qualifying_spend = u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() " \
 	"FROM ROWS FROM (pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), " \
 	"pg_catalog.unnest($14), pg_catalog.unnest($15), pg_catalog.unnest($17)) WITH ORDINALITY " \
@@ -373,12 +373,15 @@ flush_history(LoyaltyBatch *ctx)
 		ctx->h[i].n = 0;
 }
 
-/* Appends the columns of account ac to a[0..A_COLS) (a[AP_SPEND_CENTS]: its 12 months). */
+/* Appends the columns of account ac to a[0..A_COLS) (a[AP_SPEND_CENTS]: its SPEND_SLOTS months). */
 static void
 push_account(DatumBuf *a, Acct *ac)
 {
 	int64		q = loyalty_spend_total(ac);
 	int			k;
+
+	/* WRITE_SQL slices $16 into accounts of 13 months */
+	StaticAssertStmt(SPEND_SLOTS == 13, "WRITE_SQL takes 13 months per account");
 
 	dbuf_push(&a[AP_CUSTOMER], Int64GetDatum(ac->cust), false);
 	dbuf_push(&a[AP_LEDGER], PointerGetDatum(lotbuf_to_ledger(&ac->lots)), false);
@@ -386,7 +389,7 @@ push_account(DatumBuf *a, Acct *ac)
 	dbuf_push(&a[AP_TIER], CStringGetTextDatum(loyalty_conf.tiers[ac->tier].name), false);
 	dbuf_push(&a[AP_TIER_SINCE], TimestampTzGetDatum(ac->tier_since), false);
 	dbuf_push(&a[AP_SPEND_MONTH], Int32GetDatum(ac->spend.month), false);
-	for (k = 0; k < SPEND_MONTHS; k++)
+	for (k = 0; k < SPEND_SLOTS; k++)
 		dbuf_push(&a[AP_SPEND_CENTS], Int64GetDatum(ac->spend.cents[k]), false);
 	dbuf_push(&a[AP_QUALIFYING_SPEND], Int64GetDatum(q), false);
 }
@@ -550,7 +553,8 @@ parse_account(Acct *ac, HeapTuple tup, TupleDesc desc, const AttrNumber *cols, i
 	ac->spend.month = DatumGetInt32(heap_getattr(tup, cols[ACCT_SPEND_MONTH], desc, &isnull));
 	deconstruct_array(DatumGetArrayTypeP(heap_getattr(tup, cols[ACCT_SPEND_CENTS], desc, &isnull)),
 					  INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &sd, NULL, &ns);
-	for (k = 0; k < SPEND_MONTHS; k++)
+	/* a row written before 0.2.0 has 12 months: the 13th counts 0 */
+	for (k = 0; k < SPEND_SLOTS; k++)
 		ac->spend.cents[k] = k < ns ? DatumGetInt64(sd[k]) : 0;
 	if (birth_col)
 	{

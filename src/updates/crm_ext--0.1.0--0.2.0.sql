@@ -906,7 +906,7 @@ CREATE FUNCTION crm.spend_buckets(ordered_at timestamptz[], net_amount numeric[]
 	OUT spend_month integer, OUT spend_cents bigint[], OUT qualifying_spend numeric)
 	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_spend_buckets';
 COMMENT ON FUNCTION crm.spend_buckets(timestamptz[], numeric[]) IS
-	'An account''s 12 monthly qualifying-spend buckets built from its orders (pairs of ordered_at and net_amount): net amounts above 0 count, in cents, in the programme month of ordered_at; spend_month is the newest such month (0 for none); qualifying_spend their total; pairs with a NULL are skipped';
+	'An account''s 13 monthly qualifying-spend buckets built from its orders (pairs of ordered_at and net_amount): net amounts above 0 count, in cents, in the programme month of ordered_at (at most the month after now()); spend_month is the newest such month (0 for none); qualifying_spend the total of it and the 11 months before; pairs with a NULL are skipped';
 
 CREATE OR REPLACE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
@@ -1140,3 +1140,17 @@ BEGIN ATOMIC
 	)
 	SELECT crm.id_merge_agg(e.a, e.b) FROM edges e;
 END;
+
+-- ---------------------------------------------------------------------------
+-- Issue 13, defect 2: an order dated into next month (within crm.max_future)
+-- no longer drops the oldest month that still counts now.  Accounts keep 13
+-- monthly buckets (a rolling spend counts 12); rows written before keep
+-- their 12, the 13th counting 0, until the triggers next write them.
+-- ---------------------------------------------------------------------------
+ALTER TABLE crm.loyalty_account ALTER COLUMN spend_cents SET DEFAULT '{0,0,0,0,0,0,0,0,0,0,0,0,0}';
+COMMENT ON FUNCTION crm.loyalty_account_valid(bigint, bigint[]) IS
+	'CHECK of crm.loyalty_account: debt >= 0; spend_cents has 13 elements (12 in rows written before 0.2.0), none NULL';
+COMMENT ON COLUMN crm.loyalty_account.spend_month IS 'Newest month with a qualifying order, as year * 12 + month - 1 in the programme time zone; never past the month after now()';
+COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents of spend_month (element 1) and the 12 months before it: one more than a rolling spend counts, so an order dated into next month keeps every month that counts now';
+COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
+	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges)';

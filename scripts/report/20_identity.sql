@@ -1,13 +1,21 @@
--- Demo report, section 4: identity resolution.  The sample identities were
+-- Demo report, section 2: identity resolution.  The sample identities were
 -- loaded with online stitching off; this section runs the batch path once
 -- (crm.stitch_identities()), scores it against the generator's true persons,
--- and shows one merge and its undo.
+-- and shows one merge and its undo.  It comes before loyalty, segmentation
+-- and prediction so that those count shoppers (golden customers), not the
+-- records a shopper was split over.
 \pset border 1
 \echo '== Identity resolution =='
+\echo 'Before stitching: every customer record counts as a customer of its own:'
+SELECT count(*) AS customer_records,
+       count(*) FILTER (WHERE merged_into IS NULL) AS golden_customers,
+       (SELECT count(DISTINCT person_id) FROM crm.sample_person) AS true_persons
+FROM crm.customer;
+
 \echo 'Batch stitching (crm.stitch_identities()): merges made, pairs sent to review, stray rows redirected:'
 SELECT * FROM crm.stitch_identities();
 
-\echo 'Records, golden customers and duplicates found:'
+\echo 'After stitching: records, shoppers (golden customers) and duplicates merged:'
 SELECT count(*) AS customer_records,
        count(*) FILTER (WHERE merged_into IS NULL) AS golden_customers,
        count(*) FILTER (WHERE merged_into IS NOT NULL) AS duplicate_records_merged,
@@ -60,3 +68,6 @@ FROM crm.customer c
 WHERE c.customer_id IN (SELECT unnest(ARRAY[survivor, merged]) FROM crm.merge_log WHERE merge_id = (SELECT max(merge_id) FROM crm.merge_log))
 ORDER BY 1;
 ROLLBACK;
+
+\echo 'From here on the report counts shoppers: golden customers after stitching, each with the'
+\echo 'orders, points, spend and stats of all the records stitched into it.'

@@ -1,6 +1,8 @@
--- Demo report, section 3: segmentation as of crm.sample_as_of().
+-- Demo report, section 4: segmentation as of crm.sample_as_of(), per
+-- shopper: RFM scores golden customers, and stats and tags were rebuilt for
+-- them by the merges of section 2.
 \pset border 1
-\echo '== Segmentation (as of the sample''s end, 2026-07-01) =='
+\echo '== Segmentation (per shopper: golden customers after stitching; as of the sample''s end, 2026-07-01) =='
 -- Stats and tags were kept by the triggers while the sample loaded; bring
 -- the time-dependent ones (windows, days since, stages) to the sample's
 -- "now", and score RFM as of then.
@@ -22,10 +24,11 @@ SELECT r AS "R \ F",
        sum(customers) FILTER (WHERE f = 5) AS "F5"
 FROM crm.v_rfm_grid GROUP BY r ORDER BY r DESC;
 
-\echo 'Tags (rule tags kept by the triggers and crm.tick):'
-SELECT t.name AS tag, count(ct.customer_id) AS customers, t.rule
+\echo 'Tags (rule tags kept by the triggers and crm.tick), golden customers:'
+SELECT t.name AS tag, count(c.customer_id) AS customers, t.rule
 FROM crm.tag t LEFT JOIN crm.customer_tag ct ON ct.tag_id = t.tag_id
-GROUP BY t.tag_id ORDER BY count(ct.customer_id) DESC, t.name;
+LEFT JOIN crm.customer c ON c.customer_id = ct.customer_id AND c.merged_into IS NULL
+GROUP BY t.tag_id ORDER BY count(c.customer_id) DESC, t.name;
 
 \echo 'Lifecycle stages of golden customers:'
 SELECT name AS stage, customers, round(100.0 * customers / sum(customers) OVER (), 1) AS pct

@@ -1,11 +1,15 @@
--- Demo report, section 2: the loyalty programme, as of crm.sample_as_of().
+-- Demo report, section 3: the loyalty programme, as of crm.sample_as_of(),
+-- per shopper: after stitching (section 2) a merged record's points, spend
+-- and journal rows belong to its golden customer, so only golden customers'
+-- accounts are counted.
 \pset border 1
-\echo '== Loyalty =='
+\echo '== Loyalty (per shopper: golden customers after stitching) =='
 \echo 'Members by tier (tier reached by rolling 12-month qualifying spend):'
 SELECT a.tier, t.threshold, t.multiplier, count(*) AS members,
        round(100.0 * count(*) / sum(count(*)) OVER (), 1) AS pct,
        to_char(avg(crm.qualifying_spend(a.customer_id, crm.sample_as_of())), 'FM999,990.00') AS avg_rolling_spend
 FROM crm.loyalty_account a JOIN crm.tier t USING (tier)
+JOIN crm.customer c ON c.customer_id = a.customer_id AND c.merged_into IS NULL
 GROUP BY a.tier, t.rank, t.threshold, t.multiplier ORDER BY t.rank;
 
 \echo 'Points: earned, clawed back and outstanding; what expires next:'
