@@ -134,10 +134,18 @@ SELECT pg_catalog.pg_extension_config_dump('crm.merge_log_merge_id_seq', '');
 CREATE FUNCTION crm.golden_customer(customer_id bigint) RETURNS bigint
 	LANGUAGE sql STABLE STRICT PARALLEL SAFE
 	SET search_path = pg_catalog, pg_temp
-	RETURN (SELECT COALESCE(c.merged_into, c.customer_id) FROM crm.customer c
-	        WHERE c.customer_id OPERATOR(pg_catalog.=) golden_customer.customer_id);
+	-- merged_into is followed to its end: a golden customer is never merged,
+	-- but a database merged by 0.1.0 may hold chains (issue 13, defect 6).
+	RETURN (WITH RECURSIVE up(id, depth) AS (
+	            SELECT c.customer_id, 0 FROM crm.customer c
+	            WHERE c.customer_id OPERATOR(pg_catalog.=) golden_customer.customer_id
+	            UNION ALL
+	            SELECT c.merged_into, u.depth OPERATOR(pg_catalog.+) 1 FROM up u
+	            JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
+	            WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
+	        SELECT u.id FROM up u ORDER BY u.depth DESC LIMIT 1);
 COMMENT ON FUNCTION crm.golden_customer(bigint) IS
-	'The golden customer a record belongs to now (itself when not merged); NULL for an unknown id';
+	'The golden customer a record belongs to now (itself when not merged; merged_into followed to its end); NULL for an unknown id';
 
 -- ---------------------------------------------------------------------------
 -- The merge itself (used by every path)
@@ -158,6 +166,8 @@ DECLARE
 	s bigint;
 	m bigint;
 	mem bigint[];
+	chained bigint[];
+	middle bigint;
 	conflict text;
 	via_kind text;
 	n_orders bigint;
@@ -171,8 +181,12 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	LOOP
-		SELECT COALESCE(c.merged_into, c.customer_id) INTO ga FROM crm.customer c WHERE c.customer_id = a;
-		SELECT COALESCE(c.merged_into, c.customer_id) INTO gb FROM crm.customer c WHERE c.customer_id = b;
+		-- Both sides resolve to their golden customers: merged_into is
+		-- followed to its end, so even a chain left by an older release
+		-- (a record merged into a record that was merged later) is merged
+		-- golden into golden, never a merged record into another one.
+		ga := crm.golden_customer(a);
+		gb := crm.golden_customer(b);
 		IF ga IS NULL OR gb IS NULL THEN
 			RAISE EXCEPTION 'merge refused: customer % does not exist', CASE WHEN ga IS NULL THEN a ELSE b END
 				USING ERRCODE = 'CR004';
@@ -234,9 +248,21 @@ BEGIN
 		END IF;
 	END IF;
 
-	mem := ARRAY(SELECT c.customer_id FROM crm.customer c WHERE c.customer_id = m
-	             UNION SELECT c.customer_id FROM crm.customer c WHERE c.merged_into = m
-	             ORDER BY 1);
+	-- The merged golden and every record under it (all of them point at m;
+	-- records chained below one of them by an older release too) move
+	-- under the survivor, so no record ends up merged into a merged one.
+	mem := ARRAY(WITH RECURSIVE down(id, depth) AS (
+	                 SELECT m, 0
+	                 UNION
+	                 SELECT c.customer_id, d.depth + 1 FROM down d
+	                 JOIN crm.customer c ON c.merged_into = d.id
+	                 WHERE d.depth < 1000)
+	             SELECT DISTINCT d.id FROM down d ORDER BY 1);
+	-- Members other records were merged into (only a chain left by an older
+	-- release has them): their points, stats and tags follow below.
+	chained := ARRAY(SELECT u.id FROM pg_catalog.unnest(mem) u(id)
+	                 WHERE u.id <> m AND EXISTS (SELECT 1 FROM crm.customer c WHERE c.merged_into = u.id)
+	                 ORDER BY 1);
 	UPDATE crm.customer c SET merged_into = s WHERE c.customer_id = ANY (mem);
 
 	-- Core rows of every member (strays inserted for a merged-away record
@@ -259,6 +285,9 @@ BEGIN
 
 	-- Features with per-customer state (points, stats, tags) move theirs.
 	PERFORM crm.run_customer_hooks('merge', s, m);
+	FOREACH middle IN ARRAY chained LOOP
+		PERFORM crm.run_customer_hooks('merge', s, middle);
+	END LOOP;
 	RETURN mid;
 END
 $$;
@@ -476,10 +505,29 @@ DECLARE
 	h bigint;
 	reviews_before bigint;
 	n bigint;
+	chained bigint[];
 BEGIN
 	merges := 0;
 	rows_redirected := 0;
 	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
+
+	-- Chains an older release left (a record merged into a record that was
+	-- merged later, as 0.1.0's batch stitching made after manual merges):
+	-- every record points at its golden again; the middle records' rows
+	-- follow with the strays below, then the merge hooks move the points,
+	-- stats and tags they still hold to the golden.
+	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
+	                 JOIN crm.customer p ON p.customer_id = c.merged_into
+	                 WHERE c.merged_into IS NOT NULL AND p.merged_into IS NOT NULL
+	                 ORDER BY 1);
+	IF chained <> '{}' THEN
+		PERFORM 1 FROM crm.customer c
+		WHERE c.customer_id IN (SELECT u.id FROM pg_catalog.unnest(chained) u(id)
+		                        UNION SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id))
+		ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+		UPDATE crm.customer c SET merged_into = crm.golden_customer(c.customer_id)
+		WHERE c.merged_into = ANY (chained);
+	END IF;
 
 	-- Rows inserted for records that were merged away meanwhile (a race
 	-- with a concurrent merge) go to their golden.
@@ -492,23 +540,42 @@ BEGIN
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
 	-- identities too, unless the golden holds the value (then they are
-	-- parked duplicates and stay)
-	UPDATE crm.identity i SET customer_id = c.merged_into
-	FROM crm.customer c
-	WHERE c.merged_into IS NOT NULL AND i.customer_id = c.customer_id
-	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
-	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into);
+	-- parked duplicates and stay); of several records of one golden that
+	-- hold the same stray value, the lowest identity_id moves and the
+	-- others stay parked on their records (unmerge finds them there).
+	WITH cand AS (
+		SELECT i.identity_id, c.merged_into AS golden,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, c.merged_into ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm.customer c ON i.customer_id = c.customer_id
+		WHERE c.merged_into IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into)
+	)
+	UPDATE crm.identity i SET customer_id = x.golden
+	FROM cand x
+	WHERE i.identity_id = x.identity_id AND x.rn = 1;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
+	FOREACH h IN ARRAY chained LOOP
+		PERFORM crm.run_customer_hooks('merge', crm.golden_customer(h), h);
+	END LOOP;
 
 	graph := crm.identity_graph();
 
 	-- Every component with more than one golden customer: one row per
-	-- golden, the oldest (created_at, id) first.
+	-- golden, the oldest (created_at, id) first.  The graph links records;
+	-- merges made meanwhile (by hand, say) link them too: two components
+	-- whose records share a golden customer are one component, so each
+	-- golden is in exactly one and is merged at most once, into the
+	-- survivor of the whole, never into a golden merged in the same pass.
 	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS
-	WITH g AS (
+	WITH rg AS MATERIALIZED (
 		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
 		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
+	), g AS (
+		SELECT DISTINCT j.golden AS comp, rg.cust
+		FROM crm.id_merge_groups((SELECT crm.id_merge_agg(r.comp, r.cust) FROM rg r)) j
+		JOIN rg ON rg.cust = j.member
 	)
 	SELECT g.comp, g.cust,
 	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,

@@ -1154,3 +1154,364 @@ COMMENT ON COLUMN crm.loyalty_account.spend_month IS 'Newest month with a qualif
 COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents of spend_month (element 1) and the 12 months before it: one more than a rolling spend counts, so an order dated into next month keeps every month that counts now';
 COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
 	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges)';
+
+-- ---------------------------------------------------------------------------
+-- Issue 13, defects 6 and 9: a golden customer is never itself merged (every
+-- merge resolves both sides to their golden customers; batch stitching joins
+-- components that share a golden and repairs chains 0.1.0 left); stray
+-- duplicate identifiers no longer break batch stitching.
+-- ---------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION crm.golden_customer(customer_id bigint) RETURNS bigint
+	LANGUAGE sql STABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	-- merged_into is followed to its end: a golden customer is never merged,
+	-- but a database merged by 0.1.0 may hold chains (issue 13, defect 6).
+	RETURN (WITH RECURSIVE up(id, depth) AS (
+	            SELECT c.customer_id, 0 FROM crm.customer c
+	            WHERE c.customer_id OPERATOR(pg_catalog.=) golden_customer.customer_id
+	            UNION ALL
+	            SELECT c.merged_into, u.depth OPERATOR(pg_catalog.+) 1 FROM up u
+	            JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
+	            WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
+	        SELECT u.id FROM up u ORDER BY u.depth DESC LIMIT 1);
+COMMENT ON FUNCTION crm.golden_customer(bigint) IS
+	'The golden customer a record belongs to now (itself when not merged; merged_into followed to its end); NULL for an unknown id';
+
+CREATE OR REPLACE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, reason text, via_identity_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: reason and via_identity_id may be NULL.
+-- Merges the golden customers of records a and b.  Returns the merge_id, or
+-- NULL when they are one customer already or (source online/batch) when a
+-- single-valued kind conflicts, which is written to crm.identity_review.
+-- source 'manual' raises CR004 instead of returning NULL.
+DECLARE
+	ga bigint;
+	gb bigint;
+	s bigint;
+	m bigint;
+	mem bigint[];
+	chained bigint[];
+	middle bigint;
+	conflict text;
+	via_kind text;
+	n_orders bigint;
+	n_events bigint;
+	n_ids bigint;
+	n_parked bigint;
+	mid bigint;
+BEGIN
+	IF a IS NULL OR b IS NULL OR source IS NULL THEN
+		RAISE EXCEPTION 'merging needs two customer ids'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	LOOP
+		-- Both sides resolve to their golden customers: merged_into is
+		-- followed to its end, so even a chain left by an older release
+		-- (a record merged into a record that was merged later) is merged
+		-- golden into golden, never a merged record into another one.
+		ga := crm.golden_customer(a);
+		gb := crm.golden_customer(b);
+		IF ga IS NULL OR gb IS NULL THEN
+			RAISE EXCEPTION 'merge refused: customer % does not exist', CASE WHEN ga IS NULL THEN a ELSE b END
+				USING ERRCODE = 'CR004';
+		END IF;
+		IF ga = gb THEN
+			IF source = 'manual' THEN
+				RAISE EXCEPTION 'merge refused: customers % and % are already one customer (%)', a, b, ga
+					USING ERRCODE = 'CR004';
+			END IF;
+			RETURN NULL;
+		END IF;
+		-- Lock both golden records in id order, so A->B and B->A at once
+		-- wait for each other instead of deadlocking.  FOR NO KEY UPDATE does
+		-- not block the foreign-key checks of concurrent inserts.
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
+		-- Another session may have merged one of them while we waited.
+		EXIT WHEN NOT EXISTS (SELECT 1 FROM crm.customer c
+		                      WHERE c.customer_id IN (ga, gb) AND c.merged_into IS NOT NULL);
+	END LOOP;
+
+	IF EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) AND c.forgotten_at IS NOT NULL) THEN
+		IF source <> 'manual' THEN
+			RETURN NULL;	-- stitching leaves forgotten customers alone
+		END IF;
+		RAISE EXCEPTION 'merge refused: a forgotten customer cannot be merged'
+			USING ERRCODE = 'CR004';
+	END IF;
+
+	-- The survivor is the oldest golden record (created_at, then id).
+	SELECT c.customer_id INTO s FROM crm.customer c WHERE c.customer_id IN (ga, gb)
+	ORDER BY c.created_at, c.customer_id LIMIT 1;
+	m := CASE WHEN s = ga THEN gb ELSE ga END;
+
+	IF source <> 'manual' THEN
+		-- A pair a person kept apart (or an unmerge separated) stays apart:
+		-- any record of one golden against any record of the other.
+		IF EXISTS (SELECT 1 FROM crm.identity_review r
+		           JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		           JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		           WHERE r.resolution = 'kept_apart'
+		             AND ((COALESCE(ca.merged_into, ca.customer_id) = s AND COALESCE(cb.merged_into, cb.customer_id) = m)
+		               OR (COALESCE(ca.merged_into, ca.customer_id) = m AND COALESCE(cb.merged_into, cb.customer_id) = s))) THEN
+			RETURN NULL;
+		END IF;
+		-- Two different values of a single-valued kind mean two people.
+		SELECT i1.kind INTO conflict
+		FROM crm.identity i1
+		JOIN crm.identity_kind k ON k.kind = i1.kind AND k.single_valued
+		JOIN crm.identity i2 ON i2.kind = i1.kind AND i2.customer_id = m AND i2.value <> i1.value
+		WHERE i1.customer_id = s
+		ORDER BY i1.kind LIMIT 1;
+		IF conflict IS NOT NULL THEN
+			SELECT i.kind INTO via_kind FROM crm.identity i WHERE i.identity_id = via_identity_id;
+			INSERT INTO crm.identity_review (customer_a, customer_b, conflict_kind, via_kind, source)
+			VALUES (LEAST(s, m), GREATEST(s, m), conflict, via_kind, source)
+			ON CONFLICT (customer_a, customer_b) WHERE resolved_at IS NULL DO NOTHING;
+			RETURN NULL;
+		END IF;
+	END IF;
+
+	-- The merged golden and every record under it (all of them point at m;
+	-- records chained below one of them by an older release too) move
+	-- under the survivor, so no record ends up merged into a merged one.
+	mem := ARRAY(WITH RECURSIVE down(id, depth) AS (
+	                 SELECT m, 0
+	                 UNION
+	                 SELECT c.customer_id, d.depth + 1 FROM down d
+	                 JOIN crm.customer c ON c.merged_into = d.id
+	                 WHERE d.depth < 1000)
+	             SELECT DISTINCT d.id FROM down d ORDER BY 1);
+	-- Members other records were merged into (only a chain left by an older
+	-- release has them): their points, stats and tags follow below.
+	chained := ARRAY(SELECT u.id FROM pg_catalog.unnest(mem) u(id)
+	                 WHERE u.id <> m AND EXISTS (SELECT 1 FROM crm.customer c WHERE c.merged_into = u.id)
+	                 ORDER BY 1);
+	UPDATE crm.customer c SET merged_into = s WHERE c.customer_id = ANY (mem);
+
+	-- Core rows of every member (strays inserted for a merged-away record
+	-- included) move to the survivor.
+	UPDATE crm.orders o SET customer_id = s WHERE o.customer_id = ANY (mem);
+	GET DIAGNOSTICS n_orders = ROW_COUNT;
+	UPDATE crm.event e SET customer_id = s WHERE e.customer_id = ANY (mem);
+	GET DIAGNOSTICS n_events = ROW_COUNT;
+	UPDATE crm.identity i SET customer_id = s
+	WHERE i.customer_id = m
+	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = s);
+	GET DIAGNOSTICS n_ids = ROW_COUNT;
+	SELECT pg_catalog.count(*) INTO n_parked FROM crm.identity i WHERE i.customer_id = m;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason, via_identity_id,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	VALUES (s, m, mem, source, reason, via_identity_id, n_orders, n_events, n_ids, n_parked)
+	RETURNING merge_id INTO mid;
+
+	-- Features with per-customer state (points, stats, tags) move theirs.
+	PERFORM crm.run_customer_hooks('merge', s, m);
+	FOREACH middle IN ARRAY chained LOOP
+		PERFORM crm.run_customer_hooks('merge', s, middle);
+	END LOOP;
+	RETURN mid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION crm.stitch_identities(OUT merges bigint, OUT reviews bigint, OUT rows_redirected bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- No arguments.  Builds the identity graph with crm.id_merge_agg and merges
+-- every component's golden customers into its oldest one, under the same
+-- policies as online stitching.  Idempotent: a second run merges nothing.
+DECLARE
+	graph crm.id_merge;
+	comp record;
+	h bigint;
+	reviews_before bigint;
+	n bigint;
+	chained bigint[];
+BEGIN
+	merges := 0;
+	rows_redirected := 0;
+	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
+
+	-- Chains an older release left (a record merged into a record that was
+	-- merged later, as 0.1.0's batch stitching made after manual merges):
+	-- every record points at its golden again; the middle records' rows
+	-- follow with the strays below, then the merge hooks move the points,
+	-- stats and tags they still hold to the golden.
+	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
+	                 JOIN crm.customer p ON p.customer_id = c.merged_into
+	                 WHERE c.merged_into IS NOT NULL AND p.merged_into IS NOT NULL
+	                 ORDER BY 1);
+	IF chained <> '{}' THEN
+		PERFORM 1 FROM crm.customer c
+		WHERE c.customer_id IN (SELECT u.id FROM pg_catalog.unnest(chained) u(id)
+		                        UNION SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id))
+		ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+		UPDATE crm.customer c SET merged_into = crm.golden_customer(c.customer_id)
+		WHERE c.merged_into = ANY (chained);
+	END IF;
+
+	-- Rows inserted for records that were merged away meanwhile (a race
+	-- with a concurrent merge) go to their golden.
+	UPDATE crm.orders o SET customer_id = c.merged_into
+	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND o.customer_id = c.customer_id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+	UPDATE crm.event e SET customer_id = c.merged_into
+	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND e.customer_id = c.customer_id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+	-- identities too, unless the golden holds the value (then they are
+	-- parked duplicates and stay); of several records of one golden that
+	-- hold the same stray value, the lowest identity_id moves and the
+	-- others stay parked on their records (unmerge finds them there).
+	WITH cand AS (
+		SELECT i.identity_id, c.merged_into AS golden,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, c.merged_into ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm.customer c ON i.customer_id = c.customer_id
+		WHERE c.merged_into IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into)
+	)
+	UPDATE crm.identity i SET customer_id = x.golden
+	FROM cand x
+	WHERE i.identity_id = x.identity_id AND x.rn = 1;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+	FOREACH h IN ARRAY chained LOOP
+		PERFORM crm.run_customer_hooks('merge', crm.golden_customer(h), h);
+	END LOOP;
+
+	graph := crm.identity_graph();
+
+	-- Every component with more than one golden customer: one row per
+	-- golden, the oldest (created_at, id) first.  The graph links records;
+	-- merges made meanwhile (by hand, say) link them too: two components
+	-- whose records share a golden customer are one component, so each
+	-- golden is in exactly one and is merged at most once, into the
+	-- survivor of the whole, never into a golden merged in the same pass.
+	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS
+	WITH rg AS MATERIALIZED (
+		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
+		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
+	), g AS (
+		SELECT DISTINCT j.golden AS comp, rg.cust
+		FROM crm.id_merge_groups((SELECT crm.id_merge_agg(r.comp, r.cust) FROM rg r)) j
+		JOIN rg ON rg.cust = j.member
+	)
+	SELECT g.comp, g.cust,
+	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
+	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
+	FROM g JOIN crm.customer c ON c.customer_id = g.cust
+	WHERE c.forgotten_at IS NULL;
+	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
+	ANALYZE crm_stitch_golden;
+
+	-- Components that need the careful path, merge by merge: a single-valued
+	-- kind with two values among its goldens, or a pair kept apart.
+	CREATE TEMP TABLE crm_stitch_pair ON COMMIT DROP AS
+	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn
+	FROM crm_stitch_golden g JOIN crm_stitch_golden s ON s.comp = g.comp AND s.rn = 1
+	WHERE g.rn > 1
+	  AND g.comp NOT IN (
+		SELECT x.comp FROM crm_stitch_golden x
+		JOIN crm.identity i ON i.customer_id = x.cust
+		JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
+		GROUP BY x.comp, i.kind HAVING pg_catalog.count(DISTINCT i.value) > 1
+		UNION
+		SELECT x.comp FROM crm.identity_review r
+		JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
+		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
+		WHERE r.resolution = 'kept_apart');
+	ANALYZE crm_stitch_pair;
+
+	-- The fast path, set-based: lock every golden involved in id order,
+	-- drop components a concurrent merge changed meanwhile (the careful
+	-- path takes them), then move everything in one statement per table.
+	PERFORM 1 FROM crm.customer c
+	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
+	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
+		UNION
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL);
+	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
+	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
+	UNION ALL
+	SELECT p.survivor, p.merged, c.customer_id FROM crm_stitch_pair p JOIN crm.customer c ON c.merged_into = p.merged;
+	CREATE TEMP TABLE crm_stitch_count (what text, merged bigint, cnt bigint) ON COMMIT DROP;
+	ANALYZE crm_stitch_member;
+
+	UPDATE crm.customer c SET merged_into = m.survivor FROM crm_stitch_member m WHERE c.customer_id = m.member;
+	WITH u AS (UPDATE crm.orders o SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE o.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'orders', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	WITH u AS (UPDATE crm.event e SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE e.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'events', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	-- Identities of each merged golden move unless the survivor holds the
+	-- value already, or another merged golden of the component moves the
+	-- same value in this pass (the lowest identity_id moves, the rest stay).
+	WITH cand AS (
+		SELECT i.identity_id, p.survivor, p.merged,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, p.survivor ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm_stitch_pair p ON i.customer_id = p.merged
+		WHERE NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = p.survivor)
+	), u AS (
+		UPDATE crm.identity i SET customer_id = c.survivor FROM cand c
+		WHERE i.identity_id = c.identity_id AND c.rn = 1 RETURNING c.merged
+	)
+	INSERT INTO crm_stitch_count SELECT 'identities', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	INSERT INTO crm_stitch_count
+	SELECT 'parked', i.customer_id, pg_catalog.count(*) FROM crm.identity i
+	WHERE i.customer_id IN (SELECT p.merged FROM crm_stitch_pair p) GROUP BY i.customer_id;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	SELECT p.survivor, p.merged, mm.members, 'batch', 'batch stitching',
+	       COALESCE(k.orders, 0), COALESCE(k.events, 0), COALESCE(k.identities, 0), COALESCE(k.parked, 0)
+	FROM crm_stitch_pair p
+	JOIN (SELECT m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
+	      FROM crm_stitch_member m GROUP BY m.merged) mm ON mm.merged = p.merged
+	LEFT JOIN (SELECT c.merged,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'orders') AS orders,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'events') AS events,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'identities') AS identities,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'parked') AS parked
+	           FROM crm_stitch_count c GROUP BY c.merged) k ON k.merged = p.merged
+	ORDER BY p.comp, p.rn;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	merges := merges + n;
+	IF EXISTS (SELECT 1 FROM crm.customer_hook k WHERE k.event = 'merge') THEN
+		FOR comp IN SELECT p.survivor, p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn LOOP
+			PERFORM crm.run_customer_hooks('merge', comp.survivor, comp.merged);
+		END LOOP;
+	END IF;
+
+	-- The careful path: the other components, merge by merge, under
+	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
+	FOR comp IN
+		SELECT g.comp, pg_catalog.array_agg(g.cust ORDER BY g.rn) AS goldens
+		FROM crm_stitch_golden g
+		WHERE g.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+		GROUP BY g.comp ORDER BY g.comp
+	LOOP
+		FOREACH h IN ARRAY comp.goldens[2:] LOOP
+			IF crm.merge_goldens(comp.goldens[1], h, 'batch', 'batch stitching', NULL) IS NOT NULL THEN
+				merges := merges + 1;
+			END IF;
+		END LOOP;
+	END LOOP;
+	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_member, pg_temp.crm_stitch_count;
+	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
+END
+$$;
