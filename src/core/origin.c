@@ -269,36 +269,25 @@ golden_of(OriginColumns *cols, Datum cust)
 #define MERGE_WALK_LIMIT	1000
 
 /*
- * Whether target is the record origin itself or a record origin is merged
- * into, directly or through others, as crm.customer stands in the active
- * snapshot (merges and unmerges re-point merged_into before they move rows).
- * The last pair found is remembered: a merge moves many rows of one origin
- * to one target, and the statement's snapshot does not change.
+ * Whether walking merged_into up from record reaches target (through
+ * crm.customer's primary key, at most MERGE_WALK_LIMIT links).
  */
 static bool
-merged_along(OriginColumns *cols, Datum origin, Datum target)
+walk_merges(Oid customer_relid, Oid pkey, AttrNumber merged_att, Datum record, Datum target)
 {
-	Relation	crel;
-	Datum		id = origin;
+	Relation	crel = table_open(customer_relid, AccessShareLock);
+	Datum		id = record;
 	bool		found = false;
 
-	if (DatumGetInt64(origin) == DatumGetInt64(target))
-		return true;
-	if (cols->move_ok_set && cols->move_ok_origin == DatumGetInt64(origin) &&
-		cols->move_ok_target == DatumGetInt64(target))
-		return true;
-	if (!cols->customer_found)
-		find_customer_indexes(cols);
-	crel = table_open(cols->customer_relid, AccessShareLock);
 	for (int depth = 0; depth < MERGE_WALK_LIMIT; depth++)
 	{
-		HeapTuple	tup = crm_row_by_index(crel, cols->pkey_oid, &id);
+		HeapTuple	tup = crm_row_by_index(crel, pkey, &id);
 		bool		isnull = true;
 		Datum		next = (Datum) 0;
 
 		if (tup != NULL)
 		{
-			next = heap_getattr(tup, cols->merged_att, RelationGetDescr(crel), &isnull);
+			next = heap_getattr(tup, merged_att, RelationGetDescr(crel), &isnull);
 			heap_freetuple(tup);
 		}
 		if (isnull)
@@ -311,6 +300,29 @@ merged_along(OriginColumns *cols, Datum origin, Datum target)
 		}
 	}
 	table_close(crel, AccessShareLock);
+	return found;
+}
+
+/*
+ * Whether target is the record origin itself or a record origin is merged
+ * into, directly or through others, as crm.customer stands in the active
+ * snapshot (merges and unmerges re-point merged_into before they move rows).
+ * The last pair found is remembered: a merge moves many rows of one origin
+ * to one target, and the statement's snapshot does not change.
+ */
+static bool
+merged_along(OriginColumns *cols, Datum origin, Datum target)
+{
+	bool		found;
+
+	if (DatumGetInt64(origin) == DatumGetInt64(target))
+		return true;
+	if (cols->move_ok_set && cols->move_ok_origin == DatumGetInt64(origin) &&
+		cols->move_ok_target == DatumGetInt64(target))
+		return true;
+	if (!cols->customer_found)
+		find_customer_indexes(cols);
+	found = walk_merges(cols->customer_relid, cols->pkey_oid, cols->merged_att, origin, target);
 	if (found)
 	{
 		cols->move_ok_set = true;
@@ -318,6 +330,26 @@ merged_along(OriginColumns *cols, Datum origin, Datum target)
 		cols->move_ok_target = DatumGetInt64(target);
 	}
 	return found;
+}
+
+PG_FUNCTION_INFO_V1(crm_loyalty_merged_along);
+
+/*
+ * crm.loyalty_merged_along(record, target): the same rule for the points
+ * journal's guard (PL/pgSQL), so the rule has one owner.
+ */
+Datum
+crm_loyalty_merged_along(PG_FUNCTION_ARGS)
+{
+	Oid			relid = crm_relid("customer");
+	Relation	crel = table_open(relid, AccessShareLock);
+	Oid			pkey = RelationGetPrimaryKeyIndex(crel);
+	AttrNumber	merged_att = crm_trigger_attnum(crel, "merged_into", "crm.loyalty_merged_along()");
+
+	table_close(crel, AccessShareLock);
+	if (PG_GETARG_INT64(0) == PG_GETARG_INT64(1))
+		PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(walk_merges(relid, pkey, merged_att, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1)));
 }
 
 /* The supported way to move a row of table relname, as an errhint. */

@@ -319,17 +319,7 @@ $$;
 
 -- The journal guard has no switch: customer_id moves only along merges.
 CREATE FUNCTION crm.loyalty_merged_along(record bigint, target bigint) RETURNS boolean
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-	WITH RECURSIVE up(id, depth) AS (
-		SELECT record, 0
-		UNION ALL
-		SELECT c.merged_into, u.depth OPERATOR(pg_catalog.+) 1
-		FROM up u JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
-		WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
-	SELECT EXISTS (SELECT 1 FROM up u WHERE u.id OPERATOR(pg_catalog.=) target)
-$$;
+	LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', 'crm_loyalty_merged_along';
 COMMENT ON FUNCTION crm.loyalty_merged_along(bigint, bigint) IS
 	'Internal: is target the record itself or a record it is merged into now (directly or through others)';
 
