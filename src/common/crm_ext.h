@@ -66,6 +66,8 @@ extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
 extern HeapTuple crm_row_by_index_in(Relation rel, Oid idx, const Datum *key, ScanDirection direction);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);
+#define CRM_MERGE_WALK_LIMIT	1000	/* longest chain of merged_into links walked */
+extern int64 crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target);
 
 /* money.c: numeric <-> int64 cents (values with more than 2 decimals are rounded) */
 extern int64 crm_numeric_to_cents(Datum num);

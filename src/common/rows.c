@@ -72,3 +72,37 @@ crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 	table_close(rel, AccessShareLock);
 	return found;
 }
+
+/*
+ * Walks crm.customer.merged_into up from record through the table's primary
+ * key pkey (merged_att: the merged_into column), at most CRM_MERGE_WALK_LIMIT
+ * links, stopping early at target (0: none).  Returns where the walk ended:
+ * target when reached, else the golden record at the end of the chain, or 0
+ * when record does not exist.  Merges keep chains one link long; longer ones
+ * are left by older releases.
+ */
+int64
+crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target)
+{
+	Relation	crel = table_open(customer_relid, AccessShareLock);
+	Datum		id = Int64GetDatum(record);
+	int64		last = 0;
+
+	for (int depth = 0;; depth++)
+	{
+		HeapTuple	tup = crm_row_by_index(crel, pkey, &id);
+		bool		isnull = true;
+		Datum		next = (Datum) 0;
+
+		if (tup == NULL)
+			break;
+		last = DatumGetInt64(id);
+		next = heap_getattr(tup, merged_att, RelationGetDescr(crel), &isnull);
+		heap_freetuple(tup);
+		if (isnull || last == target || depth == CRM_MERGE_WALK_LIMIT)
+			break;
+		id = next;
+	}
+	table_close(crel, AccessShareLock);
+	return last;
+}

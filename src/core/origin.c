@@ -263,44 +263,13 @@ golden_of(OriginColumns *cols, Datum cust)
 }
 
 /*
- * Longest chain of merged_into links walked from a row's origin record (as
- * crm.loyalty_merged_along); merges keep chains one link long.
- */
-#define MERGE_WALK_LIMIT	1000
-
-/*
- * Whether walking merged_into up from record reaches target (through
- * crm.customer's primary key, at most MERGE_WALK_LIMIT links).
+ * Whether walking merged_into up from record reaches target (crm_merge_walk).
  */
 static bool
 walk_merges(Oid customer_relid, Oid pkey, AttrNumber merged_att, Datum record, Datum target)
 {
-	Relation	crel = table_open(customer_relid, AccessShareLock);
-	Datum		id = record;
-	bool		found = false;
-
-	for (int depth = 0; depth < MERGE_WALK_LIMIT; depth++)
-	{
-		HeapTuple	tup = crm_row_by_index(crel, pkey, &id);
-		bool		isnull = true;
-		Datum		next = (Datum) 0;
-
-		if (tup != NULL)
-		{
-			next = heap_getattr(tup, merged_att, RelationGetDescr(crel), &isnull);
-			heap_freetuple(tup);
-		}
-		if (isnull)
-			break;
-		id = next;
-		if (DatumGetInt64(id) == DatumGetInt64(target))
-		{
-			found = true;
-			break;
-		}
-	}
-	table_close(crel, AccessShareLock);
-	return found;
+	return crm_merge_walk(customer_relid, pkey, merged_att, DatumGetInt64(record),
+						  DatumGetInt64(target)) == DatumGetInt64(target);
 }
 
 /*

@@ -18,6 +18,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/tableam.h"
+#include "access/table.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -227,4 +228,45 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);
+}
+
+/* crm.customer's primary key and merged_into column, per FmgrInfo (fn_extra). */
+typedef struct CustomerWalk
+{
+	Oid			relid;
+	Oid			pkey;
+	AttrNumber	merged_att;
+} CustomerWalk;
+
+PG_FUNCTION_INFO_V1(crm_golden_customer);
+
+/*
+ * crm.golden_customer(customer_id bigint) RETURNS bigint
+ *		The golden customer a record belongs to now: merged_into followed to
+ *		its end through crm.customer's primary key (crm_merge_walk), without
+ *		the executor, since every merge and entry point asks; NULL for an
+ *		unknown id.
+ */
+Datum
+crm_golden_customer(PG_FUNCTION_ARGS)
+{
+	CustomerWalk *w = (CustomerWalk *) fcinfo->flinfo->fn_extra;
+	int64		golden;
+
+	if (w == NULL)
+	{
+		Relation	crel;
+
+		w = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(CustomerWalk));
+		w->relid = crm_relid("customer");
+		crel = table_open(w->relid, AccessShareLock);
+		w->pkey = RelationGetPrimaryKeyIndex(crel);
+		w->merged_att = crm_trigger_attnum(crel, "merged_into", "crm.golden_customer()");
+		table_close(crel, AccessShareLock);
+		fcinfo->flinfo->fn_extra = w;
+	}
+	golden = crm_merge_walk(w->relid, w->pkey, w->merged_att, PG_GETARG_INT64(0), 0);
+	if (golden == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(golden);
 }

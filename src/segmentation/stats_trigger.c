@@ -202,44 +202,101 @@ inserted_facts_sql(Trigger *tg, Source src)
 	return sql.data;
 }
 
-/* Updates and deletes: rebuild every customer the old or new rows belong to. */
+/* Append the customer_id of every row of transition table ts to ids[*n]. */
 static void
-rebuild_changed(Trigger *tg, Source src, TimestampTz as_of)
+collect_customers(Tuplestorestate *ts, TupleDesc desc, int att, int64 *ids, int *n)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	bool		isnull;
+	Datum		d;
+
+	tuplestore_rescan(ts);
+	while (tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		d = slot_getattr(slot, att, &isnull);
+		if (!isnull)
+			ids[(*n)++] = DatumGetInt64(d);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
+ * The customers the old and new rows of an update or delete of crm.orders
+ * or crm.event belong to, read from the transition tables directly (a merge
+ * moves a customer's orders in one such statement): a sorted, distinct
+ * int8[], or NULL when there are none.
+ */
+static Datum
+changed_customers_direct(TriggerData *td)
+{
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	int			att = SPI_fnumber(desc, "customer_id");
+	int64		nrows = 0;
+	int64	   *ids;
+	Datum	   *elems;
+	int			n = 0,
+				k = 0;
+
+	if (att <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.customer_stats_trigger() needs column \"customer_id\" on table \"%s\"",
+						RelationGetRelationName(td->tg_relation))));
+	if (td->tg_oldtable)
+		nrows += tuplestore_tuple_count(td->tg_oldtable);
+	if (td->tg_newtable)
+		nrows += tuplestore_tuple_count(td->tg_newtable);
+	if (nrows == 0)
+		return (Datum) 0;
+	ids = palloc(sizeof(int64) * nrows);
+	if (td->tg_oldtable)
+		collect_customers(td->tg_oldtable, desc, att, ids, &n);
+	if (td->tg_newtable)
+		collect_customers(td->tg_newtable, desc, att, ids, &n);
+	if (n == 0)
+		return (Datum) 0;
+	crm_sort_int64(ids, n);
+	elems = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		if (i == 0 || ids[i] != ids[i - 1])
+			elems[k++] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, k, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* The customers the order lines an update or delete changed belong to (NULL: none). */
+static Datum
+changed_customers_of_lines(Trigger *tg)
 {
 	enum
 	{
 		CHANGED_COL_CUSTOMER_IDS = 1
 	};
 	StringInfoData sql;
-	const char *ot = quote_identifier(tg->tgoldtable);
 	Datum		ids;
 	bool		isnull;
 
 	initStringInfo(&sql);
-	if (src == SRC_LINES)
-	{
-		appendStringInfo(&sql,
-						 "SELECT pg_catalog.array_agg(DISTINCT o.customer_id) FROM crm.orders o "
-						 "WHERE o.order_id OPERATOR(pg_catalog.=) ANY (SELECT x.order_id FROM %s x", ot);
-		if (tg->tgnewtable)
-			appendStringInfo(&sql, " UNION ALL SELECT y.order_id FROM %s y", quote_identifier(tg->tgnewtable));
-		appendStringInfoString(&sql, ")");
-	}
-	else
-	{
-		appendStringInfo(&sql, "SELECT pg_catalog.array_agg(DISTINCT u.customer_id) FROM (SELECT x.customer_id FROM %s x", ot);
-		if (tg->tgnewtable)
-			appendStringInfo(&sql, " UNION ALL SELECT y.customer_id FROM %s y", quote_identifier(tg->tgnewtable));
-		appendStringInfoString(&sql, ") u");
-	}
+	appendStringInfo(&sql,
+					 "SELECT pg_catalog.array_agg(DISTINCT o.customer_id) FROM crm.orders o "
+					 "WHERE o.order_id OPERATOR(pg_catalog.=) ANY (SELECT x.order_id FROM %s x",
+					 quote_identifier(tg->tgoldtable));
+	if (tg->tgnewtable)
+		appendStringInfo(&sql, " UNION ALL SELECT y.order_id FROM %s y", quote_identifier(tg->tgnewtable));
+	appendStringInfoString(&sql, ")");
 	if (SPI_execute(sql.data, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not collect customers");
 	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, CHANGED_COL_CUSTOMER_IDS, &isnull);
-	if (!isnull)
-	{
-		ids = PointerGetDatum(DatumGetArrayTypePCopy(ids));
+	return isnull ? (Datum) 0 : PointerGetDatum(DatumGetArrayTypePCopy(ids));
+}
+
+/* Updates and deletes: rebuild every customer the old or new rows belong to. */
+static void
+rebuild_changed(TriggerData *td, Source src, TimestampTz as_of)
+{
+	Datum		ids = src == SRC_LINES ? changed_customers_of_lines(td->tg_trigger) : changed_customers_direct(td);
+
+	if (ids != (Datum) 0)
 		(void) rebuild_customers(ids, as_of);
-	}
 }
 
 PG_FUNCTION_INFO_V1(crm_customer_stats_trigger);
@@ -292,7 +349,7 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 	else if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		(void) stats_process_facts(fact_plan(inserted_facts_sql(tg, src), 0, NULL), NULL, false, false, as_of);
 	else
-		rebuild_changed(tg, src, as_of);
+		rebuild_changed(td, src, as_of);
 	SPI_finish();
 	PG_RETURN_POINTER(NULL);
 }

@@ -1088,10 +1088,14 @@ BEGIN
 	IF NOT crm.identity_may_link(r.kind, r.value) THEN
 		RETURN 0;
 	END IF;
+	-- The other golden customers holding the value (the row's own golden
+	-- has nothing to merge: most values a shopper adds are held by their
+	-- own records already).
 	FOR h IN
 		SELECT DISTINCT COALESCE(c.merged_into, c.customer_id)
 		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
 		WHERE i.kind = r.kind AND i.value = r.value
+		  AND COALESCE(c.merged_into, c.customer_id) <> g
 		ORDER BY 1
 	LOOP
 		IF crm.merge_goldens(r.customer_id, h, 'online', 'shared ' || r.kind, r.identity_id) IS NOT NULL THEN
@@ -1153,20 +1157,10 @@ COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
 -- ---------------------------------------------------------------------------
 
 CREATE OR REPLACE FUNCTION crm.golden_customer(customer_id bigint) RETURNS bigint
-	LANGUAGE sql STABLE STRICT PARALLEL SAFE
-	SET search_path = pg_catalog, pg_temp
-	-- merged_into is followed to its end: a golden customer is never merged,
-	-- but a database merged by 0.1.0 may hold chains (issue 13, defect 6).
-	RETURN (WITH RECURSIVE up(id, depth) AS (
-	            SELECT c.customer_id, 0 FROM crm.customer c
-	            WHERE c.customer_id OPERATOR(pg_catalog.=) golden_customer.customer_id
-	            UNION ALL
-	            SELECT c.merged_into, u.depth OPERATOR(pg_catalog.+) 1 FROM up u
-	            JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
-	            WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
-	        SELECT u.id FROM up u ORDER BY u.depth DESC LIMIT 1);
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_golden_customer';
 COMMENT ON FUNCTION crm.golden_customer(bigint) IS
-	'The golden customer a record belongs to now (itself when not merged; merged_into followed to its end); NULL for an unknown id';
+	'The golden customer a record belongs to now (itself when not merged; merged_into followed to its end, in C: every merge and entry point asks); NULL for an unknown id';
 
 CREATE OR REPLACE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, reason text, via_identity_id bigint)
 RETURNS bigint
