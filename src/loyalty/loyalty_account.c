@@ -5,8 +5,8 @@
  *		when an order's net amount changes, the monthly qualifying-spend
  *		buckets (12 counted, 13 kept) and the tier a rolling spend reaches.
  *		Each rule lives here once; the SQL paths call it through the
- *		functions at the end (crm.tier_for_spend, crm.spend_buckets,
- *		crm.spend_buckets_total).
+ *		functions at the end (crm.tier_for_spend, crm.tier_held,
+ *		crm.spend_buckets, crm.spend_buckets_total).
  *
  * Also the CHECK functions of account and journal rows
  * (crm.loyalty_account_valid, crm.points_journal_entry_valid).
@@ -25,6 +25,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
+#include "utils/timestamp.h"
 
 #include "crm_ext.h"
 #include "loyalty_internal.h"
@@ -273,6 +274,34 @@ loyalty_tier_for_spend(int64 spend_cents)
 }
 
 /*
+ * The rolling spend as of month as_of of buckets whose newest month is
+ * newest; when newest is the month after as_of (an order dated into next
+ * month), the higher of that and the spend as of newest, so the order
+ * counts at once.  What the tier policy (upgrades, crm.tier_held) goes by.
+ */
+static int128
+spend_as_of(int32 newest, const int64 *cents, const bool *nulls, int n, int32 as_of)
+{
+	int128		q = spend_in_window(newest, cents, nulls, n, as_of);
+
+	if ((int64) newest - as_of == 1)
+	{
+		int128		q_next = spend_in_window(newest, cents, nulls, n, newest);
+
+		if (q_next > q)
+			q = q_next;
+	}
+	return q;
+}
+
+/* A spend in cents as int64 for loyalty_tier_for_spend (never negative here). */
+static int64
+spend_clamp(int128 q)
+{
+	return q > PG_INT64_MAX ? PG_INT64_MAX : (q < 0 ? 0 : (int64) q);
+}
+
+/*
  * The rolling spend an upgrade goes by: as of the window's newest month, and
  * when that is the month after that of crm.loyalty_now() (an order dated
  * into next month, within crm.max_future), the higher of that and the spend
@@ -283,17 +312,11 @@ static int64
 spend_for_upgrade(const Acct *ac)
 {
 	static MonthCache c;
-	int64		q = loyalty_spend_total(ac);
 	int32		now = month_cached(&c, loyalty_now());
 
 	if ((int64) ac->spend.month - now == 1)
-	{
-		int128		q_now = spend_in_window(ac->spend.month, ac->spend.cents, NULL, SPEND_SLOTS, now);
-
-		if (q_now > q && q_now <= PG_INT64_MAX)
-			q = (int64) q_now;
-	}
-	return q;
+		return spend_clamp(spend_as_of(ac->spend.month, ac->spend.cents, NULL, SPEND_SLOTS, now));
+	return loyalty_spend_total(ac);
 }
 
 /* Raises the tier at once when the rolling spend now reaches a higher one. */
@@ -545,6 +568,68 @@ crm_spend_buckets_total(PG_FUNCTION_ARGS)
 	for (k = 0; k < n; k++)
 		cents[k] = nulls[k] ? 0 : DatumGetInt64(d[k]);
 	PG_RETURN_DATUM(cents_to_numeric(spend_in_window(newest, cents, nulls, n, as_of)));
+}
+
+PG_FUNCTION_INFO_V1(crm_tier_held);
+
+/*
+ * crm.tier_held(tier, tier_since, spend_month, spend_cents, at): the tier
+ * policy, once: the tier an account holds at "at" is the higher of the tier
+ * its rolling spend as of the month of "at" reaches (spend_as_of) and its
+ * tier while that is protected, i.e. reached less than tier_hold_months
+ * before "at".  Merges and unmerges set it, crm.tick's downgrade lowers an
+ * unprotected tier to it, and orders only raise a tier, so an account is
+ * never below it (what crm.verify can check).
+ */
+Datum
+crm_tier_held(PG_FUNCTION_ARGS)
+{
+	char	   *tier = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TimestampTz since = PG_GETARG_TIMESTAMPTZ(1);
+	int32		newest = PG_GETARG_INT32(2);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(3);
+	TimestampTz at = PG_GETARG_TIMESTAMPTZ(4);
+	Interval	hold;
+	Datum	   *d;
+	bool	   *nulls;
+	int64	   *cents;
+	int			n,
+				k,
+				cur = -1,
+				t;
+	TimestampTz protected_from;
+
+	if (TIMESTAMP_NOT_FINITE(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be a finite timestamp")));
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &d, &nulls, &n);
+	cents = palloc(sizeof(int64) * Max(n, 1));
+	for (k = 0; k < n; k++)
+		cents[k] = nulls[k] ? 0 : DatumGetInt64(d[k]);
+	loyalty_connect_and_load();
+	for (k = 0; k < loyalty_conf.ntiers; k++)
+		if (strcmp(loyalty_conf.tiers[k].name, tier) == 0)
+			cur = k;
+	if (cur < 0)
+	{
+		SPI_finish();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tier \"%s\" is not a tier of crm.tier", tier)));
+	}
+	t = loyalty_tier_for_spend(spend_clamp(spend_as_of(newest, cents, nulls, n, loyalty_month_index(at))));
+	memset(&hold, 0, sizeof(hold));
+	hold.month = loyalty_conf.tier_hold_months;
+	protected_from = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+															 TimestampTzGetDatum(at),
+															 IntervalPGetDatum(&hold)));
+	/* crm.tick lowers a tier once tier_since <= at - tier_hold_months */
+	if (cur > t && since > protected_from)
+		t = cur;
+	SPI_finish();
+	/* the cache outlives SPI_finish: it is in its own context */
+	PG_RETURN_TEXT_P(cstring_to_text(loyalty_conf.tiers[t].name));
 }
 
 PG_FUNCTION_INFO_V1(crm_spend_buckets);

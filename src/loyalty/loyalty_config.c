@@ -113,7 +113,8 @@ load_programme(void)
 {
 	enum
 	{
-		PROG_LEDGER_TYPE = 1, PROG_CUSTOMER, PROG_ACCOUNT, PROG_TIME_ZONE, PROG_EXPIRY_MONTHS, PROG_ROUNDING
+		PROG_LEDGER_TYPE = 1, PROG_CUSTOMER, PROG_ACCOUNT, PROG_TIME_ZONE, PROG_EXPIRY_MONTHS, PROG_ROUNDING,
+		PROG_TIER_HOLD
 	};
 	static const char *const account_cols[ACCT_NFIELDS] = {
 		[ACCT_CUSTOMER_ID] = "customer_id",[ACCT_LEDGER] = "ledger",[ACCT_DEBT] = "debt",
@@ -132,7 +133,7 @@ load_programme(void)
 	ret = SPI_execute("SELECT 'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
 					  "'crm.customer'::pg_catalog.regclass::pg_catalog.oid, "
 					  "'crm.loyalty_account'::pg_catalog.regclass::pg_catalog.oid, "
-					  "p.time_zone, p.expiry_months, p.expiry_rounding "
+					  "p.time_zone, p.expiry_months, p.expiry_rounding, p.tier_hold_months "
 					  "FROM (SELECT 1) one LEFT JOIN crm.loyalty_program p ON true LIMIT 1",
 					  true, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
@@ -148,6 +149,7 @@ load_programme(void)
 		tzname = SPI_getvalue(tup, desc, PROG_TIME_ZONE);
 		c->expiry_months = DatumGetInt32(SPI_getbinval(tup, desc, PROG_EXPIRY_MONTHS, &isnull));
 		c->month_end = strcmp(SPI_getvalue(tup, desc, PROG_ROUNDING), "month_end") == 0;
+		c->tier_hold_months = DatumGetInt32(SPI_getbinval(tup, desc, PROG_TIER_HOLD, &isnull));
 	}
 	c->ledger_array_type = get_array_type(c->ledger_type);
 	{
@@ -293,6 +295,7 @@ load_conf(void)
 	c->tz = NULL;
 	c->expiry_months = 12;
 	c->month_end = true;
+	c->tier_hold_months = 12;
 	c->ntiers = 0;
 	c->nrules = 0;
 	c->any_bonus = false;

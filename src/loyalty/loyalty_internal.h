@@ -70,6 +70,7 @@ typedef struct LoyaltyConf
 	pg_tz	   *tz;
 	int			expiry_months;
 	bool		month_end;
+	int			tier_hold_months;	/* a tier is kept this long (crm.tier_held) */
 	int			ntiers;
 	TierConf   *tiers;			/* by rank ascending; [0] has threshold 0 */
 	int			nrules;

@@ -1499,3 +1499,260 @@ BEGIN
 	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
 END
 $$;
+
+-- issue 13, defect 3: the tier policy (crm.tier_held, C) re-evaluates tiers at merges and unmerges
+CREATE FUNCTION crm.tier_held(tier text, tier_since timestamptz, spend_month integer, spend_cents bigint[], at timestamptz)
+	RETURNS text LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_tier_held';
+COMMENT ON FUNCTION crm.tier_held(text, timestamptz, integer, bigint[], timestamptz) IS
+	'The tier policy: the tier an account (tier, tier_since, spend buckets) holds at "at": the higher of the tier its rolling spend as of the month of "at" reaches and its tier while reached less than tier_hold_months before "at"; merges, unmerges and crm.tick''s downgrade set it, orders only raise it';
+
+CREATE FUNCTION crm.loyalty_set_tier(customer_id bigint, tier text, tier_since timestamptz, reason text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old text;
+BEGIN
+	-- The caller holds the account's lock.
+	SELECT a.tier INTO old FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_set_tier.customer_id;
+	IF old OPERATOR(pg_catalog.=) tier THEN
+		UPDATE crm.loyalty_account a SET tier_since = loyalty_set_tier.tier_since
+		WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_set_tier.customer_id
+		  AND a.tier_since OPERATOR(pg_catalog.<>) loyalty_set_tier.tier_since;
+		RETURN;
+	END IF;
+	UPDATE crm.loyalty_account a SET tier = loyalty_set_tier.tier, tier_since = loyalty_set_tier.tier_since,
+		updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_set_tier.customer_id;
+	INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
+	SELECT a.customer_id, old, a.tier, pg_catalog.now(), reason,
+	       crm.spend_buckets_total(a.spend_month, a.spend_cents, crm.loyalty_now())::pg_catalog.numeric(20,2)
+	FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_set_tier.customer_id;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_set_tier(bigint, text, timestamptz, text) IS
+	'Internal: sets an account''s tier and tier_since after a merge or unmerge; a change of tier goes to crm.tier_history with the reason and the rolling spend';
+
+CREATE FUNCTION crm.loyalty_merge_tier(survivor bigint, s_tier text, s_since timestamptz, m_tier text, m_since timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a crm.loyalty_account;
+	ts text;
+	tm text;
+	t text;
+BEGIN
+	-- The survivor's account holds the combined spend buckets by now.  Each
+	-- side's tier counts as crm.tier_held says on the combined spend: the
+	-- tier that spend reaches, or the side's own tier while it is protected
+	-- (reached less than tier_hold_months ago); an unprotected tier above
+	-- it is dropped, as crm.tick's downgrade would drop it.  The higher of
+	-- the two wins and keeps its tier_since; a tier only the combined spend
+	-- reaches starts now.
+	SELECT * INTO a FROM crm.loyalty_account x WHERE x.customer_id OPERATOR(pg_catalog.=) survivor;
+	ts := crm.tier_held(s_tier, s_since, a.spend_month, a.spend_cents, crm.loyalty_now());
+	tm := crm.tier_held(m_tier, m_since, a.spend_month, a.spend_cents, crm.loyalty_now());
+	t := CASE WHEN (SELECT r.rank FROM crm.tier r WHERE r.tier OPERATOR(pg_catalog.=) tm)
+	               OPERATOR(pg_catalog.>) (SELECT r.rank FROM crm.tier r WHERE r.tier OPERATOR(pg_catalog.=) ts)
+	          THEN tm ELSE ts END;
+	PERFORM crm.loyalty_set_tier(survivor, t,
+		CASE WHEN t OPERATOR(pg_catalog.=) s_tier THEN s_since
+		     WHEN t OPERATOR(pg_catalog.=) m_tier THEN m_since
+		     ELSE pg_catalog.now() END,
+		'merge');
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_merge_tier(bigint, text, timestamptz, text, timestamptz) IS
+	'Internal: the survivor''s tier after a merge, by crm.tier_held on the combined rolling spend for both sides'' tiers; the higher wins (tier history reason merge)';
+
+CREATE FUNCTION crm.loyalty_unmerge_tier(customer_id bigint, merged_at timestamptz) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: merged_at is NULL for the restored side (its account's tier
+-- was left alone while it was merged) and when the merge moved no points.
+DECLARE
+	a crm.loyalty_account;
+	pre_tier text;
+	pre_since timestamptz;
+	t text;
+BEGIN
+	-- The tier the side held before the merge counts, not one it reached
+	-- with the other side's spend (the merge's own re-evaluation and
+	-- upgrades since): the first tier change since merged_at tells which.
+	SELECT * INTO a FROM crm.loyalty_account x WHERE x.customer_id OPERATOR(pg_catalog.=) loyalty_unmerge_tier.customer_id;
+	pre_tier := a.tier;
+	pre_since := a.tier_since;
+	IF merged_at IS NOT NULL THEN
+		SELECT h.from_tier INTO t FROM crm.tier_history h
+		WHERE h.customer_id OPERATOR(pg_catalog.=) a.customer_id AND h.changed_at OPERATOR(pg_catalog.>=) merged_at
+		ORDER BY h.changed_at, h.tier_history_id LIMIT 1;
+		IF t IS NOT NULL THEN
+			pre_tier := t;
+			pre_since := coalesce((SELECT pg_catalog.max(h.changed_at) FROM crm.tier_history h
+			                       WHERE h.customer_id OPERATOR(pg_catalog.=) a.customer_id
+			                         AND h.changed_at OPERATOR(pg_catalog.<) merged_at), pg_catalog.now());
+		END IF;
+	END IF;
+	t := crm.tier_held(pre_tier, pre_since, a.spend_month, a.spend_cents, crm.loyalty_now());
+	PERFORM crm.loyalty_set_tier(a.customer_id, t,
+		CASE WHEN t OPERATOR(pg_catalog.=) pre_tier THEN pre_since ELSE pg_catalog.now() END, 'unmerge');
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_unmerge_tier(bigint, timestamptz) IS
+	'Internal: one side''s tier after an unmerge: crm.tier_held on its own rolling spend for the tier it held before the merge (tier history reason unmerge)';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_downgrade_tiers(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
+BEGIN
+	-- Policy (crm.tier_held): a tier held at least tier_hold_months drops to
+	-- the highest tier that the rolling 12-month spend at "at" still
+	-- reaches.  Only lowers.  The tier_since filter only spares the lock on
+	-- accounts whose tier is protected anyway.
+	WITH cand AS (
+		-- the account's own spend (crm.qualifying_spend would read a merged record's golden)
+		SELECT a.customer_id, a.tier AS old_tier, cur.rank AS old_rank,
+		       crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2) AS spend,
+		       crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, at) AS new_tier
+		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
+		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
+		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
+		ORDER BY a.customer_id FOR UPDATE OF a),
+	down AS (
+		SELECT t.customer_id, t.old_tier, t.spend, t.new_tier FROM cand t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
+		JOIN crm.tier ot ON ot.tier OPERATOR(pg_catalog.=) t.old_tier
+		WHERE nt.rank OPERATOR(pg_catalog.<) ot.rank),
+	h AS (
+		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
+		SELECT d.customer_id, d.old_tier, d.new_tier, at, 'downgrade', d.spend FROM down d),
+	u AS (
+		UPDATE crm.loyalty_account a SET tier = d.new_tier, tier_since = at, updated_at = pg_catalog.now()
+		FROM down d WHERE a.customer_id OPERATOR(pg_catalog.=) d.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_downgrade_tiers(timestamptz) IS
+	'crm.tick task: lowers tiers held at least tier_hold_months whose rolling 12-month spend at "at" no longer reaches them; returns how many changed';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_merge(survivor bigint, merged bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s crm.loyalty_account;
+	m crm.loyalty_account;
+	moved bigint;
+BEGIN
+	IF survivor OPERATOR(pg_catalog.=) merged THEN
+		RAISE EXCEPTION 'cannot merge customer % into itself', survivor USING ERRCODE = 'CR004';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged) THEN
+		RETURN;		-- nothing to move
+	END IF;
+	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
+	-- Lock both accounts in customer-id order.
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, merged) ORDER BY a.customer_id FOR UPDATE;
+	SELECT * INTO s FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
+	SELECT * INTO m FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
+	moved := crm.ledger_total(m.ledger);
+	UPDATE crm.points_journal p SET customer_id = survivor WHERE p.customer_id OPERATOR(pg_catalog.=) merged;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	VALUES (survivor, merged, 'merge', 0,
+	        pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', merged, survivor, moved, m.debt), pg_catalog.now());
+	UPDATE crm.loyalty_account a SET ledger = s.ledger OPERATOR(crm.+) m.ledger, debt = s.debt OPERATOR(pg_catalog.+) m.debt,
+		updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
+	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
+	PERFORM crm.loyalty_recompute_spend(survivor);
+	PERFORM crm.loyalty_recompute_spend(merged);
+	PERFORM crm.loyalty_merge_tier(survivor, s.tier, s.tier_since, m.tier, m.tier_since);
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_merge(bigint, bigint) IS
+	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor, whose tier is re-evaluated on the combined rolling spend (crm.loyalty_merge_tier)';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_unmerge(survivor bigint, restored bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	side bigint;
+	other bigint;
+	merged_at timestamptz;
+BEGIN
+	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
+	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, restored) ORDER BY a.customer_id FOR UPDATE;
+	-- When the merge moved points it left a note on the survivor: the
+	-- survivor's tier changes since then came with the merged spend.
+	SELECT pg_catalog.max(p.at) INTO merged_at FROM crm.points_journal p
+	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.=) restored
+	  AND p.kind OPERATOR(pg_catalog.=) 'merge' AND p.points OPERATOR(pg_catalog.=) 0;
+	-- 1. Every journal row goes back to the golden record of the customer it
+	--    was earned or spent on.
+	UPDATE crm.points_journal p SET customer_id = restored
+	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.<>) survivor
+	  AND crm.loyalty_golden(p.origin_customer_id) OPERATOR(pg_catalog.=) restored;
+	-- 2. Points one side spent (or lost to expiry) out of lots the other side
+	--    earned, while merged, are charged to the side that earned them: a
+	--    pair of 'merge' entries moves them per lot, so neither side ends with
+	--    a negative lot.
+	FOR r IN
+		SELECT p.customer_id, l.expires_at,
+		       pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END)::bigint AS pts
+		FROM crm.points_journal p, LATERAL crm.ledger_lots(p.lots) l
+		WHERE p.customer_id IN (survivor, restored) AND p.points OPERATOR(pg_catalog.<>) 0
+		GROUP BY 1, 2
+		HAVING pg_catalog.sum(CASE WHEN p.points OPERATOR(pg_catalog.>) 0 THEN l.points ELSE - l.points END) OPERATOR(pg_catalog.<) 0
+		ORDER BY 1, 2
+	LOOP
+		side := r.customer_id;
+		other := CASE WHEN side OPERATOR(pg_catalog.=) survivor THEN restored ELSE survivor END;
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, reason, at) VALUES
+			(other, other, 'merge', r.pts,
+			 crm.ledger_earn('{}', - r.pts, r.expires_at OPERATOR(pg_catalog.-) '1 second'::interval, r.expires_at),
+			 pg_catalog.format('unmerge of %s from %s: points of customer %s used by customer %s', restored, survivor, other, side), pg_catalog.now()),
+			(side, side, 'merge', - r.pts,
+			 crm.ledger_earn('{}', - r.pts, r.expires_at OPERATOR(pg_catalog.-) '1 second'::interval, r.expires_at),
+			 pg_catalog.format('unmerge of %s from %s: points of customer %s used by customer %s', restored, survivor, other, side), pg_catalog.now());
+	END LOOP;
+	-- Debt follows the same rule.
+	FOR r IN
+		SELECT p.customer_id, pg_catalog.sum(p.debt)::bigint AS d FROM crm.points_journal p
+		WHERE p.customer_id IN (survivor, restored) GROUP BY 1 HAVING pg_catalog.sum(p.debt) OPERATOR(pg_catalog.<) 0
+	LOOP
+		other := CASE WHEN r.customer_id OPERATOR(pg_catalog.=) survivor THEN restored ELSE survivor END;
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, debt, reason, at) VALUES
+			(other, other, 'merge', 0, r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now()),
+			(r.customer_id, r.customer_id, 'merge', 0, - r.d, 'unmerge: debt repaid by the other customer', pg_catalog.now());
+	END LOOP;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	VALUES (restored, restored, 'merge', 0, pg_catalog.format('unmerged customer %s from %s', restored, survivor), pg_catalog.now());
+	-- 3. Both ledgers are rebuilt from their journal rows.
+	UPDATE crm.loyalty_account a
+	SET ledger = (SELECT crm.ledger_agg(p.lots, p.points) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
+	    debt = (SELECT coalesce(pg_catalog.sum(p.debt), 0) FROM crm.points_journal p WHERE p.customer_id OPERATOR(pg_catalog.=) a.customer_id),
+	    updated_at = pg_catalog.now()
+	WHERE a.customer_id IN (survivor, restored);
+	PERFORM crm.loyalty_recompute_spend(survivor);
+	PERFORM crm.loyalty_recompute_spend(restored);
+	-- 4. Both sides' tiers are re-evaluated on their own spend.
+	PERFORM crm.loyalty_unmerge_tier(survivor, merged_at);
+	PERFORM crm.loyalty_unmerge_tier(restored, NULL);
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_unmerge(bigint, bigint) IS
+	'Customer hook (unmerge): journal rows return to the record they were earned or spent on; points one side used of the other''s lots are charged to the earner; both ledgers rebuilt; both tiers re-evaluated on their own rolling spend (crm.loyalty_unmerge_tier)';
+
