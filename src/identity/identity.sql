@@ -311,15 +311,20 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: a NULL merge_id or cascade raises an error.
--- Undoes one merge exactly: rows go back to the records they arrived on
--- (origin_customer_id).  Refused (CR004) when a later merge involves the
--- same customers, unless cascade, which undoes those first, newest first.
--- Returns the number of merges undone.
+-- Undoes one merge, selectively: the merged record and the records under it
+-- (merged into it by merges not undone, crm.unmerge_subtree) leave the
+-- golden customer they are in now with exactly the rows that arrived on
+-- them (origin_customer_id), also rows added since; the golden keeps
+-- everything else, so merges made later stay as they are.  cascade undoes
+-- the later merges of the same customers first, newest first.  Returns the
+-- number of merges undone.
 DECLARE
 	l crm.merge_log;
 	later bigint;
 	n bigint := 0;
 	who bigint[];
+	g bigint;
+	sub bigint[];
 BEGIN
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
@@ -328,9 +333,9 @@ BEGIN
 	IF cascade IS NULL THEN
 		RAISE EXCEPTION 'cascade of crm.unmerge must be true or false, not NULL'
 			USING ERRCODE = 'null_value_not_allowed',
-			      HINT = 'Pass cascade => true to undo later merges of the same customers first, or leave it out (false).';
+			      HINT = 'Leave it out (false) to undo this merge alone, or pass cascade => true to undo the later merges of the same customers too.';
 	END IF;
-	SELECT * INTO l FROM crm.merge_log g WHERE g.merge_id = unmerge.merge_id FOR UPDATE;
+	SELECT * INTO l FROM crm.merge_log ml WHERE ml.merge_id = unmerge.merge_id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unmerge refused: merge % does not exist', merge_id
 			USING ERRCODE = 'CR004';
@@ -339,58 +344,94 @@ BEGIN
 		RAISE EXCEPTION 'unmerge refused: merge % was already undone', merge_id
 			USING ERRCODE = 'CR004';
 	END IF;
-	PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(l.survivor, l.merged) FOR NO KEY UPDATE;
-	PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(l.survivor, l.merged) FOR NO KEY UPDATE;
 
-	who := l.members || l.survivor;
-	FOR later IN
-		SELECT g.merge_id FROM crm.merge_log g
-		WHERE g.merge_id > l.merge_id AND g.undone_at IS NULL
-		  AND (g.survivor = ANY (who) OR g.merged = ANY (who))
-		ORDER BY g.merge_id DESC
+	IF cascade THEN
+		who := l.members || l.survivor;
+		FOR later IN
+			SELECT ml.merge_id FROM crm.merge_log ml
+			WHERE ml.merge_id > l.merge_id AND ml.undone_at IS NULL
+			  AND (ml.survivor = ANY (who) OR ml.merged = ANY (who))
+			ORDER BY ml.merge_id DESC
+		LOOP
+			-- an earlier iteration may have undone it already
+			IF (SELECT ml.undone_at IS NULL FROM crm.merge_log ml WHERE ml.merge_id = later) THEN
+				n := n + crm.unmerge(later, true);
+			END IF;
+		END LOOP;
+	END IF;
+
+	-- The golden customer the merged record is in now (the survivor, or
+	-- whoever the survivor was merged into since) and the merged record,
+	-- locked in id order; a merge that moved them meanwhile is followed.
 	LOOP
-		IF NOT cascade THEN
-			RAISE EXCEPTION 'unmerge refused: merge % was followed by merge % of the same customers', merge_id, later
+		g := crm.golden_customer(l.merged);
+		IF g = l.merged THEN
+			RAISE EXCEPTION 'unmerge refused: merge % is not undone, but customer % is not merged', l.merge_id, l.merged
 				USING ERRCODE = 'CR004',
-				      HINT = pg_catalog.format('Undo merge %s first, or call crm.unmerge(%s, cascade => true).', later, merge_id);
+				      HINT = 'crm.merge_log and crm.customer.merged_into disagree: crm.verify() lists such records.';
 		END IF;
-		-- an earlier iteration may have undone it already
-		IF (SELECT g.undone_at IS NULL FROM crm.merge_log g WHERE g.merge_id = later) THEN
-			n := n + crm.unmerge(later, true);
-		END IF;
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(g, l.merged) FOR NO KEY UPDATE;
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(g, l.merged) FOR NO KEY UPDATE;
+		EXIT WHEN crm.golden_customer(l.merged) = g;
 	END LOOP;
+	sub := crm.unmerge_subtree(l.merge_id);
 
 	UPDATE crm.customer c
 	SET merged_into = CASE WHEN c.customer_id = l.merged THEN NULL ELSE l.merged END
-	WHERE c.customer_id = ANY (l.members);
-	-- Every row that arrived on a restored record goes back (attribution by
-	-- origin_customer_id, also for rows added since the merge).
+	WHERE c.customer_id = ANY (sub);
+	-- Every row that arrived on one of these records goes back (attribution
+	-- by origin_customer_id, also for rows added since the merge); the
+	-- golden keeps the rows of its other records.
 	UPDATE crm.orders o SET customer_id = l.merged
-	WHERE o.customer_id = l.survivor AND o.origin_customer_id = ANY (l.members)
-	  AND o.origin_customer_id <> o.customer_id;
+	WHERE o.customer_id = g AND o.origin_customer_id = ANY (sub);
 	UPDATE crm.event e SET customer_id = l.merged
-	WHERE e.customer_id = l.survivor AND e.origin_customer_id = ANY (l.members)
-	  AND e.origin_customer_id <> e.customer_id;
+	WHERE e.customer_id = g AND e.origin_customer_id = ANY (sub);
 	UPDATE crm.identity i SET customer_id = l.merged
-	WHERE i.customer_id = l.survivor AND i.origin_customer_id = ANY (l.members)
-	  AND i.origin_customer_id <> i.customer_id;
+	WHERE i.customer_id = g AND i.origin_customer_id = ANY (sub);
 
-	UPDATE crm.merge_log g SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
-	WHERE g.merge_id = l.merge_id;
-	-- Stitching must not merge them again: the pair is kept apart (delete
-	-- the row to let stitching decide again).
+	UPDATE crm.merge_log x SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
+	WHERE x.merge_id = l.merge_id;
+	-- Stitching must not merge the pair a person separated again: only
+	-- that pair is kept apart (delete the row to let stitching decide
+	-- again), never the golden's other records.
 	UPDATE crm.identity_review r SET resolved_at = pg_catalog.now(), resolution = 'kept_apart', merge_id = l.merge_id
 	WHERE r.customer_a = LEAST(l.survivor, l.merged) AND r.customer_b = GREATEST(l.survivor, l.merged) AND r.resolved_at IS NULL;
 	IF NOT FOUND THEN
 		INSERT INTO crm.identity_review (customer_a, customer_b, source, merge_id, resolved_at, resolution)
 		VALUES (LEAST(l.survivor, l.merged), GREATEST(l.survivor, l.merged), 'unmerge', l.merge_id, pg_catalog.now(), 'kept_apart');
 	END IF;
-	PERFORM crm.run_customer_hooks('unmerge', l.survivor, l.merged);
+	-- Points, stats and tags: the hooks see the golden and the record restored.
+	PERFORM crm.run_customer_hooks('unmerge', g, l.merged);
 	RETURN n + 1;
 END
 $$;
 COMMENT ON FUNCTION crm.unmerge(bigint, boolean) IS
-	'Undoes a merge exactly (rows return to the records they arrived on) and runs the unmerge hooks; refused with CR004 when later merges build on it, unless cascade undoes those first; returns the merges undone';
+	'Undoes one merge selectively: the merged record and the records merged into it leave their golden customer with exactly the rows and points that arrived on them, later merges stay; the unmerge hooks run and only the pair separated is kept apart; cascade => true undoes the later merges of the same customers first; returns the merges undone';
+
+CREATE FUNCTION crm.unmerge_subtree(merge_id bigint) RETURNS bigint[]
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	-- A merge hangs the merged golden under the survivor; the records under
+	-- a record are those merged into it (merged = a golden then, survivor =
+	-- it) by merges not undone, and the records under those.  Only records
+	-- still in the same golden customer count.
+	WITH RECURSIVE down(id, depth) AS (
+		SELECT l.merged, 0 FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id
+		UNION
+		SELECT x.merged, d.depth + 1 FROM down d
+		JOIN crm.merge_log x ON x.survivor = d.id AND x.undone_at IS NULL
+		WHERE d.depth < 1000
+	)
+	SELECT pg_catalog.array_agg(DISTINCT d.id ORDER BY d.id) FROM down d
+	JOIN crm.customer c ON c.customer_id = d.id
+	WHERE c.merged_into IS NOT NULL
+	  AND c.merged_into = (SELECT c2.merged_into FROM crm.merge_log l
+	                       JOIN crm.customer c2 ON c2.customer_id = l.merged
+	                       WHERE l.merge_id = unmerge_subtree.merge_id);
+END;
+COMMENT ON FUNCTION crm.unmerge_subtree(bigint) IS
+	'Internal: the records an unmerge of the merge takes back: its merged record and the records merged into that one (by merges not undone, recursively) that are still in the same golden customer';
 
 -- ---------------------------------------------------------------------------
 -- Online stitching: the trigger (C) calls crm.stitch_identity when another
