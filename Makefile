@@ -13,6 +13,7 @@ COMMON_OBJS = \
 	src/common/config_cache.o \
 	src/common/trigger_check.o \
 	src/common/rows.o \
+	src/common/customer.o \
 	src/common/money.o \
 	src/common/int64_util.o \
 	src/common/settings.o

@@ -40,7 +40,8 @@ SELECT * FROM crm.recommend(2, 5, '2026-06-20');
 SELECT * FROM crm.recommend(2, 5, '2026-06-16', '5 days');
 SELECT * FROM crm.recommend(2, 5, '2026-07-20');
 SELECT * FROM crm.recommend(2, 5, '2027-06-20');
-SELECT count(*) FROM crm.recommend(999, 5, '2026-06-20');
+-- an unknown customer is an error, not an empty list
+SELECT pg_temp.expect_error($$SELECT count(*) FROM crm.recommend(999, 5, '2026-06-20')$$);
 
 -- Bad input
 SELECT pg_temp.expect_error($$SELECT crm.refresh_associations(0, 0.1)$$);

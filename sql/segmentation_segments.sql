@@ -44,7 +44,12 @@ SELECT pg_temp.expect_error($$SELECT * FROM crm.segment_members('nosuch')$$);
 SELECT crm.segment_count(NULL), crm.audience_count(NULL);
 -- manual tag errors
 SELECT pg_temp.expect_error($$SELECT crm.tag_customer(1, 'nosuch')$$);
-SELECT pg_temp.expect_error($$SELECT crm.tag_customer(10, 'a')$$);
+-- a merged record's id means its golden customer: 10 is merged into 1, which has 'a'
+SELECT crm.tag_customer(10, 'a') AS tagged_again, crm.tag_customer(10, 'b', '2026-01-01') AS golden_tagged;
+SELECT customer_id, t.name FROM crm.customer_tag JOIN crm.tag t USING (tag_id) WHERE t.name = 'b' ORDER BY 1;
+SELECT crm.untag_customer(10, 'b') AS golden_untagged;
+SELECT pg_temp.expect_error($$SELECT crm.tag_customer(999, 'a')$$);
+SELECT pg_temp.expect_error($$SELECT crm.untag_customer(999, 'a')$$);
 INSERT INTO crm.tag (name, rule) VALUES ('r', 'orders > 0');
 SELECT pg_temp.expect_error($$SELECT crm.tag_customer(1, 'r')$$);
 SELECT pg_temp.expect_error($$SELECT crm.untag_customer(1, 'r')$$);

@@ -69,6 +69,10 @@ extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNum
 #define CRM_MERGE_WALK_LIMIT	1000	/* longest chain of merged_into links walked */
 extern int64 crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target);
 
+/* customer.c: a customer id at an entry point means its golden customer (DEVELOPER.md, "Lock order") */
+extern bool crm_resolve_customer(int64 id, bool lock, int64 *golden);
+extern int64 crm_golden_customer_of(int64 id, bool lock);
+
 /* money.c: numeric <-> int64 cents (values with more than 2 decimals are rounded) */
 extern int64 crm_numeric_to_cents(Datum num);
 extern Datum crm_cents_to_numeric(int64 cents);
@@ -81,6 +85,7 @@ extern TimestampTz crm_time_setting(const char *value);
 
 /* int64_util.c */
 extern void crm_sort_int64(int64 *a, size_t n);
+extern int	crm_cmp_int64(const void *a, const void *b);
 
 /*
  * splitmix64's finaliser: a bijective 64-bit mix with good avalanche, for

@@ -14,3 +14,13 @@
 #define ST_SCOPE
 #define ST_DEFINE
 #include "lib/sort_template.h"
+
+/* Comparator of int64s for qsort and bsearch. */
+int
+crm_cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}

@@ -8,7 +8,10 @@
  * lets an unmerge put every row back exactly.  With the argument 'to_golden'
  * (orders, events) a row inserted for a record already merged into another
  * goes to the golden customer at once, so its points, stats and tags land
- * where the shopper is; origin_customer_id still names the record.
+ * where the shopper is; origin_customer_id still names the record.  The
+ * golden is locked FOR SHARE first (step 1 of DEVELOPER.md's lock order), so
+ * a merge waits for the insert and an insert for a merge in flight, and
+ * the row follows a merge that committed meanwhile.
  *
  * Two more arguments make it the one place rows of the core model are
  * checked on the way in (each costs nothing unless given):
@@ -206,18 +209,16 @@ typedef struct OriginColumns
 	Oid			blocked_fn;
 	int			npatterns;
 	KindPattern patterns[8];
-	/* to_golden: crm.customer, its primary key and merged-record index */
+	/* to_golden: lock the row's golden customer and move the row to it */
 	bool		to_golden;
-	bool		customer_found;	/* customer_relid .. merged_att are set */
+	/* crm.customer, its primary key and merged_into (customer_found: set) */
+	bool		customer_found;
 	/* the last move of customer_id found along merges (one statement) */
 	bool		move_ok_set;
 	int64		move_ok_origin;
 	int64		move_ok_target;
-	bool		any_merged_checked;
-	bool		any_merged;		/* checked at the statement's first row */
 	Oid			customer_relid;
 	Oid			pkey_oid;
-	Oid			merged_idx_oid;
 	AttrNumber	merged_att;
 } OriginColumns;
 
@@ -227,38 +228,26 @@ find_customer_indexes(OriginColumns *cols)
 	Relation	crel;
 
 	cols->customer_relid = crm_relid("customer");
-	cols->merged_idx_oid = crm_relid("customer_merged_into_idx");
 	crel = table_open(cols->customer_relid, AccessShareLock);
 	cols->pkey_oid = RelationGetPrimaryKeyIndex(crel);
 	cols->merged_att = required_attnum(crel, "merged_into");
 	table_close(crel, AccessShareLock);
-	cols->any_merged_checked = false;
 	cols->customer_found = true;
 }
 
 /*
- * The golden customer of record cust: its merged_into, or cust itself.  The
- * first row of a statement checks whether any record is merged at all, so
- * loads into a database without merges pay no lookup per row.
+ * The golden customer of record cust, locked FOR SHARE (src/common/customer.c:
+ * a merge in flight is waited for and followed), so the row, its points and
+ * stats land on the customer a concurrent merge cannot move away until this
+ * transaction ends.  An unknown cust stays as it is: the foreign key reports it.
  */
 static Datum
-golden_of(OriginColumns *cols, Datum cust)
+golden_of(Datum cust)
 {
-	Datum		merged_into;
-	bool		isnull;
+	int64		golden;
 
-	/* fn_extra is new for each statement */
-	if (!cols->any_merged_checked)
-	{
-		cols->any_merged = crm_first_row_by_index(cols->customer_relid, cols->merged_idx_oid, NULL,
-												cols->merged_att, &merged_into, &isnull);
-		cols->any_merged_checked = true;
-	}
-	if (!cols->any_merged)
-		return cust;
-	if (crm_first_row_by_index(cols->customer_relid, cols->pkey_oid, &cust, cols->merged_att,
-							   &merged_into, &isnull) && !isnull)
-		return merged_into;
+	if (crm_resolve_customer(DatumGetInt64(cust), true, &golden))
+		return Int64GetDatum(golden);
 	return cust;
 }
 
@@ -558,8 +547,6 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 									cols->time_col, RelationGetRelationName(rel))));
 			}
 		}
-		if (cols->to_golden)
-			find_customer_indexes(cols);
 		if (cols->check_pattern)
 			find_kind_patterns(cols, rel);
 		fcinfo->flinfo->fn_extra = cols;
@@ -638,7 +625,7 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 
 		origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &origin_null);
 		if (oc->to_golden && !cust_null)
-			golden = golden_of(oc, cust);
+			golden = golden_of(cust);
 		if (!origin_null && golden == cust)
 			return PointerGetDatum(trigdata->tg_trigtuple);
 		/* A NULL customer_id stays NULL here and fails its NOT NULL check. */

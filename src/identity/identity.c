@@ -11,6 +11,13 @@
  * policy (blocklist, weak kinds' limit); only when the value may link (or the row was inserted for
  * a merged-away customer) does the trigger call
  * crm.stitch_identity(identity_id), which merges (src/identity/identity.sql).
+ *
+ * When no merge was made, the row's golden customer is locked FOR SHARE at
+ * the end (src/common/customer.c): a merge of the row's customer that was in
+ * flight did not see the new row and left it on the merged record, so once
+ * the lock is granted the row follows the merge (crm.stitch_identity moves
+ * it).  Not up front: two inserts sharing a value would each hold the lock
+ * the other's merge needs.
  */
 #include "postgres.h"
 
@@ -131,6 +138,29 @@ waited_for_concurrent_holder(Relation rel, Datum kind, Datum value)
 	return true;
 }
 
+/* crm.stitch_identity(identity_id): the number of merges it made. */
+static int
+run_stitch(Datum identity_id)
+{
+	Datum		idarg[1] = {identity_id};
+	char		idnull[1] = {' '};
+	bool		isnull;
+	int			ret;
+	Datum		n;
+
+	if (stitch_plan == NULL)
+	{
+		Oid			types[1] = {INT8OID};
+
+		prepare_kept(&stitch_plan, "SELECT crm.stitch_identity($1)", 1, types);
+	}
+	ret = SPI_execute_plan(stitch_plan, idarg, idnull, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "crm.stitch_identity failed: %s", SPI_result_code_string(ret));
+	n = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt32(n);
+}
+
 PG_FUNCTION_INFO_V1(crm_identity_stitch_trigger);
 
 /*
@@ -157,6 +187,8 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 	bool		merged;
 	bool		found;
 	int			ret;
+	int			merges = 0;
+	int64		golden;
 
 	check_stitch_trigger_call(fcinfo);
 	if (!crm_stitch_on_insert)
@@ -209,22 +241,19 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 
 	if (found)
 	{
-		Datum		idarg[1];
-		char		idnull[1] = {' '};
+		Datum		id = heap_getattr(tup, stitch_attnum(rel, "identity_id"), tupdesc, &isnull);
 
-		idarg[0] = heap_getattr(tup, stitch_attnum(rel, "identity_id"), tupdesc, &isnull);
 		if (!isnull)
-		{
-			if (stitch_plan == NULL)
-			{
-				Oid			types[1] = {INT8OID};
+			merges = run_stitch(id);
+	}
+	/* A merge of the row's customer committed meanwhile: follow it. */
+	if (merges == 0 && crm_resolve_customer(DatumGetInt64(args[2]), true, &golden) &&
+		golden != DatumGetInt64(args[2]))
+	{
+		Datum		id = heap_getattr(tup, stitch_attnum(rel, "identity_id"), tupdesc, &isnull);
 
-				prepare_kept(&stitch_plan, "SELECT crm.stitch_identity($1)", 1, types);
-			}
-			ret = SPI_execute_plan(stitch_plan, idarg, idnull, false, 1);
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "crm.stitch_identity failed: %s", SPI_result_code_string(ret));
-		}
+		if (!isnull)
+			(void) run_stitch(id);
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);

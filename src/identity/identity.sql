@@ -299,11 +299,13 @@ BEGIN
 		RAISE EXCEPTION 'merge refused: a customer cannot be merged with itself'
 			USING ERRCODE = 'CR004';
 	END IF;
+	-- an unknown id is 23503, as at every entry point
+	PERFORM crm.resolve_customer(a), crm.resolve_customer(b);
 	RETURN crm.merge_goldens(a, b, 'manual', reason, NULL);
 END
 $$;
 COMMENT ON FUNCTION crm.merge_customers(bigint, bigint, text) IS
-	'Merges the golden customers of records a and b by hand (the oldest survives) and returns the merge_id; refused with CR004 when they are one customer already';
+	'Merges the golden customers of records a and b by hand (the oldest survives) and returns the merge_id; refused with CR004 when they are one customer already, 23503 for an unknown id';
 
 CREATE FUNCTION crm.unmerge(merge_id bigint, cascade boolean DEFAULT false)
 RETURNS bigint

@@ -356,9 +356,13 @@ COMMENT ON FUNCTION crm.loyalty_now() IS
 
 -- The write both crm.redeem_points and crm.adjust_points make once their
 -- arguments are checked: delta < 0 spends FIFO, delta > 0 adds a lot
--- expiring by policy.  Exactly once per key: the key is looked up before
--- and after the account lock, and a unique violation on insert means
--- another customer's request with the same key committed first.
+-- expiring by policy.  customer_id may name a merged record: the golden
+-- customer's account is used (locked FOR SHARE first, DEVELOPER.md "Lock
+-- order"), and the journal row's origin_customer_id is the record named,
+-- so an unmerge gives the entry back to it.  Exactly once per key: the key
+-- is looked up before and after the account lock, and a unique violation
+-- on insert means another customer's request with the same key committed
+-- first.
 CREATE FUNCTION crm.loyalty_post(customer_id bigint, kind text, delta bigint, idempotency_key text,
 	reason text, at timestamptz)
 RETURNS bigint
@@ -369,19 +373,21 @@ DECLARE
 	old_ledger crm.loyalty_ledger;
 	new_ledger crm.loyalty_ledger;
 	bal bigint;
+	golden bigint;
 BEGIN
 	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
 	IF bal IS NOT NULL THEN
 		RETURN bal;
 	END IF;
+	golden := crm.lock_customer(customer_id);
 	IF delta OPERATOR(pg_catalog.>) 0 THEN
 		-- a credit opens the account at the lowest tier if there is none yet
 		INSERT INTO crm.loyalty_account AS a (customer_id, tier, tier_since)
-		SELECT loyalty_post.customer_id, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
+		SELECT golden, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
 		ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
 	END IF;
 	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
-	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id FOR UPDATE;
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'insufficient points: 0 available, % requested', - delta USING ERRCODE = 'CR001';
 	END IF;
@@ -401,14 +407,14 @@ BEGIN
 	bal := crm.ledger_balance(new_ledger, GREATEST(at, crm.loyalty_now()));
 	BEGIN
 		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
-		VALUES (customer_id, customer_id, kind, delta,
+		VALUES (golden, customer_id, kind, delta,
 		        CASE WHEN delta OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
 		        idempotency_key, bal, reason, at);
 	EXCEPTION WHEN unique_violation THEN
 		RETURN crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
 	END;
 	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_post.customer_id;
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden;
 	RETURN bal;
 END
 $$;
@@ -435,7 +441,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.redeem_points(bigint, bigint, text, timestamptz) IS
-	'Spends points FIFO by expiry, exactly once per idempotency key; returns the balance left.  CR001 insufficient points, CR002 key reused with other arguments';
+	'Spends points FIFO by expiry, exactly once per idempotency key; returns the balance left.  A merged record''s id spends its golden customer''s points.  CR001 insufficient points, CR002 key reused with other arguments, 23503 unknown customer';
 
 CREATE FUNCTION crm.adjust_points(customer_id bigint, points bigint, reason text,
 	idempotency_key text DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
@@ -457,7 +463,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.adjust_points(bigint, bigint, text, text, timestamptz) IS
-	'Audited manual correction: adds a lot (points > 0, expiring by policy) or spends FIFO (points < 0, CR001 when short); journaled with reason and role; returns the balance';
+	'Audited manual correction: adds a lot (points > 0, expiring by policy) or spends FIFO (points < 0, CR001 when short) on the golden customer of the id given; journaled with reason and role; returns the balance';
 
 -- The read entry points below find the account with one index probe; only
 -- a customer without an account costs a second, here.
@@ -480,10 +486,10 @@ RETURNS bigint
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
-                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_balance.customer_id),
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(points_balance.customer_id)),
                 crm.loyalty_no_account(customer_id));
 COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
-	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; SQLSTATE 23503 for an unknown customer';
+	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
 
 CREATE FUNCTION crm.points_expiring(customer_id bigint, within interval DEFAULT '30 days',
 	at timestamptz DEFAULT pg_catalog.now())
@@ -491,10 +497,10 @@ RETURNS bigint
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
-                 WHERE a.customer_id OPERATOR(pg_catalog.=) points_expiring.customer_id),
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(points_expiring.customer_id)),
                 crm.loyalty_no_account(customer_id));
 COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
-	'Points valid at "at" (default now) that expire within the interval (default 30 days); SQLSTATE 23503 for an unknown customer';
+	'Points valid at "at" (default now) that expire within the interval (default 30 days); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
 
 CREATE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
@@ -503,10 +509,10 @@ SET search_path = pg_catalog, pg_temp
 RETURN coalesce((
 	SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
 	FROM crm.loyalty_account a
-	WHERE a.customer_id OPERATOR(pg_catalog.=) qualifying_spend.customer_id),
+	WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(qualifying_spend.customer_id)),
 	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
-	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); SQLSTATE 23503 for an unknown customer';
+	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
 
 CREATE FUNCTION crm.verify_ledgers()
 RETURNS TABLE (customer_id bigint, what text, ledger_value bigint, journal_value bigint)

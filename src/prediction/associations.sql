@@ -54,7 +54,7 @@ BEGIN ATOMIC
 		SELECT l.sku, pg_catalog.max(o.ordered_at) AS last_at
 		FROM crm.orders o
 		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
-		WHERE o.customer_id OPERATOR(pg_catalog.=) recommend.customer_id
+		WHERE o.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(recommend.customer_id)
 		  AND o.status OPERATOR(pg_catalog.=) 'paid'
 		  AND o.ordered_at OPERATOR(pg_catalog.<=) recommend.as_of
 		  AND o.ordered_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.history)
@@ -71,8 +71,10 @@ BEGIN ATOMIC
 	)
 	SELECT c.consequent, c.confidence, c.lift, c.antecedent
 	FROM candidates c
+	-- evaluated once, first: an unknown customer is an error, not no rows
+	WHERE crm.resolve_customer(recommend.customer_id) IS NOT NULL
 	ORDER BY c.confidence DESC, c.lift DESC, c.consequent
 	LIMIT GREATEST(recommend.n, 0);
 END;
 COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
-	'Up to n skus to suggest to a customer: consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';
+	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';

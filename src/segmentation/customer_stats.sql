@@ -187,15 +187,16 @@ AS $$
 DECLARE
 	tz text := coalesce((SELECT s.value FROM crm.segment_setting s WHERE s.key = 'timezone'), 'UTC');
 	d date := (as_of AT TIME ZONE tz)::date;
+	golden bigint := crm.resolve_customer(customer);
 BEGIN
 	SELECT w.orders, w.spend INTO orders, spend
 	FROM crm.customer_stats cs, crm.stats_window(cs.days, as_of, width) w
-	WHERE cs.customer_id = customer;
+	WHERE cs.customer_id = golden;
 	IF orders IS NULL THEN
 		-- before the buckets' horizon (or no stats): count the orders themselves
 		SELECT count(*), coalesce(sum(o.net_amount), 0) INTO orders, spend
 		FROM crm.orders o
-		WHERE o.customer_id = customer AND o.status = 'paid'
+		WHERE o.customer_id = golden AND o.status = 'paid'
 		  AND o.ordered_at >= ((d - width + 1)::timestamp AT TIME ZONE tz)
 		  AND o.ordered_at < ((d + 1)::timestamp AT TIME ZONE tz);
 	END IF;
@@ -203,7 +204,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.customer_window(bigint, timestamptz, integer) IS
-	'Paid orders and spend of a customer in the "width" local days up to as_of: exact for any date (day buckets, else the orders)';
+	'Paid orders and spend of a customer (a merged record''s id means its golden customer; 23503 for an unknown id) in the "width" local days up to as_of: exact for any date (day buckets, else the orders)';
 
 -- ---------------------------------------------------------------------------
 -- Manual tags
@@ -215,6 +216,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	t record;
+	golden bigint;
 BEGIN
 	SELECT k.tag_id, k.kind INTO t FROM crm.tag k WHERE k.name = tag;
 	IF NOT FOUND THEN
@@ -224,19 +226,17 @@ BEGIN
 		RAISE EXCEPTION 'tag "%" is a rule tag', tag
 			USING ERRCODE = 'wrong_object_type', HINT = 'Rule tags follow their rule; create a manual tag instead.';
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id = customer AND c.merged_into IS NULL) THEN
-		RAISE EXCEPTION 'customer % is not a golden customer', customer USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	INSERT INTO crm.customer_tag (tag_id, customer_id, since) VALUES (t.tag_id, customer, at)
+	golden := crm.lock_customer(customer);
+	INSERT INTO crm.customer_tag (tag_id, customer_id, since) VALUES (t.tag_id, golden, at)
 		ON CONFLICT DO NOTHING;
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
-	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) VALUES (customer, t.tag_id, 'enter', at);
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) VALUES (golden, t.tag_id, 'enter', at);
 	RETURN true;
 END
 $$;
-COMMENT ON FUNCTION crm.tag_customer(bigint, text, timestamptz) IS 'Gives a golden customer a manual tag; false if it already had it';
+COMMENT ON FUNCTION crm.tag_customer(bigint, text, timestamptz) IS 'Gives a customer (the golden customer of a merged record''s id) a manual tag; false if it already had it; 23503 for an unknown id';
 
 CREATE FUNCTION crm.untag_customer(customer bigint, tag text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS boolean
@@ -245,6 +245,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	t record;
+	golden bigint;
 BEGIN
 	SELECT k.tag_id, k.kind INTO t FROM crm.tag k WHERE k.name = tag;
 	IF NOT FOUND THEN
@@ -254,15 +255,16 @@ BEGIN
 		RAISE EXCEPTION 'tag "%" is a rule tag', tag
 			USING ERRCODE = 'wrong_object_type', HINT = 'Rule tags follow their rule.';
 	END IF;
-	DELETE FROM crm.customer_tag ct WHERE ct.tag_id = t.tag_id AND ct.customer_id = customer;
+	golden := crm.lock_customer(customer);
+	DELETE FROM crm.customer_tag ct WHERE ct.tag_id = t.tag_id AND ct.customer_id = golden;
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
-	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) VALUES (customer, t.tag_id, 'leave', at);
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) VALUES (golden, t.tag_id, 'leave', at);
 	RETURN true;
 END
 $$;
-COMMENT ON FUNCTION crm.untag_customer(bigint, text, timestamptz) IS 'Takes a manual tag away from a customer; false if they did not have it';
+COMMENT ON FUNCTION crm.untag_customer(bigint, text, timestamptz) IS 'Takes a manual tag away from a customer (the golden customer of a merged record''s id); false if they did not have it; 23503 for an unknown id';
 
 -- ---------------------------------------------------------------------------
 -- Merges: stats, stages and tags follow the orders

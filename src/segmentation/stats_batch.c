@@ -181,6 +181,10 @@ typedef struct Batch
 	bool		tick;			/* no facts: re-evaluate only, write stage columns only */
 	TimestampTz as_of;
 	int64		changed;		/* stage moves and tag changes */
+	/* stats rows this statement created to lock (sorted; in outer, so they outlive batch_reset) */
+	MemoryContext outer;
+	int64	   *placeholders;
+	int			nplaceholders;
 } Batch;
 
 static SPIPlanPtr plan_load = NULL;
@@ -190,7 +194,7 @@ static SPIPlanPtr plan_upsert = NULL;
 static SPIPlanPtr plan_upsert1 = NULL;
 static SPIPlanPtr plan_delete = NULL;
 static SPIPlanPtr plan_stage_only = NULL;
-static SPIPlanPtr plan_lock = NULL;
+static SPIPlanPtr plan_ensure = NULL;
 
 /* Generic plans: "= ANY ($1)" must not be re-planned for every batch. */
 static SPIPlanPtr
@@ -231,6 +235,7 @@ batch_start(Batch *b, bool rebuild, bool tick, TimestampTz as_of)
 	b->rebuild = rebuild;
 	b->tick = tick;
 	b->as_of = as_of;
+	b->outer = CurrentMemoryContext;
 }
 
 static void
@@ -245,6 +250,13 @@ batch_reset(Batch *b)
 	b->maxfacts = 16;
 	b->facts = MemoryContextAlloc(b->cxt, sizeof(Fact) * b->maxfacts);
 	b->nfacts = 0;
+}
+
+static bool
+is_placeholder(const Batch *b, int64 cust)
+{
+	return b->nplaceholders > 0 &&
+		bsearch(&cust, b->placeholders, b->nplaceholders, sizeof(int64), crm_cmp_int64) != NULL;
 }
 
 static void
@@ -269,6 +281,7 @@ batch_add_fact(Batch *b, const Fact *f)
 		st->status = status;
 		st->golden = true;
 		st->horizon = NO_HORIZON;
+		st->placeholder = is_placeholder(b, f->cust);
 		if (b->nids == b->maxids)
 		{
 			b->maxids *= 2;
@@ -375,7 +388,7 @@ read_stats_rows(Batch *b)
 		MemoryContext old;
 		Datum		d;
 
-		if (st == NULL || st->existed)
+		if (st == NULL || st->existed || st->placeholder)
 			continue;
 		old = MemoryContextSwitchTo(b->cxt);
 		st->existed = true;
@@ -408,18 +421,99 @@ read_stats_rows(Batch *b)
 	}
 }
 
-/* Lock customer records = ANY (ids) in id order, FOR NO KEY UPDATE. */
+/*
+ * Stats rows for customers ids (sorted) that have none, so there is a row to
+ * lock (ON CONFLICT DO NOTHING waits for a concurrent creator and then sees
+ * its row); remembered as placeholders, which the batch replaces or deletes
+ * before the statement ends.  Their bytes are those of an empty state.
+ */
 static void
-lock_customers(Datum ids)
+ensure_stats_rows(Batch *b, Datum ids)
 {
-	Oid			types[1] = {INT8ARRAYOID};
-	Datum		args[1] = {ids};
+	Oid			types[4] = {INT8ARRAYOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID};
+	Datum		args[4];
+	CustState	empty;
+	MemoryContext old;
+	uint64		i;
 
-	if (SPI_execute_plan(prepare(&plan_lock,
-								 "SELECT c.customer_id FROM crm.customer c "
-								 "WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1 FOR NO KEY UPDATE",
-								 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock customers");
+	memset(&empty, 0, sizeof(empty));
+	empty.horizon = NO_HORIZON;
+	args[0] = ids;
+	args[1] = PointerGetDatum(stats_days_to_bytea(&empty));
+	args[2] = PointerGetDatum(stats_cats_to_bytea(&empty));
+	args[3] = TimestampTzGetDatum(b->as_of);
+	if (SPI_execute_plan(prepare(&plan_ensure,
+								 "INSERT INTO crm.customer_stats AS s (customer_id, orders, refunded_orders, spend, "
+								 "weekday_orders, events, days, categories, line_spend, stage, stage_since, updated_at) "
+								 "SELECT u.c, 0, 0, 0, '{0,0,0,0,0,0,0}'::pg_catalog.int4[], 0, $2, $3, 0, 'prospect', $4, pg_catalog.now() "
+								 "FROM pg_catalog.unnest($1) AS u(c) ORDER BY 1 "
+								 "ON CONFLICT (customer_id) DO NOTHING RETURNING s.customer_id",
+								 4, types), args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not create crm.customer_stats rows");
+	if (SPI_processed == 0)
+		return;
+	old = MemoryContextSwitchTo(b->outer);
+	b->placeholders = b->placeholders ?
+		repalloc(b->placeholders, sizeof(int64) * (b->nplaceholders + SPI_processed)) :
+		palloc(sizeof(int64) * SPI_processed);
+	MemoryContextSwitchTo(old);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		b->placeholders[b->nplaceholders++] =
+			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	crm_sort_int64(b->placeholders, b->nplaceholders);
+}
+
+/*
+ * Step 4 of the lock order (DEVELOPER.md): lock the stats rows of customers
+ * ids[0..n) FOR UPDATE in id order, creating the missing ones first, before
+ * anything they are rebuilt or folded from is read.  Two transactions
+ * writing one customer's stats then run one after the other, and the second
+ * reads the first's committed orders and row.  The customer record itself is
+ * not locked here: writers hold it FOR SHARE, and a stronger lock would
+ * deadlock two inserts for one customer.  The rows read are folded into the
+ * batch's states (inserts), or ignored (rebuilds read their own).
+ */
+static void
+lock_stats(Batch *b, const int64 *ids, int n)
+{
+	int64	   *want = palloc(sizeof(int64) * Max(n, 1));
+	int			nwant = n;
+
+	memcpy(want, ids, sizeof(int64) * n);
+	crm_sort_int64(want, nwant);
+	for (int round = 0; nwant > 0; round++)
+	{
+		Datum		arr = int8_array(want, nwant);
+		int64	   *got;
+		int			ngot = 0,
+					left = 0;
+
+		/* a row deleted between its creation and our lock (a merge dropped it) is created again */
+		if (round == 100)
+			elog(ERROR, "could not lock crm.customer_stats rows");
+		ensure_stats_rows(b, arr);
+		read_stats(b, arr, true);
+		got = palloc(sizeof(int64) * Max(SPI_processed, 1));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+
+			got[ngot++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+													  STATS_COL_CUSTOMER_ID, &isnull));
+		}
+		read_stats_rows(b);
+		crm_sort_int64(got, ngot);
+		for (int i = 0; i < nwant; i++)
+			if (bsearch(&want[i], got, ngot, sizeof(int64), crm_cmp_int64) == NULL)
+				want[left++] = want[i];
+		nwant = left;
+		pfree(got);
+	}
+	pfree(want);
 }
 
 /* A rebuild starts from nothing, but keeps the stage and knows who is golden. */
@@ -430,7 +524,7 @@ load_for_rebuild(Batch *b, Datum ids)
 	Datum		args[1] = {ids};
 	uint64		k;
 
-	lock_customers(ids);
+	/* the stats rows were locked before the facts were read (stats_process_facts) */
 	if (SPI_execute_plan(prepare(&plan_golden, GOLDEN_COLUMNS, 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.customer");
 	for (k = 0; k < SPI_processed; k++)
@@ -445,7 +539,7 @@ load_for_rebuild(Batch *b, Datum ids)
 			continue;
 		st->golden = DatumGetBool(SPI_getbinval(tup, td, GOLDEN_COL_IS_GOLDEN, &isnull));
 		d = SPI_getbinval(tup, td, GOLDEN_COL_STAGE, &isnull);
-		if (!isnull)
+		if (!isnull && !st->placeholder)
 		{
 			st->existed = true;
 			st->stage = MemoryContextStrdup(b->cxt, TextDatumGetCString(d));
@@ -458,52 +552,30 @@ load_for_rebuild(Batch *b, Datum ids)
 }
 
 /*
- * Read the stored state of the batch's customers.
- *
- * Two transactions folding orders of one customer in at once would both
- * read the old row, and the second upsert would undo the first.  So the
- * trigger reads existing stats rows FOR UPDATE: in READ COMMITTED a row
- * another transaction changed is waited for and re-read in its committed
- * version.  Customers without a stats row yet have nothing to lock: their
- * customer records are locked instead (FOR NO KEY UPDATE, in id order, which
- * does not conflict with foreign-key checks) and their stats read again
- * with a fresh snapshot, which sees a row another transaction created
- * meanwhile.  A tick writes only stage columns and tag diffs: no locks.
+ * Read the stored state of the batch's customers.  Inserts fold their facts
+ * into the rows as locked (lock_stats: in READ COMMITTED a row another
+ * transaction changed is waited for and read in its committed version).
+ * A rebuild locked its rows before reading the facts; a tick writes only
+ * stage columns and tag diffs: no locks.
  */
 static void
 batch_load(Batch *b)
 {
-	Datum		ids = int8_array(b->ids, b->nids);
-	int			i,
-				nmissing = 0;
-	int64	   *missing;
+	Datum		ids;
 
 	if (b->rebuild)
 	{
-		load_for_rebuild(b, ids);
+		load_for_rebuild(b, int8_array(b->ids, b->nids));
 		return;
 	}
 	if (b->tick)
 	{
+		ids = int8_array(b->ids, b->nids);
 		read_stats(b, ids, false);
 		read_stats_rows(b);
 		return;
 	}
-
-	read_stats(b, ids, true);
-	read_stats_rows(b);
-	missing = palloc(sizeof(int64) * b->nids);
-	for (i = 0; i < b->nids; i++)
-		if (!cust_lookup(b->h, b->ids[i])->existed)
-			missing[nmissing++] = b->ids[i];
-	if (nmissing > 0)
-	{
-		ids = int8_array(missing, nmissing);
-		lock_customers(ids);
-		read_stats(b, ids, true);
-		read_stats_rows(b);
-	}
-	pfree(missing);
+	lock_stats(b, b->ids, b->nids);
 }
 
 /* ---------------------------------------------------------------------
@@ -627,7 +699,7 @@ drop_customer(Batch *b, Changes *ch, const CustState *st)
 	int			k,
 				r;
 
-	if (!st->existed && st->ntags == 0)
+	if (!st->existed && !st->placeholder && st->ntags == 0)
 		return;
 	r = cols_row(&ch->del, 1);
 	ch->del.v[0][r] = Int64GetDatum(st->customer_id);
@@ -957,6 +1029,26 @@ batch_flush(Batch *b)
 	batch_reset(b);
 }
 
+/* A rebuild of customers = ANY (ids) locks their stats rows before it reads their facts (defect 7 of issue 13). */
+static void
+lock_rebuilt(Batch *b, Datum ids)
+{
+	ArrayType  *a = DatumGetArrayTypeP(ids);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n,
+				k = 0;
+	int64	   *v;
+
+	deconstruct_array(a, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls, &n);
+	v = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			v[k++] = DatumGetInt64(elems[i]);
+	lock_stats(b, v, k);
+	pfree(v);
+}
+
 /* ---------------------------------------------------------------------
  * Entry points for stats_trigger.c
  * --------------------------------------------------------------------- */
@@ -975,7 +1067,10 @@ stats_process_facts(SPIPlanPtr plan, Datum *args, bool rebuild, bool tick, Times
 	batch_start(&b, rebuild, tick, as_of);
 	batch_reset(&b);
 	(void) seg_config();
+	if (rebuild)
+		lock_rebuilt(&b, args[0]);
 
+	/* read_only = false: a snapshot taken now, after the locks */
 	portal = SPI_cursor_open(NULL, plan, args, NULL, false);
 	for (;;)
 	{

@@ -108,6 +108,7 @@ typedef struct CustState
 	int64		customer_id;
 	char		status;			/* simplehash */
 	bool		existed;		/* had a stats row */
+	bool		placeholder;	/* its row was created empty by this statement, to lock */
 	bool		dirty;			/* facts applied: write the row */
 	bool		golden;
 	int32		orders;

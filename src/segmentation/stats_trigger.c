@@ -20,6 +20,7 @@
 #include "lib/stringinfo.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
@@ -202,45 +203,99 @@ inserted_facts_sql(Trigger *tg, Source src)
 	return sql.data;
 }
 
-/* Append the customer_id of every row of transition table ts to ids[*n]. */
+/*
+ * What a row of crm.orders or crm.event contributes to the stats: an UPDATE
+ * that changes none of these columns (an order's external_ref, a no-op
+ * refund) changes no stats, and its rows are not rebuilt.
+ */
+static const char *const fact_columns[][5] = {
+	[SRC_ORDERS] = {"customer_id", "ordered_at", "status", "net_amount", NULL},
+	[SRC_EVENTS] = {"customer_id", "at", NULL},
+};
+
+/* Whether two versions of a row agree on the columns atts[0..natts). */
+static bool
+same_facts(TupleTableSlot *a, TupleTableSlot *b, TupleDesc desc, const int *atts, int natts)
+{
+	for (int i = 0; i < natts; i++)
+	{
+		bool		anull;
+		bool		bnull;
+		Datum		av = slot_getattr(a, atts[i], &anull);
+		Datum		bv = slot_getattr(b, atts[i], &bnull);
+		Form_pg_attribute att = TupleDescAttr(desc, atts[i] - 1);
+
+		if (anull != bnull || (!anull && !datumIsEqual(av, bv, att->attbyval, att->attlen)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Append the customer_id of every row of transition table ts to ids[*n]; with
+ * other (an UPDATE's new rows, in the same order as its old rows ts), only
+ * of the rows whose fact columns changed, from both versions.
+ */
 static void
-collect_customers(Tuplestorestate *ts, TupleDesc desc, int att, int64 *ids, int *n)
+collect_customers(Tuplestorestate *ts, Tuplestorestate *other, TupleDesc desc, int att,
+				  const int *fact_atts, int nfact, int64 *ids, int *n)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	TupleTableSlot *slot2 = other ? MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple) : NULL;
 	bool		isnull;
 	Datum		d;
 
 	tuplestore_rescan(ts);
+	if (other)
+		tuplestore_rescan(other);
 	while (tuplestore_gettupleslot(ts, true, false, slot))
 	{
+		if (other)
+		{
+			if (!tuplestore_gettupleslot(other, true, false, slot2))
+				elog(ERROR, "transition tables of an update differ in length");
+			if (same_facts(slot, slot2, desc, fact_atts, nfact))
+				continue;
+			d = slot_getattr(slot2, att, &isnull);
+			if (!isnull)
+				ids[(*n)++] = DatumGetInt64(d);
+		}
 		d = slot_getattr(slot, att, &isnull);
 		if (!isnull)
 			ids[(*n)++] = DatumGetInt64(d);
 	}
 	ExecDropSingleTupleTableSlot(slot);
+	if (slot2)
+		ExecDropSingleTupleTableSlot(slot2);
 }
 
 /*
  * The customers the old and new rows of an update or delete of crm.orders
  * or crm.event belong to, read from the transition tables directly (a merge
- * moves a customer's orders in one such statement): a sorted, distinct
- * int8[], or NULL when there are none.
+ * moves a customer's orders in one such statement), leaving out rows an
+ * update did not change in what the stats count (fact_columns): a sorted,
+ * distinct int8[], or NULL when there are none.
  */
 static Datum
-changed_customers_direct(TriggerData *td)
+changed_customers_direct(TriggerData *td, Source src)
 {
 	TupleDesc	desc = RelationGetDescr(td->tg_relation);
 	int			att = SPI_fnumber(desc, "customer_id");
+	int			fact_atts[4];
+	int			nfact = 0;
 	int64		nrows = 0;
 	int64	   *ids;
 	Datum	   *elems;
 	int			n = 0,
 				k = 0;
 
+	for (; fact_columns[src][nfact] != NULL; nfact++)
+		if ((fact_atts[nfact] = SPI_fnumber(desc, fact_columns[src][nfact])) <= 0)
+			att = -1;
 	if (att <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("crm.customer_stats_trigger() needs column \"customer_id\" on table \"%s\"",
+				 errmsg("crm.customer_stats_trigger() is missing columns of \"%s\"",
 						RelationGetRelationName(td->tg_relation))));
 	if (td->tg_oldtable)
 		nrows += tuplestore_tuple_count(td->tg_oldtable);
@@ -250,9 +305,9 @@ changed_customers_direct(TriggerData *td)
 		return (Datum) 0;
 	ids = palloc(sizeof(int64) * nrows);
 	if (td->tg_oldtable)
-		collect_customers(td->tg_oldtable, desc, att, ids, &n);
-	if (td->tg_newtable)
-		collect_customers(td->tg_newtable, desc, att, ids, &n);
+		collect_customers(td->tg_oldtable, td->tg_newtable, desc, att, fact_atts, nfact, ids, &n);
+	else if (td->tg_newtable)
+		collect_customers(td->tg_newtable, NULL, desc, att, fact_atts, nfact, ids, &n);
 	if (n == 0)
 		return (Datum) 0;
 	crm_sort_int64(ids, n);
@@ -293,7 +348,7 @@ changed_customers_of_lines(Trigger *tg)
 static void
 rebuild_changed(TriggerData *td, Source src, TimestampTz as_of)
 {
-	Datum		ids = src == SRC_LINES ? changed_customers_of_lines(td->tg_trigger) : changed_customers_direct(td);
+	Datum		ids = src == SRC_LINES ? changed_customers_of_lines(td->tg_trigger) : changed_customers_direct(td, src);
 
 	if (ids != (Datum) 0)
 		(void) rebuild_customers(ids, as_of);

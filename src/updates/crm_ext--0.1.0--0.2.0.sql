@@ -1886,3 +1886,336 @@ END;
 COMMENT ON FUNCTION crm.unmerge_subtree(bigint) IS
 	'Internal: the records an unmerge of the merge takes back: its merged record and the records merged into that one (by merges not undone, recursively) that are still in the same golden customer';
 
+
+-- ---------------------------------------------------------------------------
+-- Issue 13, defects 1, 7 and 8: a customer id at an entry point means its
+-- golden customer (crm.resolve_customer, crm.lock_customer); one lock order
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.resolve_customer(customer_id bigint) RETURNS bigint
+	LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_resolve_customer_sql';
+COMMENT ON FUNCTION crm.resolve_customer(bigint) IS
+	'The golden customer a customer id means now (itself when not merged; merged_into followed to its end); SQLSTATE 23503 for an unknown id';
+
+CREATE FUNCTION crm.lock_customer(customer_id bigint) RETURNS bigint
+	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_lock_customer_sql';
+COMMENT ON FUNCTION crm.lock_customer(bigint) IS
+	'crm.resolve_customer for writers: the golden customer, locked FOR SHARE until the transaction ends, so no merge or unmerge moves it meanwhile (a merge that committed while waiting is followed); SQLSTATE 23503 for an unknown id';
+
+COMMENT ON FUNCTION crm.fill_origin_customer() IS
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards, and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_post(customer_id bigint, kind text, delta bigint, idempotency_key text,
+	reason text, at timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_ledger crm.loyalty_ledger;
+	new_ledger crm.loyalty_ledger;
+	bal bigint;
+	golden bigint;
+BEGIN
+	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	IF bal IS NOT NULL THEN
+		RETURN bal;
+	END IF;
+	golden := crm.lock_customer(customer_id);
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		-- a credit opens the account at the lowest tier if there is none yet
+		INSERT INTO crm.loyalty_account AS a (customer_id, tier, tier_since)
+		SELECT golden, t.tier, at FROM crm.tier t ORDER BY t.rank LIMIT 1
+		ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
+	END IF;
+	SELECT a.ledger INTO old_ledger FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'insufficient points: 0 available, % requested', - delta USING ERRCODE = 'CR001';
+	END IF;
+	-- A retry may have committed while this one waited for the lock.
+	bal := crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	IF bal IS NOT NULL THEN
+		RETURN bal;
+	END IF;
+	-- Lots expired by now() (crm.loyalty_now()) are gone, whatever "at"
+	-- says: a backdated redemption spends, and the balance counts, only lots
+	-- valid at both.
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		new_ledger := crm.ledger_earn(old_ledger, delta, at, crm.loyalty_expires_at(at));
+	ELSE
+		new_ledger := crm.ledger_spend(old_ledger, - delta, GREATEST(at, crm.loyalty_now()));
+	END IF;
+	bal := crm.ledger_balance(new_ledger, GREATEST(at, crm.loyalty_now()));
+	BEGIN
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
+		VALUES (golden, customer_id, kind, delta,
+		        CASE WHEN delta OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
+		        idempotency_key, bal, reason, at);
+	EXCEPTION WHEN unique_violation THEN
+		RETURN crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
+	END;
+	UPDATE crm.loyalty_account a SET ledger = new_ledger, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden;
+	RETURN bal;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_post(bigint, text, bigint, text, text, timestamptz) IS
+	'Internal: the exactly-once journal entry and ledger change of crm.redeem_points (spend) and crm.adjust_points (adjust)';
+
+CREATE OR REPLACE FUNCTION crm.points_balance(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(points_balance.customer_id)),
+                crm.loyalty_no_account(customer_id));
+COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
+	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
+
+CREATE OR REPLACE FUNCTION crm.points_expiring(customer_id bigint, within interval DEFAULT '30 days',
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
+                 WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(points_expiring.customer_id)),
+                crm.loyalty_no_account(customer_id));
+COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
+	'Points valid at "at" (default now) that expire within the interval (default 30 days); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
+
+CREATE OR REPLACE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS numeric
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN coalesce((
+	SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
+	FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(qualifying_spend.customer_id)),
+	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
+COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
+	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
+
+CREATE OR REPLACE FUNCTION crm.redeem_points(customer_id bigint, points bigint, idempotency_key text,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULL arguments get a clear error instead of a silent NULL.
+BEGIN
+	PERFORM crm.loyalty_check_args(customer_id, points, idempotency_key, at);
+	IF idempotency_key IS NULL THEN
+		RAISE EXCEPTION 'a redemption needs an idempotency key' USING ERRCODE = 'null_value_not_allowed',
+			HINT = 'Pass a key unique to this redemption; a retry with the same key returns the first result.';
+	END IF;
+	IF points OPERATOR(pg_catalog.<=) 0 THEN
+		RAISE EXCEPTION 'points to redeem must be positive, not %', points USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN crm.loyalty_post(customer_id, 'spend', - points, idempotency_key, NULL, at);
+END
+$$;
+COMMENT ON FUNCTION crm.redeem_points(bigint, bigint, text, timestamptz) IS
+	'Spends points FIFO by expiry, exactly once per idempotency key; returns the balance left.  A merged record''s id spends its golden customer''s points.  CR001 insufficient points, CR002 key reused with other arguments, 23503 unknown customer';
+
+CREATE OR REPLACE FUNCTION crm.adjust_points(customer_id bigint, points bigint, reason text,
+	idempotency_key text DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULL arguments get a clear error; idempotency_key may be NULL.
+BEGIN
+	PERFORM crm.loyalty_check_args(customer_id, points, idempotency_key, at);
+	IF points OPERATOR(pg_catalog.=) 0 THEN
+		RAISE EXCEPTION 'an adjustment must change the balance' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF reason IS NULL OR pg_catalog.btrim(reason) OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION 'an adjustment needs a reason' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'The reason is kept in crm.points_journal for audit.';
+	END IF;
+	RETURN crm.loyalty_post(customer_id, 'adjust', points, idempotency_key, reason, at);
+END
+$$;
+COMMENT ON FUNCTION crm.adjust_points(bigint, bigint, text, text, timestamptz) IS
+	'Audited manual correction: adds a lot (points > 0, expiring by policy) or spends FIFO (points < 0, CR001 when short) on the golden customer of the id given; journaled with reason and role; returns the balance';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_downgrade_tiers(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
+BEGIN
+	-- Policy (crm.tier_held): a tier held at least tier_hold_months drops to
+	-- the highest tier that the rolling 12-month spend at "at" still
+	-- reaches.  Only lowers.  The tier_since filter only spares the lock on
+	-- accounts whose tier is protected anyway.
+	WITH cand AS (
+		-- the account's own spend (crm.qualifying_spend would read a merged record's golden)
+		SELECT a.customer_id, a.tier AS old_tier, cur.rank AS old_rank,
+		       crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2) AS spend,
+		       crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, at) AS new_tier
+		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
+		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
+		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
+		ORDER BY a.customer_id FOR UPDATE OF a),
+	down AS (
+		SELECT t.customer_id, t.old_tier, t.spend, t.new_tier FROM cand t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
+		JOIN crm.tier ot ON ot.tier OPERATOR(pg_catalog.=) t.old_tier
+		WHERE nt.rank OPERATOR(pg_catalog.<) ot.rank),
+	h AS (
+		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
+		SELECT d.customer_id, d.old_tier, d.new_tier, at, 'downgrade', d.spend FROM down d),
+	u AS (
+		UPDATE crm.loyalty_account a SET tier = d.new_tier, tier_since = at, updated_at = pg_catalog.now()
+		FROM down d WHERE a.customer_id OPERATOR(pg_catalog.=) d.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_downgrade_tiers(timestamptz) IS
+	'crm.tick task: lowers tiers held at least tier_hold_months whose rolling 12-month spend at "at" no longer reaches them; returns how many changed';
+
+CREATE OR REPLACE FUNCTION crm.customer_window(customer bigint, as_of timestamptz, width integer, OUT orders bigint, OUT spend numeric)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tz text := coalesce((SELECT s.value FROM crm.segment_setting s WHERE s.key = 'timezone'), 'UTC');
+	d date := (as_of AT TIME ZONE tz)::date;
+	golden bigint := crm.resolve_customer(customer);
+BEGIN
+	SELECT w.orders, w.spend INTO orders, spend
+	FROM crm.customer_stats cs, crm.stats_window(cs.days, as_of, width) w
+	WHERE cs.customer_id = golden;
+	IF orders IS NULL THEN
+		-- before the buckets' horizon (or no stats): count the orders themselves
+		SELECT count(*), coalesce(sum(o.net_amount), 0) INTO orders, spend
+		FROM crm.orders o
+		WHERE o.customer_id = golden AND o.status = 'paid'
+		  AND o.ordered_at >= ((d - width + 1)::timestamp AT TIME ZONE tz)
+		  AND o.ordered_at < ((d + 1)::timestamp AT TIME ZONE tz);
+	END IF;
+	RETURN;
+END
+$$;
+COMMENT ON FUNCTION crm.customer_window(bigint, timestamptz, integer) IS
+	'Paid orders and spend of a customer (a merged record''s id means its golden customer; 23503 for an unknown id) in the "width" local days up to as_of: exact for any date (day buckets, else the orders)';
+
+CREATE OR REPLACE FUNCTION crm.tag_customer(customer bigint, tag text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+	golden bigint;
+BEGIN
+	SELECT k.tag_id, k.kind INTO t FROM crm.tag k WHERE k.name = tag;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tag "%" does not exist', tag USING ERRCODE = 'undefined_object';
+	END IF;
+	IF t.kind <> 'manual' THEN
+		RAISE EXCEPTION 'tag "%" is a rule tag', tag
+			USING ERRCODE = 'wrong_object_type', HINT = 'Rule tags follow their rule; create a manual tag instead.';
+	END IF;
+	golden := crm.lock_customer(customer);
+	INSERT INTO crm.customer_tag (tag_id, customer_id, since) VALUES (t.tag_id, golden, at)
+		ON CONFLICT DO NOTHING;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) VALUES (golden, t.tag_id, 'enter', at);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION crm.tag_customer(bigint, text, timestamptz) IS 'Gives a customer (the golden customer of a merged record''s id) a manual tag; false if it already had it; 23503 for an unknown id';
+
+CREATE OR REPLACE FUNCTION crm.untag_customer(customer bigint, tag text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+	golden bigint;
+BEGIN
+	SELECT k.tag_id, k.kind INTO t FROM crm.tag k WHERE k.name = tag;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tag "%" does not exist', tag USING ERRCODE = 'undefined_object';
+	END IF;
+	IF t.kind <> 'manual' THEN
+		RAISE EXCEPTION 'tag "%" is a rule tag', tag
+			USING ERRCODE = 'wrong_object_type', HINT = 'Rule tags follow their rule.';
+	END IF;
+	golden := crm.lock_customer(customer);
+	DELETE FROM crm.customer_tag ct WHERE ct.tag_id = t.tag_id AND ct.customer_id = golden;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at) VALUES (golden, t.tag_id, 'leave', at);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION crm.untag_customer(bigint, text, timestamptz) IS 'Takes a manual tag away from a customer (the golden customer of a merged record''s id); false if they did not have it; 23503 for an unknown id';
+
+CREATE OR REPLACE FUNCTION crm.recommend(customer_id bigint, n integer DEFAULT 5, as_of timestamptz DEFAULT pg_catalog.now(),
+	recent interval DEFAULT '30 days', history interval DEFAULT '180 days')
+RETURNS TABLE (sku text, confidence double precision, lift double precision, because_of text)
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH bought AS (
+		SELECT l.sku, pg_catalog.max(o.ordered_at) AS last_at
+		FROM crm.orders o
+		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
+		WHERE o.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(recommend.customer_id)
+		  AND o.status OPERATOR(pg_catalog.=) 'paid'
+		  AND o.ordered_at OPERATOR(pg_catalog.<=) recommend.as_of
+		  AND o.ordered_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.history)
+		GROUP BY l.sku
+	), candidates AS (
+		SELECT DISTINCT ON (r.consequent) r.consequent, r.confidence, r.lift, r.antecedent
+		FROM bought b
+		JOIN crm.association_rule r ON r.antecedent OPERATOR(pg_catalog.=) b.sku
+		WHERE r.lift OPERATOR(pg_catalog.>) 1
+		  AND NOT EXISTS (SELECT 1 FROM bought x
+		                  WHERE x.sku OPERATOR(pg_catalog.=) r.consequent
+		                    AND x.last_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.recent))
+		ORDER BY r.consequent, r.confidence DESC, r.lift DESC, r.antecedent
+	)
+	SELECT c.consequent, c.confidence, c.lift, c.antecedent
+	FROM candidates c
+	-- evaluated once, first: an unknown customer is an error, not no rows
+	WHERE crm.resolve_customer(recommend.customer_id) IS NOT NULL
+	ORDER BY c.confidence DESC, c.lift DESC, c.consequent
+	LIMIT GREATEST(recommend.n, 0);
+END;
+COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
+	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';
+
+CREATE OR REPLACE FUNCTION crm.merge_customers(a bigint, b bigint, reason text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: reason may be NULL; NULL ids raise an error.
+BEGIN
+	IF a IS NULL OR b IS NULL THEN
+		RAISE EXCEPTION 'crm.merge_customers needs two customer ids'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF a = b THEN
+		RAISE EXCEPTION 'merge refused: a customer cannot be merged with itself'
+			USING ERRCODE = 'CR004';
+	END IF;
+	-- an unknown id is 23503, as at every entry point
+	PERFORM crm.resolve_customer(a), crm.resolve_customer(b);
+	RETURN crm.merge_goldens(a, b, 'manual', reason, NULL);
+END
+$$;
+COMMENT ON FUNCTION crm.merge_customers(bigint, bigint, text) IS
+	'Merges the golden customers of records a and b by hand (the oldest survives) and returns the merge_id; refused with CR004 when they are one customer already, 23503 for an unknown id';
+-- end of issue 13, defects 1, 7 and 8

@@ -1,0 +1,238 @@
+/*
+ * customer.c
+ *		The one owner of "which customer does this id mean": every entry point
+ *		that takes a customer id resolves a merged record to its golden
+ *		customer (merged_into followed to its end) and acts on the golden; an
+ *		unknown id is an error (23503).
+ *
+ * Writers also lock the golden customer's row FOR SHARE (DEVELOPER.md, "Lock
+ * order", step 1): merges and unmerges take it FOR NO KEY UPDATE, so a merge
+ * waits for the orders, redemptions and tag changes in flight on either
+ * customer, and they wait for a merge in flight.  FOR SHARE does not conflict
+ * with the foreign-key checks' FOR KEY SHARE nor with other writers of the
+ * same customer.  After the lock is granted the chain is walked again with a
+ * fresh snapshot: if a merge or unmerge committed meanwhile, the new golden
+ * is locked instead, so the row or the points land where the shopper is.
+ * Rows are read and locked through crm.customer's primary key, without SPI:
+ * the order insert path runs this for every row.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "executor/tuptable.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "crm_ext.h"
+
+/* Longest chain of merged_into links followed (merges keep chains one link long). */
+#define RESOLVE_WALK_LIMIT	1000
+
+/* crm.customer, its primary key and merged_into column, looked up per call. */
+typedef struct CustomerRel
+{
+	Relation	rel;
+	Oid			pkey;
+	AttrNumber	merged_att;
+} CustomerRel;
+
+static void
+customer_rel_open(CustomerRel *c, LOCKMODE mode)
+{
+	c->rel = table_open(crm_relid("customer"), mode);
+	c->pkey = RelationGetPrimaryKeyIndex(c->rel);
+	c->merged_att = crm_trigger_attnum(c->rel, "merged_into", "crm_resolve_customer()");
+}
+
+/*
+ * Record id's row as snapshot snap sees it, into slot: false when there is
+ * none.
+ */
+static bool
+fetch_customer(CustomerRel *c, int64 id, Snapshot snap, TupleTableSlot *slot)
+{
+	Relation	irel = index_open(c->pkey, AccessShareLock);
+	IndexScanDesc scan = index_beginscan(c->rel, irel, snap, 1, 0);
+	ScanKeyData skey;
+	bool		found;
+
+	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	index_rescan(scan, &skey, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found)
+		slot_getallattrs(slot);
+	index_endscan(scan);
+	index_close(irel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The golden customer of record id as snap sees it (merged_into followed to
+ * its end); false when id is no customer.
+ */
+static bool
+walk_to_golden(CustomerRel *c, int64 id, Snapshot snap, TupleTableSlot *slot, int64 *golden)
+{
+	for (int depth = 0; depth < RESOLVE_WALK_LIMIT; depth++)
+	{
+		bool		isnull;
+		Datum		next;
+
+		if (!fetch_customer(c, id, snap, slot))
+			return false;		/* unknown (a dangling link cannot be: the foreign key) */
+		next = slot_getattr(slot, c->merged_att, &isnull);
+		if (isnull)
+			break;
+		id = DatumGetInt64(next);
+	}
+	*golden = id;
+	return true;
+}
+
+/*
+ * Lock the row in slot FOR SHARE, as SELECT ... FOR SHARE would: in READ
+ * COMMITTED the newest version is locked and left in slot (a merge that
+ * committed meanwhile is seen); under REPEATABLE READ or SERIALIZABLE a row
+ * changed since the snapshot is a serialization failure.  False when the
+ * row was deleted.
+ */
+static bool
+lock_share(CustomerRel *c, TupleTableSlot *slot)
+{
+	TM_FailureData tmfd;
+	ItemPointerData tid = slot->tts_tid;
+	int			flags = IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION;
+	TM_Result	res = table_tuple_lock(c->rel, &tid, GetActiveSnapshot(), slot, GetCurrentCommandId(false),
+									   LockTupleShare, LockWaitBlock, flags, &tmfd);
+
+	switch (res)
+	{
+		case TM_Ok:
+			slot_getallattrs(slot);
+			return true;
+		case TM_SelfModified:
+			/* this command changed it: it is ours already, as read */
+			return true;
+		case TM_Updated:
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update of a customer")));
+			return false;
+		default:
+			elog(ERROR, "unexpected result %d locking a customer", (int) res);
+	}
+	return false;
+}
+
+/* walk_to_golden with a snapshot taken now: what every committed merge left. */
+static bool
+latest_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
+{
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	bool		found = walk_to_golden(c, id, snap, slot, golden);
+
+	UnregisterSnapshot(snap);
+	return found;
+}
+
+/*
+ * Lock the golden customer of record id FOR SHARE; false when id is no
+ * customer.  A merge or unmerge that committed while we waited moved id
+ * under another golden: then that one is locked (the first lock is kept,
+ * which is harmless: it was the golden a moment ago).
+ */
+static bool
+lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
+{
+	for (int attempt = 0; attempt < RESOLVE_WALK_LIMIT; attempt++)
+	{
+		int64		g;
+		int64		again;
+		bool		isnull;
+
+		/* the walk leaves the golden's row in slot */
+		if (!latest_golden(c, id, slot, &g))
+			return false;
+		if (!lock_share(c, slot))
+			continue;			/* deleted meanwhile: look again */
+		(void) slot_getattr(slot, c->merged_att, &isnull);
+		if (!isnull)
+			continue;			/* merged meanwhile: lock its golden */
+		/* Only merges and unmerges change what id is under, and they wait for us now. */
+		if (g == id || (latest_golden(c, id, slot, &again) && again == g))
+		{
+			*golden = g;
+			return true;
+		}
+	}
+	elog(ERROR, "customer %lld moved between golden customers %d times", (long long) id, RESOLVE_WALK_LIMIT);
+	return false;
+}
+
+/*
+ * The golden customer of record id, in *golden; false when id is no
+ * customer.  With lock, the golden's row is locked FOR SHARE and stays the
+ * golden until this transaction ends (merges and unmerges wait for it).
+ */
+bool
+crm_resolve_customer(int64 id, bool lock, int64 *golden)
+{
+	CustomerRel c;
+	TupleTableSlot *slot;
+	bool		found;
+
+	customer_rel_open(&c, lock ? RowShareLock : AccessShareLock);
+	slot = table_slot_create(c.rel, NULL);
+	found = lock ? lock_golden(&c, id, slot, golden) :
+		walk_to_golden(&c, id, GetActiveSnapshot(), slot, golden);
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(c.rel, NoLock);
+	return found;
+}
+
+/* crm_resolve_customer for an entry point: an unknown id is an error (23503). */
+int64
+crm_golden_customer_of(int64 id, bool lock)
+{
+	int64		golden;
+
+	if (!crm_resolve_customer(id, lock, &golden))
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("customer %lld does not exist", (long long) id),
+				 errhint("Pass a crm.customer.customer_id; the id of a merged record works too and means its golden customer.")));
+	return golden;
+}
+
+PG_FUNCTION_INFO_V1(crm_resolve_customer_sql);
+
+/*
+ * crm.resolve_customer(customer_id bigint) RETURNS bigint: the golden
+ * customer of a record (itself when not merged); 23503 for an unknown id.
+ */
+Datum
+crm_resolve_customer_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(crm_golden_customer_of(PG_GETARG_INT64(0), false));
+}
+
+PG_FUNCTION_INFO_V1(crm_lock_customer_sql);
+
+/*
+ * crm.lock_customer(customer_id bigint) RETURNS bigint: the same, with the
+ * golden locked FOR SHARE until the transaction ends (writers' step 1 of
+ * the lock order).
+ */
+Datum
+crm_lock_customer_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(crm_golden_customer_of(PG_GETARG_INT64(0), true));
+}
