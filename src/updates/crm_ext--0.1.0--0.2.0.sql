@@ -1791,11 +1791,13 @@ BEGIN
 	SELECT * INTO l FROM crm.merge_log ml WHERE ml.merge_id = unmerge.merge_id FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unmerge refused: merge % does not exist', merge_id
-			USING ERRCODE = 'CR004';
+			USING ERRCODE = 'CR004',
+			      HINT = 'crm.merge_log lists every merge; a merged record''s merge is the row whose merged is that record and undone_at is NULL.';
 	END IF;
 	IF l.undone_at IS NOT NULL THEN
 		RAISE EXCEPTION 'unmerge refused: merge % was already undone', merge_id
-			USING ERRCODE = 'CR004';
+			USING ERRCODE = 'CR004',
+			      HINT = 'crm.merge_log.undone_at and undone_by say when and by whom; crm.merge_customers merges the customers again.';
 	END IF;
 
 	IF cascade THEN
