@@ -224,6 +224,7 @@ SELECT pg_catalog.count(*) IS NOT NULL FROM crm.replenishment_due('2026-07-01', 
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.identity_graph();
 SELECT crm.golden_customer(2) IS NOT NULL, crm.identity_blocked('phone', '00000000000');
 SELECT crm.resolve_customer(2) IS NOT NULL, crm.lock_customer(2) IS NOT NULL;
+SELECT crm.loyalty_merged_along(2, 2);
 SELECT crm.identity_may_link('device', 'hj-tablet'), crm.identity_may_link('phone', 'n/a'), crm.identity_may_link('device', 'hj-tablet', 3);
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.v_customer_360;
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.verify_ledgers();

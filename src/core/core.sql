@@ -305,6 +305,10 @@ COMMENT ON FUNCTION crm.tick(timestamptz) IS
 --   merge:   fn(survivor bigint, merged bigint)   RETURNS void
 --   unmerge: fn(survivor bigint, restored bigint) RETURNS void
 --   forget:  fn(customer bigint)                  RETURNS void
+-- A merge hook may also name set_fn(survivors bigint[], merged bigint[])
+-- RETURNS void: the same work for many merges at once (pairs at the same
+-- index, in merge order), which batch stitching calls once per pass instead
+-- of fn once per merge, so a feature can do it in one pass over its rows.
 -- ---------------------------------------------------------------------------
 CREATE TABLE crm.customer_hook (
 	event		text NOT NULL CONSTRAINT customer_hook_event_valid CHECK (event IN ('merge', 'unmerge', 'forget')),
@@ -312,14 +316,37 @@ CREATE TABLE crm.customer_hook (
 	run_order	integer NOT NULL,
 	fn			regprocedure NOT NULL,
 	builtin		boolean NOT NULL DEFAULT false,
+	set_fn		regprocedure,
 	PRIMARY KEY (event, hook),
 	CONSTRAINT customer_hook_order_unique UNIQUE (event, run_order)
 );
 COMMENT ON TABLE crm.customer_hook IS 'Per-feature functions run, in run_order, when customers are merged, unmerged or forgotten';
+COMMENT ON COLUMN crm.customer_hook.set_fn IS 'Merge hooks only: fn for many merges at once, (survivors bigint[], merged bigint[]) pairs at the same index in merge order; NULL runs fn merge by merge';
 SELECT pg_catalog.pg_extension_config_dump('crm.customer_hook', 'WHERE NOT builtin');
 
 -- A task or hook whose function has the wrong signature would fail only when
 -- crm.tick or a merge runs it: refuse it when it is registered instead.
+CREATE FUNCTION crm.check_registered_signature(what text, fn regprocedure, want_args oidvector, want_ret regtype)
+RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+BEGIN
+	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = fn;
+	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
+		RAISE EXCEPTION '% cannot run %', what, fn
+			USING ERRCODE = 'invalid_function_definition',
+			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
+			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
+			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_signature(text, regprocedure, oidvector, regtype) IS
+	'Internal: raises 42P13 unless fn takes want_args and returns want_ret (what names the registration in the message)';
+
 CREATE FUNCTION crm.check_registered_function()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -329,7 +356,6 @@ DECLARE
 	want_args oidvector;
 	want_ret regtype;
 	what text;
-	p record;
 BEGIN
 	IF TG_TABLE_NAME = 'tick_task' THEN
 		want_args := '1184'::oidvector;
@@ -342,13 +368,16 @@ BEGIN
 		want_ret := 'void';
 		what := pg_catalog.format('%s hook "%s"', NEW.event, NEW.hook);
 	END IF;
-	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = NEW.fn;
-	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
-		RAISE EXCEPTION '% cannot run %', what, NEW.fn
-			USING ERRCODE = 'invalid_function_definition',
-			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
-			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
-			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
+	PERFORM crm.check_registered_signature(what, NEW.fn, want_args, want_ret);
+	-- (tick_task has no set_fn column: look only on customer_hook)
+	IF TG_TABLE_NAME = 'customer_hook' THEN
+		IF NEW.set_fn IS NOT NULL AND NEW.event <> 'merge' THEN
+			RAISE EXCEPTION '% cannot have a set_fn', what
+				USING ERRCODE = 'invalid_function_definition',
+				      HINT = 'Only merge hooks run for many merges at once; leave set_fn NULL.';
+		ELSIF NEW.set_fn IS NOT NULL THEN
+			PERFORM crm.check_registered_signature(what || ' (set_fn)', NEW.set_fn, '1016 1016'::oidvector, 'void');
+		END IF;
 	END IF;
 	RETURN NEW;
 END
@@ -356,7 +385,7 @@ $$;
 COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
 CREATE TRIGGER tick_task_signature BEFORE INSERT OR UPDATE OF fn ON crm.tick_task
 	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
-CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event ON crm.customer_hook
+CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set_fn ON crm.customer_hook
 	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
 
 CREATE FUNCTION crm.run_customer_hooks(event text, a bigint, b bigint DEFAULT NULL)
@@ -390,3 +419,40 @@ END
 $$;
 COMMENT ON FUNCTION crm.run_customer_hooks(text, bigint, bigint) IS
 	'Runs the crm.customer_hook functions of one event (merge, unmerge, forget) in run_order; returns how many ran';
+
+CREATE FUNCTION crm.run_merge_hooks(survivors bigint[], merged bigint[])
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The merge hooks for many merges at once (survivors[i] absorbed merged[i],
+-- in that order): each hook in run_order runs its set_fn once, or its fn
+-- merge by merge.  Returns how many hooks ran.
+DECLARE
+	h record;
+	n integer := 0;
+BEGIN
+	IF pg_catalog.cardinality(survivors) <> pg_catalog.cardinality(merged)
+	   OR pg_catalog.array_position(survivors, NULL) IS NOT NULL OR pg_catalog.array_position(merged, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'merge hooks need one survivor per merged customer'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Pass two arrays of customer ids of the same length, without NULLs.';
+	END IF;
+	IF pg_catalog.cardinality(merged) = 0 THEN
+		RETURN 0;
+	END IF;
+	FOR h IN SELECT k.fn, k.set_fn FROM crm.customer_hook k WHERE k.event = 'merge' ORDER BY k.run_order LOOP
+		IF h.set_fn IS NOT NULL THEN
+			EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.set_fn::oid::regproc) USING survivors, merged;
+		ELSE
+			FOR i IN 1 .. pg_catalog.cardinality(merged) LOOP
+				EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.fn::oid::regproc) USING survivors[i], merged[i];
+			END LOOP;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.run_merge_hooks(bigint[], bigint[]) IS
+	'Runs the merge hooks for many merges at once (survivors[i] absorbed merged[i], in order): each hook''s set_fn once, or its fn merge by merge; returns how many hooks ran';

@@ -595,9 +595,8 @@ BEGIN
 	WHERE i.identity_id = x.identity_id AND x.rn = 1;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
-	FOREACH h IN ARRAY chained LOOP
-		PERFORM crm.run_customer_hooks('merge', crm.golden_customer(h), h);
-	END LOOP;
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT crm.golden_customer(u.h) FROM pg_catalog.unnest(chained) WITH ORDINALITY u(h, i) ORDER BY u.i),
+	                               chained);
 
 	graph := crm.identity_graph();
 
@@ -702,11 +701,10 @@ BEGIN
 	ORDER BY p.comp, p.rn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	merges := merges + n;
-	IF EXISTS (SELECT 1 FROM crm.customer_hook k WHERE k.event = 'merge') THEN
-		FOR comp IN SELECT p.survivor, p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn LOOP
-			PERFORM crm.run_customer_hooks('merge', comp.survivor, comp.merged);
-		END LOOP;
-	END IF;
+	-- The features move their state for all these merges at once (a hook's
+	-- set_fn makes that one pass over its rows, however large a component).
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.comp, p.rn),
+	                               ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn));
 
 	-- The careful path: the other components, merge by merge, under
 	-- crm.merge_goldens' checks (reviews, kept-apart pairs).

@@ -157,28 +157,9 @@ COMMENT ON FUNCTION crm.loyalty_merged_along(bigint, bigint) IS
 	'Internal: is target the record itself or a record it is merged into now (directly or through others)';
 
 CREATE FUNCTION crm.points_journal_guard() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	-- Merges and unmerges re-point rows along the merges of the customer
-	-- records as they stand: a row may move only to the record its points
-	-- were earned or spent on, or to a record that one is merged into.
-	-- Nothing else about a row ever changes.  (A rule on the data, not a
-	-- switch a session could turn on.)
-	IF TG_OP = 'UPDATE'
-	   AND (pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) 'customer_id'::text)
-	       OPERATOR(pg_catalog.=) (pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) 'customer_id'::text)
-	   AND crm.loyalty_merged_along(NEW.origin_customer_id, NEW.customer_id) THEN
-		RETURN NEW;
-	END IF;
-	RAISE EXCEPTION 'crm.points_journal is append-only: % is not allowed', TG_OP
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-		      HINT = 'Corrections are new entries: use crm.adjust_points.';
-END
-$$;
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_points_journal_guard';
 COMMENT ON FUNCTION crm.points_journal_guard() IS
-	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal; only customer_id may change, to the row''s origin or a record the origin is merged into';
+	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal; only customer_id may change, to the row''s origin or a record the origin is merged into (in C: a merge moves every journal row of the merged record through it)';
 CREATE TRIGGER points_journal_append_only BEFORE UPDATE OR DELETE ON crm.points_journal
 	FOR EACH ROW EXECUTE FUNCTION crm.points_journal_guard();
 CREATE TRIGGER points_journal_no_truncate BEFORE TRUNCATE ON crm.points_journal
@@ -630,27 +611,37 @@ INSERT INTO crm.tick_task (task, run_order, fn, builtin) VALUES
 -- ---------------------------------------------------------------------------
 -- Merge hooks
 -- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.loyalty_recompute_spends(customer_ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- Which orders count and in which month is crm.spend_buckets' rule.
+	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
+		qualifying_spend = b.qualifying_spend,
+		updated_at = pg_catalog.now()
+	FROM (SELECT u.id, s.spend_month, s.spend_cents, s.qualifying_spend
+	      FROM pg_catalog.unnest(customer_ids) u(id),
+	           LATERAL (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
+	                    FROM crm.orders o
+	                    WHERE o.customer_id OPERATOR(pg_catalog.=) u.id) o,
+	           LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s) b
+	WHERE a.customer_id OPERATOR(pg_catalog.=) b.id;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_recompute_spends(bigint[]) IS
+	'Internal: rebuilds the monthly qualifying-spend buckets of the accounts of customer_ids from their orders (after merges), in one statement';
+
 CREATE FUNCTION crm.loyalty_recompute_spend(customer_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	b record;
 BEGIN
-	-- Which orders count and in which month is crm.spend_buckets' rule.
-	SELECT s.spend_month, s.spend_cents, s.qualifying_spend INTO b
-	FROM (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
-	      FROM crm.orders o
-	      WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id) o,
-	     LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s;
-	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
-		qualifying_spend = b.qualifying_spend,
-		updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id;
+	PERFORM crm.loyalty_recompute_spends(ARRAY[customer_id]);
 END
 $$;
 COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
-	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges)';
+	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges): crm.loyalty_recompute_spends for one';
 
 CREATE FUNCTION crm.loyalty_ensure_account(customer_id bigint, at timestamptz) RETURNS void
 LANGUAGE sql VOLATILE STRICT
@@ -729,39 +720,16 @@ CREATE FUNCTION crm.loyalty_merge(survivor bigint, merged bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	s crm.loyalty_account;
-	m crm.loyalty_account;
-	moved bigint;
 BEGIN
 	IF survivor OPERATOR(pg_catalog.=) merged THEN
 		RAISE EXCEPTION 'cannot merge customer % into itself', survivor USING ERRCODE = 'CR004';
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged) THEN
-		RETURN;		-- nothing to move
-	END IF;
-	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
-	-- Lock both accounts in customer-id order.
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, merged) ORDER BY a.customer_id FOR UPDATE;
-	SELECT * INTO s FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
-	SELECT * INTO m FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
-	moved := crm.ledger_total(m.ledger);
-	UPDATE crm.points_journal p SET customer_id = survivor WHERE p.customer_id OPERATOR(pg_catalog.=) merged;
-	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
-	VALUES (survivor, merged, 'merge', 0,
-	        pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', merged, survivor, moved, m.debt), pg_catalog.now());
-	UPDATE crm.loyalty_account a SET ledger = s.ledger OPERATOR(crm.+) m.ledger, debt = s.debt OPERATOR(pg_catalog.+) m.debt,
-		updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
-	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
-	PERFORM crm.loyalty_recompute_spend(survivor);
-	PERFORM crm.loyalty_recompute_spend(merged);
-	PERFORM crm.loyalty_merge_tier(survivor, s.tier, s.tier_since, m.tier, m.tier_since);
+	-- One merge is the set form's smallest case (one owner of the rules).
+	PERFORM crm.loyalty_merge_set(ARRAY[survivor], ARRAY[merged]);
 END
 $$;
 COMMENT ON FUNCTION crm.loyalty_merge(bigint, bigint) IS
-	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor, whose tier is re-evaluated on the combined rolling spend (crm.loyalty_merge_tier)';
+	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor, whose tier is re-evaluated on the combined rolling spend (crm.loyalty_merge_set for one merge)';
 
 CREATE FUNCTION crm.loyalty_golden(customer_id bigint) RETURNS bigint
 LANGUAGE sql STABLE STRICT
@@ -888,6 +856,92 @@ $$;
 COMMENT ON FUNCTION crm.loyalty_unmerge(bigint, bigint) IS
 	'Customer hook (unmerge): journal rows return to the record they were earned or spent on; points one side used of the other''s lots are charged to the earner; both ledgers rebuilt; both tiers re-evaluated on their own rolling spend (crm.loyalty_unmerge_tier)';
 
-INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin) VALUES
-	('merge', 'loyalty', 100, 'crm.loyalty_merge(bigint, bigint)', true),
-	('unmerge', 'loyalty', 100, 'crm.loyalty_unmerge(bigint, bigint)', true);
+CREATE FUNCTION crm.loyalty_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The loyalty merge hook for many merges at once (survivors[i] absorbed
+-- merged[i], in that order; crm.loyalty_merge is one, batch stitching
+-- passes thousands): one statement per step over
+-- all pairs, and each survivor's account and spend written once, so a
+-- component of thousands of records costs one pass over its journal rows
+-- instead of one pass per merge.  No customer may be both a survivor and a
+-- merged one.
+DECLARE
+	ss bigint[];
+	ms bigint[];
+	ledgers crm.loyalty_ledger[];
+	debts bigint[];
+	r record;
+	led crm.loyalty_ledger;
+	l crm.loyalty_ledger;
+	cur record;
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_catalog.unnest(survivors) s(id) JOIN pg_catalog.unnest(merged) m(id)
+	           ON s.id OPERATOR(pg_catalog.=) m.id) THEN
+		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
+			USING ERRCODE = 'CR004';
+	END IF;
+	-- Pairs whose merged record has an account (the others have nothing to move).
+	SELECT pg_catalog.array_agg(p.s ORDER BY p.i), pg_catalog.array_agg(p.m ORDER BY p.i) INTO ss, ms
+	FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
+	WHERE EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.m);
+	IF ms IS NULL THEN
+		RETURN;
+	END IF;
+	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
+	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
+	-- Lock every account involved in customer-id order.
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ss OPERATOR(pg_catalog.||) ms)
+	ORDER BY a.customer_id FOR UPDATE;
+	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
+	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
+	UPDATE crm.points_journal j SET customer_id = p.s
+	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	SELECT p.s, p.m, 'merge', 0,
+	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),
+	       pg_catalog.now()
+	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, m, l, d, i) ORDER BY p.i;
+	-- Each survivor's ledger absorbs its merged ledgers, in merge order.
+	FOR r IN
+		SELECT p.s, pg_catalog.array_agg(p.l ORDER BY p.i) AS ls, pg_catalog.sum(p.d)::bigint AS d
+		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, l, d, i)
+		GROUP BY p.s ORDER BY p.s
+	LOOP
+		SELECT a.ledger INTO led FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+		FOREACH l IN ARRAY r.ls LOOP
+			led := led OPERATOR(crm.+) l;
+		END LOOP;
+		UPDATE crm.loyalty_account a SET ledger = led, debt = a.debt OPERATOR(pg_catalog.+) r.d, updated_at = pg_catalog.now()
+		WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+	END LOOP;
+	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ms);
+	PERFORM crm.loyalty_recompute_spends(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(c) ORDER BY 1));
+	-- Each survivor's tier, re-evaluated on its combined spend merge by merge
+	-- (crm.loyalty_merge_tier).  After a survivor's first merge, a merged
+	-- account at the lowest tier cannot change it (its tier held is what the
+	-- spend reaches, which the survivor's holds already), so only the first
+	-- merge and merged accounts above the lowest tier are evaluated.
+	FOR r IN
+		SELECT q.s, q.tier, q.tier_since
+		FROM (SELECT p.s, p.i, a.tier, a.tier_since, t.rank,
+		             pg_catalog.row_number() OVER (PARTITION BY p.s ORDER BY p.i) AS nth
+		      FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) WITH ORDINALITY p(s, m, i)
+		      JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m
+		      JOIN crm.tier t ON t.tier OPERATOR(pg_catalog.=) a.tier) q
+		WHERE q.nth OPERATOR(pg_catalog.=) 1 OR q.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(b.rank) FROM crm.tier b)
+		ORDER BY q.i
+	LOOP
+		SELECT a.tier, a.tier_since INTO cur FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+		PERFORM crm.loyalty_merge_tier(r.s, cur.tier, cur.tier_since, r.tier, r.tier_since);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): moves each merged customer''s points, debt and journal rows into its survivor (survivors[i] absorbed merged[i], in order) in one pass over the journal rows; each survivor''s tier is re-evaluated on its combined rolling spend (crm.loyalty_merge_tier); crm.loyalty_merge is its one-merge case';
+
+INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin, set_fn) VALUES
+	('merge', 'loyalty', 100, 'crm.loyalty_merge(bigint, bigint)', true, 'crm.loyalty_merge_set(bigint[], bigint[])'),
+	('unmerge', 'loyalty', 100, 'crm.loyalty_unmerge(bigint, bigint)', true, NULL);

@@ -30,6 +30,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datum.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -1323,4 +1324,139 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * The journal's guard
+ * ------------------------------------------------------------------------
+ */
+
+/* crm.customer's primary key and merged_into, per trigger (fn_extra). */
+typedef struct GuardState
+{
+	Oid			customer_relid;
+	Oid			pkey;
+	AttrNumber	merged_att;
+	AttrNumber	cust_att;
+	AttrNumber	origin_att;
+	/* the last move found along merges (a merge moves many rows alike) */
+	bool		move_ok_set;
+	int64		move_ok_origin;
+	int64		move_ok_target;
+} GuardState;
+
+static GuardState *
+guard_state(FunctionCallInfo fcinfo, Relation rel)
+{
+	GuardState *g = (GuardState *) fcinfo->flinfo->fn_extra;
+	Relation	crel;
+
+	if (g != NULL)
+		return g;
+	g = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(GuardState));
+	g->cust_att = crm_trigger_attnum(rel, "customer_id", "crm.points_journal_guard()");
+	g->origin_att = crm_trigger_attnum(rel, "origin_customer_id", "crm.points_journal_guard()");
+	g->customer_relid = crm_relid("customer");
+	crel = table_open(g->customer_relid, AccessShareLock);
+	g->pkey = RelationGetPrimaryKeyIndex(crel);
+	g->merged_att = crm_trigger_attnum(crel, "merged_into", "crm.points_journal_guard()");
+	table_close(crel, AccessShareLock);
+	fcinfo->flinfo->fn_extra = g;
+	return g;
+}
+
+/* Whether the update changed no column but customer_id. */
+static bool
+only_customer_changed(Relation rel, HeapTuple oldtup, HeapTuple newtup, AttrNumber cust_att)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		onull,
+					nnull;
+		Datum		o,
+					n;
+
+		if (att->attisdropped || att->attnum == cust_att)
+			continue;
+		o = heap_getattr(oldtup, att->attnum, desc, &onull);
+		n = heap_getattr(newtup, att->attnum, desc, &nnull);
+		if (onull != nnull || (!onull && !datumIsEqual(o, n, att->attbyval, att->attlen)))
+			return false;
+	}
+	return true;
+}
+
+/* Whether customer_id moved along the merges of the row's origin (origin.c's rule). */
+static bool
+moved_along_merges(GuardState *g, Relation rel, HeapTuple newtup)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		isnull;
+	int64		cust = DatumGetInt64(heap_getattr(newtup, g->cust_att, desc, &isnull));
+	int64		origin;
+
+	if (isnull)
+		return true;			/* NOT NULL reports it */
+	origin = DatumGetInt64(heap_getattr(newtup, g->origin_att, desc, &isnull));
+	if (isnull || origin == cust)
+		return true;
+	if (g->move_ok_set && g->move_ok_origin == origin && g->move_ok_target == cust)
+		return true;
+	if (crm_merge_walk(g->customer_relid, g->pkey, g->merged_att, origin, cust) != cust)
+		return false;
+	g->move_ok_set = true;
+	g->move_ok_origin = origin;
+	g->move_ok_target = cust;
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(crm_points_journal_guard);
+
+/*
+ * crm.points_journal_guard() RETURNS trigger
+ *		BEFORE UPDATE OR DELETE row trigger and BEFORE TRUNCATE statement
+ *		trigger on crm.points_journal: the journal is append-only.  Merges
+ *		and unmerges re-point rows along the merges of the customer records
+ *		as they stand: a row may move only to the record its points were
+ *		earned or spent on, or to a record that one is merged into, and
+ *		nothing else about it changes.  (A rule on the data, not a switch a
+ *		session could turn on.)  In C because a merge moves every journal
+ *		row of the merged record through it.
+ */
+Datum
+crm_points_journal_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	const char *op;
+
+	if (CALLED_AS_TRIGGER(fcinfo) && TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+	{
+		(void) crm_check_trigger(fcinfo, "crm.points_journal_guard()", CRM_TG_BEFORE, CRM_TG_STATEMENT,
+								 CRM_TG_TRUNCATE, 0);
+		op = "TRUNCATE";
+	}
+	else
+	{
+		(void) crm_check_trigger(fcinfo, "crm.points_journal_guard()", CRM_TG_BEFORE, CRM_TG_ROW,
+								 CRM_TG_UPDATE | CRM_TG_DELETE, 0);
+		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		{
+			GuardState *g = guard_state(fcinfo, td->tg_relation);
+
+			if (only_customer_changed(td->tg_relation, td->tg_trigtuple, td->tg_newtuple, g->cust_att) &&
+				moved_along_merges(g, td->tg_relation, td->tg_newtuple))
+				return PointerGetDatum(td->tg_newtuple);
+			op = "UPDATE";
+		}
+		else
+			op = "DELETE";
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("crm.points_journal is append-only: %s is not allowed", op),
+			 errhint("Corrections are new entries: use crm.adjust_points.")));
+	PG_RETURN_NULL();			/* not reached */
 }

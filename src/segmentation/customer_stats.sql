@@ -307,6 +307,41 @@ $$;
 COMMENT ON FUNCTION crm.segmentation_on_unmerge(bigint, bigint) IS
 	'Customer hook (unmerge): rebuilds stats, stage and rule tags of both records from their orders (manual tags stay with the survivor)';
 
-INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin) VALUES
-	('merge',   'segmentation', 300, 'crm.segmentation_on_merge(bigint, bigint)'::regprocedure, true),
-	('unmerge', 'segmentation', 300, 'crm.segmentation_on_unmerge(bigint, bigint)'::regprocedure, true);
+CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- crm.segmentation_on_merge for many merges at once (survivors[i] absorbed
+-- merged[i], in that order; batch stitching): manual tags move in one
+-- statement, and every record's stats are rebuilt once, in one pass over
+-- their orders, instead of the survivor's once per merge.
+BEGIN
+	-- manual tags of the merged records go to their survivors (the first
+	-- merged record's since wins, as merge by merge)
+	WITH moved AS (
+		INSERT INTO crm.customer_tag (tag_id, customer_id, since)
+		SELECT ct.tag_id, p.s, ct.since
+		FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
+		JOIN crm.customer_tag ct ON ct.customer_id = p.m
+		JOIN crm.tag t ON t.tag_id = ct.tag_id AND t.kind = 'manual'
+		ORDER BY p.i, ct.tag_id
+		ON CONFLICT DO NOTHING
+		RETURNING customer_id, tag_id)
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
+	SELECT moved.customer_id, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
+	WITH gone AS (
+		DELETE FROM crm.customer_tag ct USING crm.tag t
+		WHERE ct.customer_id = ANY (merged) AND t.tag_id = ct.tag_id AND t.kind = 'manual'
+		RETURNING ct.customer_id, ct.tag_id)
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
+	SELECT gone.customer_id, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
+	PERFORM crm.rebuild_customer_stats(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(survivors || merged) u(c) ORDER BY 1), NULL);
+END
+$$;
+COMMENT ON FUNCTION crm.segmentation_on_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): crm.segmentation_on_merge for many merges at once; every record''s stats, stage and rule tags rebuilt once';
+
+INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin, set_fn) VALUES
+	('merge',   'segmentation', 300, 'crm.segmentation_on_merge(bigint, bigint)'::regprocedure, true,
+	 'crm.segmentation_on_merge_set(bigint[], bigint[])'::regprocedure),
+	('unmerge', 'segmentation', 300, 'crm.segmentation_on_unmerge(bigint, bigint)'::regprocedure, true, NULL);

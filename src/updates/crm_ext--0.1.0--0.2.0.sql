@@ -324,29 +324,10 @@ COMMENT ON FUNCTION crm.loyalty_merged_along(bigint, bigint) IS
 	'Internal: is target the record itself or a record it is merged into now (directly or through others)';
 
 CREATE OR REPLACE FUNCTION crm.points_journal_guard() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	-- Merges and unmerges re-point rows along the merges of the customer
-	-- records as they stand: a row may move only to the record its points
-	-- were earned or spent on, or to a record that one is merged into.
-	-- Nothing else about a row ever changes.  (A rule on the data, not a
-	-- switch a session could turn on.)
-	IF TG_OP = 'UPDATE'
-	   AND (pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) 'customer_id'::text)
-	       OPERATOR(pg_catalog.=) (pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.-) 'customer_id'::text)
-	   AND crm.loyalty_merged_along(NEW.origin_customer_id, NEW.customer_id) THEN
-		RETURN NEW;
-	END IF;
-	RAISE EXCEPTION 'crm.points_journal is append-only: % is not allowed', TG_OP
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-		      HINT = 'Corrections are new entries: use crm.adjust_points.';
-END
-$$;
-
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_points_journal_guard';
 COMMENT ON FUNCTION crm.points_journal_guard() IS
-	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal; only customer_id may change, to the row''s origin or a record the origin is merged into';
+	'Rejects UPDATE, DELETE and TRUNCATE on crm.points_journal; only customer_id may change, to the row''s origin or a record the origin is merged into (in C: a merge moves every journal row of the merged record through it)';
+
 
 CREATE OR REPLACE FUNCTION crm.loyalty_merge(survivor bigint, merged bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
@@ -943,23 +924,33 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION crm.loyalty_recompute_spends(customer_ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- Which orders count and in which month is crm.spend_buckets' rule.
+	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
+		qualifying_spend = b.qualifying_spend,
+		updated_at = pg_catalog.now()
+	FROM (SELECT u.id, s.spend_month, s.spend_cents, s.qualifying_spend
+	      FROM pg_catalog.unnest(customer_ids) u(id),
+	           LATERAL (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
+	                    FROM crm.orders o
+	                    WHERE o.customer_id OPERATOR(pg_catalog.=) u.id) o,
+	           LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s) b
+	WHERE a.customer_id OPERATOR(pg_catalog.=) b.id;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_recompute_spends(bigint[]) IS
+	'Internal: rebuilds the monthly qualifying-spend buckets of the accounts of customer_ids from their orders (after merges), in one statement';
+
 CREATE OR REPLACE FUNCTION crm.loyalty_recompute_spend(customer_id bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	b record;
 BEGIN
-	-- Which orders count and in which month is crm.spend_buckets' rule.
-	SELECT s.spend_month, s.spend_cents, s.qualifying_spend INTO b
-	FROM (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
-	      FROM crm.orders o
-	      WHERE o.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id) o,
-	     LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s;
-	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
-		qualifying_spend = b.qualifying_spend,
-		updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) loyalty_recompute_spend.customer_id;
+	PERFORM crm.loyalty_recompute_spends(ARRAY[customer_id]);
 END
 $$;
 
@@ -1147,7 +1138,7 @@ COMMENT ON FUNCTION crm.loyalty_account_valid(bigint, bigint[]) IS
 COMMENT ON COLUMN crm.loyalty_account.spend_month IS 'Newest month with a qualifying order, as year * 12 + month - 1 in the programme time zone; never past the month after now()';
 COMMENT ON COLUMN crm.loyalty_account.spend_cents IS 'Qualifying spend in cents of spend_month (element 1) and the 12 months before it: one more than a rolling spend counts, so an order dated into next month keeps every month that counts now';
 COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
-	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges)';
+	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges): crm.loyalty_recompute_spends for one';
 
 -- ---------------------------------------------------------------------------
 -- Issue 13, defects 6 and 9: a golden customer is never itself merged (every
@@ -1368,9 +1359,8 @@ BEGIN
 	WHERE i.identity_id = x.identity_id AND x.rn = 1;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
-	FOREACH h IN ARRAY chained LOOP
-		PERFORM crm.run_customer_hooks('merge', crm.golden_customer(h), h);
-	END LOOP;
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT crm.golden_customer(u.h) FROM pg_catalog.unnest(chained) WITH ORDINALITY u(h, i) ORDER BY u.i),
+	                               chained);
 
 	graph := crm.identity_graph();
 
@@ -1475,11 +1465,10 @@ BEGIN
 	ORDER BY p.comp, p.rn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	merges := merges + n;
-	IF EXISTS (SELECT 1 FROM crm.customer_hook k WHERE k.event = 'merge') THEN
-		FOR comp IN SELECT p.survivor, p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn LOOP
-			PERFORM crm.run_customer_hooks('merge', comp.survivor, comp.merged);
-		END LOOP;
-	END IF;
+	-- The features move their state for all these merges at once (a hook's
+	-- set_fn makes that one pass over its rows, however large a component).
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.comp, p.rn),
+	                               ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn));
 
 	-- The careful path: the other components, merge by merge, under
 	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
@@ -1499,6 +1488,8 @@ BEGIN
 	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
 END
 $$;
+COMMENT ON FUNCTION crm.stitch_identities() IS
+	'Batch stitching: merges every component of crm.identity_graph() into its oldest golden customer under the kinds'' policies; idempotent; reports merges, new reviews and stray rows redirected';
 
 -- issue 13, defect 3: the tier policy (crm.tier_held, C) re-evaluates tiers at merges and unmerges
 CREATE FUNCTION crm.tier_held(tier text, tier_since timestamptz, spend_month integer, spend_cents bigint[], at timestamptz)
@@ -1648,39 +1639,16 @@ CREATE OR REPLACE FUNCTION crm.loyalty_merge(survivor bigint, merged bigint) RET
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	s crm.loyalty_account;
-	m crm.loyalty_account;
-	moved bigint;
 BEGIN
 	IF survivor OPERATOR(pg_catalog.=) merged THEN
 		RAISE EXCEPTION 'cannot merge customer % into itself', survivor USING ERRCODE = 'CR004';
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged) THEN
-		RETURN;		-- nothing to move
-	END IF;
-	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
-	-- Lock both accounts in customer-id order.
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, merged) ORDER BY a.customer_id FOR UPDATE;
-	SELECT * INTO s FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
-	SELECT * INTO m FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
-	moved := crm.ledger_total(m.ledger);
-	UPDATE crm.points_journal p SET customer_id = survivor WHERE p.customer_id OPERATOR(pg_catalog.=) merged;
-	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
-	VALUES (survivor, merged, 'merge', 0,
-	        pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', merged, survivor, moved, m.debt), pg_catalog.now());
-	UPDATE crm.loyalty_account a SET ledger = s.ledger OPERATOR(crm.+) m.ledger, debt = s.debt OPERATOR(pg_catalog.+) m.debt,
-		updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) survivor;
-	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) merged;
-	PERFORM crm.loyalty_recompute_spend(survivor);
-	PERFORM crm.loyalty_recompute_spend(merged);
-	PERFORM crm.loyalty_merge_tier(survivor, s.tier, s.tier_since, m.tier, m.tier_since);
+	-- One merge is the set form's smallest case (one owner of the rules).
+	PERFORM crm.loyalty_merge_set(ARRAY[survivor], ARRAY[merged]);
 END
 $$;
 COMMENT ON FUNCTION crm.loyalty_merge(bigint, bigint) IS
-	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor, whose tier is re-evaluated on the combined rolling spend (crm.loyalty_merge_tier)';
+	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor, whose tier is re-evaluated on the combined rolling spend (crm.loyalty_merge_set for one merge)';
 
 CREATE OR REPLACE FUNCTION crm.loyalty_unmerge(survivor bigint, restored bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
@@ -2221,3 +2189,231 @@ $$;
 COMMENT ON FUNCTION crm.merge_customers(bigint, bigint, text) IS
 	'Merges the golden customers of records a and b by hand (the oldest survives) and returns the merge_id; refused with CR004 when they are one customer already, 23503 for an unknown id';
 -- end of issue 13, defects 1, 7 and 8
+
+-- Merge hooks for many merges at once (batch stitching of large components)
+ALTER TABLE crm.customer_hook ADD COLUMN set_fn regprocedure;
+COMMENT ON COLUMN crm.customer_hook.set_fn IS 'Merge hooks only: fn for many merges at once, (survivors bigint[], merged bigint[]) pairs at the same index in merge order; NULL runs fn merge by merge';
+
+CREATE FUNCTION crm.check_registered_signature(what text, fn regprocedure, want_args oidvector, want_ret regtype)
+RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+BEGIN
+	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = fn;
+	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
+		RAISE EXCEPTION '% cannot run %', what, fn
+			USING ERRCODE = 'invalid_function_definition',
+			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
+			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
+			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_signature(text, regprocedure, oidvector, regtype) IS
+	'Internal: raises 42P13 unless fn takes want_args and returns want_ret (what names the registration in the message)';
+
+CREATE OR REPLACE FUNCTION crm.check_registered_function()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	want_args oidvector;
+	want_ret regtype;
+	what text;
+BEGIN
+	IF TG_TABLE_NAME = 'tick_task' THEN
+		want_args := '1184'::oidvector;
+		want_ret := 'bigint';
+		what := pg_catalog.format('tick task "%s"', NEW.task);
+	ELSIF NEW.event NOT IN ('merge', 'unmerge', 'forget') THEN
+		RETURN NEW;				-- customer_hook_event_valid reports it
+	ELSE
+		want_args := CASE WHEN NEW.event = 'forget' THEN '20'::oidvector ELSE '20 20'::oidvector END;
+		want_ret := 'void';
+		what := pg_catalog.format('%s hook "%s"', NEW.event, NEW.hook);
+	END IF;
+	PERFORM crm.check_registered_signature(what, NEW.fn, want_args, want_ret);
+	-- (tick_task has no set_fn column: look only on customer_hook)
+	IF TG_TABLE_NAME = 'customer_hook' THEN
+		IF NEW.set_fn IS NOT NULL AND NEW.event <> 'merge' THEN
+			RAISE EXCEPTION '% cannot have a set_fn', what
+				USING ERRCODE = 'invalid_function_definition',
+				      HINT = 'Only merge hooks run for many merges at once; leave set_fn NULL.';
+		ELSIF NEW.set_fn IS NOT NULL THEN
+			PERFORM crm.check_registered_signature(what || ' (set_fn)', NEW.set_fn, '1016 1016'::oidvector, 'void');
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
+
+CREATE FUNCTION crm.run_merge_hooks(survivors bigint[], merged bigint[])
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The merge hooks for many merges at once (survivors[i] absorbed merged[i],
+-- in that order): each hook in run_order runs its set_fn once, or its fn
+-- merge by merge.  Returns how many hooks ran.
+DECLARE
+	h record;
+	n integer := 0;
+BEGIN
+	IF pg_catalog.cardinality(survivors) <> pg_catalog.cardinality(merged)
+	   OR pg_catalog.array_position(survivors, NULL) IS NOT NULL OR pg_catalog.array_position(merged, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'merge hooks need one survivor per merged customer'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Pass two arrays of customer ids of the same length, without NULLs.';
+	END IF;
+	IF pg_catalog.cardinality(merged) = 0 THEN
+		RETURN 0;
+	END IF;
+	FOR h IN SELECT k.fn, k.set_fn FROM crm.customer_hook k WHERE k.event = 'merge' ORDER BY k.run_order LOOP
+		IF h.set_fn IS NOT NULL THEN
+			EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.set_fn::oid::regproc) USING survivors, merged;
+		ELSE
+			FOR i IN 1 .. pg_catalog.cardinality(merged) LOOP
+				EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.fn::oid::regproc) USING survivors[i], merged[i];
+			END LOOP;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.run_merge_hooks(bigint[], bigint[]) IS
+	'Runs the merge hooks for many merges at once (survivors[i] absorbed merged[i], in order): each hook''s set_fn once, or its fn merge by merge; returns how many hooks ran';
+DROP TRIGGER customer_hook_signature ON crm.customer_hook;
+CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set_fn ON crm.customer_hook
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+
+CREATE FUNCTION crm.loyalty_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The loyalty merge hook for many merges at once (survivors[i] absorbed
+-- merged[i], in that order; crm.loyalty_merge is one, batch stitching
+-- passes thousands): one statement per step over
+-- all pairs, and each survivor's account and spend written once, so a
+-- component of thousands of records costs one pass over its journal rows
+-- instead of one pass per merge.  No customer may be both a survivor and a
+-- merged one.
+DECLARE
+	ss bigint[];
+	ms bigint[];
+	ledgers crm.loyalty_ledger[];
+	debts bigint[];
+	r record;
+	led crm.loyalty_ledger;
+	l crm.loyalty_ledger;
+	cur record;
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_catalog.unnest(survivors) s(id) JOIN pg_catalog.unnest(merged) m(id)
+	           ON s.id OPERATOR(pg_catalog.=) m.id) THEN
+		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
+			USING ERRCODE = 'CR004';
+	END IF;
+	-- Pairs whose merged record has an account (the others have nothing to move).
+	SELECT pg_catalog.array_agg(p.s ORDER BY p.i), pg_catalog.array_agg(p.m ORDER BY p.i) INTO ss, ms
+	FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
+	WHERE EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.m);
+	IF ms IS NULL THEN
+		RETURN;
+	END IF;
+	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
+	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
+	-- Lock every account involved in customer-id order.
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ss OPERATOR(pg_catalog.||) ms)
+	ORDER BY a.customer_id FOR UPDATE;
+	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
+	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
+	UPDATE crm.points_journal j SET customer_id = p.s
+	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	SELECT p.s, p.m, 'merge', 0,
+	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),
+	       pg_catalog.now()
+	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, m, l, d, i) ORDER BY p.i;
+	-- Each survivor's ledger absorbs its merged ledgers, in merge order.
+	FOR r IN
+		SELECT p.s, pg_catalog.array_agg(p.l ORDER BY p.i) AS ls, pg_catalog.sum(p.d)::bigint AS d
+		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, l, d, i)
+		GROUP BY p.s ORDER BY p.s
+	LOOP
+		SELECT a.ledger INTO led FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+		FOREACH l IN ARRAY r.ls LOOP
+			led := led OPERATOR(crm.+) l;
+		END LOOP;
+		UPDATE crm.loyalty_account a SET ledger = led, debt = a.debt OPERATOR(pg_catalog.+) r.d, updated_at = pg_catalog.now()
+		WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+	END LOOP;
+	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ms);
+	PERFORM crm.loyalty_recompute_spends(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(c) ORDER BY 1));
+	-- Each survivor's tier, re-evaluated on its combined spend merge by merge
+	-- (crm.loyalty_merge_tier).  After a survivor's first merge, a merged
+	-- account at the lowest tier cannot change it (its tier held is what the
+	-- spend reaches, which the survivor's holds already), so only the first
+	-- merge and merged accounts above the lowest tier are evaluated.
+	FOR r IN
+		SELECT q.s, q.tier, q.tier_since
+		FROM (SELECT p.s, p.i, a.tier, a.tier_since, t.rank,
+		             pg_catalog.row_number() OVER (PARTITION BY p.s ORDER BY p.i) AS nth
+		      FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) WITH ORDINALITY p(s, m, i)
+		      JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m
+		      JOIN crm.tier t ON t.tier OPERATOR(pg_catalog.=) a.tier) q
+		WHERE q.nth OPERATOR(pg_catalog.=) 1 OR q.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(b.rank) FROM crm.tier b)
+		ORDER BY q.i
+	LOOP
+		SELECT a.tier, a.tier_since INTO cur FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+		PERFORM crm.loyalty_merge_tier(r.s, cur.tier, cur.tier_since, r.tier, r.tier_since);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): moves each merged customer''s points, debt and journal rows into its survivor (survivors[i] absorbed merged[i], in order) in one pass over the journal rows; each survivor''s tier is re-evaluated on its combined rolling spend (crm.loyalty_merge_tier); crm.loyalty_merge is its one-merge case';
+
+CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- crm.segmentation_on_merge for many merges at once (survivors[i] absorbed
+-- merged[i], in that order; batch stitching): manual tags move in one
+-- statement, and every record's stats are rebuilt once, in one pass over
+-- their orders, instead of the survivor's once per merge.
+BEGIN
+	-- manual tags of the merged records go to their survivors (the first
+	-- merged record's since wins, as merge by merge)
+	WITH moved AS (
+		INSERT INTO crm.customer_tag (tag_id, customer_id, since)
+		SELECT ct.tag_id, p.s, ct.since
+		FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
+		JOIN crm.customer_tag ct ON ct.customer_id = p.m
+		JOIN crm.tag t ON t.tag_id = ct.tag_id AND t.kind = 'manual'
+		ORDER BY p.i, ct.tag_id
+		ON CONFLICT DO NOTHING
+		RETURNING customer_id, tag_id)
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
+	SELECT moved.customer_id, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
+	WITH gone AS (
+		DELETE FROM crm.customer_tag ct USING crm.tag t
+		WHERE ct.customer_id = ANY (merged) AND t.tag_id = ct.tag_id AND t.kind = 'manual'
+		RETURNING ct.customer_id, ct.tag_id)
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
+	SELECT gone.customer_id, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
+	PERFORM crm.rebuild_customer_stats(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(survivors || merged) u(c) ORDER BY 1), NULL);
+END
+$$;
+COMMENT ON FUNCTION crm.segmentation_on_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): crm.segmentation_on_merge for many merges at once; every record''s stats, stage and rule tags rebuilt once';
+
+-- The builtin merge hooks do many merges at once through their set_fn.
+UPDATE crm.customer_hook SET set_fn = 'crm.loyalty_merge_set(bigint[], bigint[])'
+WHERE builtin AND event = 'merge' AND hook = 'loyalty';
+UPDATE crm.customer_hook SET set_fn = 'crm.segmentation_on_merge_set(bigint[], bigint[])'
+WHERE builtin AND event = 'merge' AND hook = 'segmentation';
