@@ -27,6 +27,7 @@
 #include "executor/tuptable.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 
 #include "crm_ext.h"
@@ -95,41 +96,50 @@ walk_to_golden(CustomerRel *c, int64 id, Snapshot snap, TupleTableSlot *slot, in
 	return true;
 }
 
+/* What lock_share did. */
+typedef enum ShareLockResult
+{
+	SHARE_LOCKED,				/* locked; slot holds the newest version */
+	SHARE_WOULD_BLOCK,			/* nowait: a merge or other writer holds the row */
+	SHARE_GONE					/* the row was deleted */
+} ShareLockResult;
+
 /*
  * Lock the row in slot FOR SHARE, as SELECT ... FOR SHARE would: in READ
  * COMMITTED the newest version is locked and left in slot (a merge that
  * committed meanwhile is seen); under REPEATABLE READ or SERIALIZABLE a row
- * changed since the snapshot is a serialization failure.  False when the
- * row was deleted.
+ * changed since the snapshot is a serialization failure.  With nowait,
+ * SHARE_WOULD_BLOCK instead of waiting.  tid: the row's, as read.
  */
-static bool
-lock_share(CustomerRel *c, TupleTableSlot *slot)
+static ShareLockResult
+lock_share(CustomerRel *c, TupleTableSlot *slot, ItemPointerData tid, bool nowait)
 {
 	TM_FailureData tmfd;
-	ItemPointerData tid = slot->tts_tid;
 	int			flags = IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION;
 	TM_Result	res = table_tuple_lock(c->rel, &tid, GetActiveSnapshot(), slot, GetCurrentCommandId(false),
-									   LockTupleShare, LockWaitBlock, flags, &tmfd);
+									   LockTupleShare, nowait ? LockWaitSkip : LockWaitBlock, flags, &tmfd);
 
 	switch (res)
 	{
 		case TM_Ok:
 			slot_getallattrs(slot);
-			return true;
+			return SHARE_LOCKED;
 		case TM_SelfModified:
 			/* this command changed it: it is ours already, as read */
-			return true;
+			return SHARE_LOCKED;
+		case TM_WouldBlock:
+			return SHARE_WOULD_BLOCK;
 		case TM_Updated:
 		case TM_Deleted:
 			if (IsolationUsesXactSnapshot())
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to concurrent update of a customer")));
-			return false;
+			return SHARE_GONE;
 		default:
 			elog(ERROR, "unexpected result %d locking a customer", (int) res);
 	}
-	return false;
+	return SHARE_GONE;
 }
 
 /* walk_to_golden with a snapshot taken now: what every committed merge left. */
@@ -144,10 +154,71 @@ latest_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
 }
 
 /*
+ * Whether the row locked in slot (golden g when walked to from id) is still
+ * id's golden: not merged since, and id still under it.  Only merges and
+ * unmerges change that, and they wait for the lock now.
+ */
+static bool
+still_golden(CustomerRel *c, int64 id, int64 g, TupleTableSlot *slot)
+{
+	bool		isnull;
+	int64		again;
+
+	(void) slot_getattr(slot, c->merged_att, &isnull);
+	if (!isnull)
+		return false;
+	return g == id || (latest_golden(c, id, slot, &again) && again == g);
+}
+
+/*
+ * One attempt that has to wait (a merge or unmerge holds the golden): wait
+ * for the lock in a subtransaction, and give it back by rolling that back
+ * when the golden changed meanwhile.  Keeping a lock on a customer that is
+ * no longer the golden while locking the new one would take step 1 of the
+ * lock order out of customer_id order.  Rare: the fast path takes no
+ * subtransaction.
+ */
+static ShareLockResult
+wait_for_golden(CustomerRel *c, int64 id, int64 g, TupleTableSlot *slot, bool *fresh)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ShareLockResult res;
+	ItemPointerData tid = slot->tts_tid;
+
+	/* the slot's buffer pin belongs to the transaction: drop it first */
+	ExecClearTuple(slot);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		res = lock_share(c, slot, tid, false);
+		*fresh = res == SHARE_LOCKED && still_golden(c, id, g, slot);
+	}
+	PG_CATCH();
+	{
+		ExecClearTuple(slot);
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	/* the slot's buffer pin belongs to the subtransaction: drop it first */
+	ExecClearTuple(slot);
+	if (*fresh)
+		ReleaseCurrentSubTransaction();
+	else
+		RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return res;
+}
+
+/*
  * Lock the golden customer of record id FOR SHARE; false when id is no
- * customer.  A merge or unmerge that committed while we waited moved id
- * under another golden: then that one is locked (the first lock is kept,
- * which is harmless: it was the golden a moment ago).
+ * customer.  A merge or unmerge in flight is waited for; if it moved id
+ * under another golden, that one is locked instead.
  */
 static bool
 lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
@@ -155,19 +226,18 @@ lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
 	for (int attempt = 0; attempt < RESOLVE_WALK_LIMIT; attempt++)
 	{
 		int64		g;
-		int64		again;
-		bool		isnull;
+		bool		fresh;
+		ShareLockResult res;
 
 		/* the walk leaves the golden's row in slot */
 		if (!latest_golden(c, id, slot, &g))
 			return false;
-		if (!lock_share(c, slot))
-			continue;			/* deleted meanwhile: look again */
-		(void) slot_getattr(slot, c->merged_att, &isnull);
-		if (!isnull)
-			continue;			/* merged meanwhile: lock its golden */
-		/* Only merges and unmerges change what id is under, and they wait for us now. */
-		if (g == id || (latest_golden(c, id, slot, &again) && again == g))
+		res = lock_share(c, slot, slot->tts_tid, true);
+		if (res == SHARE_LOCKED)
+			fresh = still_golden(c, id, g, slot);	/* a merge committed in between: rare */
+		else if (res == SHARE_WOULD_BLOCK)
+			res = wait_for_golden(c, id, g, slot, &fresh);
+		if (res == SHARE_LOCKED && fresh)
 		{
 			*golden = g;
 			return true;

@@ -188,14 +188,24 @@ BEGIN
 			END IF;
 			RETURN NULL;
 		END IF;
-		-- Lock both golden records in id order, so A->B and B->A at once
-		-- wait for each other instead of deadlocking.  FOR NO KEY UPDATE does
-		-- not block the foreign-key checks of concurrent inserts.
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
-		-- Another session may have merged one of them while we waited.
-		EXIT WHEN NOT EXISTS (SELECT 1 FROM crm.customer c
-		                      WHERE c.customer_id IN (ga, gb) AND c.merged_into IS NOT NULL);
+		-- Lock both golden records in id order (DEVELOPER.md, "Lock order"),
+		-- so A->B and B->A at once wait for each other instead of
+		-- deadlocking.  FOR NO KEY UPDATE does not block the foreign-key
+		-- checks of concurrent inserts.  Another session may have merged or
+		-- unmerged a record of theirs while we waited: a and b must still
+		-- resolve to the goldens locked (then nobody can change that until
+		-- we commit), else the locks are given back (the subtransaction
+		-- rolls back: a lock kept on a customer that is no longer golden
+		-- would take the next ones out of order) and both sides resolve again.
+		BEGIN
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) ORDER BY c.customer_id FOR NO KEY UPDATE;
+			IF crm.golden_customer(a) = ga AND crm.golden_customer(b) = gb THEN
+				EXIT;
+			END IF;
+			RAISE EXCEPTION USING ERRCODE = 'CR900';	-- internal, caught below
+		EXCEPTION WHEN SQLSTATE 'CR900' THEN
+			NULL;
+		END;
 	END LOOP;
 
 	IF EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) AND c.forgotten_at IS NOT NULL) THEN
@@ -365,8 +375,10 @@ BEGIN
 	END IF;
 
 	-- The golden customer the merged record is in now (the survivor, or
-	-- whoever the survivor was merged into since) and the merged record,
-	-- locked in id order; a merge that moved them meanwhile is followed.
+	-- whoever the survivor was merged into since), then the merged record
+	-- (a golden's records after the golden: DEVELOPER.md, "Lock order"); a
+	-- merge that moved them meanwhile is followed, its locks given back as
+	-- in crm.merge_goldens.
 	LOOP
 		g := crm.golden_customer(l.merged);
 		IF g = l.merged THEN
@@ -374,9 +386,16 @@ BEGIN
 				USING ERRCODE = 'CR004',
 				      HINT = 'crm.merge_log and crm.customer.merged_into disagree: crm.verify() lists such records.';
 		END IF;
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(g, l.merged) FOR NO KEY UPDATE;
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(g, l.merged) FOR NO KEY UPDATE;
-		EXIT WHEN crm.golden_customer(l.merged) = g;
+		BEGIN
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = g FOR NO KEY UPDATE;
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = l.merged FOR NO KEY UPDATE;
+			IF crm.golden_customer(l.merged) = g THEN
+				EXIT;
+			END IF;
+			RAISE EXCEPTION USING ERRCODE = 'CR900';	-- internal, caught below
+		EXCEPTION WHEN SQLSTATE 'CR900' THEN
+			NULL;
+		END;
 	END LOOP;
 	sub := crm.unmerge_subtree(l.merge_id);
 
@@ -545,6 +564,7 @@ DECLARE
 	reviews_before bigint;
 	n bigint;
 	chained bigint[];
+	strays bigint[];
 BEGIN
 	merges := 0;
 	rows_redirected := 0;
@@ -568,15 +588,18 @@ BEGIN
 		WHERE c.merged_into = ANY (chained);
 	END IF;
 
-	-- Rows inserted for records that were merged away meanwhile (a race
-	-- with a concurrent merge) go to their golden.
-	UPDATE crm.orders o SET customer_id = c.merged_into
-	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND o.customer_id = c.customer_id;
-	GET DIAGNOSTICS n = ROW_COUNT;
+	-- Rows left on records that were merged away (loaded with the origin
+	-- trigger off) go to their golden; the merge hooks below move what
+	-- they brought (points, stats, tags), as for the middle records.
+	WITH u AS (UPDATE crm.orders o SET customer_id = c.merged_into
+	           FROM crm.customer c WHERE c.merged_into IS NOT NULL AND o.customer_id = c.customer_id
+	           RETURNING c.customer_id AS rec)
+	SELECT pg_catalog.count(*), pg_catalog.array_agg(DISTINCT u.rec) INTO n, strays FROM u;
 	rows_redirected := rows_redirected + n;
-	UPDATE crm.event e SET customer_id = c.merged_into
-	FROM crm.customer c WHERE c.merged_into IS NOT NULL AND e.customer_id = c.customer_id;
-	GET DIAGNOSTICS n = ROW_COUNT;
+	WITH u AS (UPDATE crm.event e SET customer_id = c.merged_into
+	           FROM crm.customer c WHERE c.merged_into IS NOT NULL AND e.customer_id = c.customer_id
+	           RETURNING c.customer_id AS rec)
+	SELECT pg_catalog.count(*), coalesce(strays, '{}') || coalesce(pg_catalog.array_agg(DISTINCT u.rec), '{}') INTO n, strays FROM u;
 	rows_redirected := rows_redirected + n;
 	-- identities too, unless the golden holds the value (then they are
 	-- parked duplicates and stay); of several records of one golden that
@@ -595,6 +618,8 @@ BEGIN
 	WHERE i.identity_id = x.identity_id AND x.rn = 1;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
+	-- the middle records of chains and the records whose strays moved
+	chained := ARRAY(SELECT DISTINCT x.id FROM pg_catalog.unnest(chained || strays) x(id) ORDER BY 1);
 	PERFORM crm.run_merge_hooks(ARRAY(SELECT crm.golden_customer(u.h) FROM pg_catalog.unnest(chained) WITH ORDINALITY u(h, i) ORDER BY u.i),
 	                               chained);
 

@@ -492,10 +492,15 @@ lock_stats(Batch *b, const int64 *ids, int n)
 		int			ngot = 0,
 					left = 0;
 
-		/* a row deleted between its creation and our lock (a merge dropped it) is created again */
+		/*
+		 * Most customers have a row: lock first, create the missing ones in
+		 * the next round (a row deleted between its creation and our lock,
+		 * by a merge dropping it, is created again).
+		 */
 		if (round == 100)
 			elog(ERROR, "could not lock crm.customer_stats rows");
-		ensure_stats_rows(b, arr);
+		if (round > 0)
+			ensure_stats_rows(b, arr);
 		read_stats(b, arr, true);
 		got = palloc(sizeof(int64) * Max(SPI_processed, 1));
 		for (uint64 i = 0; i < SPI_processed; i++)

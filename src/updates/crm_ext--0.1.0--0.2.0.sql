@@ -1856,6 +1856,233 @@ END;
 COMMENT ON FUNCTION crm.unmerge_subtree(bigint) IS
 	'Internal: the records an unmerge of the merge takes back: its merged record and the records merged into that one (by merges not undone, recursively) that are still in the same golden customer';
 
+-- Merge hooks for many merges at once (batch stitching of large components)
+ALTER TABLE crm.customer_hook ADD COLUMN set_fn regprocedure;
+COMMENT ON COLUMN crm.customer_hook.set_fn IS 'Merge hooks only: fn for many merges at once, (survivors bigint[], merged bigint[]) pairs at the same index in merge order; NULL runs fn merge by merge';
+
+CREATE FUNCTION crm.check_registered_signature(what text, fn regprocedure, want_args oidvector, want_ret regtype)
+RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+BEGIN
+	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = fn;
+	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
+		RAISE EXCEPTION '% cannot run %', what, fn
+			USING ERRCODE = 'invalid_function_definition',
+			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
+			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
+			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_signature(text, regprocedure, oidvector, regtype) IS
+	'Internal: raises 42P13 unless fn takes want_args and returns want_ret (what names the registration in the message)';
+
+CREATE OR REPLACE FUNCTION crm.check_registered_function()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	want_args oidvector;
+	want_ret regtype;
+	what text;
+BEGIN
+	IF TG_TABLE_NAME = 'tick_task' THEN
+		want_args := '1184'::oidvector;
+		want_ret := 'bigint';
+		what := pg_catalog.format('tick task "%s"', NEW.task);
+	ELSIF NEW.event NOT IN ('merge', 'unmerge', 'forget') THEN
+		RETURN NEW;				-- customer_hook_event_valid reports it
+	ELSE
+		want_args := CASE WHEN NEW.event = 'forget' THEN '20'::oidvector ELSE '20 20'::oidvector END;
+		want_ret := 'void';
+		what := pg_catalog.format('%s hook "%s"', NEW.event, NEW.hook);
+	END IF;
+	PERFORM crm.check_registered_signature(what, NEW.fn, want_args, want_ret);
+	-- (tick_task has no set_fn column: look only on customer_hook)
+	IF TG_TABLE_NAME = 'customer_hook' THEN
+		IF NEW.set_fn IS NOT NULL AND NEW.event <> 'merge' THEN
+			RAISE EXCEPTION '% cannot have a set_fn', what
+				USING ERRCODE = 'invalid_function_definition',
+				      HINT = 'Only merge hooks run for many merges at once; leave set_fn NULL.';
+		ELSIF NEW.set_fn IS NOT NULL THEN
+			PERFORM crm.check_registered_signature(what || ' (set_fn)', NEW.set_fn, '1016 1016'::oidvector, 'void');
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
+
+CREATE FUNCTION crm.run_merge_hooks(survivors bigint[], merged bigint[])
+RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The merge hooks for many merges at once (survivors[i] absorbed merged[i],
+-- in that order): each hook in run_order runs its set_fn once, or its fn
+-- merge by merge.  Returns how many hooks ran.
+DECLARE
+	h record;
+	n integer := 0;
+BEGIN
+	IF pg_catalog.cardinality(survivors) <> pg_catalog.cardinality(merged)
+	   OR pg_catalog.array_position(survivors, NULL) IS NOT NULL OR pg_catalog.array_position(merged, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'merge hooks need one survivor per merged customer'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Pass two arrays of customer ids of the same length, without NULLs.';
+	END IF;
+	IF pg_catalog.cardinality(merged) = 0 THEN
+		RETURN 0;
+	END IF;
+	FOR h IN SELECT k.fn, k.set_fn FROM crm.customer_hook k WHERE k.event = 'merge' ORDER BY k.run_order LOOP
+		IF h.set_fn IS NOT NULL THEN
+			EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.set_fn::oid::regproc) USING survivors, merged;
+		ELSE
+			FOR i IN 1 .. pg_catalog.cardinality(merged) LOOP
+				EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.fn::oid::regproc) USING survivors[i], merged[i];
+			END LOOP;
+		END IF;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.run_merge_hooks(bigint[], bigint[]) IS
+	'Runs the merge hooks for many merges at once (survivors[i] absorbed merged[i], in order): each hook''s set_fn once, or its fn merge by merge; returns how many hooks ran';
+DROP TRIGGER customer_hook_signature ON crm.customer_hook;
+CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set_fn ON crm.customer_hook
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+
+CREATE FUNCTION crm.loyalty_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The loyalty merge hook for many merges at once (survivors[i] absorbed
+-- merged[i], in that order; crm.loyalty_merge is one, batch stitching
+-- passes thousands): one statement per step over
+-- all pairs, and each survivor's account and spend written once, so a
+-- component of thousands of records costs one pass over its journal rows
+-- instead of one pass per merge.  No customer may be both a survivor and a
+-- merged one.
+DECLARE
+	ss bigint[];
+	ms bigint[];
+	ledgers crm.loyalty_ledger[];
+	debts bigint[];
+	r record;
+	led crm.loyalty_ledger;
+	l crm.loyalty_ledger;
+	cur record;
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_catalog.unnest(survivors) s(id) JOIN pg_catalog.unnest(merged) m(id)
+	           ON s.id OPERATOR(pg_catalog.=) m.id) THEN
+		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
+			USING ERRCODE = 'CR004';
+	END IF;
+	-- Pairs whose merged record has an account (the others have nothing to move).
+	SELECT pg_catalog.array_agg(p.s ORDER BY p.i), pg_catalog.array_agg(p.m ORDER BY p.i) INTO ss, ms
+	FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
+	WHERE EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.m);
+	IF ms IS NULL THEN
+		RETURN;
+	END IF;
+	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
+	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
+	-- Lock every account involved in customer-id order.
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ss OPERATOR(pg_catalog.||) ms)
+	ORDER BY a.customer_id FOR UPDATE;
+	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
+	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
+	UPDATE crm.points_journal j SET customer_id = p.s
+	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
+	SELECT p.s, p.m, 'merge', 0,
+	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),
+	       pg_catalog.now()
+	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, m, l, d, i) ORDER BY p.i;
+	-- Each survivor's ledger absorbs its merged ledgers, in merge order.
+	FOR r IN
+		SELECT p.s, pg_catalog.array_agg(p.l ORDER BY p.i) AS ls, pg_catalog.sum(p.d)::bigint AS d
+		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, l, d, i)
+		GROUP BY p.s ORDER BY p.s
+	LOOP
+		SELECT a.ledger INTO led FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+		FOREACH l IN ARRAY r.ls LOOP
+			led := led OPERATOR(crm.+) l;
+		END LOOP;
+		UPDATE crm.loyalty_account a SET ledger = led, debt = a.debt OPERATOR(pg_catalog.+) r.d, updated_at = pg_catalog.now()
+		WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+	END LOOP;
+	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
+	WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ms);
+	PERFORM crm.loyalty_recompute_spends(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(c) ORDER BY 1));
+	-- Each survivor's tier, re-evaluated on its combined spend merge by merge
+	-- (crm.loyalty_merge_tier).  After a survivor's first merge, a merged
+	-- account at the lowest tier cannot change it (its tier held is what the
+	-- spend reaches, which the survivor's holds already), so only the first
+	-- merge and merged accounts above the lowest tier are evaluated.
+	FOR r IN
+		SELECT q.s, q.tier, q.tier_since
+		FROM (SELECT p.s, p.i, a.tier, a.tier_since, t.rank,
+		             pg_catalog.row_number() OVER (PARTITION BY p.s ORDER BY p.i) AS nth
+		      FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) WITH ORDINALITY p(s, m, i)
+		      JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m
+		      JOIN crm.tier t ON t.tier OPERATOR(pg_catalog.=) a.tier) q
+		WHERE q.nth OPERATOR(pg_catalog.=) 1 OR q.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(b.rank) FROM crm.tier b)
+		ORDER BY q.i
+	LOOP
+		SELECT a.tier, a.tier_since INTO cur FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
+		PERFORM crm.loyalty_merge_tier(r.s, cur.tier, cur.tier_since, r.tier, r.tier_since);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): moves each merged customer''s points, debt and journal rows into its survivor (survivors[i] absorbed merged[i], in order) in one pass over the journal rows; each survivor''s tier is re-evaluated on its combined rolling spend (crm.loyalty_merge_tier); crm.loyalty_merge is its one-merge case';
+
+CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- crm.segmentation_on_merge for many merges at once (survivors[i] absorbed
+-- merged[i], in that order; batch stitching): manual tags move in one
+-- statement, and every record's stats are rebuilt once, in one pass over
+-- their orders, instead of the survivor's once per merge.
+BEGIN
+	-- manual tags of the merged records go to their survivors (the first
+	-- merged record's since wins, as merge by merge)
+	WITH moved AS (
+		INSERT INTO crm.customer_tag (tag_id, customer_id, since)
+		SELECT ct.tag_id, p.s, ct.since
+		FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
+		JOIN crm.customer_tag ct ON ct.customer_id = p.m
+		JOIN crm.tag t ON t.tag_id = ct.tag_id AND t.kind = 'manual'
+		ORDER BY p.i, ct.tag_id
+		ON CONFLICT DO NOTHING
+		RETURNING customer_id, tag_id)
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
+	SELECT moved.customer_id, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
+	WITH gone AS (
+		DELETE FROM crm.customer_tag ct USING crm.tag t
+		WHERE ct.customer_id = ANY (merged) AND t.tag_id = ct.tag_id AND t.kind = 'manual'
+		RETURNING ct.customer_id, ct.tag_id)
+	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
+	SELECT gone.customer_id, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
+	PERFORM crm.rebuild_customer_stats(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(survivors || merged) u(c) ORDER BY 1), NULL);
+END
+$$;
+COMMENT ON FUNCTION crm.segmentation_on_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): crm.segmentation_on_merge for many merges at once; every record''s stats, stage and rule tags rebuilt once';
+
+-- The builtin merge hooks do many merges at once through their set_fn.
+UPDATE crm.customer_hook SET set_fn = 'crm.loyalty_merge_set(bigint[], bigint[])'
+WHERE builtin AND event = 'merge' AND hook = 'loyalty';
+UPDATE crm.customer_hook SET set_fn = 'crm.segmentation_on_merge_set(bigint[], bigint[])'
+WHERE builtin AND event = 'merge' AND hook = 'segmentation';
 
 -- ---------------------------------------------------------------------------
 -- Issue 13, defects 1, 7 and 8: a customer id at an entry point means its
@@ -2166,6 +2393,160 @@ END;
 COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
 	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';
 
+CREATE OR REPLACE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, reason text, via_identity_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: reason and via_identity_id may be NULL.
+-- Merges the golden customers of records a and b.  Returns the merge_id, or
+-- NULL when they are one customer already or (source online/batch) when a
+-- single-valued kind conflicts, which is written to crm.identity_review.
+-- source 'manual' raises CR004 instead of returning NULL.
+DECLARE
+	ga bigint;
+	gb bigint;
+	s bigint;
+	m bigint;
+	mem bigint[];
+	chained bigint[];
+	middle bigint;
+	conflict text;
+	via_kind text;
+	n_orders bigint;
+	n_events bigint;
+	n_ids bigint;
+	n_parked bigint;
+	mid bigint;
+BEGIN
+	IF a IS NULL OR b IS NULL OR source IS NULL THEN
+		RAISE EXCEPTION 'merging needs two customer ids'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	LOOP
+		-- Both sides resolve to their golden customers: merged_into is
+		-- followed to its end, so even a chain left by an older release
+		-- (a record merged into a record that was merged later) is merged
+		-- golden into golden, never a merged record into another one.
+		ga := crm.golden_customer(a);
+		gb := crm.golden_customer(b);
+		IF ga IS NULL OR gb IS NULL THEN
+			RAISE EXCEPTION 'merge refused: customer % does not exist', CASE WHEN ga IS NULL THEN a ELSE b END
+				USING ERRCODE = 'CR004';
+		END IF;
+		IF ga = gb THEN
+			IF source = 'manual' THEN
+				RAISE EXCEPTION 'merge refused: customers % and % are already one customer (%)', a, b, ga
+					USING ERRCODE = 'CR004';
+			END IF;
+			RETURN NULL;
+		END IF;
+		-- Lock both golden records in id order (DEVELOPER.md, "Lock order"),
+		-- so A->B and B->A at once wait for each other instead of
+		-- deadlocking.  FOR NO KEY UPDATE does not block the foreign-key
+		-- checks of concurrent inserts.  Another session may have merged or
+		-- unmerged a record of theirs while we waited: a and b must still
+		-- resolve to the goldens locked (then nobody can change that until
+		-- we commit), else the locks are given back (the subtransaction
+		-- rolls back: a lock kept on a customer that is no longer golden
+		-- would take the next ones out of order) and both sides resolve again.
+		BEGIN
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) ORDER BY c.customer_id FOR NO KEY UPDATE;
+			IF crm.golden_customer(a) = ga AND crm.golden_customer(b) = gb THEN
+				EXIT;
+			END IF;
+			RAISE EXCEPTION USING ERRCODE = 'CR900';	-- internal, caught below
+		EXCEPTION WHEN SQLSTATE 'CR900' THEN
+			NULL;
+		END;
+	END LOOP;
+
+	IF EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) AND c.forgotten_at IS NOT NULL) THEN
+		IF source <> 'manual' THEN
+			RETURN NULL;	-- stitching leaves forgotten customers alone
+		END IF;
+		RAISE EXCEPTION 'merge refused: a forgotten customer cannot be merged'
+			USING ERRCODE = 'CR004';
+	END IF;
+
+	-- The survivor is the oldest golden record (created_at, then id).
+	SELECT c.customer_id INTO s FROM crm.customer c WHERE c.customer_id IN (ga, gb)
+	ORDER BY c.created_at, c.customer_id LIMIT 1;
+	m := CASE WHEN s = ga THEN gb ELSE ga END;
+
+	IF source <> 'manual' THEN
+		-- A pair a person kept apart (or an unmerge separated) stays apart:
+		-- any record of one golden against any record of the other.
+		IF EXISTS (SELECT 1 FROM crm.identity_review r
+		           JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		           JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		           WHERE r.resolution = 'kept_apart'
+		             AND ((COALESCE(ca.merged_into, ca.customer_id) = s AND COALESCE(cb.merged_into, cb.customer_id) = m)
+		               OR (COALESCE(ca.merged_into, ca.customer_id) = m AND COALESCE(cb.merged_into, cb.customer_id) = s))) THEN
+			RETURN NULL;
+		END IF;
+		-- Two different values of a single-valued kind mean two people.
+		SELECT i1.kind INTO conflict
+		FROM crm.identity i1
+		JOIN crm.identity_kind k ON k.kind = i1.kind AND k.single_valued
+		JOIN crm.identity i2 ON i2.kind = i1.kind AND i2.customer_id = m AND i2.value <> i1.value
+		WHERE i1.customer_id = s
+		ORDER BY i1.kind LIMIT 1;
+		IF conflict IS NOT NULL THEN
+			SELECT i.kind INTO via_kind FROM crm.identity i WHERE i.identity_id = via_identity_id;
+			INSERT INTO crm.identity_review (customer_a, customer_b, conflict_kind, via_kind, source)
+			VALUES (LEAST(s, m), GREATEST(s, m), conflict, via_kind, source)
+			ON CONFLICT (customer_a, customer_b) WHERE resolved_at IS NULL DO NOTHING;
+			RETURN NULL;
+		END IF;
+	END IF;
+
+	-- The merged golden and every record under it (all of them point at m;
+	-- records chained below one of them by an older release too) move
+	-- under the survivor, so no record ends up merged into a merged one.
+	mem := ARRAY(WITH RECURSIVE down(id, depth) AS (
+	                 SELECT m, 0
+	                 UNION
+	                 SELECT c.customer_id, d.depth + 1 FROM down d
+	                 JOIN crm.customer c ON c.merged_into = d.id
+	                 WHERE d.depth < 1000)
+	             SELECT DISTINCT d.id FROM down d ORDER BY 1);
+	-- Members other records were merged into (only a chain left by an older
+	-- release has them): their points, stats and tags follow below.
+	chained := ARRAY(SELECT u.id FROM pg_catalog.unnest(mem) u(id)
+	                 WHERE u.id <> m AND EXISTS (SELECT 1 FROM crm.customer c WHERE c.merged_into = u.id)
+	                 ORDER BY 1);
+	UPDATE crm.customer c SET merged_into = s WHERE c.customer_id = ANY (mem);
+
+	-- Core rows of every member (strays inserted for a merged-away record
+	-- included) move to the survivor.
+	UPDATE crm.orders o SET customer_id = s WHERE o.customer_id = ANY (mem);
+	GET DIAGNOSTICS n_orders = ROW_COUNT;
+	UPDATE crm.event e SET customer_id = s WHERE e.customer_id = ANY (mem);
+	GET DIAGNOSTICS n_events = ROW_COUNT;
+	UPDATE crm.identity i SET customer_id = s
+	WHERE i.customer_id = m
+	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = s);
+	GET DIAGNOSTICS n_ids = ROW_COUNT;
+	SELECT pg_catalog.count(*) INTO n_parked FROM crm.identity i WHERE i.customer_id = m;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason, via_identity_id,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	VALUES (s, m, mem, source, reason, via_identity_id, n_orders, n_events, n_ids, n_parked)
+	RETURNING merge_id INTO mid;
+
+	-- Features with per-customer state (points, stats, tags) move theirs.
+	PERFORM crm.run_customer_hooks('merge', s, m);
+	FOREACH middle IN ARRAY chained LOOP
+		PERFORM crm.run_customer_hooks('merge', s, middle);
+	END LOOP;
+	RETURN mid;
+END
+$$;
+COMMENT ON FUNCTION crm.merge_goldens(bigint, bigint, text, text, bigint) IS
+	'Merges the golden customers of two records (the oldest survives), moves their rows, logs the merge and runs the merge hooks; used by crm.merge_customers and stitching';
+
 CREATE OR REPLACE FUNCTION crm.merge_customers(a bigint, b bigint, reason text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -2188,232 +2569,320 @@ END
 $$;
 COMMENT ON FUNCTION crm.merge_customers(bigint, bigint, text) IS
 	'Merges the golden customers of records a and b by hand (the oldest survives) and returns the merge_id; refused with CR004 when they are one customer already, 23503 for an unknown id';
--- end of issue 13, defects 1, 7 and 8
 
--- Merge hooks for many merges at once (batch stitching of large components)
-ALTER TABLE crm.customer_hook ADD COLUMN set_fn regprocedure;
-COMMENT ON COLUMN crm.customer_hook.set_fn IS 'Merge hooks only: fn for many merges at once, (survivors bigint[], merged bigint[]) pairs at the same index in merge order; NULL runs fn merge by merge';
-
-CREATE FUNCTION crm.check_registered_signature(what text, fn regprocedure, want_args oidvector, want_ret regtype)
-RETURNS void
-LANGUAGE plpgsql STABLE STRICT
+CREATE OR REPLACE FUNCTION crm.stitch_identities(OUT merges bigint, OUT reviews bigint, OUT rows_redirected bigint)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- No arguments.  Builds the identity graph with crm.id_merge_agg and merges
+-- every component's golden customers into its oldest one, under the same
+-- policies as online stitching.  Idempotent: a second run merges nothing.
 DECLARE
-	p record;
+	graph crm.id_merge;
+	comp record;
+	h bigint;
+	reviews_before bigint;
+	n bigint;
+	chained bigint[];
+	strays bigint[];
 BEGIN
-	SELECT f.proargtypes, f.prorettype, f.prokind, f.proretset INTO p FROM pg_catalog.pg_proc f WHERE f.oid = fn;
-	IF p.proargtypes::text <> want_args::text OR p.prorettype <> want_ret OR p.prokind <> 'f' OR p.proretset THEN
-		RAISE EXCEPTION '% cannot run %', what, fn
-			USING ERRCODE = 'invalid_function_definition',
-			      HINT = pg_catalog.format('The function must take (%s) and return %s.',
-			                               (SELECT pg_catalog.string_agg(t::regtype::text, ', ')
-			                                FROM pg_catalog.unnest(want_args::oid[]) t), want_ret);
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION crm.check_registered_signature(text, regprocedure, oidvector, regtype) IS
-	'Internal: raises 42P13 unless fn takes want_args and returns want_ret (what names the registration in the message)';
+	merges := 0;
+	rows_redirected := 0;
+	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
 
-CREATE OR REPLACE FUNCTION crm.check_registered_function()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	want_args oidvector;
-	want_ret regtype;
-	what text;
-BEGIN
-	IF TG_TABLE_NAME = 'tick_task' THEN
-		want_args := '1184'::oidvector;
-		want_ret := 'bigint';
-		what := pg_catalog.format('tick task "%s"', NEW.task);
-	ELSIF NEW.event NOT IN ('merge', 'unmerge', 'forget') THEN
-		RETURN NEW;				-- customer_hook_event_valid reports it
-	ELSE
-		want_args := CASE WHEN NEW.event = 'forget' THEN '20'::oidvector ELSE '20 20'::oidvector END;
-		want_ret := 'void';
-		what := pg_catalog.format('%s hook "%s"', NEW.event, NEW.hook);
+	-- Chains an older release left (a record merged into a record that was
+	-- merged later, as 0.1.0's batch stitching made after manual merges):
+	-- every record points at its golden again; the middle records' rows
+	-- follow with the strays below, then the merge hooks move the points,
+	-- stats and tags they still hold to the golden.
+	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
+	                 JOIN crm.customer p ON p.customer_id = c.merged_into
+	                 WHERE c.merged_into IS NOT NULL AND p.merged_into IS NOT NULL
+	                 ORDER BY 1);
+	IF chained <> '{}' THEN
+		PERFORM 1 FROM crm.customer c
+		WHERE c.customer_id IN (SELECT u.id FROM pg_catalog.unnest(chained) u(id)
+		                        UNION SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id))
+		ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+		UPDATE crm.customer c SET merged_into = crm.golden_customer(c.customer_id)
+		WHERE c.merged_into = ANY (chained);
 	END IF;
-	PERFORM crm.check_registered_signature(what, NEW.fn, want_args, want_ret);
-	-- (tick_task has no set_fn column: look only on customer_hook)
-	IF TG_TABLE_NAME = 'customer_hook' THEN
-		IF NEW.set_fn IS NOT NULL AND NEW.event <> 'merge' THEN
-			RAISE EXCEPTION '% cannot have a set_fn', what
-				USING ERRCODE = 'invalid_function_definition',
-				      HINT = 'Only merge hooks run for many merges at once; leave set_fn NULL.';
-		ELSIF NEW.set_fn IS NOT NULL THEN
-			PERFORM crm.check_registered_signature(what || ' (set_fn)', NEW.set_fn, '1016 1016'::oidvector, 'void');
-		END IF;
-	END IF;
-	RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
 
-CREATE FUNCTION crm.run_merge_hooks(survivors bigint[], merged bigint[])
-RETURNS integer
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
--- The merge hooks for many merges at once (survivors[i] absorbed merged[i],
--- in that order): each hook in run_order runs its set_fn once, or its fn
--- merge by merge.  Returns how many hooks ran.
-DECLARE
-	h record;
-	n integer := 0;
-BEGIN
-	IF pg_catalog.cardinality(survivors) <> pg_catalog.cardinality(merged)
-	   OR pg_catalog.array_position(survivors, NULL) IS NOT NULL OR pg_catalog.array_position(merged, NULL) IS NOT NULL THEN
-		RAISE EXCEPTION 'merge hooks need one survivor per merged customer'
-			USING ERRCODE = 'invalid_parameter_value',
-			      HINT = 'Pass two arrays of customer ids of the same length, without NULLs.';
-	END IF;
-	IF pg_catalog.cardinality(merged) = 0 THEN
-		RETURN 0;
-	END IF;
-	FOR h IN SELECT k.fn, k.set_fn FROM crm.customer_hook k WHERE k.event = 'merge' ORDER BY k.run_order LOOP
-		IF h.set_fn IS NOT NULL THEN
-			EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.set_fn::oid::regproc) USING survivors, merged;
-		ELSE
-			FOR i IN 1 .. pg_catalog.cardinality(merged) LOOP
-				EXECUTE pg_catalog.format('SELECT %s($1, $2)', h.fn::oid::regproc) USING survivors[i], merged[i];
-			END LOOP;
-		END IF;
-		n := n + 1;
-	END LOOP;
-	RETURN n;
-END
-$$;
-COMMENT ON FUNCTION crm.run_merge_hooks(bigint[], bigint[]) IS
-	'Runs the merge hooks for many merges at once (survivors[i] absorbed merged[i], in order): each hook''s set_fn once, or its fn merge by merge; returns how many hooks ran';
-DROP TRIGGER customer_hook_signature ON crm.customer_hook;
-CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set_fn ON crm.customer_hook
-	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+	-- Rows left on records that were merged away (loaded with the origin
+	-- trigger off) go to their golden; the merge hooks below move what
+	-- they brought (points, stats, tags), as for the middle records.
+	WITH u AS (UPDATE crm.orders o SET customer_id = c.merged_into
+	           FROM crm.customer c WHERE c.merged_into IS NOT NULL AND o.customer_id = c.customer_id
+	           RETURNING c.customer_id AS rec)
+	SELECT pg_catalog.count(*), pg_catalog.array_agg(DISTINCT u.rec) INTO n, strays FROM u;
+	rows_redirected := rows_redirected + n;
+	WITH u AS (UPDATE crm.event e SET customer_id = c.merged_into
+	           FROM crm.customer c WHERE c.merged_into IS NOT NULL AND e.customer_id = c.customer_id
+	           RETURNING c.customer_id AS rec)
+	SELECT pg_catalog.count(*), coalesce(strays, '{}') || coalesce(pg_catalog.array_agg(DISTINCT u.rec), '{}') INTO n, strays FROM u;
+	rows_redirected := rows_redirected + n;
+	-- identities too, unless the golden holds the value (then they are
+	-- parked duplicates and stay); of several records of one golden that
+	-- hold the same stray value, the lowest identity_id moves and the
+	-- others stay parked on their records (unmerge finds them there).
+	WITH cand AS (
+		SELECT i.identity_id, c.merged_into AS golden,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, c.merged_into ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm.customer c ON i.customer_id = c.customer_id
+		WHERE c.merged_into IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into)
+	)
+	UPDATE crm.identity i SET customer_id = x.golden
+	FROM cand x
+	WHERE i.identity_id = x.identity_id AND x.rn = 1;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	rows_redirected := rows_redirected + n;
+	-- the middle records of chains and the records whose strays moved
+	chained := ARRAY(SELECT DISTINCT x.id FROM pg_catalog.unnest(chained || strays) x(id) ORDER BY 1);
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT crm.golden_customer(u.h) FROM pg_catalog.unnest(chained) WITH ORDINALITY u(h, i) ORDER BY u.i),
+	                               chained);
 
-CREATE FUNCTION crm.loyalty_merge_set(survivors bigint[], merged bigint[]) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
--- The loyalty merge hook for many merges at once (survivors[i] absorbed
--- merged[i], in that order; crm.loyalty_merge is one, batch stitching
--- passes thousands): one statement per step over
--- all pairs, and each survivor's account and spend written once, so a
--- component of thousands of records costs one pass over its journal rows
--- instead of one pass per merge.  No customer may be both a survivor and a
--- merged one.
-DECLARE
-	ss bigint[];
-	ms bigint[];
-	ledgers crm.loyalty_ledger[];
-	debts bigint[];
-	r record;
-	led crm.loyalty_ledger;
-	l crm.loyalty_ledger;
-	cur record;
-BEGIN
-	IF EXISTS (SELECT 1 FROM pg_catalog.unnest(survivors) s(id) JOIN pg_catalog.unnest(merged) m(id)
-	           ON s.id OPERATOR(pg_catalog.=) m.id) THEN
-		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
-			USING ERRCODE = 'CR004';
-	END IF;
-	-- Pairs whose merged record has an account (the others have nothing to move).
-	SELECT pg_catalog.array_agg(p.s ORDER BY p.i), pg_catalog.array_agg(p.m ORDER BY p.i) INTO ss, ms
-	FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
-	WHERE EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.m);
-	IF ms IS NULL THEN
-		RETURN;
-	END IF;
-	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
-	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
-	-- Lock every account involved in customer-id order.
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ss OPERATOR(pg_catalog.||) ms)
-	ORDER BY a.customer_id FOR UPDATE;
-	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
-	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
-	UPDATE crm.points_journal j SET customer_id = p.s
-	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
-	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
-	SELECT p.s, p.m, 'merge', 0,
-	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),
-	       pg_catalog.now()
-	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, m, l, d, i) ORDER BY p.i;
-	-- Each survivor's ledger absorbs its merged ledgers, in merge order.
-	FOR r IN
-		SELECT p.s, pg_catalog.array_agg(p.l ORDER BY p.i) AS ls, pg_catalog.sum(p.d)::bigint AS d
-		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ledgers), pg_catalog.unnest(debts)) WITH ORDINALITY p(s, l, d, i)
-		GROUP BY p.s ORDER BY p.s
+	graph := crm.identity_graph();
+
+	-- Every component with more than one golden customer: one row per
+	-- golden, the oldest (created_at, id) first.  The graph links records;
+	-- merges made meanwhile (by hand, say) link them too: two components
+	-- whose records share a golden customer are one component, so each
+	-- golden is in exactly one and is merged at most once, into the
+	-- survivor of the whole, never into a golden merged in the same pass.
+	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS
+	WITH rg AS MATERIALIZED (
+		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
+		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
+	), g AS (
+		SELECT DISTINCT j.golden AS comp, rg.cust
+		FROM crm.id_merge_groups((SELECT crm.id_merge_agg(r.comp, r.cust) FROM rg r)) j
+		JOIN rg ON rg.cust = j.member
+	)
+	SELECT g.comp, g.cust,
+	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
+	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
+	FROM g JOIN crm.customer c ON c.customer_id = g.cust
+	WHERE c.forgotten_at IS NULL;
+	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
+	ANALYZE crm_stitch_golden;
+
+	-- Components that need the careful path, merge by merge: a single-valued
+	-- kind with two values among its goldens, or a pair kept apart.
+	CREATE TEMP TABLE crm_stitch_pair ON COMMIT DROP AS
+	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn
+	FROM crm_stitch_golden g JOIN crm_stitch_golden s ON s.comp = g.comp AND s.rn = 1
+	WHERE g.rn > 1
+	  AND g.comp NOT IN (
+		SELECT x.comp FROM crm_stitch_golden x
+		JOIN crm.identity i ON i.customer_id = x.cust
+		JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
+		GROUP BY x.comp, i.kind HAVING pg_catalog.count(DISTINCT i.value) > 1
+		UNION
+		SELECT x.comp FROM crm.identity_review r
+		JOIN crm.customer ca ON ca.customer_id = r.customer_a
+		JOIN crm.customer cb ON cb.customer_id = r.customer_b
+		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
+		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
+		WHERE r.resolution = 'kept_apart');
+	ANALYZE crm_stitch_pair;
+
+	-- The fast path, set-based: lock every golden involved in id order,
+	-- drop components a concurrent merge changed meanwhile (the careful
+	-- path takes them), then move everything in one statement per table.
+	PERFORM 1 FROM crm.customer c
+	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
+	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
+		UNION
+		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL);
+	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
+	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
+	UNION ALL
+	SELECT p.survivor, p.merged, c.customer_id FROM crm_stitch_pair p JOIN crm.customer c ON c.merged_into = p.merged;
+	CREATE TEMP TABLE crm_stitch_count (what text, merged bigint, cnt bigint) ON COMMIT DROP;
+	ANALYZE crm_stitch_member;
+
+	UPDATE crm.customer c SET merged_into = m.survivor FROM crm_stitch_member m WHERE c.customer_id = m.member;
+	WITH u AS (UPDATE crm.orders o SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE o.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'orders', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	WITH u AS (UPDATE crm.event e SET customer_id = m.survivor FROM crm_stitch_member m
+	           WHERE e.customer_id = m.member RETURNING m.merged)
+	INSERT INTO crm_stitch_count SELECT 'events', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	-- Identities of each merged golden move unless the survivor holds the
+	-- value already, or another merged golden of the component moves the
+	-- same value in this pass (the lowest identity_id moves, the rest stay).
+	WITH cand AS (
+		SELECT i.identity_id, p.survivor, p.merged,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, p.survivor ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm_stitch_pair p ON i.customer_id = p.merged
+		WHERE NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = p.survivor)
+	), u AS (
+		UPDATE crm.identity i SET customer_id = c.survivor FROM cand c
+		WHERE i.identity_id = c.identity_id AND c.rn = 1 RETURNING c.merged
+	)
+	INSERT INTO crm_stitch_count SELECT 'identities', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	INSERT INTO crm_stitch_count
+	SELECT 'parked', i.customer_id, pg_catalog.count(*) FROM crm.identity i
+	WHERE i.customer_id IN (SELECT p.merged FROM crm_stitch_pair p) GROUP BY i.customer_id;
+
+	INSERT INTO crm.merge_log (survivor, merged, members, source, reason,
+	                           orders_moved, events_moved, identities_moved, identities_parked)
+	SELECT p.survivor, p.merged, mm.members, 'batch', 'batch stitching',
+	       COALESCE(k.orders, 0), COALESCE(k.events, 0), COALESCE(k.identities, 0), COALESCE(k.parked, 0)
+	FROM crm_stitch_pair p
+	JOIN (SELECT m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
+	      FROM crm_stitch_member m GROUP BY m.merged) mm ON mm.merged = p.merged
+	LEFT JOIN (SELECT c.merged,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'orders') AS orders,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'events') AS events,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'identities') AS identities,
+	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'parked') AS parked
+	           FROM crm_stitch_count c GROUP BY c.merged) k ON k.merged = p.merged
+	ORDER BY p.comp, p.rn;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	merges := merges + n;
+	-- The features move their state for all these merges at once (a hook's
+	-- set_fn makes that one pass over its rows, however large a component).
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.comp, p.rn),
+	                               ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn));
+
+	-- The careful path: the other components, merge by merge, under
+	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
+	FOR comp IN
+		SELECT g.comp, pg_catalog.array_agg(g.cust ORDER BY g.rn) AS goldens
+		FROM crm_stitch_golden g
+		WHERE g.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+		GROUP BY g.comp ORDER BY g.comp
 	LOOP
-		SELECT a.ledger INTO led FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
-		FOREACH l IN ARRAY r.ls LOOP
-			led := led OPERATOR(crm.+) l;
+		FOREACH h IN ARRAY comp.goldens[2:] LOOP
+			IF crm.merge_goldens(comp.goldens[1], h, 'batch', 'batch stitching', NULL) IS NOT NULL THEN
+				merges := merges + 1;
+			END IF;
 		END LOOP;
-		UPDATE crm.loyalty_account a SET ledger = led, debt = a.debt OPERATOR(pg_catalog.+) r.d, updated_at = pg_catalog.now()
-		WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
 	END LOOP;
-	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ms);
-	PERFORM crm.loyalty_recompute_spends(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(c) ORDER BY 1));
-	-- Each survivor's tier, re-evaluated on its combined spend merge by merge
-	-- (crm.loyalty_merge_tier).  After a survivor's first merge, a merged
-	-- account at the lowest tier cannot change it (its tier held is what the
-	-- spend reaches, which the survivor's holds already), so only the first
-	-- merge and merged accounts above the lowest tier are evaluated.
-	FOR r IN
-		SELECT q.s, q.tier, q.tier_since
-		FROM (SELECT p.s, p.i, a.tier, a.tier_since, t.rank,
-		             pg_catalog.row_number() OVER (PARTITION BY p.s ORDER BY p.i) AS nth
-		      FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) WITH ORDINALITY p(s, m, i)
-		      JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m
-		      JOIN crm.tier t ON t.tier OPERATOR(pg_catalog.=) a.tier) q
-		WHERE q.nth OPERATOR(pg_catalog.=) 1 OR q.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(b.rank) FROM crm.tier b)
-		ORDER BY q.i
-	LOOP
-		SELECT a.tier, a.tier_since INTO cur FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
-		PERFORM crm.loyalty_merge_tier(r.s, cur.tier, cur.tier_since, r.tier, r.tier_since);
-	END LOOP;
+	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_member, pg_temp.crm_stitch_count;
+	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
 END
 $$;
-COMMENT ON FUNCTION crm.loyalty_merge_set(bigint[], bigint[]) IS
-	'Customer hook (merge, set_fn): moves each merged customer''s points, debt and journal rows into its survivor (survivors[i] absorbed merged[i], in order) in one pass over the journal rows; each survivor''s tier is re-evaluated on its combined rolling spend (crm.loyalty_merge_tier); crm.loyalty_merge is its one-merge case';
+COMMENT ON FUNCTION crm.stitch_identities() IS
+	'Batch stitching: merges every component of crm.identity_graph() into its oldest golden customer under the kinds'' policies; idempotent; reports merges, new reviews and stray rows redirected';
 
-CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT
+CREATE OR REPLACE FUNCTION crm.unmerge(merge_id bigint, cascade boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
--- crm.segmentation_on_merge for many merges at once (survivors[i] absorbed
--- merged[i], in that order; batch stitching): manual tags move in one
--- statement, and every record's stats are rebuilt once, in one pass over
--- their orders, instead of the survivor's once per merge.
+-- Not STRICT: a NULL merge_id or cascade raises an error.
+-- Undoes one merge, selectively: the merged record and the records under it
+-- (merged into it by merges not undone, crm.unmerge_subtree) leave the
+-- golden customer they are in now with exactly the rows that arrived on
+-- them (origin_customer_id), also rows added since; the golden keeps
+-- everything else, so merges made later stay as they are.  cascade undoes
+-- the later merges of the same customers first, newest first.  Returns the
+-- number of merges undone.
+DECLARE
+	l crm.merge_log;
+	later bigint;
+	n bigint := 0;
+	who bigint[];
+	g bigint;
+	sub bigint[];
 BEGIN
-	-- manual tags of the merged records go to their survivors (the first
-	-- merged record's since wins, as merge by merge)
-	WITH moved AS (
-		INSERT INTO crm.customer_tag (tag_id, customer_id, since)
-		SELECT ct.tag_id, p.s, ct.since
-		FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
-		JOIN crm.customer_tag ct ON ct.customer_id = p.m
-		JOIN crm.tag t ON t.tag_id = ct.tag_id AND t.kind = 'manual'
-		ORDER BY p.i, ct.tag_id
-		ON CONFLICT DO NOTHING
-		RETURNING customer_id, tag_id)
-	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
-	SELECT moved.customer_id, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
-	WITH gone AS (
-		DELETE FROM crm.customer_tag ct USING crm.tag t
-		WHERE ct.customer_id = ANY (merged) AND t.tag_id = ct.tag_id AND t.kind = 'manual'
-		RETURNING ct.customer_id, ct.tag_id)
-	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
-	SELECT gone.customer_id, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
-	PERFORM crm.rebuild_customer_stats(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(survivors || merged) u(c) ORDER BY 1), NULL);
+	IF merge_id IS NULL THEN
+		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF cascade IS NULL THEN
+		RAISE EXCEPTION 'cascade of crm.unmerge must be true or false, not NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+			      HINT = 'Leave it out (false) to undo this merge alone, or pass cascade => true to undo the later merges of the same customers too.';
+	END IF;
+	SELECT * INTO l FROM crm.merge_log ml WHERE ml.merge_id = unmerge.merge_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unmerge refused: merge % does not exist', merge_id
+			USING ERRCODE = 'CR004',
+			      HINT = 'crm.merge_log lists every merge; a merged record''s merge is the row whose merged is that record and undone_at is NULL.';
+	END IF;
+	IF l.undone_at IS NOT NULL THEN
+		RAISE EXCEPTION 'unmerge refused: merge % was already undone', merge_id
+			USING ERRCODE = 'CR004',
+			      HINT = 'crm.merge_log.undone_at and undone_by say when and by whom; crm.merge_customers merges the customers again.';
+	END IF;
+
+	IF cascade THEN
+		who := l.members || l.survivor;
+		FOR later IN
+			SELECT ml.merge_id FROM crm.merge_log ml
+			WHERE ml.merge_id > l.merge_id AND ml.undone_at IS NULL
+			  AND (ml.survivor = ANY (who) OR ml.merged = ANY (who))
+			ORDER BY ml.merge_id DESC
+		LOOP
+			-- an earlier iteration may have undone it already
+			IF (SELECT ml.undone_at IS NULL FROM crm.merge_log ml WHERE ml.merge_id = later) THEN
+				n := n + crm.unmerge(later, true);
+			END IF;
+		END LOOP;
+	END IF;
+
+	-- The golden customer the merged record is in now (the survivor, or
+	-- whoever the survivor was merged into since), then the merged record
+	-- (a golden's records after the golden: DEVELOPER.md, "Lock order"); a
+	-- merge that moved them meanwhile is followed, its locks given back as
+	-- in crm.merge_goldens.
+	LOOP
+		g := crm.golden_customer(l.merged);
+		IF g = l.merged THEN
+			RAISE EXCEPTION 'unmerge refused: merge % is not undone, but customer % is not merged', l.merge_id, l.merged
+				USING ERRCODE = 'CR004',
+				      HINT = 'crm.merge_log and crm.customer.merged_into disagree: crm.verify() lists such records.';
+		END IF;
+		BEGIN
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = g FOR NO KEY UPDATE;
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = l.merged FOR NO KEY UPDATE;
+			IF crm.golden_customer(l.merged) = g THEN
+				EXIT;
+			END IF;
+			RAISE EXCEPTION USING ERRCODE = 'CR900';	-- internal, caught below
+		EXCEPTION WHEN SQLSTATE 'CR900' THEN
+			NULL;
+		END;
+	END LOOP;
+	sub := crm.unmerge_subtree(l.merge_id);
+
+	UPDATE crm.customer c
+	SET merged_into = CASE WHEN c.customer_id = l.merged THEN NULL ELSE l.merged END
+	WHERE c.customer_id = ANY (sub);
+	-- Every row that arrived on one of these records goes back (attribution
+	-- by origin_customer_id, also for rows added since the merge); the
+	-- golden keeps the rows of its other records.
+	UPDATE crm.orders o SET customer_id = l.merged
+	WHERE o.customer_id = g AND o.origin_customer_id = ANY (sub);
+	UPDATE crm.event e SET customer_id = l.merged
+	WHERE e.customer_id = g AND e.origin_customer_id = ANY (sub);
+	UPDATE crm.identity i SET customer_id = l.merged
+	WHERE i.customer_id = g AND i.origin_customer_id = ANY (sub);
+
+	UPDATE crm.merge_log x SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
+	WHERE x.merge_id = l.merge_id;
+	-- Stitching must not merge the pair a person separated again: only
+	-- that pair is kept apart (delete the row to let stitching decide
+	-- again), never the golden's other records.
+	UPDATE crm.identity_review r SET resolved_at = pg_catalog.now(), resolution = 'kept_apart', merge_id = l.merge_id
+	WHERE r.customer_a = LEAST(l.survivor, l.merged) AND r.customer_b = GREATEST(l.survivor, l.merged) AND r.resolved_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO crm.identity_review (customer_a, customer_b, source, merge_id, resolved_at, resolution)
+		VALUES (LEAST(l.survivor, l.merged), GREATEST(l.survivor, l.merged), 'unmerge', l.merge_id, pg_catalog.now(), 'kept_apart');
+	END IF;
+	-- Points, stats and tags: the hooks see the golden and the record restored.
+	PERFORM crm.run_customer_hooks('unmerge', g, l.merged);
+	RETURN n + 1;
 END
 $$;
-COMMENT ON FUNCTION crm.segmentation_on_merge_set(bigint[], bigint[]) IS
-	'Customer hook (merge, set_fn): crm.segmentation_on_merge for many merges at once; every record''s stats, stage and rule tags rebuilt once';
-
--- The builtin merge hooks do many merges at once through their set_fn.
-UPDATE crm.customer_hook SET set_fn = 'crm.loyalty_merge_set(bigint[], bigint[])'
-WHERE builtin AND event = 'merge' AND hook = 'loyalty';
-UPDATE crm.customer_hook SET set_fn = 'crm.segmentation_on_merge_set(bigint[], bigint[])'
-WHERE builtin AND event = 'merge' AND hook = 'segmentation';
+COMMENT ON FUNCTION crm.unmerge(bigint, boolean) IS
+	'Undoes one merge selectively: the merged record and the records merged into it leave their golden customer with exactly the rows and points that arrived on them, later merges stay; the unmerge hooks run and only the pair separated is kept apart; cascade => true undoes the later merges of the same customers first; returns the merges undone';
+-- end of issue 13, defects 1, 7 and 8
