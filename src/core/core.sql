@@ -200,6 +200,16 @@ COMMENT ON FUNCTION crm.number_order_line() IS
 	'BEFORE INSERT row trigger on crm.order_line (WHEN line_no IS NULL): numbers the line after the order''s highest line';
 CREATE TRIGGER order_line_number BEFORE INSERT ON crm.order_line
 	FOR EACH ROW WHEN (NEW.line_no IS NULL) EXECUTE FUNCTION crm.number_order_line();
+-- Lines added to an order another transaction inserted lock it FOR SHARE
+-- first (fires before the loyalty and stats triggers, by name), so a merge
+-- moving the order cannot leave their bonus and stats on the merged record.
+CREATE FUNCTION crm.lock_line_orders() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_lock_line_orders';
+COMMENT ON FUNCTION crm.lock_line_orders() IS
+	'AFTER INSERT statement trigger on crm.order_line (REFERENCING NEW TABLE AS lock_new), fired before the loyalty and stats triggers: locks FOR SHARE the orders of the lines that another transaction inserted (40001 when a merge moved one meanwhile)';
+CREATE TRIGGER order_line_lock_orders AFTER INSERT ON crm.order_line
+	REFERENCING NEW TABLE AS lock_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
 COMMENT ON TABLE crm.order_line IS 'The lines of an order: sku, category, quantity and amount';
 
 -- ---------------------------------------------------------------------------

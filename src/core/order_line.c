@@ -12,11 +12,20 @@
  * and a collision is a key violation).  Two transactions adding unnumbered lines
  * to one order at the same time collide on the key (23505): an order's
  * lines arrive in one statement.
+ *
+ * crm.lock_line_orders locks the orders of lines inserted in a later
+ * transaction than their order, for the lock order (DEVELOPER.md).
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "executor/tuptable.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/tuplestore.h"
 
 #include "crm_ext.h"
 
@@ -125,4 +134,101 @@ crm_number_order_line(PG_FUNCTION_ARGS)
 	value = Int32GetDatum(entry->next);
 	entry->next++;
 	return PointerGetDatum(heap_modify_tuple_by_cols(tup, RelationGetDescr(rel), 1, &col, &value, &null));
+}
+
+/*
+ * Lock FOR SHARE the order with key order_id (through pkey), unless this
+ * transaction inserted or changed it.  A serialization failure when a
+ * concurrent merge or unmerge moved it to another customer while we waited:
+ * the triggers after this one read the order with the statement's snapshot
+ * and would credit the customer it has left.
+ */
+static void
+lock_order(Relation orel, Oid pkey, AttrNumber cust_att, TupleTableSlot *slot, int64 order_id)
+{
+	Datum		key = Int64GetDatum(order_id);
+	HeapTuple	tup = crm_row_by_index(orel, pkey, &key);
+	TM_FailureData tmfd;
+	TM_Result	res;
+	bool		isnull;
+	Datum		cust;
+
+	if (tup == NULL)
+		return;					/* the foreign key reports it */
+	if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(tup->t_data)))
+	{
+		heap_freetuple(tup);	/* ours: no merge can have moved it */
+		return;
+	}
+	cust = heap_getattr(tup, cust_att, RelationGetDescr(orel), &isnull);
+	res = table_tuple_lock(orel, &tup->t_self, GetActiveSnapshot(), slot, GetCurrentCommandId(false),
+						   LockTupleShare, LockWaitBlock,
+						   IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+	if (res == TM_Ok && !isnull &&
+		DatumGetInt64(slot_getattr(slot, cust_att, &isnull)) != DatumGetInt64(cust))
+		res = TM_Updated;
+	heap_freetuple(tup);
+	if (res == TM_Updated)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("order %lld moved to another customer while its lines were inserted", (long long) order_id),
+				 errdetail("A merge or unmerge of its customer committed meanwhile."),
+				 errhint("Retry the transaction.")));
+}
+
+PG_FUNCTION_INFO_V1(crm_lock_line_orders);
+
+/*
+ * crm.lock_line_orders() RETURNS trigger
+ *		AFTER INSERT statement trigger on crm.order_line (REFERENCING NEW
+ *		TABLE AS lock_new), named to fire before the loyalty and stats
+ *		triggers: the orders the lines belong to are locked FOR SHARE (step
+ *		2 of DEVELOPER.md's lock order), so a merge moving them waits for the
+ *		category bonus and stats of the lines, or they for the merge.  Lines
+ *		inserted with their order take no lock.
+ */
+Datum
+crm_lock_line_orders(PG_FUNCTION_ARGS)
+{
+	const char *fn = "crm.lock_line_orders()";
+	TriggerData *td = crm_check_trigger(fcinfo, fn, CRM_TG_AFTER, CRM_TG_STATEMENT, CRM_TG_INSERT, 0);
+	int			order_att = crm_trigger_attnum(td->tg_relation, "order_id", fn);
+	Tuplestorestate *ts = td->tg_newtable;
+	TupleTableSlot *lslot;
+	TupleTableSlot *oslot;
+	Relation	orel;
+	Oid			pkey;
+	AttrNumber	cust_att;
+	int64	   *ids;
+	int			n = 0;
+
+	if (ts == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s needs its transition table", fn),
+				 errhint("Create the trigger with REFERENCING NEW TABLE AS lock_new.")));
+	ids = palloc(sizeof(int64) * Max(tuplestore_tuple_count(ts), 1));
+	lslot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
+	tuplestore_rescan(ts);
+	while (tuplestore_gettupleslot(ts, true, false, lslot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(lslot, order_att, &isnull);
+
+		if (!isnull)
+			ids[n++] = DatumGetInt64(d);
+	}
+	ExecDropSingleTupleTableSlot(lslot);
+	crm_sort_int64(ids, n);
+
+	orel = table_open(crm_relid("orders"), RowShareLock);
+	pkey = RelationGetPrimaryKeyIndex(orel);
+	cust_att = crm_trigger_attnum(orel, "customer_id", fn);
+	oslot = table_slot_create(orel, NULL);
+	for (int i = 0; i < n; i++)
+		if (i == 0 || ids[i] != ids[i - 1])
+			lock_order(orel, pkey, cust_att, oslot, ids[i]);
+	ExecDropSingleTupleTableSlot(oslot);
+	table_close(orel, NoLock);
+	PG_RETURN_POINTER(NULL);
 }

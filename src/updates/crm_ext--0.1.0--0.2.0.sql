@@ -2101,6 +2101,14 @@ COMMENT ON FUNCTION crm.lock_customer(bigint) IS
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
 	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards, and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
 
+CREATE FUNCTION crm.lock_line_orders() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_lock_line_orders';
+COMMENT ON FUNCTION crm.lock_line_orders() IS
+	'AFTER INSERT statement trigger on crm.order_line (REFERENCING NEW TABLE AS lock_new), fired before the loyalty and stats triggers: locks FOR SHARE the orders of the lines that another transaction inserted (40001 when a merge moved one meanwhile)';
+CREATE TRIGGER order_line_lock_orders AFTER INSERT ON crm.order_line
+	REFERENCING NEW TABLE AS lock_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
+
 CREATE OR REPLACE FUNCTION crm.loyalty_post(customer_id bigint, kind text, delta bigint, idempotency_key text,
 	reason text, at timestamptz)
 RETURNS bigint
