@@ -23,7 +23,8 @@ SELECT crm.identity_may_link('device', 'Shop-Tablet') AS device_blocked,
        crm.identity_may_link('email', 'shop-tablet@example.com') AS other_value,
        crm.identity_may_link('device', 'shop-tablet', 1) AS blocked_whatever_holders;
 
--- 2. Strong kinds link whoever holds the value, however many.
+-- 2. Strong kinds link whoever holds the value, up to max_holders records
+--    (20; more is a hub, which links nobody: sql/identity_hub_batch.sql).
 INSERT INTO crm.identity (identity_id, kind, value, customer_id)
 SELECT 900000 + k, 'email', 'shared@example.com', k FROM generate_series(1, 4) k;
 SELECT crm.identity_may_link('email', 'shared@example.com') AS strong_held_by_4,

@@ -225,6 +225,8 @@ SELECT pg_catalog.count(*) IS NOT NULL FROM crm.identity_graph();
 SELECT crm.golden_customer(2) IS NOT NULL, crm.identity_blocked('phone', '00000000000');
 SELECT crm.resolve_customer(2) IS NOT NULL, crm.lock_customer(2) IS NOT NULL;
 SELECT crm.loyalty_merged_along(2, 2);
+SELECT crm.identity_is_hub('phone', '13900000001'), crm.identity_review_hub('phone', '13900000001', 'batch');
+SELECT pg_catalog.count(*) FROM crm.stitch_plan_component(ARRAY[1, 2]::bigint[]);
 SELECT crm.identity_may_link('device', 'hj-tablet'), crm.identity_may_link('phone', 'n/a'), crm.identity_may_link('device', 'hj-tablet', 3);
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.v_customer_360;
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.verify_ledgers();

@@ -112,11 +112,13 @@ CREATE TABLE crm.identity_kind (
 	single_valued	boolean NOT NULL DEFAULT false,
 	description		text,
 	pattern			text CONSTRAINT identity_kind_pattern_valid CHECK (pattern IS NULL OR ('' ~ pattern) IS NOT NULL),
-	builtin			boolean NOT NULL DEFAULT false
+	builtin			boolean NOT NULL DEFAULT false,
+	max_holders		integer NOT NULL DEFAULT 20 CONSTRAINT identity_kind_max_holders_valid CHECK (max_holders >= 2)
 );
 COMMENT ON TABLE crm.identity_kind IS 'Kinds of identifier and how far each is trusted to link customer records';
 COMMENT ON COLUMN crm.identity_kind.strength IS 'strong: one shared value links two records; weak: links only while few records share the value';
 COMMENT ON COLUMN crm.identity_kind.max_customers IS 'For weak kinds: a value shared by more customers than this links none of them';
+COMMENT ON COLUMN crm.identity_kind.max_holders IS 'For strong kinds: a value held by more customer records than this (a shop''s phone, a junk number) is a hub: it links none of them and stitching puts its holders in the review queue';
 COMMENT ON COLUMN crm.identity_kind.single_valued IS 'A customer holds at most one value of this kind (e.g. a member number); two different values mean two people';
 COMMENT ON COLUMN crm.identity_kind.pattern IS 'Regular expression every value of this kind must match when inserted or changed (SQLSTATE 23514; blocklisted values are exempt); NULL accepts any value';
 COMMENT ON COLUMN crm.identity_kind.builtin IS 'Shipped with crm_ext; pg_dump keeps only the rows you add (builtin = false)';

@@ -8,8 +8,8 @@
  * generic plan probes the (kind, value, customer_id) unique index and the
  * customer's merged_into, and the trigger returns.  When somebody else
  * holds the value, crm_identity_may_link (identity_policy.c) checks the
- * policy (blocklist, weak kinds' limit); only when the value may link (or the row was inserted for
- * a merged-away customer) does the trigger call
+ * policy (blocklist, weak kinds' limit, strong kinds' hubs); only when the value may link or is a
+ * hub to review (or the row was inserted for a merged-away customer) does the trigger call
  * crm.stitch_identity(identity_id), which merges (src/identity/identity.sql).
  *
  * When no merge was made, the row's golden customer is locked FOR SHARE at
@@ -236,8 +236,11 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 			break;
 	}
 
-	/* May the value link?  The policy is identity_policy.c's. */
-	found = merged || (held && crm_identity_may_link(args[0], args[1], -1, false));
+	/*
+	 * May the value link, or is it a hub to review?  The policy is
+	 * identity_policy.c's.
+	 */
+	found = merged || (held && crm_identity_link_verdict(args[0], args[1], -1, false) != LINK_NONE);
 
 	if (found)
 	{

@@ -6,9 +6,14 @@
  *		- never when crm.identity_blocklist blocks the value (compared
  *		  lower-case and trimmed) for the kind or for every kind (kind NULL);
  *		- never for a kind crm.identity_kind does not know;
- *		- a strong kind links whoever holds the value;
+ *		- a strong kind links whoever holds the value, while at most
+ *		  max_holders records of crm.identity hold it; a value held by more
+ *		  (a shop's phone, a junk number nobody blocklisted) is a hub: it
+ *		  links nobody, and stitching puts its holders in the review queue
+ *		  instead of merging thousands of shoppers into one;
  *		- a weak kind links only while at most max_customers records of
- *		  crm.identity hold the value (counted only up to max_customers + 1).
+ *		  crm.identity hold the value;
+ *		holders are counted only up to the limit + 1.
  *
  * link_allowed() decides; its inputs come either from one small query about
  * the (kind, value) at hand (policy_facts: online stitching, which calls
@@ -42,6 +47,7 @@ typedef struct LinkFacts
 	bool		known_kind;
 	bool		strong;
 	int32		max_customers;
+	int32		max_holders;
 	bool		blocked;
 } LinkFacts;
 
@@ -96,18 +102,21 @@ count_holders(Datum kind, Datum value, int64 limit, bool read_only)
 
 /*
  * The decision.  holders: the records holding the value, or -1 to count
- * them (only a weak kind needs the number).
+ * them (up to the kind's limit + 1).
  */
-static bool
-link_allowed(const LinkFacts *f, Datum kind, Datum value, int64 holders, bool read_only)
+static LinkVerdict
+link_verdict(const LinkFacts *f, Datum kind, Datum value, int64 holders, bool read_only)
 {
+	int32		limit;
+
 	if (f->blocked || !f->known_kind)
-		return false;
-	if (f->strong)
-		return true;
+		return LINK_NONE;
+	limit = f->strong ? f->max_holders : f->max_customers;
 	if (holders < 0)
-		holders = count_holders(kind, value, (int64) f->max_customers + 1, read_only);
-	return holders <= f->max_customers;
+		holders = count_holders(kind, value, (int64) limit + 1, read_only);
+	if (holders <= limit)
+		return LINK_YES;
+	return f->strong ? LINK_HUB : LINK_NONE;
 }
 
 /*
@@ -123,6 +132,7 @@ policy_facts(Datum kind, Datum value, bool read_only, LinkFacts *f)
 	{
 		FACTS_COL_STRENGTH = 1,
 		FACTS_COL_MAX_CUSTOMERS,
+		FACTS_COL_MAX_HOLDERS,
 		FACTS_COL_BLOCKED_FOR
 	};
 	Oid			types[2] = {TEXTOID, TEXTOID};
@@ -134,7 +144,7 @@ policy_facts(Datum kind, Datum value, bool read_only, LinkFacts *f)
 	int			ret;
 
 	ret = SPI_execute_plan(crm_prepare_kept(&plan,
-											"SELECT k.strength, k.max_customers,"
+											"SELECT k.strength, k.max_customers, k.max_holders,"
 											" ARRAY(SELECT b.kind FROM crm.identity_blocklist b"
 											"        WHERE b.value OPERATOR(pg_catalog.=) $2)"
 											" FROM (SELECT) one LEFT JOIN crm.identity_kind k"
@@ -152,6 +162,7 @@ policy_facts(Datum kind, Datum value, bool read_only, LinkFacts *f)
 		f->known_kind = true;
 		f->strong = strcmp(TextDatumGetCString(d), "strong") == 0;
 		f->max_customers = DatumGetInt32(SPI_getbinval(tup, td, FACTS_COL_MAX_CUSTOMERS, &isnull));
+		f->max_holders = DatumGetInt32(SPI_getbinval(tup, td, FACTS_COL_MAX_HOLDERS, &isnull));
 	}
 	d = SPI_getbinval(tup, td, FACTS_COL_BLOCKED_FOR, &isnull);
 	if (!isnull)
@@ -167,18 +178,24 @@ policy_facts(Datum kind, Datum value, bool read_only, LinkFacts *f)
 }
 
 /*
- * May the value link the records holding it?  kind and value are text
- * datums; holders is the number of crm.identity rows holding (kind, value),
- * or -1 to count them.  The caller is connected to SPI; read_only as for
+ * The verdict on (kind, value) (identity.h).  kind and value are text
+ * datums; the caller is connected to SPI; read_only as for
  * SPI_execute_plan (false takes a fresh snapshot).
  */
-bool
-crm_identity_may_link(Datum kind, Datum value, int64 holders, bool read_only)
+LinkVerdict
+crm_identity_link_verdict(Datum kind, Datum value, int64 holders, bool read_only)
 {
 	LinkFacts	f;
 
 	policy_facts(kind, value, read_only, &f);
-	return link_allowed(&f, kind, value, holders, read_only);
+	return link_verdict(&f, kind, value, holders, read_only);
+}
+
+/* May the value link the records holding it? */
+bool
+crm_identity_may_link(Datum kind, Datum value, int64 holders, bool read_only)
+{
+	return crm_identity_link_verdict(kind, value, holders, read_only) == LINK_YES;
 }
 
 /* ---------------------------------------------------------------------
@@ -189,6 +206,7 @@ typedef struct KindRow
 	text	   *kind;
 	bool		strong;
 	int32		max_customers;
+	int32		max_holders;
 } KindRow;
 
 typedef struct BlockRow
@@ -229,7 +247,8 @@ policy_load(MemoryContext cxt)
 	{
 		KIND_COL_KIND = 1,
 		KIND_COL_STRENGTH,
-		KIND_COL_MAX_CUSTOMERS
+		KIND_COL_MAX_CUSTOMERS,
+		KIND_COL_MAX_HOLDERS
 	};
 	enum
 	{
@@ -240,7 +259,7 @@ policy_load(MemoryContext cxt)
 	MemoryContext old;
 	bool		isnull;
 
-	if (SPI_execute("SELECT k.kind, k.strength, k.max_customers FROM crm.identity_kind k", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT k.kind, k.strength, k.max_customers, k.max_holders FROM crm.identity_kind k", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.identity_kind");
 	old = MemoryContextSwitchTo(cxt);
 	p->nkinds = SPI_processed;
@@ -254,6 +273,7 @@ policy_load(MemoryContext cxt)
 		p->kinds[i].strong = strcmp(TextDatumGetCString(SPI_getbinval(tup, td, KIND_COL_STRENGTH, &isnull)),
 									"strong") == 0;
 		p->kinds[i].max_customers = DatumGetInt32(SPI_getbinval(tup, td, KIND_COL_MAX_CUSTOMERS, &isnull));
+		p->kinds[i].max_holders = DatumGetInt32(SPI_getbinval(tup, td, KIND_COL_MAX_HOLDERS, &isnull));
 	}
 	MemoryContextSwitchTo(old);
 
@@ -292,6 +312,7 @@ policy_lookup(const Policy *p, text *kind, Datum value, LinkFacts *f)
 			f->known_kind = true;
 			f->strong = p->kinds[i].strong;
 			f->max_customers = p->kinds[i].max_customers;
+			f->max_holders = p->kinds[i].max_holders;
 			break;
 		}
 	/* the first blocklist row of the value, then every row of it */
@@ -309,22 +330,19 @@ policy_lookup(const Policy *p, text *kind, Datum value, LinkFacts *f)
 		f->blocked = blocks(p->blocks[lo].kind, kind);
 }
 
-PG_FUNCTION_INFO_V1(crm_identity_may_link_sql);
-
 /*
- * crm.identity_may_link(kind text, value text) RETURNS boolean and
- * crm.identity_may_link(kind text, value text, holders bigint) RETURNS boolean
- *		The link policy.  The two-argument form asks about the value at hand
- *		and counts its records; the three-argument form takes their number
- *		and reads the blocklist and the kinds once per query.
+ * The verdict for the SQL functions below.  The two-argument forms ask about
+ * the value at hand and count its records; the three-argument forms take
+ * their number and read the blocklist and the kinds once per query (batch
+ * stitching asks per shared value).
  */
-Datum
-crm_identity_may_link_sql(PG_FUNCTION_ARGS)
+static LinkVerdict
+sql_verdict(FunctionCallInfo fcinfo)
 {
 	Datum		kind = PG_GETARG_DATUM(0);
 	Datum		value = PG_GETARG_DATUM(1);
 	LinkFacts	f;
-	bool		may;
+	LinkVerdict v;
 
 	if (PG_NARGS() > 2)
 	{
@@ -342,14 +360,41 @@ crm_identity_may_link_sql(PG_FUNCTION_ARGS)
 			SPI_finish();
 		}
 		policy_lookup((Policy *) fcinfo->flinfo->fn_extra, DatumGetTextPP(kind), value, &f);
-		PG_RETURN_BOOL(link_allowed(&f, kind, value, holders, true));
+		return link_verdict(&f, kind, value, holders, true);
 	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	crm_kept_plans_check();
-	may = crm_identity_may_link(kind, value, -1, true);
+	v = crm_identity_link_verdict(kind, value, -1, true);
 	SPI_finish();
-	PG_RETURN_BOOL(may);
+	return v;
+}
+
+PG_FUNCTION_INFO_V1(crm_identity_may_link_sql);
+
+/*
+ * crm.identity_may_link(kind text, value text) RETURNS boolean and
+ * crm.identity_may_link(kind text, value text, holders bigint) RETURNS boolean
+ *		The link policy: may the value link the records holding it?
+ */
+Datum
+crm_identity_may_link_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(sql_verdict(fcinfo) == LINK_YES);
+}
+
+PG_FUNCTION_INFO_V1(crm_identity_is_hub_sql);
+
+/*
+ * crm.identity_is_hub(kind text, value text) RETURNS boolean and
+ * crm.identity_is_hub(kind text, value text, holders bigint) RETURNS boolean
+ *		Is the value a hub: a strong kind's value held by more records than
+ *		the kind's max_holders, which stitching sends to review?
+ */
+Datum
+crm_identity_is_hub_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(sql_verdict(fcinfo) == LINK_HUB);
 }
 
 PG_FUNCTION_INFO_V1(crm_identity_blocked);

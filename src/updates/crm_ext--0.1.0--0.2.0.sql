@@ -1075,8 +1075,12 @@ BEGIN
 	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN
 		UPDATE crm.identity i SET customer_id = g WHERE i.identity_id = r.identity_id;
 	END IF;
-	-- The link policy (blocklist, weak kinds' limit) is crm.identity_may_link's.
+	-- The link policy (blocklist, weak kinds' limit, strong kinds' hubs) is
+	-- crm.identity_may_link's; a hub's holders go to review instead.
 	IF NOT crm.identity_may_link(r.kind, r.value) THEN
+		IF crm.identity_is_hub(r.kind, r.value) THEN
+			PERFORM crm.identity_review_hub(r.kind, r.value, 'online');
+		END IF;
 		RETURN 0;
 	END IF;
 	-- The other golden customers holding the value (the row's own golden
@@ -1096,6 +1100,8 @@ BEGIN
 	RETURN n;
 END
 $$;
+COMMENT ON FUNCTION crm.stitch_identity(bigint) IS
+	'Online stitching of one crm.identity row: merges its customer with every other golden customer holding the same value, if the kind''s policy and the blocklist allow';
 
 CREATE OR REPLACE FUNCTION crm.identity_graph() RETURNS crm.id_merge
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -1363,6 +1369,11 @@ BEGIN
 	                               chained);
 
 	graph := crm.identity_graph();
+	-- Hubs link nobody in the graph: their holders go to review.
+	PERFORM crm.identity_review_hub(h.kind, h.value, 'batch')
+	FROM (SELECT i.kind, i.value FROM crm.identity i GROUP BY i.kind, i.value
+	      HAVING pg_catalog.count(*) > 2 AND crm.identity_is_hub(i.kind, i.value, pg_catalog.count(*))) h
+	ORDER BY h.kind, h.value;
 
 	-- Every component with more than one golden customer: one row per
 	-- golden, the oldest (created_at, id) first.  The graph links records;
@@ -1390,7 +1401,7 @@ BEGIN
 	-- Components that need the careful path, merge by merge: a single-valued
 	-- kind with two values among its goldens, or a pair kept apart.
 	CREATE TEMP TABLE crm_stitch_pair ON COMMIT DROP AS
-	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn
+	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn, false AS careful
 	FROM crm_stitch_golden g JOIN crm_stitch_golden s ON s.comp = g.comp AND s.rn = 1
 	WHERE g.rn > 1
 	  AND g.comp NOT IN (
@@ -1405,6 +1416,19 @@ BEGIN
 		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
 		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
 		WHERE r.resolution = 'kept_apart');
+	-- The careful components are decided as merging their goldens one by
+	-- one would decide (crm.stitch_plan_component), then merged with the
+	-- others in one step; their reviews are written once they are locked.
+	CREATE TEMP TABLE crm_stitch_careful ON COMMIT DROP AS
+	SELECT g.comp, d.rn + 1 AS rn, d.golden, d.decision, d.conflict_kind
+	FROM (SELECT x.comp, pg_catalog.array_agg(x.cust ORDER BY x.rn) AS goldens
+	      FROM crm_stitch_golden x WHERE x.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+	      GROUP BY x.comp) g,
+	     LATERAL crm.stitch_plan_component(g.goldens) WITH ORDINALITY d(golden, decision, conflict_kind, rn);
+	INSERT INTO crm_stitch_pair (comp, survivor, merged, rn, careful)
+	SELECT c.comp, s.cust, c.golden, c.rn, true
+	FROM crm_stitch_careful c JOIN crm_stitch_golden s ON s.comp = c.comp AND s.rn = 1
+	WHERE c.decision = 'merge';
 	ANALYZE crm_stitch_pair;
 
 	-- The fast path, set-based: lock every golden involved in id order,
@@ -1413,10 +1437,19 @@ BEGIN
 	PERFORM 1 FROM crm.customer c
 	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
 	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
-	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
-		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
-		UNION
-		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL);
+	WITH changed AS (
+		DELETE FROM crm_stitch_pair p WHERE p.comp IN (
+			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
+			UNION
+			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL)
+		RETURNING p.comp)
+	DELETE FROM crm_stitch_careful c WHERE c.comp IN (SELECT changed.comp FROM changed);
+	INSERT INTO crm.identity_review (customer_a, customer_b, conflict_kind, source)
+	SELECT LEAST(s.cust, c.golden), GREATEST(s.cust, c.golden), c.conflict_kind, 'batch'
+	FROM crm_stitch_careful c JOIN crm_stitch_golden s ON s.comp = c.comp AND s.rn = 1
+	WHERE c.decision = 'review'
+	ORDER BY c.comp, c.rn
+	ON CONFLICT (customer_a, customer_b) WHERE resolved_at IS NULL DO NOTHING;
 	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
 	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
 	UNION ALL
@@ -1462,20 +1495,21 @@ BEGIN
 	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'identities') AS identities,
 	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'parked') AS parked
 	           FROM crm_stitch_count c GROUP BY c.merged) k ON k.merged = p.merged
-	ORDER BY p.comp, p.rn;
+	ORDER BY p.careful, p.comp, p.rn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	merges := merges + n;
 	-- The features move their state for all these merges at once (a hook's
 	-- set_fn makes that one pass over its rows, however large a component).
-	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.comp, p.rn),
-	                               ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn));
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.careful, p.comp, p.rn),
+	                            ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.careful, p.comp, p.rn));
 
-	-- The careful path: the other components, merge by merge, under
-	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
+	-- Components a concurrent merge changed meanwhile: merge by merge,
+	-- under crm.merge_goldens' checks (reviews, kept-apart pairs).
 	FOR comp IN
 		SELECT g.comp, pg_catalog.array_agg(g.cust ORDER BY g.rn) AS goldens
 		FROM crm_stitch_golden g
 		WHERE g.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+		  AND g.comp NOT IN (SELECT c.comp FROM crm_stitch_careful c)
 		GROUP BY g.comp ORDER BY g.comp
 	LOOP
 		FOREACH h IN ARRAY comp.goldens[2:] LOOP
@@ -1484,7 +1518,8 @@ BEGIN
 			END IF;
 		END LOOP;
 	END LOOP;
-	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_member, pg_temp.crm_stitch_count;
+	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_careful, pg_temp.crm_stitch_member,
+	           pg_temp.crm_stitch_count;
 	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
 END
 $$;
@@ -2652,6 +2687,11 @@ BEGIN
 	                               chained);
 
 	graph := crm.identity_graph();
+	-- Hubs link nobody in the graph: their holders go to review.
+	PERFORM crm.identity_review_hub(h.kind, h.value, 'batch')
+	FROM (SELECT i.kind, i.value FROM crm.identity i GROUP BY i.kind, i.value
+	      HAVING pg_catalog.count(*) > 2 AND crm.identity_is_hub(i.kind, i.value, pg_catalog.count(*))) h
+	ORDER BY h.kind, h.value;
 
 	-- Every component with more than one golden customer: one row per
 	-- golden, the oldest (created_at, id) first.  The graph links records;
@@ -2679,7 +2719,7 @@ BEGIN
 	-- Components that need the careful path, merge by merge: a single-valued
 	-- kind with two values among its goldens, or a pair kept apart.
 	CREATE TEMP TABLE crm_stitch_pair ON COMMIT DROP AS
-	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn
+	SELECT g.comp, s.cust AS survivor, g.cust AS merged, g.rn, false AS careful
 	FROM crm_stitch_golden g JOIN crm_stitch_golden s ON s.comp = g.comp AND s.rn = 1
 	WHERE g.rn > 1
 	  AND g.comp NOT IN (
@@ -2694,6 +2734,19 @@ BEGIN
 		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
 		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
 		WHERE r.resolution = 'kept_apart');
+	-- The careful components are decided as merging their goldens one by
+	-- one would decide (crm.stitch_plan_component), then merged with the
+	-- others in one step; their reviews are written once they are locked.
+	CREATE TEMP TABLE crm_stitch_careful ON COMMIT DROP AS
+	SELECT g.comp, d.rn + 1 AS rn, d.golden, d.decision, d.conflict_kind
+	FROM (SELECT x.comp, pg_catalog.array_agg(x.cust ORDER BY x.rn) AS goldens
+	      FROM crm_stitch_golden x WHERE x.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+	      GROUP BY x.comp) g,
+	     LATERAL crm.stitch_plan_component(g.goldens) WITH ORDINALITY d(golden, decision, conflict_kind, rn);
+	INSERT INTO crm_stitch_pair (comp, survivor, merged, rn, careful)
+	SELECT c.comp, s.cust, c.golden, c.rn, true
+	FROM crm_stitch_careful c JOIN crm_stitch_golden s ON s.comp = c.comp AND s.rn = 1
+	WHERE c.decision = 'merge';
 	ANALYZE crm_stitch_pair;
 
 	-- The fast path, set-based: lock every golden involved in id order,
@@ -2702,10 +2755,19 @@ BEGIN
 	PERFORM 1 FROM crm.customer c
 	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
 	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
-	DELETE FROM crm_stitch_pair p WHERE p.comp IN (
-		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
-		UNION
-		SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL);
+	WITH changed AS (
+		DELETE FROM crm_stitch_pair p WHERE p.comp IN (
+			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
+			UNION
+			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.merged WHERE c.merged_into IS NOT NULL)
+		RETURNING p.comp)
+	DELETE FROM crm_stitch_careful c WHERE c.comp IN (SELECT changed.comp FROM changed);
+	INSERT INTO crm.identity_review (customer_a, customer_b, conflict_kind, source)
+	SELECT LEAST(s.cust, c.golden), GREATEST(s.cust, c.golden), c.conflict_kind, 'batch'
+	FROM crm_stitch_careful c JOIN crm_stitch_golden s ON s.comp = c.comp AND s.rn = 1
+	WHERE c.decision = 'review'
+	ORDER BY c.comp, c.rn
+	ON CONFLICT (customer_a, customer_b) WHERE resolved_at IS NULL DO NOTHING;
 	CREATE TEMP TABLE crm_stitch_member ON COMMIT DROP AS
 	SELECT p.survivor, p.merged, p.merged AS member FROM crm_stitch_pair p
 	UNION ALL
@@ -2751,20 +2813,21 @@ BEGIN
 	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'identities') AS identities,
 	                  pg_catalog.sum(c.cnt) FILTER (WHERE c.what = 'parked') AS parked
 	           FROM crm_stitch_count c GROUP BY c.merged) k ON k.merged = p.merged
-	ORDER BY p.comp, p.rn;
+	ORDER BY p.careful, p.comp, p.rn;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	merges := merges + n;
 	-- The features move their state for all these merges at once (a hook's
 	-- set_fn makes that one pass over its rows, however large a component).
-	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.comp, p.rn),
-	                               ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.comp, p.rn));
+	PERFORM crm.run_merge_hooks(ARRAY(SELECT p.survivor FROM crm_stitch_pair p ORDER BY p.careful, p.comp, p.rn),
+	                            ARRAY(SELECT p.merged FROM crm_stitch_pair p ORDER BY p.careful, p.comp, p.rn));
 
-	-- The careful path: the other components, merge by merge, under
-	-- crm.merge_goldens' checks (reviews, kept-apart pairs).
+	-- Components a concurrent merge changed meanwhile: merge by merge,
+	-- under crm.merge_goldens' checks (reviews, kept-apart pairs).
 	FOR comp IN
 		SELECT g.comp, pg_catalog.array_agg(g.cust ORDER BY g.rn) AS goldens
 		FROM crm_stitch_golden g
 		WHERE g.comp NOT IN (SELECT p.comp FROM crm_stitch_pair p)
+		  AND g.comp NOT IN (SELECT c.comp FROM crm_stitch_careful c)
 		GROUP BY g.comp ORDER BY g.comp
 	LOOP
 		FOREACH h IN ARRAY comp.goldens[2:] LOOP
@@ -2773,7 +2836,8 @@ BEGIN
 			END IF;
 		END LOOP;
 	END LOOP;
-	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_member, pg_temp.crm_stitch_count;
+	DROP TABLE pg_temp.crm_stitch_golden, pg_temp.crm_stitch_pair, pg_temp.crm_stitch_careful, pg_temp.crm_stitch_member,
+	           pg_temp.crm_stitch_count;
 	SELECT pg_catalog.count(*) - reviews_before INTO reviews FROM crm.identity_review;
 END
 $$;
@@ -2894,3 +2958,124 @@ $$;
 COMMENT ON FUNCTION crm.unmerge(bigint, boolean) IS
 	'Undoes one merge selectively: the merged record and the records merged into it leave their golden customer with exactly the rows and points that arrived on them, later merges stay; the unmerge hooks run and only the pair separated is kept apart; cascade => true undoes the later merges of the same customers first; returns the merges undone';
 -- end of issue 13, defects 1, 7 and 8
+
+-- Hubs: a strong identifier held by more records than plausible for one
+-- person links nobody; stitching sends its holders to review.
+ALTER TABLE crm.identity_kind ADD COLUMN max_holders integer NOT NULL DEFAULT 20
+	CONSTRAINT identity_kind_max_holders_valid CHECK (max_holders >= 2);
+COMMENT ON COLUMN crm.identity_kind.max_holders IS 'For strong kinds: a value held by more customer records than this (a shop''s phone, a junk number) is a hub: it links none of them and stitching puts its holders in the review queue';
+COMMENT ON TABLE crm.identity_review IS
+	'Pairs of customers stitching will not merge: linked by an identifier but holding different values of a single-valued kind (two member numbers), or sharing a hub (a strong identifier held by more records than its kind''s max_holders), waiting for a person to decide; and pairs kept apart (resolution kept_apart, e.g. by crm.unmerge), which stitching never merges again';
+COMMENT ON COLUMN crm.identity_review.conflict_kind IS 'The single-valued kind both customers hold with different values (NULL for a hub pair or a pair an unmerge separated)';
+COMMENT ON COLUMN crm.identity_review.via_kind IS 'The kind of the shared identifier that linked them (NULL from batch stitching, except for a hub pair: the hub''s kind)';
+CREATE INDEX identity_review_pair_idx ON crm.identity_review (customer_a, customer_b);
+
+CREATE FUNCTION crm.identity_is_hub(kind text, value text) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_is_hub_sql';
+COMMENT ON FUNCTION crm.identity_is_hub(text, text) IS
+	'The identity link policy''s hubs: true when a strong kind''s value is held by more records of crm.identity than the kind''s max_holders (and not blocklisted); a hub links nobody, stitching sends its holders to review';
+
+CREATE FUNCTION crm.identity_is_hub(kind text, value text, holders bigint) RETURNS boolean
+	LANGUAGE c STABLE STRICT PARALLEL SAFE
+	AS 'MODULE_PATHNAME', 'crm_identity_is_hub_sql';
+COMMENT ON FUNCTION crm.identity_is_hub(text, text, bigint) IS
+	'crm.identity_is_hub for a value held by the given number of customer records (batch stitching counts them itself); holders must not be negative';
+
+CREATE FUNCTION crm.identity_review_hub(kind text, value text, source text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- A hub (crm.identity_is_hub) links nobody: every golden customer holding
+-- the value goes to the review queue beside the oldest golden holding it
+-- (conflict_kind NULL, via_kind the hub's kind), unless the pair has a
+-- review already (open or decided).  Online and batch stitching both call
+-- this.  Returns the rows added.
+DECLARE
+	n bigint;
+BEGIN
+	WITH holder AS (
+		SELECT DISTINCT COALESCE(c.merged_into, c.customer_id) AS g
+		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+		WHERE i.kind = identity_review_hub.kind AND i.value = identity_review_hub.value
+	), ranked AS (
+		SELECT h.g, pg_catalog.first_value(h.g) OVER (ORDER BY c.created_at, c.customer_id) AS anchor
+		FROM holder h JOIN crm.customer c ON c.customer_id = h.g
+		WHERE c.forgotten_at IS NULL
+	)
+	INSERT INTO crm.identity_review (customer_a, customer_b, via_kind, source)
+	SELECT LEAST(r.anchor, r.g), GREATEST(r.anchor, r.g), identity_review_hub.kind, identity_review_hub.source
+	FROM ranked r
+	WHERE r.g <> r.anchor
+	  AND NOT EXISTS (SELECT 1 FROM crm.identity_review x
+	                  WHERE x.customer_a = LEAST(r.anchor, r.g) AND x.customer_b = GREATEST(r.anchor, r.g))
+	ORDER BY r.g
+	ON CONFLICT (customer_a, customer_b) WHERE resolved_at IS NULL DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.identity_review_hub(text, text, text) IS
+	'Internal: puts the golden customers holding a hub value (crm.identity_is_hub) in the review queue beside the oldest one, once per pair; returns the rows added';
+
+CREATE FUNCTION crm.stitch_plan_component(goldens bigint[], OUT golden bigint, OUT decision text, OUT conflict_kind text)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- What crm.merge_goldens would decide, merging goldens[2:] one by one into
+-- goldens[1] (batch stitching's careful components), without merging: one
+-- row per golden, in order: 'merge'; 'kept_apart' (a review kept it apart
+-- from the survivor or from a golden merged before it); or 'review' (it
+-- holds another value of a single-valued kind than the survivor holds by
+-- then; conflict_kind names the first such kind).
+DECLARE
+	merged_so_far bigint[] := goldens[1:1];
+	held_kind text[];
+	held_value text[];
+	kept_a bigint[];
+	kept_b bigint[];
+	h bigint;
+BEGIN
+	-- the survivor's single-valued identifiers; the pairs kept apart
+	-- within the component (by the goldens their records have now)
+	SELECT pg_catalog.array_agg(i.kind), pg_catalog.array_agg(i.value) INTO held_kind, held_value
+	FROM crm.identity i JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
+	WHERE i.customer_id = goldens[1];
+	SELECT pg_catalog.array_agg(x.ga), pg_catalog.array_agg(x.gb) INTO kept_a, kept_b
+	FROM (SELECT COALESCE(ca.merged_into, ca.customer_id) AS ga, COALESCE(cb.merged_into, cb.customer_id) AS gb
+	      FROM crm.identity_review r
+	      JOIN crm.customer ca ON ca.customer_id = r.customer_a
+	      JOIN crm.customer cb ON cb.customer_id = r.customer_b
+	      WHERE r.resolution = 'kept_apart') x
+	JOIN pg_catalog.unnest(goldens) a(id) ON a.id = x.ga
+	JOIN pg_catalog.unnest(goldens) b(id) ON b.id = x.gb;
+	FOREACH h IN ARRAY goldens[2:] LOOP
+		golden := h;
+		conflict_kind := NULL;
+		IF EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest(kept_a), pg_catalog.unnest(kept_b)) k(a, b)
+		           WHERE (k.a = h AND k.b = ANY (merged_so_far)) OR (k.b = h AND k.a = ANY (merged_so_far))) THEN
+			decision := 'kept_apart';
+		ELSE
+			SELECT pg_catalog.min(i.kind) INTO conflict_kind
+			FROM crm.identity i
+			JOIN ROWS FROM (pg_catalog.unnest(held_kind), pg_catalog.unnest(held_value)) v(kind, value)
+			  ON v.kind = i.kind AND v.value <> i.value
+			WHERE i.customer_id = h;
+			IF conflict_kind IS NOT NULL THEN
+				decision := 'review';
+			ELSE
+				decision := 'merge';
+				merged_so_far := merged_so_far || h;
+				SELECT held_kind || pg_catalog.array_agg(i.kind), held_value || pg_catalog.array_agg(i.value)
+				INTO held_kind, held_value
+				FROM crm.identity i JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
+				WHERE i.customer_id = h;
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_plan_component(bigint[]) IS
+	'Internal: the decisions (merge, kept_apart, review with the conflicting kind) crm.merge_goldens would make merging goldens[2:] one by one into goldens[1], without merging; batch stitching merges a careful component by them in one step';
