@@ -274,23 +274,8 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	-- manual tags of the merged record go to the survivor
-	WITH moved AS (
-		INSERT INTO crm.customer_tag (tag_id, customer_id, since)
-		SELECT ct.tag_id, survivor, ct.since FROM crm.customer_tag ct
-		JOIN crm.tag t ON t.tag_id = ct.tag_id AND t.kind = 'manual'
-		WHERE ct.customer_id = merged
-		ON CONFLICT DO NOTHING
-		RETURNING tag_id)
-	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
-	SELECT survivor, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
-	WITH gone AS (
-		DELETE FROM crm.customer_tag ct USING crm.tag t
-		WHERE ct.customer_id = merged AND t.tag_id = ct.tag_id AND t.kind = 'manual'
-		RETURNING ct.tag_id)
-	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
-	SELECT merged, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
-	PERFORM crm.rebuild_customer_stats(ARRAY[survivor, merged], NULL);
+	-- One merge is the set form's smallest case (one owner of the rules).
+	PERFORM crm.segmentation_on_merge_set(ARRAY[survivor], ARRAY[merged]);
 END
 $$;
 COMMENT ON FUNCTION crm.segmentation_on_merge(bigint, bigint) IS
@@ -311,8 +296,9 @@ CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
--- crm.segmentation_on_merge for many merges at once (survivors[i] absorbed
--- merged[i], in that order; batch stitching): manual tags move in one
+-- The segmentation merge hook for many merges at once (survivors[i]
+-- absorbed merged[i], in that order; crm.segmentation_on_merge is one,
+-- batch stitching passes thousands): manual tags move in one
 -- statement, and every record's stats are rebuilt once, in one pass over
 -- their orders, instead of the survivor's once per merge.
 BEGIN
@@ -339,7 +325,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.segmentation_on_merge_set(bigint[], bigint[]) IS
-	'Customer hook (merge, set_fn): crm.segmentation_on_merge for many merges at once; every record''s stats, stage and rule tags rebuilt once';
+	'Customer hook (merge, set_fn): moves the merged records'' manual tags to their survivors and rebuilds every record''s stats, stage and rule tags once (survivors[i] absorbed merged[i]); crm.segmentation_on_merge is its one-merge case';
 
 INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin, set_fn) VALUES
 	('merge',   'segmentation', 300, 'crm.segmentation_on_merge(bigint, bigint)'::regprocedure, true,

@@ -2083,8 +2083,9 @@ CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
--- crm.segmentation_on_merge for many merges at once (survivors[i] absorbed
--- merged[i], in that order; batch stitching): manual tags move in one
+-- The segmentation merge hook for many merges at once (survivors[i]
+-- absorbed merged[i], in that order; crm.segmentation_on_merge is one,
+-- batch stitching passes thousands): manual tags move in one
 -- statement, and every record's stats are rebuilt once, in one pass over
 -- their orders, instead of the survivor's once per merge.
 BEGIN
@@ -2111,7 +2112,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.segmentation_on_merge_set(bigint[], bigint[]) IS
-	'Customer hook (merge, set_fn): crm.segmentation_on_merge for many merges at once; every record''s stats, stage and rule tags rebuilt once';
+	'Customer hook (merge, set_fn): moves the merged records'' manual tags to their survivors and rebuilds every record''s stats, stage and rule tags once (survivors[i] absorbed merged[i]); crm.segmentation_on_merge is its one-merge case';
 
 -- The builtin merge hooks do many merges at once through their set_fn.
 UPDATE crm.customer_hook SET set_fn = 'crm.loyalty_merge_set(bigint[], bigint[])'
@@ -3079,3 +3080,15 @@ END
 $$;
 COMMENT ON FUNCTION crm.stitch_plan_component(bigint[]) IS
 	'Internal: the decisions (merge, kept_apart, review with the conflicting kind) crm.merge_goldens would make merging goldens[2:] one by one into goldens[1], without merging; batch stitching merges a careful component by them in one step';
+
+CREATE OR REPLACE FUNCTION crm.segmentation_on_merge(survivor bigint, merged bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- One merge is the set form's smallest case (one owner of the rules).
+	PERFORM crm.segmentation_on_merge_set(ARRAY[survivor], ARRAY[merged]);
+END
+$$;
+COMMENT ON FUNCTION crm.segmentation_on_merge(bigint, bigint) IS
+	'Customer hook (merge): moves manual tags to the survivor and rebuilds stats, stage and rule tags of both records from their orders';
