@@ -16,6 +16,8 @@
 #include "utils/guc.h"
 #include "executor/spi.h"
 #include "utils/relcache.h"
+#include "utils/snapshot.h"
+#include "storage/itemptr.h"
 
 /*
  * The extension's own SQLSTATEs, class "CR" (documented in README.md,
@@ -64,10 +66,14 @@ extern int	crm_trigger_attnum(Relation rel, const char *name, const char *fn);
 /* rows.c: reading rows by index without the executor */
 extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
 extern HeapTuple crm_row_by_index_in(Relation rel, Oid idx, const Datum *key, ScanDirection direction);
+extern HeapTuple crm_row_by_index_at(Relation rel, Oid idx, const Datum *key, ScanDirection direction,
+									 Snapshot snap);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);
 #define CRM_MERGE_WALK_LIMIT	1000	/* longest chain of merged_into links walked */
 extern int64 crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target);
+extern int64 crm_merge_walk_at(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target,
+							   Snapshot snap, ItemPointer last_tid);
 
 /* customer.c: a customer id at an entry point means its golden customer (DEVELOPER.md, "Lock order") */
 extern bool crm_resolve_customer(int64 id, bool lock, int64 *golden);

@@ -32,13 +32,14 @@
 
 #include "crm_ext.h"
 
-/* Longest chain of merged_into links followed (merges keep chains one link long). */
+/* Most attempts at locking a golden that keeps moving (merges keep chains one link long). */
 #define RESOLVE_WALK_LIMIT	1000
 
 /* crm.customer, its primary key and merged_into column, looked up per call. */
 typedef struct CustomerRel
 {
 	Relation	rel;
+	Oid			relid;
 	Oid			pkey;
 	AttrNumber	merged_att;
 } CustomerRel;
@@ -46,60 +47,17 @@ typedef struct CustomerRel
 static void
 customer_rel_open(CustomerRel *c, LOCKMODE mode)
 {
-	c->rel = table_open(crm_relid("customer"), mode);
+	c->relid = crm_relid("customer");
+	c->rel = table_open(c->relid, mode);
 	c->pkey = RelationGetPrimaryKeyIndex(c->rel);
 	c->merged_att = crm_trigger_attnum(c->rel, "merged_into", "crm_resolve_customer()");
-}
-
-/*
- * Record id's row as snapshot snap sees it, into slot: false when there is
- * none.
- */
-static bool
-fetch_customer(CustomerRel *c, int64 id, Snapshot snap, TupleTableSlot *slot)
-{
-	Relation	irel = index_open(c->pkey, AccessShareLock);
-	IndexScanDesc scan = index_beginscan(c->rel, irel, snap, 1, 0);
-	ScanKeyData skey;
-	bool		found;
-
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	index_rescan(scan, &skey, 1, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, slot);
-	if (found)
-		slot_getallattrs(slot);
-	index_endscan(scan);
-	index_close(irel, AccessShareLock);
-	return found;
-}
-
-/*
- * The golden customer of record id as snap sees it (merged_into followed to
- * its end); false when id is no customer.
- */
-static bool
-walk_to_golden(CustomerRel *c, int64 id, Snapshot snap, TupleTableSlot *slot, int64 *golden)
-{
-	for (int depth = 0; depth < RESOLVE_WALK_LIMIT; depth++)
-	{
-		bool		isnull;
-		Datum		next;
-
-		if (!fetch_customer(c, id, snap, slot))
-			return false;		/* unknown (a dangling link cannot be: the foreign key) */
-		next = slot_getattr(slot, c->merged_att, &isnull);
-		if (isnull)
-			break;
-		id = DatumGetInt64(next);
-	}
-	*golden = id;
-	return true;
 }
 
 /* What lock_share did. */
 typedef enum ShareLockResult
 {
 	SHARE_LOCKED,				/* locked; slot holds the newest version */
+	SHARE_OURS,					/* this command changed the row: ours already */
 	SHARE_WOULD_BLOCK,			/* nowait: a merge or other writer holds the row */
 	SHARE_GONE					/* the row was deleted */
 } ShareLockResult;
@@ -125,8 +83,7 @@ lock_share(CustomerRel *c, TupleTableSlot *slot, ItemPointerData tid, bool nowai
 			slot_getallattrs(slot);
 			return SHARE_LOCKED;
 		case TM_SelfModified:
-			/* this command changed it: it is ours already, as read */
-			return SHARE_LOCKED;
+			return SHARE_OURS;
 		case TM_WouldBlock:
 			return SHARE_WOULD_BLOCK;
 		case TM_Updated:
@@ -142,15 +99,19 @@ lock_share(CustomerRel *c, TupleTableSlot *slot, ItemPointerData tid, bool nowai
 	return SHARE_GONE;
 }
 
-/* walk_to_golden with a snapshot taken now: what every committed merge left. */
+/*
+ * The golden customer of record id (crm_merge_walk, in rows.c) as a snapshot
+ * taken now sees it: what every committed merge left; *tid: its row's
+ * ctid.  False when id is no customer.
+ */
 static bool
-latest_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
+latest_golden(CustomerRel *c, int64 id, int64 *golden, ItemPointer tid)
 {
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
-	bool		found = walk_to_golden(c, id, snap, slot, golden);
 
+	*golden = crm_merge_walk_at(c->relid, c->pkey, c->merged_att, id, 0, snap, tid);
 	UnregisterSnapshot(snap);
-	return found;
+	return *golden != 0;
 }
 
 /*
@@ -163,11 +124,12 @@ still_golden(CustomerRel *c, int64 id, int64 g, TupleTableSlot *slot)
 {
 	bool		isnull;
 	int64		again;
+	ItemPointerData tid;
 
 	(void) slot_getattr(slot, c->merged_att, &isnull);
 	if (!isnull)
 		return false;
-	return g == id || (latest_golden(c, id, slot, &again) && again == g);
+	return g == id || (latest_golden(c, id, &again, &tid) && again == g);
 }
 
 /*
@@ -179,14 +141,13 @@ still_golden(CustomerRel *c, int64 id, int64 g, TupleTableSlot *slot)
  * subtransaction.
  */
 static ShareLockResult
-wait_for_golden(CustomerRel *c, int64 id, int64 g, TupleTableSlot *slot, bool *fresh)
+wait_for_golden(CustomerRel *c, int64 id, int64 g, ItemPointerData tid, TupleTableSlot *slot, bool *fresh)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	ShareLockResult res;
-	ItemPointerData tid = slot->tts_tid;
 
-	/* the slot's buffer pin belongs to the transaction: drop it first */
+	/* a buffer pin the slot holds belongs to the transaction: drop it first */
 	ExecClearTuple(slot);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
@@ -226,17 +187,22 @@ lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
 	for (int attempt = 0; attempt < RESOLVE_WALK_LIMIT; attempt++)
 	{
 		int64		g;
-		bool		fresh;
+		ItemPointerData tid;
+		bool		fresh = false;
 		ShareLockResult res;
 
-		/* the walk leaves the golden's row in slot */
-		if (!latest_golden(c, id, slot, &g))
+		if (!latest_golden(c, id, &g, &tid))
 			return false;
-		res = lock_share(c, slot, slot->tts_tid, true);
+		res = lock_share(c, slot, tid, true);
+		if (res == SHARE_OURS)
+		{
+			*golden = g;		/* nobody else can change it before we commit */
+			return true;
+		}
 		if (res == SHARE_LOCKED)
 			fresh = still_golden(c, id, g, slot);	/* a merge committed in between: rare */
 		else if (res == SHARE_WOULD_BLOCK)
-			res = wait_for_golden(c, id, g, slot, &fresh);
+			res = wait_for_golden(c, id, g, tid, slot, &fresh);
 		if (res == SHARE_LOCKED && fresh)
 		{
 			*golden = g;
@@ -260,10 +226,14 @@ crm_resolve_customer(int64 id, bool lock, int64 *golden)
 	bool		found;
 
 	customer_rel_open(&c, lock ? RowShareLock : AccessShareLock);
-	slot = table_slot_create(c.rel, NULL);
-	found = lock ? lock_golden(&c, id, slot, golden) :
-		walk_to_golden(&c, id, GetActiveSnapshot(), slot, golden);
-	ExecDropSingleTupleTableSlot(slot);
+	if (lock)
+	{
+		slot = table_slot_create(c.rel, NULL);
+		found = lock_golden(&c, id, slot, golden);
+		ExecDropSingleTupleTableSlot(slot);
+	}
+	else
+		found = (*golden = crm_merge_walk(c.relid, c.pkey, c.merged_att, id, 0)) != 0;
 	table_close(c.rel, NoLock);
 	return found;
 }

@@ -37,9 +37,16 @@ crm_row_by_index(Relation rel, Oid idx, const Datum *key)
 HeapTuple
 crm_row_by_index_in(Relation rel, Oid idx, const Datum *key, ScanDirection direction)
 {
+	return crm_row_by_index_at(rel, idx, key, direction, GetActiveSnapshot());
+}
+
+/* crm_row_by_index_in as snapshot snap sees the table. */
+HeapTuple
+crm_row_by_index_at(Relation rel, Oid idx, const Datum *key, ScanDirection direction, Snapshot snap)
+{
 	Relation	irel = index_open(idx, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	IndexScanDesc scan = index_beginscan(rel, irel, GetActiveSnapshot(), key ? 1 : 0, 0);
+	IndexScanDesc scan = index_beginscan(rel, irel, snap, key ? 1 : 0, 0);
 	ScanKeyData skey;
 	HeapTuple	tup = NULL;
 
@@ -84,19 +91,32 @@ crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 int64
 crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target)
 {
+	return crm_merge_walk_at(customer_relid, pkey, merged_att, record, target, GetActiveSnapshot(), NULL);
+}
+
+/*
+ * crm_merge_walk as snapshot snap sees crm.customer; with last_tid, the
+ * ctid of the row the walk ended on (src/common/customer.c locks it).
+ */
+int64
+crm_merge_walk_at(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target,
+				  Snapshot snap, ItemPointer last_tid)
+{
 	Relation	crel = table_open(customer_relid, AccessShareLock);
 	Datum		id = Int64GetDatum(record);
 	int64		last = 0;
 
 	for (int depth = 0;; depth++)
 	{
-		HeapTuple	tup = crm_row_by_index(crel, pkey, &id);
+		HeapTuple	tup = crm_row_by_index_at(crel, pkey, &id, ForwardScanDirection, snap);
 		bool		isnull = true;
 		Datum		next = (Datum) 0;
 
 		if (tup == NULL)
 			break;
 		last = DatumGetInt64(id);
+		if (last_tid)
+			*last_tid = tup->t_self;
 		next = heap_getattr(tup, merged_att, RelationGetDescr(crel), &isnull);
 		heap_freetuple(tup);
 		if (isnull || last == target || depth == CRM_MERGE_WALK_LIMIT)
