@@ -146,14 +146,20 @@ rm -f "$chain_out"
 
 # What the first stitch cannot do without: build the graph and write the
 # moved rows (customer.merged_into, customer_id of orders, events,
-# identities and journal rows of every record into its component's first
-# record), with no trigger, hook or log; rolled back.
+# identities (unless the first record holds the value) and journal rows of
+# every record into its component's first record), with no trigger, hook
+# or log; rolled back.
 moved_ref=$(bench_time "BEGIN; SET LOCAL session_replication_role = replica;
 	CREATE TEMP TABLE ref_move AS SELECT m.member, m.golden FROM crm.id_merge_groups(crm.identity_graph()) m WHERE m.member <> m.golden;
 	UPDATE crm.customer c SET merged_into = r.golden FROM ref_move r WHERE c.customer_id = r.member;
 	UPDATE crm.orders o SET customer_id = r.golden FROM ref_move r WHERE o.customer_id = r.member;
 	UPDATE crm.event e SET customer_id = r.golden FROM ref_move r WHERE e.customer_id = r.member;
-	UPDATE crm.identity i SET customer_id = r.golden FROM ref_move r WHERE i.customer_id = r.member;
+	UPDATE crm.identity i SET customer_id = x.golden
+	FROM (SELECT DISTINCT ON (i.kind, i.value, r.golden) i.identity_id, r.golden
+	      FROM crm.identity i JOIN ref_move r ON i.customer_id = r.member
+	      WHERE NOT EXISTS (SELECT 1 FROM crm.identity d WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = r.golden)
+	      ORDER BY i.kind, i.value, r.golden, i.identity_id) x
+	WHERE i.identity_id = x.identity_id;
 	UPDATE crm.points_journal j SET customer_id = r.golden FROM ref_move r WHERE j.customer_id = r.member;
 	ROLLBACK")
 

@@ -27,7 +27,7 @@ lat=$(cat "$logdir"/m.* | awk '{print $3 / 1000}' | sort -n | awk '{a[NR] = $1} 
 	printf "%.2f %.2f", a[i50], a[i99] }')
 p50=${lat% *}
 p99=${lat#* }
-bench_row "online merge latency: $n_merge crm.merge_goldens, p50 (p99 in note)" "$(echo "scale=4; $p50 / 1000" | bc)" "-" \
+bench_row "online merge latency: $n_merge crm.merge_goldens, p50 (p99 in note)" "$(awk -v p="$p50" 'BEGIN { printf "%.4f", p / 1000 }')" "-" \
 	"p50 $p50 ms, p99 $p99 ms over $n_merge transactions ($merges_done merges; targets 5 / 25 ms)"
 rm -rf "$script" "$logdir"
 

@@ -193,6 +193,7 @@ CREATE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, reason text, 
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- Not STRICT: reason and via_identity_id may be NULL.
 -- Merges the golden customers of records a and b.  Returns the merge_id, or
@@ -513,6 +514,7 @@ CREATE FUNCTION crm.stitch_identity(identity_id bigint)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- Applies the kind's policy to one identity row and merges its customer
 -- with the other golden customers holding the same (kind, value).  Returns

@@ -295,6 +295,7 @@ COMMENT ON FUNCTION crm.segmentation_on_unmerge(bigint, bigint) IS
 CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- The segmentation merge hook for many merges at once (survivors[i]
 -- absorbed merged[i], in that order; crm.segmentation_on_merge is one,
@@ -316,8 +317,8 @@ BEGIN
 	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
 	SELECT moved.customer_id, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
 	WITH gone AS (
-		DELETE FROM crm.customer_tag ct USING crm.tag t
-		WHERE ct.customer_id = ANY (merged) AND t.tag_id = ct.tag_id AND t.kind = 'manual'
+		DELETE FROM crm.customer_tag ct USING crm.tag t, pg_catalog.unnest(merged) u(id)
+		WHERE ct.customer_id = u.id AND t.tag_id = ct.tag_id AND t.kind = 'manual'
 		RETURNING ct.customer_id, ct.tag_id)
 	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
 	SELECT gone.customer_id, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;

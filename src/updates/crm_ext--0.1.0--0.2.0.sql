@@ -927,6 +927,7 @@ $$;
 CREATE FUNCTION crm.loyalty_recompute_spends(customer_ids bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
 	-- Which orders count and in which month is crm.spend_buckets' rule.
@@ -1054,6 +1055,7 @@ CREATE OR REPLACE FUNCTION crm.stitch_identity(identity_id bigint)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- Applies the kind's policy to one identity row and merges its customer
 -- with the other golden customers holding the same (kind, value).  Returns
@@ -1996,6 +1998,7 @@ CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set
 CREATE FUNCTION crm.loyalty_merge_set(survivors bigint[], merged bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- The loyalty merge hook for many merges at once (survivors[i] absorbed
 -- merged[i], in that order; crm.loyalty_merge is one, batch stitching
@@ -2014,8 +2017,8 @@ DECLARE
 	l crm.loyalty_ledger;
 	cur record;
 BEGIN
-	IF EXISTS (SELECT 1 FROM pg_catalog.unnest(survivors) s(id) JOIN pg_catalog.unnest(merged) m(id)
-	           ON s.id OPERATOR(pg_catalog.=) m.id) THEN
+	IF EXISTS (SELECT s.id FROM pg_catalog.unnest(survivors) s(id)
+	           INTERSECT SELECT m.id FROM pg_catalog.unnest(merged) m(id)) THEN
 		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
 			USING ERRCODE = 'CR004';
 	END IF;
@@ -2028,9 +2031,12 @@ BEGIN
 	END IF;
 	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
 	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
-	-- Lock every account involved in customer-id order.
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ss OPERATOR(pg_catalog.||) ms)
-	ORDER BY a.customer_id FOR UPDATE;
+	-- Lock every account involved in customer-id order.  (Joins, not
+	-- = ANY: a generic plan does not hash a large array parameter.)
+	PERFORM 1 FROM crm.loyalty_account a
+	JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
+	  ON a.customer_id OPERATOR(pg_catalog.=) x.id
+	ORDER BY a.customer_id FOR UPDATE OF a;
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
 	UPDATE crm.points_journal j SET customer_id = p.s
@@ -2054,7 +2060,7 @@ BEGIN
 		WHERE a.customer_id OPERATOR(pg_catalog.=) r.s;
 	END LOOP;
 	UPDATE crm.loyalty_account a SET ledger = '{}', debt = 0, updated_at = pg_catalog.now()
-	WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (ms);
+	FROM pg_catalog.unnest(ms) u(id) WHERE a.customer_id OPERATOR(pg_catalog.=) u.id;
 	PERFORM crm.loyalty_recompute_spends(ARRAY(SELECT DISTINCT u.c FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(c) ORDER BY 1));
 	-- Each survivor's tier, re-evaluated on its combined spend merge by merge
 	-- (crm.loyalty_merge_tier).  After a survivor's first merge, a merged
@@ -2082,6 +2088,7 @@ COMMENT ON FUNCTION crm.loyalty_merge_set(bigint[], bigint[]) IS
 CREATE FUNCTION crm.segmentation_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- The segmentation merge hook for many merges at once (survivors[i]
 -- absorbed merged[i], in that order; crm.segmentation_on_merge is one,
@@ -2103,8 +2110,8 @@ BEGIN
 	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
 	SELECT moved.customer_id, moved.tag_id, 'enter', crm.segmentation_now() FROM moved;
 	WITH gone AS (
-		DELETE FROM crm.customer_tag ct USING crm.tag t
-		WHERE ct.customer_id = ANY (merged) AND t.tag_id = ct.tag_id AND t.kind = 'manual'
+		DELETE FROM crm.customer_tag ct USING crm.tag t, pg_catalog.unnest(merged) u(id)
+		WHERE ct.customer_id = u.id AND t.tag_id = ct.tag_id AND t.kind = 'manual'
 		RETURNING ct.customer_id, ct.tag_id)
 	INSERT INTO crm.customer_tag_history (customer_id, tag_id, change, at)
 	SELECT gone.customer_id, gone.tag_id, 'leave', crm.segmentation_now() FROM gone;
@@ -2441,6 +2448,7 @@ CREATE OR REPLACE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, re
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
 -- Not STRICT: reason and via_identity_id may be NULL.
 -- Merges the golden customers of records a and b.  Returns the merge_id, or
@@ -3092,3 +3100,17 @@ END
 $$;
 COMMENT ON FUNCTION crm.segmentation_on_merge(bigint, bigint) IS
 	'Customer hook (merge): moves manual tags to the survivor and rebuilds stats, stage and rule tags of both records from their orders';
+
+CREATE OR REPLACE FUNCTION crm.loyalty_ensure_account(customer_id bigint, at timestamptz) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- PL/pgSQL, not SQL: its plan is kept per session (every merge calls it).
+	INSERT INTO crm.loyalty_account (customer_id, tier, tier_since)
+	SELECT loyalty_ensure_account.customer_id, t.tier, loyalty_ensure_account.at FROM crm.tier t ORDER BY t.rank LIMIT 1
+	ON CONFLICT ON CONSTRAINT loyalty_account_pkey DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_ensure_account(bigint, timestamptz) IS
+	'Internal: creates a customer''s account at the lowest tier when it has none';
