@@ -22,6 +22,10 @@ INSERT INTO crm.order_line (order_id, sku, category, qty, amount) VALUES (101, '
 INSERT INTO crm.order_line (order_id, sku, category, qty, amount)
 SELECT 103, 'SNK-000' || i, 'snacks', 1, 0.00 FROM generate_series(1, 3) i;
 SELECT order_id, line_no, sku FROM crm.order_line ORDER BY 1, 2;
+-- an order counts once per category, also when its lines arrive in
+-- several statements (order 101's fresh lines: 2 statements, 1 order)
+SELECT c.category, c.orders, c.spend
+FROM crm.customer_stats s, crm.stats_categories(s.categories) c WHERE s.customer_id = 1 ORDER BY 1;
 -- an explicit number that is taken is still a key violation
 SELECT pg_temp.expect_error($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount) VALUES (101, 2, 'X', 'fresh', 1, 1.00)$$);
 -- no order: the foreign key says so, not the numbering

@@ -140,7 +140,8 @@ stats_apply_fact(CustState *st, const Fact *f)
 				st->dirty = true;
 				(void) crm_local_day(f->at, &wd);
 				add_cents(&c->cents, f->cents);
-				if (c->last_order != f->order_id)
+				/* count 0: the order had a line of this category before */
+				if (c->last_order != f->order_id && f->count > 0)
 				{
 					c->last_order = f->order_id;
 					c->orders++;

@@ -39,8 +39,9 @@
  * Categories.  Column "categories" holds, per category bought, the number
  * of paid orders with a line in it, the line amounts (cents) and the orders
  * per weekday: the inputs of share(), category_orders(), category_spend()
- * and top_weekday(category).  Lines of one order are expected in one
- * statement (an order's category is counted once per statement).
+ * and top_weekday(category).  An order counts once per category: lines
+ * inserted by a later statement carry count 0 for a category the order
+ * already had (the order was counted then).
  */
 #ifndef STATS_PRIVATE_H
 #define STATS_PRIVATE_H
