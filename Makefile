@@ -73,7 +73,10 @@ PREDICTION_SQL = \
 	src/prediction/clv.sql \
 	src/prediction/associations.sql \
 	src/prediction/replenishment.sql
-SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL)
+# crm.verify checks where the features meet, so it comes after all of them.
+VERIFY_SQL = \
+	src/verify/verify.sql
+SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(VERIFY_SQL)
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*.sql)

@@ -62,4 +62,5 @@ CREATE ROLE crm_bad_input_user;
 SET LOCAL ROLE crm_bad_input_user;
 SELECT pg_temp.expect_error($$SET crm.max_future = '100 years'$$) AS not_superuser;
 RESET ROLE;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -101,4 +101,5 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.event (customer_id, kind, at) VALU
 SELECT pg_temp.expect_error($$INSERT INTO crm.event_kind (kind) VALUES ('Has Space')$$);
 INSERT INTO crm.event (customer_id, kind, at, props) VALUES (1, 'cart', '2025-03-01', '{"sku": "FRE-0001"}');
 SELECT customer_id, origin_customer_id, kind, props FROM crm.event;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -85,3 +85,4 @@ SELECT * FROM crm.verify_ledgers();
 SET client_min_messages = warning;
 DROP DATABASE crm_install_test;
 DROP ROLE crm_install_other;
+SELECT * FROM crm.verify();

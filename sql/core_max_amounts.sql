@@ -26,4 +26,5 @@ UPDATE crm.orders SET refunded_amount = 0.99 WHERE order_id = 2;
 SELECT spend FROM crm.customer_stats WHERE customer_id = 1;
 SELECT crm.points_balance(1, '2026-06-03 00:00+00') AS points, crm.qualifying_spend(1, '2026-06-03 00:00+00') AS qualifying;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -31,4 +31,5 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.order_line (order_id, line_no, sku
 -- no order: the foreign key says so, not the numbering
 SELECT pg_temp.expect_error($$INSERT INTO crm.order_line (order_id, sku, category, qty, amount) VALUES (999, 'X', 'fresh', 1, 1.00)$$);
 SELECT order_id, count(*), max(line_no) FROM crm.order_line GROUP BY 1 ORDER BY 1;
+SELECT * FROM crm.verify();
 ROLLBACK;

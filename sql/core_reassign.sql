@@ -109,6 +109,7 @@ SELECT crm.unmerge(merge_id, true) AS undone FROM crm.merge_log WHERE undone_at 
 SELECT customer_id, merged_into FROM crm.customer ORDER BY customer_id;
 SELECT * FROM state ORDER BY what, id;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 SELECT bool_and(CASE WHEN b.last_value IS NULL THEN setval(b.seq, b.start_value, false)
                      ELSE setval(b.seq, b.last_value) END IS NOT NULL) AS sequences_restored

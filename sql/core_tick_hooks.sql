@@ -26,6 +26,7 @@ CREATE FUNCTION tick_wrong_arg(at date) RETURNS bigint LANGUAGE sql AS $$ SELECT
 SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('wrong_ret', 8, 'tick_wrong_ret(timestamptz)')$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.tick_task (task, run_order, fn) VALUES ('wrong_arg', 8, 'tick_wrong_arg(date)')$$);
 SELECT pg_temp.expect_error($$UPDATE crm.tick_task SET fn = 'tick_wrong_ret(timestamptz)' WHERE task = 'first'$$);
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 BEGIN;
@@ -49,6 +50,7 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_or
 SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('merge', 'x', 2, 'log_forget(bigint)')$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('forget', 'x', 2, 'log_merge(bigint, bigint)')$$);
 SELECT pg_temp.expect_error($$UPDATE crm.customer_hook SET event = 'unmerge' WHERE hook = 'log' AND event = 'forget'$$);
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- the origin trigger checks how it is called
@@ -69,5 +71,6 @@ CREATE TABLE t_ok (customer_id bigint, origin_customer_id bigint);
 CREATE TRIGGER t BEFORE INSERT OR UPDATE ON t_ok FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer();
 INSERT INTO t_ok VALUES (5, NULL), (6, 3), (NULL, NULL);
 SELECT * FROM t_ok ORDER BY customer_id NULLS LAST;
+SELECT * FROM crm.verify();
 ROLLBACK;
 SELECT pg_temp.expect_error($$SELECT crm.fill_origin_customer()$$);

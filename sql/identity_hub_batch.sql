@@ -46,6 +46,7 @@ SELECT customer_a, customer_b, conflict_kind, via_kind, source, resolution FROM 
 UPDATE crm.identity_kind SET max_holders = 20 WHERE kind = 'phone';
 SELECT * FROM crm.stitch_identities();
 SELECT customer_id, merged_into FROM crm.customer WHERE merged_into IS NOT NULL ORDER BY 1;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 2. A component of 30 records (one shared phone) merged in one batch
@@ -95,6 +96,7 @@ SELECT customer_id, from_tier, to_tier, reason FROM crm.tier_history WHERE reaso
 SELECT * FROM crm.verify_ledgers();
 -- a second run changes nothing
 SELECT * FROM crm.stitch_identities();
+SELECT * FROM crm.verify();
 ROLLBACK;
 SELECT bool_and(CASE WHEN b.last_value IS NULL THEN setval(b.seq, b.start_value, false)
                      ELSE setval(b.seq, b.last_value) END IS NOT NULL) AS sequences_restored

@@ -109,3 +109,4 @@ DROP TABLE public.idm_edges, par, ser, bin, bin2, bad;
 SELECT pg_temp.expect_error($$SELECT repeat('{', 1000000)::crm.id_merge$$);
 SELECT pg_temp.expect_error($$SELECT ('{{' || repeat('1', 1000000) || '}}')::crm.id_merge$$);
 SELECT pg_temp.expect_error($$SELECT ('{{1' || repeat(',', 1000000) || '}}')::crm.id_merge$$);
+SELECT * FROM crm.verify();

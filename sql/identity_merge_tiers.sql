@@ -31,6 +31,7 @@ SELECT count(*) AS below_tier_after_stitching FROM below_tier;
 SELECT count(*) AS merge_tier_changes, count(*) FILTER (WHERE h.qualifying_spend IS NULL) AS without_spend
 FROM crm.tier_history h WHERE h.reason = 'merge';
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 2. By hand, in 2025 (the programme's clock crm.loyalty_now; UTC months).
@@ -72,6 +73,7 @@ SELECT customer_id, tier, pg_temp.since(tier_since) AS tier_since FROM crm.loyal
 SELECT customer_id, from_tier, to_tier, reason, qualifying_spend FROM crm.tier_history
 WHERE reason = 'unmerge' ORDER BY tier_history_id;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 3. crm.tier_held: bad input

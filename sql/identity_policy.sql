@@ -68,4 +68,5 @@ FROM (VALUES ('device', 'TAB-1', 3::bigint), ('device', 'SHOP-TABLET ', 1), ('em
              ('email', 'shared@example.com', 4), ('phone', 'test@test.com', 2), ('email', 'test@test.com', 2),
              ('fax', '123456', 2), ('device', 'TAB-2', 0)) v(kind, value, n)
 ORDER BY v.kind, v.value;
+SELECT * FROM crm.verify();
 ROLLBACK;

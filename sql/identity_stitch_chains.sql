@@ -42,6 +42,7 @@ SELECT external_ref, customer_id FROM crm.orders WHERE external_ref = 'D6';
 SELECT customer_id, crm.ledger_total(ledger) AS points FROM crm.loyalty_account WHERE customer_id <= 4 ORDER BY 1;
 SELECT customer_id, orders, spend FROM crm.customer_stats WHERE customer_id <= 4 ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 2. The same with online stitching: the manual merge first, then the
@@ -60,6 +61,7 @@ SELECT external_ref, customer_id FROM crm.orders WHERE external_ref = 'D6';
 SELECT customer_id, crm.ledger_total(ledger) AS points FROM crm.loyalty_account WHERE customer_id <= 4 ORDER BY 1;
 SELECT customer_id, orders, spend FROM crm.customer_stats WHERE customer_id <= 4 ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 3. Chains an older release left (the end state of defect 6 under 0.1.0,
@@ -88,6 +90,7 @@ SELECT customer_id, crm.ledger_total(ledger) AS points FROM crm.loyalty_account 
 SELECT customer_id, orders, spend FROM crm.customer_stats WHERE customer_id <= 4 ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
 SELECT * FROM crm.stitch_identities();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 4. A golden that heads a chain is merged into an older golden: every
@@ -111,6 +114,7 @@ SELECT external_ref, customer_id FROM crm.orders WHERE external_ref = 'D6';
 SELECT customer_id, crm.ledger_total(ledger) AS points FROM crm.loyalty_account WHERE customer_id <= 5 ORDER BY 1;
 SELECT customer_id, orders, spend FROM crm.customer_stats WHERE customer_id <= 5 ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 5. Defect 9: two records of one golden receive the same stray identifier
@@ -138,5 +142,6 @@ SELECT sum(crm.unmerge(merge_id)) AS undone FROM (SELECT merge_id FROM crm.merge
 SELECT kind, value, customer_id, origin_customer_id FROM crm.identity WHERE value = '13912345678' ORDER BY origin_customer_id;
 SELECT customer_id, merged_into FROM crm.customer WHERE customer_id <= 4 ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 RESET statement_timeout;

@@ -64,6 +64,7 @@ SELECT customer_id, merged_into, (SELECT count(*) FROM crm.orders o WHERE o.cust
        CASE WHEN merged_into IS NULL THEN crm.points_balance(customer_id, '2025-04-01+00') END AS points
 FROM crm.customer c ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 2. cascade => true still undoes the later merges of the same customers
@@ -76,6 +77,7 @@ INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '1390000070
 SELECT crm.unmerge(:m, cascade => true) AS undone;
 SELECT customer_id, merged_into FROM crm.customer ORDER BY 1;
 SELECT customer_a, customer_b, source, resolution FROM crm.identity_review ORDER BY review_id;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 3. Three ways, and a survivor merged on: A+B (M1), A+E (M2), then Z+A
@@ -105,6 +107,7 @@ SELECT survivor, merged, undone_at IS NOT NULL AS undone FROM crm.merge_log ORDE
 SELECT customer_a, customer_b, resolution FROM crm.identity_review ORDER BY review_id;
 SELECT customer_id, orders, spend FROM crm.customer_stats ORDER BY 1;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 4. What is still refused, and why
@@ -114,6 +117,7 @@ SELECT crm.merge_customers(1, 2) AS m \gset
 SELECT crm.unmerge(:m) AS undone;
 SELECT regexp_replace(pg_temp.expect_error(format('SELECT crm.unmerge(%s)', :m)), '\m[0-9]+\M', 'N', 'g') AS again;
 SELECT pg_temp.expect_error($$SELECT crm.unmerge(-1)$$) AS unknown;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 SELECT bool_and(CASE WHEN b.last_value IS NULL THEN setval(b.seq, b.start_value, false)

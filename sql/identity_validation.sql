@@ -36,6 +36,10 @@ UPDATE crm.customer SET merged_into = 2 WHERE customer_id = 1;  -- rows move onl
 UPDATE crm.identity SET customer_id = 2 WHERE kind = 'phone' AND value = '+86 139 0000 0001';
 SELECT customer_id FROM crm.identity WHERE kind = 'phone' AND value = '+86 139 0000 0001';
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id) VALUES ('phone', '+86 139 0000 0002', 1)$$) AS tightened;
+-- undo the merge made by hand above (its other rows never moved), so
+-- crm.verify() below checks the rest
+UPDATE crm.identity SET customer_id = 1 WHERE kind = 'phone' AND value = '+86 139 0000 0001';
+UPDATE crm.customer SET merged_into = NULL WHERE customer_id = 1;
 
 -- 3. The pattern is configurable: NULL accepts anything; a new kind may
 --    have its own; an invalid regular expression is refused.
@@ -47,6 +51,7 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.identity (kind, value, customer_id
 SELECT pg_temp.expect_error($$INSERT INTO crm.identity_kind (kind, strength, pattern) VALUES ('broken', 'strong', '([a-z]')$$) AS invalid_regex;
 -- COPY goes through the same check
 SELECT pg_temp.expect_error($$COPY crm.identity (kind, value, customer_id) FROM PROGRAM 'printf "loyalty_card\tLC99\t3\n"'$$) AS copy;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- 4. NULL arguments of the merge entry points are errors (22004), not defaults.
@@ -58,4 +63,5 @@ SELECT pg_temp.expect_error('SELECT crm.unmerge(NULL)') AS unmerge_null_id;
 SELECT pg_temp.expect_error('SELECT crm.merge_customers(1, NULL)') AS merge_null;
 SELECT merged_into FROM crm.customer WHERE customer_id = 2;
 SELECT crm.unmerge(:merge_id, false) AS undone;
+SELECT * FROM crm.verify();
 ROLLBACK;

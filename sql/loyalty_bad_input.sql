@@ -58,4 +58,5 @@ CREATE ROLE crm_loyalty_bad_input_user;
 SET LOCAL ROLE crm_loyalty_bad_input_user;
 SELECT pg_temp.expect_error($$SET crm.loyalty_now = '2024-05-01 00:00+00'$$) AS not_superuser;
 RESET ROLE;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -191,3 +191,4 @@ SELECT name, pg_temp.copy_binary_in(pg_temp.framed(payload)) AS result FROM (VAL
 DO $$ BEGIN
 	EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', format('rm -f /tmp/crm_ext_ledger_%s.bin', pg_backend_pid()));
 END $$;
+SELECT * FROM crm.verify();

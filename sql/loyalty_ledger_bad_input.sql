@@ -107,3 +107,4 @@ SELECT i, pg_temp.text_in(CASE i % 3
 FROM generate_series(1, 400) i, valid;
 SELECT result, count(*) FROM text_outcome GROUP BY 1 ORDER BY 1;
 SELECT bool_and(result IN ('accepted', '22P02', '22003')) AS every_failure_clean FROM text_outcome;
+SELECT * FROM crm.verify();

@@ -51,4 +51,5 @@ SELECT count(*) AS accounts FROM crm.loyalty_account WHERE customer_id = 13;
 SELECT pg_temp.expect_error($$SELECT crm.loyalty_merge(11, 11)$$);
 SELECT pg_temp.expect_error($$SELECT crm.run_customer_hooks('merge', 11, NULL)$$);
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -350,6 +350,7 @@ SELECT j.customer_id,
        ARRAY(SELECT (x.points, x.expires_at) FROM crm.ledger_lots(crm.ledger_agg(j.lots, j.points)) x)
        = ARRAY(SELECT (x.points, x.expires_at) FROM crm.loyalty_account a, crm.ledger_lots(a.ledger) x WHERE a.customer_id = j.customer_id) AS agg_matches
 FROM crm.points_journal j GROUP BY j.customer_id ORDER BY j.customer_id;
+SELECT * FROM crm.verify();
 UPDATE crm.loyalty_account SET ledger = crm.ledger_earn(ledger, 7, '2025-01-01+00', '2027-01-01+00'), debt = debt + 1 WHERE customer_id = 6;
 SELECT * FROM crm.verify_ledgers();
 ROLLBACK;

@@ -115,4 +115,5 @@ SELECT crm.qualifying_spend(1, '2026-02-28') AS at_feb_2026, crm.qualifying_spen
 -- not lower it (crm.tick does once it was held tier_hold_months, to the tier
 -- of the spend then)
 SELECT a.customer_id, a.tier, crm.tier_for_spend(a.qualifying_spend) AS tier_for_spend FROM crm.loyalty_account a ORDER BY 1;
+SELECT * FROM crm.verify();
 ROLLBACK;

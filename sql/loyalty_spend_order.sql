@@ -110,4 +110,5 @@ SELECT array_length(spend_cents, 1) AS months_kept, crm.qualifying_spend(1, crm.
 FROM crm.loyalty_account WHERE customer_id = 1;
 SELECT pg_temp.expect_error($$UPDATE crm.loyalty_account SET spend_cents = spend_cents[1:11] WHERE customer_id = 1$$) AS eleven;
 SELECT pg_temp.expect_error($$UPDATE crm.loyalty_account SET spend_cents = spend_cents || 0::bigint WHERE customer_id = 1$$) AS fourteen;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -61,4 +61,5 @@ SELECT pg_temp.expect_error($$SELECT * FROM crm.recommend(999)$$) AS recommend;
 SELECT pg_temp.expect_error($$SELECT crm.merge_customers(62, 999)$$) AS merge_customers;
 SELECT pg_temp.expect_error($$SELECT crm.resolve_customer(999)$$) AS resolve_customer;
 SELECT pg_temp.expect_error($$SELECT crm.lock_customer(999)$$) AS lock_customer;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -83,4 +83,5 @@ SELECT count(*) AS differences FROM (
 	(SELECT antecedent, consequent, baskets FROM one_pass EXCEPT SELECT antecedent, consequent, baskets FROM crm.association_rule)) d;
 RESET work_mem;
 SELECT count(*) > 100 AS many_rules FROM crm.association_rule;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -115,8 +115,7 @@ ORDER BY clv DESC, customer_id LIMIT 3;
 SELECT count(*) AS customers, count(clv) AS with_clv FROM crm.v_clv;
 
 -- Merged records and refunded orders are left out of the summary.
-UPDATE crm.customer SET merged_into = 1 WHERE customer_id = 2;
-UPDATE crm.orders SET customer_id = 1 WHERE customer_id = 2;
+SELECT crm.merge_customers(1, 2) IS NOT NULL AS merged;
 UPDATE crm.orders SET status = 'refunded' WHERE customer_id = 1000;
 SELECT customer_id, frequency, round(recency::numeric, 2) AS recency, round(t::numeric, 2) AS t
 FROM crm.clv_summary('1997-09-30 00:00+00') WHERE customer_id IN (1, 2, 1000) ORDER BY customer_id;
@@ -182,4 +181,5 @@ SELECT crm.p_alive(NULL, 1, 1, 2) IS NULL AS a, crm.p_alive('cdnow_bg', NULL, 1,
 SELECT crm.p_alive('cdnow_bg', 500, 38, 38.86) BETWEEN 0 AND 1 AS many_purchases,
        crm.expected_purchases('cdnow_bg', 500, 38, 38.86, 520) > 0 AS long_horizon,
        crm.expected_purchases('cdnow_bg', 10000) > 0 AS far_future;
+SELECT * FROM crm.verify();
 ROLLBACK;

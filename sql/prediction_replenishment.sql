@@ -36,8 +36,7 @@ SELECT count(*) FROM crm.replenishment_due('2026-07-13', '30 days');
 -- Orders after as_of are not seen.
 SELECT customer_id, category, sku, purchases FROM crm.replenishment('2026-06-25') ORDER BY 1, 2, 3 NULLS FIRST;
 -- A merged record's orders count for its golden customer only.
-UPDATE crm.customer SET merged_into = 1 WHERE customer_id = 3;
-UPDATE crm.orders SET customer_id = 1 WHERE customer_id = 3;
+SELECT crm.merge_customers(1, 3) IS NOT NULL AS merged;
 SELECT customer_id, category, sku, purchases, interval_days FROM crm.replenishment('2026-07-05')
 WHERE category = 'pet' ORDER BY 1, 2, 3 NULLS FIRST;
 
@@ -54,4 +53,5 @@ SELECT pg_temp.expect_error($$SELECT * FROM crm.replenishment('2026-07-05', 1)$$
 SELECT pg_temp.expect_error($$SELECT * FROM crm.replenishment('infinity')$$);
 SELECT pg_temp.expect_error($$SELECT * FROM crm.replenishment_due('2026-07-05', '-1 day')$$);
 SELECT count(*) FROM crm.replenishment_due(NULL, '1 day');
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -66,17 +66,20 @@ SELECT nextval('crm.customer_id_seq') = 1001 AS customer_seq_continues,
        nextval('crm.order_id_seq') = (SELECT max(order_id) + 1 FROM crm.orders) AS order_seq_continues;
 -- tables must be empty
 SELECT pg_temp.expect_error($$SELECT crm.generate_sample(10, 1)$$);
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 BEGIN;
 SELECT count(*) FROM crm.generate_sample(1000, 1);
 SELECT pg_temp.sample_checksum() AS seed_1_again;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 BEGIN;
 SELECT count(*) FROM crm.generate_sample(1000, 2);
 SELECT pg_temp.sample_checksum() AS seed_2;
 SELECT count(*) AS customers FROM crm.customer;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- bad arguments

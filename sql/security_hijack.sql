@@ -276,6 +276,8 @@ SELECT crm.unmerge(m.merge_id) FROM crm.merge_log m ORDER BY m.merge_id DESC LIM
 SELECT crm.unmerge(m.merge_id, true) FROM crm.merge_log m WHERE m.undone_at IS NULL ORDER BY m.merge_id DESC LIMIT 1;
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.stitch_identities();
 SELECT crm.tick('2028-01-01 00:00+00');
+SELECT * FROM crm.verify();
+SELECT * FROM crm.verify('2028-01-01 00:00+00');
 
 -- 2. The same kinds of work as a role that owns nothing.
 SET LOCAL ROLE crm_caller;
@@ -301,6 +303,7 @@ SELECT crm.p_alive('bgnbd', 1, 10, 20) IS NOT NULL;
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.v_clv;
 SELECT crm.refresh_rfm('2026-07-01 00:00+00');
 SELECT pg_catalog.count(*) IS NOT NULL FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 RESET ROLE;
 RESET search_path;
 

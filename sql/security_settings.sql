@@ -59,4 +59,5 @@ SELECT customer_id, origin_customer_id, kind, points FROM crm.points_journal ORD
 SELECT crm.unmerge(m.merge_id) FROM crm.merge_log m ORDER BY m.merge_id DESC LIMIT 1;
 SELECT customer_id, origin_customer_id, kind, points FROM crm.points_journal WHERE kind = 'earn' ORDER BY journal_id;
 SELECT * FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;

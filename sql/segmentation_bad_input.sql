@@ -78,6 +78,7 @@ SELECT 'stats_categories', i, pg_temp.outcome(format('SELECT count(*) FROM crm.s
 FROM good, generate_series(1, 300) i;
 SELECT fn, result, count(*) FROM fuzz_outcome GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT bool_and(result IN ('result', '22P03')) AS every_failure_clean FROM fuzz_outcome;
+SELECT * FROM crm.verify();
 -- a damaged stored column names itself (22P03 with a hint, not XX001)
 UPDATE crm.customer_stats SET days = '\x00' WHERE customer_id = 1;
 SELECT pg_temp.expect_detail($$INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) VALUES (3, 1, 'web', '2026-02-20 10:00+00', 5)$$) AS damaged_stats_row;
@@ -109,4 +110,5 @@ SELECT name, length(rule), octet_length(compiled) > 0 AS compiled FROM crm.tag W
 SELECT pg_temp.expect_error($$INSERT INTO crm.tag (name, rule) VALUES ('too_long', 'stage = ''' || repeat('é', 3991) || '''')$$) AS stored_too_long;
 SELECT crm.audience_count('long_rule' || repeat(' or long_rule', 307)) AS audience_4000_chars;
 SELECT pg_temp.expect_error($$SELECT crm.audience_count('long_rule' || repeat(' or long_rule', 307) || ' ')$$) AS audience_4001_chars;
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -66,4 +66,5 @@ UPDATE crm.customer SET merged_into = NULL WHERE customer_id = 3;
 SELECT crm.run_customer_hooks('unmerge', 2, 3);
 SELECT customer_id, orders, spend, stage FROM crm.customer_stats ORDER BY customer_id;
 SELECT customer_id, stage, tags FROM crm.v_customer_360 ORDER BY customer_id;
+SELECT * FROM crm.verify();
 ROLLBACK;

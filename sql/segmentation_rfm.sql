@@ -134,6 +134,7 @@ SELECT count(*) AS renamed FROM crm.customer_rfm WHERE segment <> crm.rfm_segmen
 SELECT crm.refresh_rfm('2026-01-08');
 SELECT rows_written FROM crm.rfm_refresh;
 SELECT count(*) AS renamed FROM crm.customer_rfm WHERE segment <> crm.rfm_segment(score);
+SELECT * FROM crm.verify();
 ROLLBACK;
 SELECT crm.rfm_segment('R5F5M5');
 -- errors

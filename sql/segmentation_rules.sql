@@ -73,6 +73,7 @@ SELECT name, kind, time_dependent, compiled IS NOT NULL AS compiled FROM crm.tag
 SELECT pg_temp.expect_error($$UPDATE crm.tag SET rule = 'avg_order_value >=' WHERE name = 'big_basket'$$);
 UPDATE crm.tag SET rule = 'orders_30d >= 1' WHERE name = 'big_basket';
 SELECT name, time_dependent FROM crm.tag WHERE name = 'big_basket';
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- evaluation: one customer, explicit time, every feature and function
@@ -125,6 +126,7 @@ SELECT t.name, h.change, h.at FROM crm.customer_tag_history h JOIN crm.tag t USI
 INSERT INTO crm.event (customer_id, kind, at) VALUES (2, 'sign_in', '2026-02-01 00:00+00');
 SELECT stage, orders FROM crm.customer_stats WHERE customer_id = 2;
 SELECT t.name FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = 2 ORDER BY 1;
+SELECT * FROM crm.verify();
 ROLLBACK;
 
 -- many rule tags: every one is evaluated
@@ -135,4 +137,5 @@ INSERT INTO crm.customer (customer_id, name) VALUES (1, 'one');
 INSERT INTO crm.orders (customer_id, channel, ordered_at, amount) VALUES (1, 'web', '2026-02-27 10:00+00', 10);
 SELECT count(*) FILTER (WHERE t.name LIKE 'many_%') AS many_tags, array_agg(t.name ORDER BY t.name) FILTER (WHERE t.name NOT LIKE 'many_%') AS others
 FROM crm.customer_tag ct JOIN crm.tag t USING (tag_id) WHERE ct.customer_id = 1;
+SELECT * FROM crm.verify();
 ROLLBACK;

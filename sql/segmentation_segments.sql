@@ -55,4 +55,5 @@ SELECT pg_temp.expect_error($$SELECT crm.tag_customer(1, 'r')$$);
 SELECT pg_temp.expect_error($$SELECT crm.untag_customer(1, 'r')$$);
 SELECT crm.untag_customer(1, 'a', '2026-01-02'), crm.untag_customer(1, 'a', '2026-01-02');
 SELECT crm.audience_count('a');
+SELECT * FROM crm.verify();
 ROLLBACK;

@@ -15,4 +15,5 @@ FROM crm.v_customer_360 ORDER BY customer_id;
 SELECT crm.merge_customers(1, 2, 'same person') IS NOT NULL AS merged;
 SELECT customer_id FROM crm.v_customer_360 ORDER BY customer_id;
 SELECT count(*) AS ledgers_out_of_step FROM crm.verify_ledgers();
+SELECT * FROM crm.verify();
 ROLLBACK;

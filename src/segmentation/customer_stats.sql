@@ -163,6 +163,15 @@ RETURNS bigint
 COMMENT ON FUNCTION crm.rebuild_customer_stats(bigint[], timestamptz) IS
 	'Rebuilds stats, stage and rule tags of the given customers (NULL: every customer) from their orders, lines and events as of "at" (NULL: crm.segmentation_now()); returns stage moves + tag changes. Not STRICT: NULLs are defaults';
 
+CREATE FUNCTION crm.customer_stats_expected(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
+RETURNS TABLE (customer_id bigint, orders integer, refunded_orders integer, spend numeric,
+	first_order_at timestamptz, last_order_at timestamptz, mean_interval_days double precision,
+	weekday_orders integer[], events integer, last_event_at timestamptz, days bytea, categories bytea,
+	line_spend numeric, stage text, rule_tags integer[])
+	LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'crm_customer_stats_expected';
+COMMENT ON FUNCTION crm.customer_stats_expected(bigint[], timestamptz) IS
+	'What crm.rebuild_customer_stats(customers, at) would write, computed by the same code but neither written nor locked: the stats row, stage and rule tags (tag_ids) of each golden customer with orders or events; crm.verify compares it with the tables. Not STRICT: NULLs are defaults';
+
 CREATE FUNCTION crm.segmentation_tick(at timestamptz) RETURNS bigint
 	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_segmentation_tick';
 COMMENT ON FUNCTION crm.segmentation_tick(timestamptz) IS

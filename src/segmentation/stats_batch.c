@@ -15,6 +15,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -185,7 +186,11 @@ typedef struct Batch
 	MemoryContext outer;
 	int64	   *placeholders;
 	int			nplaceholders;
+	Tuplestorestate *sink;		/* dry run: rows go here, nothing is written or locked */
+	TupleDesc	sink_desc;
 } Batch;
+
+static int64 run_facts(Batch *b, SPIPlanPtr plan, Datum *args);
 
 static SPIPlanPtr plan_load = NULL;
 static SPIPlanPtr plan_load_lock = NULL;
@@ -529,8 +534,8 @@ load_for_rebuild(Batch *b, Datum ids)
 	Datum		args[1] = {ids};
 	uint64		k;
 
-	/* the stats rows were locked before the facts were read (stats_process_facts) */
-	if (SPI_execute_plan(prepare(&plan_golden, GOLDEN_COLUMNS, 1, types), args, NULL, false, 0) != SPI_OK_SELECT)
+	/* the stats rows were locked before the facts were read (run_facts; not in a dry run) */
+	if (SPI_execute_plan(prepare(&plan_golden, GOLDEN_COLUMNS, 1, types), args, NULL, b->sink != NULL, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.customer");
 	for (k = 0; k < SPI_processed; k++)
 	{
@@ -653,6 +658,7 @@ typedef struct Changes
 	Cols		tadd;			/* rule tags entered */
 	Cols		tdrop;			/* rule tags left */
 	Cols		stg;			/* lifecycle transitions */
+	Cols		tags;			/* dry run: each upserted row's rule tags (int4[]) */
 } Changes;
 
 static void
@@ -782,6 +788,20 @@ tag_changes(Batch *b, Changes *ch, const SegConfig *cfg, const CustState *st, co
 	}
 }
 
+/* The rule tags a customer holds after tag_changes (newtag), as an int4[] in tag_id order. */
+static Datum
+rule_tags_array(const SegConfig *cfg, const bool *newtag)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(cfg->nrules, 1));
+	int			k,
+				n = 0;
+
+	for (k = 0; k < cfg->nrules; k++)
+		if (newtag[k])
+			d[n++] = Int32GetDatum(cfg->rules[k].tag_id);
+	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
+}
+
 /* The stats row of a customer, as the upsert writes it. */
 static void
 upsert_row(Changes *ch, CustState *st, const TagFacts *f)
@@ -832,6 +852,7 @@ batch_changes(Batch *b, Changes *ch)
 	cols_init(&ch->tadd, TAG_NCOLS, 4);
 	cols_init(&ch->tdrop, TAG_NCOLS, 4);
 	cols_init(&ch->stg, MOVE_NCOLS, 4);
+	cols_init(&ch->tags, 1, Max(b->nids, 1));
 
 	for (i = 0; i < b->nids; i++)
 	{
@@ -857,7 +878,11 @@ batch_changes(Batch *b, Changes *ch)
 		f.stage = stage;
 		tag_changes(b, ch, cfg, st, &f, newtag);
 		if (st->dirty || !st->existed)
+		{
 			upsert_row(ch, st, &f);
+			if (b->sink)
+				ch->tags.v[0][cols_row(&ch->tags, 1)] = rule_tags_array(cfg, newtag);
+		}
 	}
 }
 
@@ -997,6 +1022,36 @@ delete_rows(const Cols *del)
 		elog(ERROR, "could not delete from crm.customer_stats");
 }
 
+/*
+ * A dry run's output: the stats rows the batch would write, with their rule
+ * tags (columns of crm.customer_stats_expected, in UpsertColumn order but
+ * line spend as numeric and without stage_since, then the tags).
+ */
+static void
+batch_emit(Batch *b, const Changes *ch)
+{
+	Datum		values[UP_NCOLS];
+	bool		nulls[UP_NCOLS];
+	int			r,
+				i;
+
+	Assert(ch->tags.n == ch->up.n);
+	for (r = 0; r < ch->up.n; r++)
+	{
+		for (i = 0; i < UP_STAGE_SINCE; i++)
+		{
+			values[i] = ch->up.v[i][r];
+			nulls[i] = ch->up.nulls[i][r];
+		}
+		values[UP_WEEKDAY_ORDERS] = OidInputFunctionCall(F_ARRAY_IN, TextDatumGetCString(values[UP_WEEKDAY_ORDERS]),
+														 INT4OID, -1);
+		values[UP_LINE_CENTS] = crm_cents_to_numeric(DatumGetInt64(values[UP_LINE_CENTS]));
+		values[UP_STAGE_SINCE] = ch->tags.v[0][r];
+		nulls[UP_STAGE_SINCE] = false;
+		tuplestore_putvalues(b->sink, b->sink_desc, values, nulls);
+	}
+}
+
 /* Make the batch's writes. */
 static void
 batch_write(Batch *b, const Changes *ch)
@@ -1030,7 +1085,10 @@ batch_flush(Batch *b)
 		MemoryContextSwitchTo(old);
 	}
 	batch_changes(b, &ch);
-	batch_write(b, &ch);
+	if (b->sink)
+		batch_emit(b, &ch);
+	else
+		batch_write(b, &ch);
 	batch_reset(b);
 }
 
@@ -1066,17 +1124,43 @@ int64
 stats_process_facts(SPIPlanPtr plan, Datum *args, bool rebuild, bool tick, TimestampTz as_of)
 {
 	Batch		b;
+
+	batch_start(&b, rebuild, tick, as_of);
+	return run_facts(&b, plan, args);
+}
+
+/*
+ * A dry rebuild: run a rebuild's fact query and put the stats rows and rule
+ * tags the rebuild would write into sink (columns of
+ * crm.customer_stats_expected), writing and locking nothing.  Must be called
+ * inside SPI.
+ */
+void
+stats_expected_facts(SPIPlanPtr plan, Datum *args, TimestampTz as_of,
+					 Tuplestorestate *sink, TupleDesc sink_desc)
+{
+	Batch		b;
+
+	batch_start(&b, true, false, as_of);
+	b.sink = sink;
+	b.sink_desc = sink_desc;
+	(void) run_facts(&b, plan, args);
+}
+
+/* The body of the two above: the fact query's rows, batch by batch. */
+static int64
+run_facts(Batch *b, SPIPlanPtr plan, Datum *args)
+{
 	Portal		portal;
 	int64		prev = PG_INT64_MIN;
 
-	batch_start(&b, rebuild, tick, as_of);
-	batch_reset(&b);
+	batch_reset(b);
 	(void) seg_config();
-	if (rebuild)
-		lock_rebuilt(&b, args[0]);
+	if (b->rebuild && b->sink == NULL)
+		lock_rebuilt(b, args[0]);
 
-	/* read_only = false: a snapshot taken now, after the locks */
-	portal = SPI_cursor_open(NULL, plan, args, NULL, false);
+	/* read_only = false: a snapshot taken now, after the locks (a dry run: the caller's) */
+	portal = SPI_cursor_open(NULL, plan, args, NULL, b->sink != NULL);
 	for (;;)
 	{
 		uint64		i,
@@ -1097,8 +1181,8 @@ stats_process_facts(SPIPlanPtr plan, Datum *args, bool rebuild, bool tick, Times
 			Datum		d;
 
 			f.cust = DatumGetInt64(SPI_getbinval(tup, td, FACT_COL_CUSTOMER_ID, &isnull));
-			if (f.cust != prev && b.nids >= BATCH_CUSTOMERS)
-				batch_flush(&b);
+			if (f.cust != prev && b->nids >= BATCH_CUSTOMERS)
+				batch_flush(b);
 			prev = f.cust;
 			f.kind = DatumGetInt32(SPI_getbinval(tup, td, FACT_COL_KIND, &isnull));
 			d = SPI_getbinval(tup, td, FACT_COL_AT, &isnull);
@@ -1110,19 +1194,19 @@ stats_process_facts(SPIPlanPtr plan, Datum *args, bool rebuild, bool tick, Times
 			d = SPI_getbinval(tup, td, FACT_COL_ORDER_ID, &isnull);
 			f.order_id = isnull ? 0 : DatumGetInt64(d);
 			d = SPI_getbinval(tup, td, FACT_COL_CATEGORY, &isnull);
-			f.category = isnull ? NULL : MemoryContextStrdup(b.cxt, TextDatumGetCString(d));
+			f.category = isnull ? NULL : MemoryContextStrdup(b->cxt, TextDatumGetCString(d));
 			d = SPI_getbinval(tup, td, FACT_COL_COUNT, &isnull);
 			f.count = isnull ? 0 : DatumGetInt64(d);
 			if (f.kind == FACT_LINE && f.category == NULL)
 				continue;
-			batch_add_fact(&b, &f);
+			batch_add_fact(b, &f);
 		}
 		SPI_freetuptable(tt);
 	}
 	SPI_cursor_close(portal);
-	batch_flush(&b);
-	MemoryContextDelete(b.cxt);
-	return b.changed;
+	batch_flush(b);
+	MemoryContextDelete(b->cxt);
+	return b->changed;
 }
 
 /*

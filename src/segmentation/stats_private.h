@@ -48,6 +48,7 @@
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
+#include "utils/tuplestore.h"
 
 #include "tag_rule.h"
 
@@ -149,5 +150,7 @@ extern void stats_cats_from_bytea(CustState *st, bytea *b, bool from_table);
 extern int64 stats_process_facts(SPIPlanPtr plan, Datum *args, bool rebuild, bool tick,
 								 TimestampTz as_of);
 extern void stats_fold_facts(const Fact *facts, int nfacts, TimestampTz as_of);
+extern void stats_expected_facts(SPIPlanPtr plan, Datum *args, TimestampTz as_of,
+								 Tuplestorestate *sink, TupleDesc sink_desc);
 
 #endif							/* STATS_PRIVATE_H */

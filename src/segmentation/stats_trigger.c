@@ -419,6 +419,64 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(NULL);
 }
 
+/* The ids of every customer record, as an int8[] (NULL when there are none). */
+static Datum
+all_customer_ids(bool *isnull)
+{
+	enum
+	{
+		ALL_COL_CUSTOMER_IDS = 1
+	};
+	Datum		ids;
+
+	if (SPI_execute("SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) FROM crm.customer c",
+					false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.customer");
+	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, ALL_COL_CUSTOMER_IDS, isnull);
+	return *isnull ? (Datum) 0 : PointerGetDatum(DatumGetArrayTypePCopy(ids));
+}
+
+/* "at" of crm.rebuild_customer_stats and crm.customer_stats_expected: NULL is crm.segmentation_now(). */
+static TimestampTz
+stats_at_arg(FunctionCallInfo fcinfo, int argno)
+{
+	TimestampTz at = PG_ARGISNULL(argno) ? crm_seg_now() : PG_GETARG_TIMESTAMPTZ(argno);
+
+	if (TIMESTAMP_NOT_FINITE(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be a finite time")));
+	return at;
+}
+
+PG_FUNCTION_INFO_V1(crm_customer_stats_expected);
+
+/*
+ * crm.customer_stats_expected(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
+ *		What crm.rebuild_customer_stats(customers, at) would write, computed
+ *		by the same code but written nowhere and locking nothing: one row per
+ *		golden customer with orders or events (stats columns, stage, rule
+ *		tags).  crm.verify compares it with crm.customer_stats.
+ */
+Datum
+crm_customer_stats_expected(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz at = stats_at_arg(fcinfo, 1);
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	bool		isnull = false;
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	crm_kept_plans_check();
+	args[0] = PG_ARGISNULL(0) ? all_customer_ids(&isnull) : PG_GETARG_DATUM(0);
+	if (!isnull)
+		stats_expected_facts(fact_plan(rebuild_sql, 1, types), args, at, rsinfo->setResult, rsinfo->setDesc);
+	SPI_finish();
+	return (Datum) 0;
+}
+
 PG_FUNCTION_INFO_V1(crm_rebuild_customer_stats);
 
 /*
@@ -430,33 +488,16 @@ PG_FUNCTION_INFO_V1(crm_rebuild_customer_stats);
 Datum
 crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
 {
-	TimestampTz at;
-	int64		n;
+	TimestampTz at = stats_at_arg(fcinfo, 1);
+	int64		n = 0;
+	bool		isnull = false;
+	Datum		ids;
 
-	at = PG_ARGISNULL(1) ? crm_seg_now() : PG_GETARG_TIMESTAMPTZ(1);
-	if (TIMESTAMP_NOT_FINITE(at))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("at must be a finite time")));
 	SPI_connect();
 	crm_kept_plans_check();
-	if (PG_ARGISNULL(0))
-	{
-		enum
-		{
-			ALL_COL_CUSTOMER_IDS = 1
-		};
-		bool		isnull;
-		Datum		ids;
-
-		if (SPI_execute("SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) FROM crm.customer c",
-						false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read crm.customer");
-		ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, ALL_COL_CUSTOMER_IDS, &isnull);
-		n = isnull ? 0 : rebuild_customers(PointerGetDatum(DatumGetArrayTypePCopy(ids)), at);
-	}
-	else
-		n = rebuild_customers(PG_GETARG_DATUM(0), at);
+	ids = PG_ARGISNULL(0) ? all_customer_ids(&isnull) : PG_GETARG_DATUM(0);
+	if (!isnull)
+		n = rebuild_customers(ids, at);
 	SPI_finish();
 	PG_RETURN_INT64(n);
 }
