@@ -50,6 +50,18 @@ SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_or
 SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('merge', 'x', 2, 'log_forget(bigint)')$$);
 SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn) VALUES ('forget', 'x', 2, 'log_merge(bigint, bigint)')$$);
 SELECT pg_temp.expect_error($$UPDATE crm.customer_hook SET event = 'unmerge' WHERE hook = 'log' AND event = 'forget'$$);
+-- merge hooks for many merges at once: a hook's set_fn once, else fn pair by pair
+CREATE FUNCTION log_merge_set(survivors bigint[], merged bigint[]) RETURNS void LANGUAGE sql
+	AS $$ INSERT INTO public.hook_log VALUES ('merge_set', pg_catalog.cardinality(survivors), pg_catalog.cardinality(merged)) $$;
+INSERT INTO crm.customer_hook (event, hook, run_order, fn, set_fn) VALUES
+	('merge', 'log_set', 2, 'log_merge(bigint, bigint)', 'log_merge_set(bigint[], bigint[])');
+DELETE FROM hook_log;
+SELECT crm.run_merge_hooks('{1,1,5}', '{2,3,6}') AS merge_hooks_run, crm.run_merge_hooks('{}', '{}') AS none_run;
+SELECT * FROM hook_log ORDER BY event, a, b;
+SELECT pg_temp.expect_error($$SELECT crm.run_merge_hooks('{1,2}', '{3}')$$);
+SELECT pg_temp.expect_error($$SELECT crm.run_merge_hooks('{1,NULL}', '{3,4}')$$);
+SELECT pg_temp.expect_error($$INSERT INTO crm.customer_hook (event, hook, run_order, fn, set_fn) VALUES ('forget', 'y', 3, 'log_forget(bigint)', 'log_merge_set(bigint[], bigint[])')$$);
+SELECT pg_temp.expect_error($$UPDATE crm.customer_hook SET set_fn = 'log_merge(bigint, bigint)' WHERE hook = 'log_set'$$);
 SELECT * FROM crm.verify();
 ROLLBACK;
 
