@@ -340,7 +340,7 @@ SELECT pg_catalog.pg_extension_config_dump('crm.customer_hook', 'WHERE NOT built
 -- crm.tick or a merge runs it: refuse it when it is registered instead.
 CREATE FUNCTION crm.check_registered_signature(what text, fn regprocedure, want_args oidvector, want_ret regtype)
 RETURNS void
-LANGUAGE plpgsql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

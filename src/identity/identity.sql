@@ -607,7 +607,7 @@ COMMENT ON FUNCTION crm.identity_graph() IS
 
 CREATE FUNCTION crm.stitch_plan_component(goldens bigint[], OUT golden bigint, OUT decision text, OUT conflict_kind text)
 RETURNS SETOF record
-LANGUAGE plpgsql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- What crm.merge_goldens would decide, merging goldens[2:] one by one into

@@ -1899,7 +1899,7 @@ COMMENT ON COLUMN crm.customer_hook.set_fn IS 'Merge hooks only: fn for many mer
 
 CREATE FUNCTION crm.check_registered_signature(what text, fn regprocedure, want_args oidvector, want_ret regtype)
 RETURNS void
-LANGUAGE plpgsql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -3029,7 +3029,7 @@ COMMENT ON FUNCTION crm.identity_review_hub(text, text, text) IS
 
 CREATE FUNCTION crm.stitch_plan_component(goldens bigint[], OUT golden bigint, OUT decision text, OUT conflict_kind text)
 RETURNS SETOF record
-LANGUAGE plpgsql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- What crm.merge_goldens would decide, merging goldens[2:] one by one into
