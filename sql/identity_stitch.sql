@@ -156,9 +156,21 @@ SELECT survivor, merged, members FROM crm.merge_log WHERE merge_id = :m4;
 SELECT crm.merge_customers(21, 19, 'via a merged record') IS NOT NULL AS merged_into_golden;
 SELECT * FROM pg_temp.golden WHERE customer_id BETWEEN 18 AND 21 ORDER BY 1;
 
--- 10. An identifier inserted for a merged-away record lands on its golden.
-INSERT INTO crm.identity (kind, value, customer_id) VALUES ('openid', 'oid-19', 19);
+-- 10. An identifier inserted for a merged-away record lands on its golden,
+--     already as it is inserted (RETURNING shows the row the BEFORE trigger
+--     made, before the AFTER stitch trigger runs), so online stitching has
+--     nothing to move; one the golden holds already stays parked on its
+--     record; with stitching off it stays where it was inserted (batch
+--     stitching redirects it).
+INSERT INTO crm.identity (kind, value, customer_id) VALUES ('openid', 'oid-19', 19) RETURNING customer_id, origin_customer_id;
 SELECT kind, value, customer_id, origin_customer_id FROM crm.identity WHERE value = 'oid-19';
+INSERT INTO crm.identity (kind, value, customer_id) VALUES ('openid', 'oid-19', 21) RETURNING customer_id, origin_customer_id;
+SELECT kind, value, customer_id, origin_customer_id FROM crm.identity WHERE value = 'oid-19' ORDER BY origin_customer_id;
+SAVEPOINT stitch_off;
+SELECT set_config('crm.stitch_on_insert', 'off', true);
+INSERT INTO crm.identity (kind, value, customer_id) VALUES ('openid', 'oid-19-off', 19) RETURNING customer_id, origin_customer_id;
+ROLLBACK TO SAVEPOINT stitch_off;
+SELECT current_setting('crm.stitch_on_insert') AS stitch_on_insert;
 
 -- 11. Batch stitching: with online stitching off, load linked identities,
 --     then stitch once; a second run changes nothing.

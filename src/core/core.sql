@@ -60,7 +60,7 @@ COMMENT ON SCHEMA crm IS 'crm_ext: customer-relationship logic next to the data'
 CREATE FUNCTION crm.fill_origin_customer() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_fill_origin_customer';
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
-	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards, and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards, and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
 
 -- ---------------------------------------------------------------------------
 -- Stores
@@ -150,7 +150,7 @@ CREATE INDEX identity_origin_idx ON crm.identity (origin_customer_id) WHERE orig
 COMMENT ON TABLE crm.identity IS 'Identifiers (phone, member number, device, payment account, openid, e-mail) of customer records';
 COMMENT ON COLUMN crm.identity.origin_customer_id IS 'The customer record the identifier arrived on; never changes (merges move customer_id)';
 CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern', 'stitch');
 
 -- ---------------------------------------------------------------------------
 -- Orders and their lines

@@ -13,6 +13,18 @@
  * a merge waits for the insert and an insert for a merge in flight, and
  * the row follows a merge that committed meanwhile.
  *
+ * With the argument 'stitch' (identity) and crm.stitch_on_insert on, an
+ * identifier inserted for a merged record goes to its golden customer too,
+ * unless the golden holds the same (kind, value) already: then it stays
+ * parked on its record, as a merge would leave it (the invariants at the top
+ * of src/identity/identity.sql).  This is online stitching's move, made here
+ * so that the AFTER stitch trigger (src/identity/identity.c) has nothing to do
+ * for it.  No customer is locked: an identity insert takes its golden's lock
+ * only at the end, in the stitch trigger, which also moves the row when a
+ * merge of its golden committed meanwhile (DEVELOPER.md, "Lock order").
+ * With stitching off the row stays where it was inserted, for
+ * crm.stitch_identities().
+ *
  * Two more arguments make it the one place rows of the core model are
  * checked on the way in (each costs nothing unless given):
  *	'time=<column>'	(orders.ordered_at, event.at) the column must lie between
@@ -61,6 +73,7 @@
 #include "utils/timestamp.h"
 
 #include "crm_ext.h"
+#include "../identity/identity.h"
 
 /*
  * Rows of orders and events may not be older than this (1900-01-01 00:00
@@ -167,10 +180,11 @@ check_origin_trigger_call(FunctionCallInfo fcinfo)
 		const char *arg = trigdata->tg_trigger->tgargs[i];
 
 		if (strcmp(arg, "to_golden") != 0 && strcmp(arg, "pattern") != 0 &&
+			strcmp(arg, "stitch") != 0 &&
 			(strncmp(arg, "time=", 5) != 0 || arg[5] == '\0'))
 			ereport(ERROR,
 					(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-					 errmsg("crm.fill_origin_customer() takes only the arguments 'to_golden', 'time=<column>' and 'pattern'")));
+					 errmsg("crm.fill_origin_customer() takes only the arguments 'to_golden', 'stitch', 'time=<column>' and 'pattern'")));
 	}
 }
 
@@ -198,7 +212,7 @@ typedef struct OriginColumns
 	const char *time_col;
 	bool		time_max_set;
 	TimestampTz time_max;
-	/* pattern: kind and value columns, the patterns seen so far */
+	/* pattern: kind and value columns (also stitch's), the patterns seen so far */
 	bool		check_pattern;
 	int			kind_att;
 	int			value_att;
@@ -211,6 +225,9 @@ typedef struct OriginColumns
 	KindPattern patterns[8];
 	/* to_golden: lock the row's golden customer and move the row to it */
 	bool		to_golden;
+	/* stitch: move an identity to its golden unless parked; its unique index */
+	bool		stitch;
+	Oid			identity_unique;
 	/* crm.customer, its primary key and merged_into (customer_found: set) */
 	bool		customer_found;
 	/* the last move of customer_id found along merges (one statement) */
@@ -249,6 +266,72 @@ golden_of(Datum cust)
 	if (crm_resolve_customer(DatumGetInt64(cust), true, &golden))
 		return Int64GetDatum(golden);
 	return cust;
+}
+
+/* crm.identity's UNIQUE (kind, value, customer_id) index, which 'stitch' probes. */
+static Oid
+identity_unique_index(Relation rel)
+{
+	Oid			indexoid = get_relname_relid("identity_unique_per_customer", RelationGetNamespace(rel));
+
+	if (!OidIsValid(indexoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.fill_origin_customer('stitch') needs index \"identity_unique_per_customer\" on table \"%s\"",
+						RelationGetRelationName(rel))));
+	return indexoid;
+}
+
+/*
+ * Whether customer golden holds (kind, value) already, as the active snapshot
+ * sees crm.identity: one probe of its UNIQUE (kind, value, customer_id) index.
+ */
+static bool
+golden_holds(OriginColumns *cols, Relation rel, Datum kind, Datum value, int64 golden)
+{
+	Relation	idx = index_open(cols->identity_unique, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, idx, GetActiveSnapshot(), 3, 0);
+	ScanKeyData keys[3];
+	bool		found;
+
+	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ, kind);
+	ScanKeyEntryInitialize(&keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ, value);
+	ScanKeyEntryInitialize(&keys[2], 0, 3, BTEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_INT8EQ, Int64GetDatum(golden));
+	index_rescan(scan, keys, 3, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	return found;
+}
+
+/*
+ * 'stitch': where an identity inserted for record cust goes (see the top of
+ * this file): its golden customer, unless that holds (kind, value) already
+ * or stitching is off.  Nothing is locked.
+ */
+static Datum
+identity_golden_of(OriginColumns *cols, Relation rel, HeapTuple tup, TupleDesc desc, Datum cust)
+{
+	int64		golden;
+	bool		kind_null;
+	bool		value_null;
+	Datum		kind;
+	Datum		value;
+
+	if (!crm_stitch_on_insert ||
+		!crm_resolve_customer(DatumGetInt64(cust), false, &golden) ||
+		golden == DatumGetInt64(cust))
+		return cust;
+	kind = heap_getattr(tup, cols->kind_att, desc, &kind_null);
+	value = heap_getattr(tup, cols->value_att, desc, &value_null);
+	if (kind_null || value_null || golden_holds(cols, rel, kind, value, golden))
+		return cust;
+	return Int64GetDatum(golden);
 }
 
 /*
@@ -536,6 +619,8 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 				cols->to_golden = true;
 			else if (strcmp(tg->tgargs[i], "pattern") == 0)
 				cols->check_pattern = true;
+			else if (strcmp(tg->tgargs[i], "stitch") == 0)
+				cols->stitch = true;
 			else
 			{
 				cols->time_col = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, tg->tgargs[i] + 5);
@@ -547,8 +632,10 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 									cols->time_col, RelationGetRelationName(rel))));
 			}
 		}
-		if (cols->check_pattern)
+		if (cols->check_pattern || cols->stitch)
 			find_kind_patterns(cols, rel);
+		if (cols->stitch)
+			cols->identity_unique = identity_unique_index(rel);
 		fcinfo->flinfo->fn_extra = cols;
 	}
 	return cols;
@@ -626,6 +713,8 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 		origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &origin_null);
 		if (oc->to_golden && !cust_null)
 			golden = golden_of(cust);
+		else if (oc->stitch && !cust_null)
+			golden = identity_golden_of(oc, rel, trigdata->tg_trigtuple, tupdesc, cust);
 		if (!origin_null && golden == cust)
 			return PointerGetDatum(trigdata->tg_trigtuple);
 		/* A NULL customer_id stays NULL here and fails its NOT NULL check. */

@@ -9,8 +9,11 @@
  * customer's merged_into, and the trigger returns.  When somebody else
  * holds the value, crm_identity_may_link (identity_policy.c) checks the
  * policy (blocklist, weak kinds' limit, strong kinds' hubs); only when the value may link or is a
- * hub to review (or the row was inserted for a merged-away customer) does the trigger call
+ * hub to review (or the row is on a merged-away customer) does the trigger call
  * crm.stitch_identity(identity_id), which merges (src/identity/identity.sql).
+ * A row inserted for a merged-away record arrives here on its golden already
+ * (crm.fill_origin_customer('stitch'), src/core/origin.c), unless the golden
+ * holds the value and it stays parked on its record.
  *
  * When no merge was made, the row's golden customer is locked FOR SHARE at
  * the end (src/common/customer.c): a merge of the row's customer that was in

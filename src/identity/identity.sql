@@ -530,7 +530,9 @@ BEGIN
 		RETURN 0;
 	END IF;
 	-- An identifier inserted for a merged-away record belongs to its golden
-	-- (unless the golden holds the value already).
+	-- (unless the golden holds the value already).  The insert put it there
+	-- (crm.fill_origin_customer('stitch')); this moves one whose record a
+	-- merge that committed since the insert's snapshot took away.
 	g := crm.golden_customer(r.customer_id);
 	IF g <> r.customer_id AND NOT EXISTS (SELECT 1 FROM crm.identity d
 	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN

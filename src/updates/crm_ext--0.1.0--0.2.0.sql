@@ -485,7 +485,7 @@ UPDATE crm.identity_kind SET pattern = '^[^@[:space:]]+@[^@[:space:]]+$' WHERE k
 
 DROP TRIGGER identity_fill_origin ON crm.identity;
 CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('pattern', 'stitch');
 
 DROP TRIGGER orders_fill_origin ON crm.orders;
 CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
@@ -1071,7 +1071,9 @@ BEGIN
 		RETURN 0;
 	END IF;
 	-- An identifier inserted for a merged-away record belongs to its golden
-	-- (unless the golden holds the value already).
+	-- (unless the golden holds the value already).  The insert put it there
+	-- (crm.fill_origin_customer('stitch')); this moves one whose record a
+	-- merge that committed since the insert's snapshot took away.
 	g := crm.golden_customer(r.customer_id);
 	IF g <> r.customer_id AND NOT EXISTS (SELECT 1 FROM crm.identity d
 	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN
@@ -2142,7 +2144,7 @@ COMMENT ON FUNCTION crm.lock_customer(bigint) IS
 	'crm.resolve_customer for writers: the golden customer, locked FOR SHARE until the transaction ends, so no merge or unmerge moves it meanwhile (a merge that committed while waiting is followed); SQLSTATE 23503 for an unknown id';
 
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
-	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards, and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards, and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
 
 CREATE FUNCTION crm.lock_line_orders() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_lock_line_orders';
