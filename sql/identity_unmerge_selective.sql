@@ -120,6 +120,22 @@ SELECT pg_temp.expect_error($$SELECT crm.unmerge(-1)$$) AS unknown;
 SELECT * FROM crm.verify();
 ROLLBACK;
 
+-- 5. Parked identities move up when the copy their golden held leaves:
+--    A+C moves C's device to A; A+D parks D's (A holds it); undoing A+C
+--    takes C's back to C, and D's moves up to A.
+BEGIN;
+INSERT INTO crm.customer (customer_id, name, created_at) VALUES (1, 'A', '2020-01-01'), (3, 'C', '2020-01-03'), (4, 'D', '2020-01-04');
+INSERT INTO crm.identity (kind, value, customer_id) VALUES ('device', 'dev-park-1', 3);
+SELECT set_config('crm.stitch_on_insert', 'off', true) IS NOT NULL AS stitching_off;
+INSERT INTO crm.identity (kind, value, customer_id) VALUES ('device', 'dev-park-1', 4);
+SELECT crm.merge_customers(1, 3) AS m_ac \gset
+SELECT crm.merge_customers(1, 4) AS m_ad \gset
+SELECT customer_id, origin_customer_id FROM crm.identity WHERE value = 'dev-park-1' ORDER BY identity_id;
+SELECT crm.unmerge(:m_ac) AS undone;
+SELECT customer_id, origin_customer_id FROM crm.identity WHERE value = 'dev-park-1' ORDER BY identity_id;
+SELECT * FROM crm.verify();
+ROLLBACK;
+
 SELECT bool_and(CASE WHEN b.last_value IS NULL THEN setval(b.seq, b.start_value, false)
                      ELSE setval(b.seq, b.last_value) END IS NOT NULL) AS sequences_restored
 FROM seq_before b;

@@ -461,6 +461,21 @@ BEGIN
 	WHERE e.customer_id = g AND e.origin_customer_id = ANY (sub);
 	UPDATE crm.identity i SET customer_id = l.merged
 	WHERE i.customer_id = g AND i.origin_customer_id = ANY (sub);
+	-- An identity parked on a record of either side because its golden held
+	-- the same value, from a record that just went to the other side, moves
+	-- up to its golden now (the lowest identity_id of a value; the rest stay
+	-- parked), as batch stitching moves stray identities.
+	WITH cand AS (
+		SELECT i.identity_id, c.merged_into AS golden,
+		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, c.merged_into ORDER BY i.identity_id) AS rn
+		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+		WHERE c.merged_into IN (g, l.merged)
+		  AND NOT EXISTS (SELECT 1 FROM crm.identity d
+		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into)
+	)
+	UPDATE crm.identity i SET customer_id = x.golden
+	FROM cand x
+	WHERE i.identity_id = x.identity_id AND x.rn = 1;
 
 	UPDATE crm.merge_log x SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
 	WHERE x.merge_id = l.merge_id;
