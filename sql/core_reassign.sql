@@ -10,7 +10,8 @@
 -- merges of the row's origin record: to the origin itself, or to a record
 -- the origin is merged into (directly or through others), which is what
 -- merges, unmerges and stitching do; anything else is 55000 with a hint
--- naming the supported way.  One transaction, rolled back.
+-- naming the supported way (for orders crm.reassign_order, tested in
+-- loyalty_reassign).  One transaction, rolled back.
 \i sql/include/expect_error.sql
 -- pg_temp.error_hint(sql): the SQLSTATE, message and hint of the error sql raises.
 CREATE FUNCTION pg_temp.error_hint(sql text) RETURNS text
@@ -72,8 +73,8 @@ UPDATE crm.orders SET customer_id = customer_id, refunded_amount = 10.00 WHERE o
 UPDATE crm.event SET props = '{"app": "ios"}' WHERE event_id = 1;
 UPDATE crm.identity SET value = 'ann@shop.example' WHERE identity_id = 1;
 
--- 2. The supported way to move an order: refund it, insert it again for
---    the right customer (points and stats follow).
+-- 2. Refunding an order and inserting it again for the right customer
+--    also works (points and stats follow).
 UPDATE crm.orders SET status = 'refunded' WHERE order_id = 1;
 INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) VALUES (3, 2, 'web', '2025-02-01 10:00+00', 100.00);
 SELECT * FROM money ORDER BY customer_id;

@@ -293,6 +293,7 @@ INSERT INTO crm.event (customer_id, kind, at) VALUES (3, 'sign_in', '2026-06-21 
 SELECT crm.adjust_points(3, 500, 'goodwill', 'hj-adj-3', '2026-06-22') IS NOT NULL;
 SELECT crm.redeem_points(3, 100, 'hj-red-3', '2026-06-23') IS NOT NULL;
 SELECT crm.points_balance(3, '2026-06-24') IS NOT NULL, crm.qualifying_spend(3, '2026-06-24') IS NOT NULL;
+SELECT crm.reassign_order(900011, 4, 'hijack test: wrong card') IS NOT NULL;
 INSERT INTO crm.customer (customer_id, name) VALUES (900021, 'hj d'), (900022, 'hj e');
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('email', 'hj-other@example.com', 900021);
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('email', 'hj-other@example.com', 900022);

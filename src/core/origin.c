@@ -45,6 +45,13 @@
  * points, tags and origin_customer_id behind, so it is refused (55000) with
  * the supported way in the hint.  Nothing is read unless customer_id
  * changes; then merged_into is walked through crm.customer's primary key.
+ *
+ * The one exception: crm.reassign_order (below) moves an order recorded for
+ * the wrong shopper, origin_customer_id included, so that a later unmerge
+ * moves it with the right record.  Only that C function lets an UPDATE change
+ * origin_customer_id, and only of the order it names (no SQL can set the
+ * switch); the loyalty and stats triggers see the origin change and move
+ * the order's points, spend, stats and tags (issue 13, defect 5).
  */
 #include "postgres.h"
 
@@ -85,6 +92,10 @@
 /* crm.max_future, as text (the GUC) and as parsed by its check hook */
 static char *crm_max_future_text = NULL;
 static Interval crm_max_future = {0, 1, 0};
+
+/* The order crm.reassign_order is moving (when set): its origin may change. */
+static bool reassigning_set = false;
+static int64 reassigning_order = 0;
 
 /* Longest crm.max_future accepted: 100 years (of 360 days, as intervals compare), so now() + it cannot overflow. */
 #define MAX_FUTURE_LIMIT_DAYS	36000.0
@@ -398,7 +409,7 @@ static int
 customer_move_hint(const char *relname)
 {
 	if (strcmp(relname, "orders") == 0)
-		return errhint("To move an order to another customer, refund it (status = 'refunded') and insert it again for the right customer (under a new external_ref: the refunded order keeps the old one); if the two customers are one person, merge them with crm.merge_customers, which moves all their rows, points, stats and tags.");
+		return errhint("To move an order recorded for the wrong customer, call crm.reassign_order(order_id, customer_id, reason): it moves the order's points, spend, stats and tags and records the move; if the two customers are one person, merge them with crm.merge_customers, which moves all their rows, points, stats and tags.");
 	if (strcmp(relname, "event") == 0)
 		return errhint("Events move only with merges: if the two customers are one person, merge them with crm.merge_customers; an event recorded for the wrong customer is deleted and inserted again for the right one.");
 	if (strcmp(relname, "identity") == 0)
@@ -641,6 +652,19 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 	return cols;
 }
 
+/* Whether newtup is the order crm.reassign_order is moving right now. */
+static bool
+reassigning(Relation rel, HeapTuple newtup)
+{
+	bool		isnull;
+	Datum		id;
+
+	if (!reassigning_set || RelationGetRelid(rel) != crm_relid("orders"))
+		return false;
+	id = heap_getattr(newtup, required_attnum(rel, "order_id"), RelationGetDescr(rel), &isnull);
+	return !isnull && DatumGetInt64(id) == reassigning_order;
+}
+
 PG_FUNCTION_INFO_V1(crm_fill_origin_customer);
 
 /*
@@ -685,8 +709,9 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 			check_value_pattern(oc, fcinfo->flinfo->fn_mcxt, newtup, tupdesc);
 
 		origin = heap_getattr(newtup, origin_att, tupdesc, &isnull);
-		if (isnull != oldnull ||
-			(!isnull && DatumGetInt64(origin) != DatumGetInt64(oldval)))
+		if ((isnull != oldnull ||
+			 (!isnull && DatumGetInt64(origin) != DatumGetInt64(oldval))) &&
+			(isnull || !reassigning(rel, newtup)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION),
 					 errmsg("origin_customer_id of \"%s\" cannot change",
@@ -725,4 +750,50 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 		return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, tupdesc,
 														 2, cols, vals, nulls));
 	}
+}
+
+PG_FUNCTION_INFO_V1(crm_reassign_order);
+
+/*
+ * crm.reassign_order(order_id, customer_id, reason) RETURNS bigint
+ *		Runs crm.reassign_order_steps (PL/pgSQL: checks, locks, the UPDATE,
+ *		the log row) with the origin of that one order allowed to change.
+ *		Not STRICT: the steps report NULL arguments (22004).
+ */
+Datum
+crm_reassign_order(PG_FUNCTION_ARGS)
+{
+	Oid			types[3] = {INT8OID, INT8OID, TEXTOID};
+	Datum		args[3];
+	char		nulls[3];
+	int64		saved = reassigning_order;
+	bool		saved_set = reassigning_set;
+	bool		isnull = true;
+	Datum		result = (Datum) 0;
+
+	for (int i = 0; i < 3; i++)
+	{
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+	}
+	SPI_connect();
+	reassigning_set = !PG_ARGISNULL(0);
+	reassigning_order = reassigning_set ? PG_GETARG_INT64(0) : 0;
+	PG_TRY();
+	{
+		if (SPI_execute_with_args("SELECT crm.reassign_order_steps($1, $2, $3)", 3, types, args, nulls,
+								  false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "crm.reassign_order_steps failed");
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	}
+	PG_FINALLY();
+	{
+		reassigning_order = saved;
+		reassigning_set = saved_set;
+	}
+	PG_END_TRY();
+	SPI_finish();
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(DatumGetInt64(result));
 }

@@ -234,7 +234,7 @@ COMMENT ON FUNCTION crm.loyalty_orders_insert() IS
 CREATE FUNCTION crm.loyalty_orders_update() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_update';
 COMMENT ON FUNCTION crm.loyalty_orders_update() IS
-	'AFTER UPDATE statement trigger on crm.orders: refunds (status refunded or refunded_amount raised) claw points back proportionally';
+	'AFTER UPDATE statement trigger on crm.orders: refunds (status refunded or refunded_amount raised) claw points back proportionally; an order crm.reassign_order moved takes the points it holds and its qualifying spend to the new customer';
 CREATE FUNCTION crm.loyalty_orders_delete() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_loyalty_orders_delete';
 COMMENT ON FUNCTION crm.loyalty_orders_delete() IS

@@ -5,7 +5,8 @@
  * crm.loyalty_orders_insert	paid orders earn points (rules, tier and
  *								birthday/member-day multipliers), add
  *								qualifying spend, upgrade tiers at once
- * crm.loyalty_orders_update	refunds claw points back proportionally
+ * crm.loyalty_orders_update	refunds claw points back proportionally;
+ *								an order re-assigned takes its points along
  * crm.loyalty_orders_delete	deleted paid orders take their points back
  * crm.loyalty_lines_insert		category bonus for the lines of paid orders
  *
@@ -1134,17 +1135,41 @@ PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
 Datum
 crm_loyalty_orders_update(PG_FUNCTION_ARGS)
 {
-	/* columns: RefundCol */
+	/*
+	 * columns: RefundCol, then a sort key.  An order crm.reassign_order
+	 * moved (origin_customer_id changed, which nothing else may do) is two
+	 * rows: on the old customer, as if its net amount fell to 0 (the points
+	 * it still holds clawed back, debt where they were spent, its spend
+	 * gone); then on the new customer, as if a full refund were reversed
+	 * (those points reinstated as a lot earned at ordered_at with the
+	 * order's own expiry, debt repaid first, spend added, an upgrade).  Both
+	 * read the journal as it was before the statement, so the second counts
+	 * the first's clawback as done (clawed = earned).  The points move as
+	 * the order earned them: conserved, not re-earned at the new customer's
+	 * tier.  New customers get an account (ensure).
+	 */
 	run_order_trigger(fcinfo, "crm.loyalty_orders_update()", LOY_UPDATE, &plan_refunds,
 					  "SELECT n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, "
 					  "(n.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (n.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (o.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, "
 					  "coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, "
-					  "CASE WHEN n.net_amount OPERATOR(pg_catalog.<) o.net_amount THEN 'refund' ELSE 'refund reversed' END "
+					  "CASE WHEN n.net_amount OPERATOR(pg_catalog.<) o.net_amount THEN 'refund' ELSE 'refund reversed' END, 0 "
 					  "FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
 					  ORDER_POINTS_SO_FAR("n")
 					  "WHERE n.net_amount OPERATOR(pg_catalog.<>) o.net_amount "
-					  "ORDER BY n.customer_id, n.order_id",
-					  NULL, false, 0, refund_row);
+					  "AND n.origin_customer_id OPERATOR(pg_catalog.=) o.origin_customer_id "
+					  "UNION ALL "
+					  "SELECT r.* FROM loyalty_new n JOIN loyalty_old o ON o.order_id OPERATOR(pg_catalog.=) n.order_id "
+					  ORDER_POINTS_SO_FAR("n")
+					  "CROSS JOIN LATERAL (VALUES "
+					  "(o.customer_id, o.order_id, o.origin_customer_id, o.ordered_at, (o.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, "
+					  " 0::pg_catalog.int8, (o.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, "
+					  " coalesce(j.earned, 0), coalesce(j.clawed, 0), j.expires, 'order reassigned', 0), "
+					  "(n.customer_id, n.order_id, n.origin_customer_id, n.ordered_at, (n.amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, "
+					  " (n.net_amount OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, 0::pg_catalog.int8, "
+					  " coalesce(j.earned, 0), coalesce(j.earned, 0), j.expires, 'order reassigned', 1)) r "
+					  "WHERE n.origin_customer_id OPERATOR(pg_catalog.<>) o.origin_customer_id "
+					  "ORDER BY 1, 2, 12",
+					  NULL, true, 0, refund_row);
 	return PointerGetDatum(NULL);
 }
 

@@ -216,10 +216,13 @@ inserted_facts_sql(Trigger *tg, Source src)
  * customer (customer_id changes only along merges, origin.c): their hooks
  * rebuild both customers after the points moved, so the stats rows are
  * locked after the accounts, as DEVELOPER.md's lock order has it (a rebuild
- * here, in the middle of the merge, would lock them before).
+ * here, in the middle of the merge, would lock them before).  An order
+ * crm.reassign_order moved changes origin_customer_id, which merges never
+ * do: both customers are rebuilt here, after the loyalty trigger (which
+ * fires first, by name) locked their accounts.
  */
-static const char *const fact_columns[][4] = {
-	[SRC_ORDERS] = {"ordered_at", "status", "net_amount", NULL},
+static const char *const fact_columns[][5] = {
+	[SRC_ORDERS] = {"ordered_at", "status", "net_amount", "origin_customer_id", NULL},
 	[SRC_EVENTS] = {"at", NULL},
 };
 
@@ -291,7 +294,7 @@ changed_customers_direct(TriggerData *td, Source src)
 {
 	TupleDesc	desc = RelationGetDescr(td->tg_relation);
 	int			att = SPI_fnumber(desc, "customer_id");
-	int			fact_atts[4];
+	int			fact_atts[lengthof(fact_columns[0])];
 	int			nfact = 0;
 	int64		nrows = 0;
 	int64	   *ids;

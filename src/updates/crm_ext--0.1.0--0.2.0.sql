@@ -3339,3 +3339,117 @@ ORDER BY 1, 2, 3
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
 	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
+
+-- ---------------------------------------------------------------------------
+-- Issue 13, defect 5: crm.reassign_order moves an order recorded for the
+-- wrong shopper with its points, spend, stats and tags (src/core/core.sql).
+-- The loyalty update trigger and the stats trigger (C) see the origin change.
+-- ---------------------------------------------------------------------------
+CREATE SEQUENCE crm.order_reassignment_id_seq;
+CREATE TABLE crm.order_reassignment (
+	reassignment_id	bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.order_reassignment_id_seq'::pg_catalog.regclass),
+	-- No foreign keys: the log outlives a deleted order or customer record.
+	order_id		bigint NOT NULL,
+	from_customer	bigint NOT NULL,
+	from_golden		bigint NOT NULL,
+	to_customer		bigint NOT NULL,
+	to_golden		bigint NOT NULL,
+	reason			text NOT NULL CONSTRAINT order_reassignment_reason_not_blank CHECK (pg_catalog.btrim(reason) <> ''),
+	at				timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	reassigned_by	name NOT NULL DEFAULT CURRENT_USER
+);
+ALTER SEQUENCE crm.order_reassignment_id_seq OWNED BY crm.order_reassignment.reassignment_id;
+CREATE INDEX order_reassignment_order_idx ON crm.order_reassignment (order_id);
+COMMENT ON TABLE crm.order_reassignment IS 'Every order crm.reassign_order moved to another customer: from which record (and its golden customer) to which, why, when and by whom';
+COMMENT ON COLUMN crm.order_reassignment.from_customer IS 'The order''s origin_customer_id before the move';
+COMMENT ON COLUMN crm.order_reassignment.to_customer IS 'The record the order was re-assigned to (its new origin_customer_id); to_golden is that record''s golden customer';
+SELECT pg_catalog.pg_extension_config_dump('crm.order_reassignment', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.order_reassignment_id_seq', '');
+
+CREATE FUNCTION crm.reassign_order_steps(order_id bigint, customer_id bigint, reason text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULL arguments are errors.  Only crm.reassign_order (C) lets
+-- its UPDATE change origin_customer_id; called directly it fails there.
+DECLARE
+	o record;
+	from_golden bigint;
+	to_golden bigint;
+	attempts integer := 0;
+	logged bigint;
+BEGIN
+	IF order_id IS NULL OR customer_id IS NULL OR reason IS NULL THEN
+		RAISE EXCEPTION 'order_id, customer_id and reason must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF pg_catalog.btrim(reason) OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION 'the reason must not be blank' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Say why the order moves (for example: cashier scanned the wrong card); it is kept in crm.order_reassignment.';
+	END IF;
+	-- Lock order (DEVELOPER.md): both golden customers FOR SHARE in id
+	-- order, then the order row.  A merge, unmerge or other re-assignment
+	-- that committed before the locks were granted moved a golden or the
+	-- order: the locks are given back (the block's subtransaction) and taken
+	-- again for the customers as they are now.
+	LOOP
+		SELECT x.customer_id INTO from_golden FROM crm.orders x WHERE x.order_id OPERATOR(pg_catalog.=) reassign_order_steps.order_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'order % does not exist', reassign_order_steps.order_id USING ERRCODE = 'no_data_found';
+		END IF;
+		to_golden := crm.resolve_customer(reassign_order_steps.customer_id);
+		BEGIN
+			IF crm.lock_customer(LEAST(from_golden, to_golden)) OPERATOR(pg_catalog.<>) LEAST(from_golden, to_golden)
+			   OR crm.lock_customer(GREATEST(from_golden, to_golden)) OPERATOR(pg_catalog.<>) GREATEST(from_golden, to_golden) THEN
+				RAISE EXCEPTION USING ERRCODE = 'CR900';	-- internal, caught below
+			END IF;
+			SELECT x.customer_id, x.origin_customer_id INTO o FROM crm.orders x
+			WHERE x.order_id OPERATOR(pg_catalog.=) reassign_order_steps.order_id FOR UPDATE;
+			IF NOT FOUND THEN
+				RAISE EXCEPTION 'order % does not exist', reassign_order_steps.order_id USING ERRCODE = 'no_data_found';
+			END IF;
+			IF o.customer_id OPERATOR(pg_catalog.<>) from_golden THEN
+				RAISE EXCEPTION USING ERRCODE = 'CR900';
+			END IF;
+			EXIT;
+		EXCEPTION WHEN SQLSTATE 'CR900' THEN
+			attempts := attempts OPERATOR(pg_catalog.+) 1;
+			IF attempts OPERATOR(pg_catalog.>=) 100 THEN
+				RAISE EXCEPTION 'order % keeps moving while it is re-assigned', reassign_order_steps.order_id
+					USING ERRCODE = 'serialization_failure', HINT = 'Retry the transaction.';
+			END IF;
+		END;
+	END LOOP;
+	-- Already on that record: nothing to do (a retry is harmless).
+	IF o.origin_customer_id OPERATOR(pg_catalog.=) reassign_order_steps.customer_id THEN
+		RETURN NULL;
+	END IF;
+	IF EXISTS (SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) to_golden AND c.forgotten_at IS NOT NULL) THEN
+		RAISE EXCEPTION 'order % cannot be re-assigned to customer %: the customer was forgotten', reassign_order_steps.order_id, reassign_order_steps.customer_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'A forgotten customer takes no new data; re-assign the order to another customer.';
+	END IF;
+	-- The loyalty and stats triggers see origin_customer_id change: the
+	-- order's points and spend leave the old golden customer and go to the
+	-- new one (journaled), both customers' stats, stages and rule tags are
+	-- rebuilt; the lines follow the order.
+	UPDATE crm.orders x SET origin_customer_id = reassign_order_steps.customer_id, customer_id = to_golden
+	WHERE x.order_id OPERATOR(pg_catalog.=) reassign_order_steps.order_id;
+	INSERT INTO crm.order_reassignment (order_id, from_customer, from_golden, to_customer, to_golden, reason)
+	VALUES (reassign_order_steps.order_id, o.origin_customer_id, from_golden, reassign_order_steps.customer_id, to_golden, reassign_order_steps.reason)
+	RETURNING reassignment_id INTO logged;
+	RETURN logged;
+END
+$$;
+COMMENT ON FUNCTION crm.reassign_order_steps(bigint, bigint, text) IS
+	'Internal: the work of crm.reassign_order (checks, locks, the UPDATE, the log row); fails (23000) unless called by it';
+
+CREATE FUNCTION crm.reassign_order(order_id bigint, customer_id bigint, reason text) RETURNS bigint
+	LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'crm_reassign_order';
+COMMENT ON FUNCTION crm.reassign_order(bigint, bigint, text) IS
+	'Moves an order recorded for the wrong customer to customer_id (its new origin record; the order goes to its golden customer) with its points, qualifying spend, stats and rule tags, journaled and logged in crm.order_reassignment; returns the log id, NULL when the order already came from that record. Not STRICT: NULL arguments are 22004; unknown order P0002, unknown customer 23503, forgotten customer 55000, blank reason 22023';
+COMMENT ON FUNCTION crm.loyalty_orders_update() IS
+	'AFTER UPDATE statement trigger on crm.orders: refunds (status refunded or refunded_amount raised) claw points back proportionally; an order crm.reassign_order moved takes the points it holds and its qualifying spend to the new customer';
+
+COMMENT ON COLUMN crm.orders.origin_customer_id IS 'The customer record the order arrived on; merges never change it (they move customer_id); crm.reassign_order does, for an order recorded for the wrong customer';
+COMMENT ON FUNCTION crm.fill_origin_customer() IS
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards (except by crm.reassign_order), and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
