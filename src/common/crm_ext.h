@@ -71,8 +71,16 @@ extern HeapTuple crm_row_by_index_at(Relation rel, Oid idx, const Datum *key, Sc
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);
 #define CRM_MERGE_WALK_LIMIT	1000	/* longest chain of merged_into links walked */
-extern int64 crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target);
-extern int64 crm_merge_walk_at(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target,
+/* What a walk of crm.customer.merged_into needs: the table, its primary key, the column. */
+typedef struct CrmCustomerKeys
+{
+	Oid			relid;
+	Oid			pkey;
+	AttrNumber	merged_att;
+} CrmCustomerKeys;
+extern void crm_customer_keys(CrmCustomerKeys *keys, const char *fn);
+extern int64 crm_merge_walk(const CrmCustomerKeys *keys, int64 record, int64 target);
+extern int64 crm_merge_walk_at(const CrmCustomerKeys *keys, int64 record, int64 target,
 							   Snapshot snap, ItemPointer last_tid);
 
 /* customer.c: a customer id at an entry point means its golden customer (DEVELOPER.md, "Lock order") */

@@ -35,22 +35,18 @@
 /* Most attempts at locking a golden that keeps moving (merges keep chains one link long). */
 #define RESOLVE_WALK_LIMIT	1000
 
-/* crm.customer, its primary key and merged_into column, looked up per call. */
+/* crm.customer open, with its keys (looked up per call). */
 typedef struct CustomerRel
 {
 	Relation	rel;
-	Oid			relid;
-	Oid			pkey;
-	AttrNumber	merged_att;
+	CrmCustomerKeys keys;
 } CustomerRel;
 
 static void
 customer_rel_open(CustomerRel *c, LOCKMODE mode)
 {
-	c->relid = crm_relid("customer");
-	c->rel = table_open(c->relid, mode);
-	c->pkey = RelationGetPrimaryKeyIndex(c->rel);
-	c->merged_att = crm_trigger_attnum(c->rel, "merged_into", "crm_resolve_customer()");
+	crm_customer_keys(&c->keys, "crm_resolve_customer()");
+	c->rel = table_open(c->keys.relid, mode);
 }
 
 /* What lock_share did. */
@@ -109,7 +105,7 @@ latest_golden(CustomerRel *c, int64 id, int64 *golden, ItemPointer tid)
 {
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 
-	*golden = crm_merge_walk_at(c->relid, c->pkey, c->merged_att, id, 0, snap, tid);
+	*golden = crm_merge_walk_at(&c->keys, id, 0, snap, tid);
 	UnregisterSnapshot(snap);
 	return *golden != 0;
 }
@@ -126,7 +122,7 @@ still_golden(CustomerRel *c, int64 id, int64 g, TupleTableSlot *slot)
 	int64		again;
 	ItemPointerData tid;
 
-	(void) slot_getattr(slot, c->merged_att, &isnull);
+	(void) slot_getattr(slot, c->keys.merged_att, &isnull);
 	if (!isnull)
 		return false;
 	return g == id || (latest_golden(c, id, &again, &tid) && again == g);
@@ -233,7 +229,7 @@ crm_resolve_customer(int64 id, bool lock, int64 *golden)
 		ExecDropSingleTupleTableSlot(slot);
 	}
 	else
-		found = (*golden = crm_merge_walk(c.relid, c.pkey, c.merged_att, id, 0)) != 0;
+		found = (*golden = crm_merge_walk(&c.keys, id, 0)) != 0;
 	table_close(c.rel, NoLock);
 	return found;
 }

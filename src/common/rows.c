@@ -81,17 +81,34 @@ crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 }
 
 /*
+ * crm.customer's oid, primary key and merged_into column, for crm_merge_walk;
+ * fn names the caller in the error when the column is missing.  Callers keep
+ * the result per FmgrInfo or per configuration generation.
+ */
+void
+crm_customer_keys(CrmCustomerKeys *keys, const char *fn)
+{
+	Relation	crel;
+
+	keys->relid = crm_relid("customer");
+	crel = table_open(keys->relid, AccessShareLock);
+	keys->pkey = RelationGetPrimaryKeyIndex(crel);
+	keys->merged_att = crm_trigger_attnum(crel, "merged_into", fn);
+	table_close(crel, AccessShareLock);
+}
+
+/*
  * Walks crm.customer.merged_into up from record through the table's primary
- * key pkey (merged_att: the merged_into column), at most CRM_MERGE_WALK_LIMIT
+ * key (keys, crm_customer_keys), at most CRM_MERGE_WALK_LIMIT
  * links, stopping early at target (0: none).  Returns where the walk ended:
  * target when reached, else the golden record at the end of the chain, or 0
  * when record does not exist.  Merges keep chains one link long; longer ones
  * are left by older releases.
  */
 int64
-crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target)
+crm_merge_walk(const CrmCustomerKeys *keys, int64 record, int64 target)
 {
-	return crm_merge_walk_at(customer_relid, pkey, merged_att, record, target, GetActiveSnapshot(), NULL);
+	return crm_merge_walk_at(keys, record, target, GetActiveSnapshot(), NULL);
 }
 
 /*
@@ -99,16 +116,16 @@ crm_merge_walk(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record
  * ctid of the row the walk ended on (src/common/customer.c locks it).
  */
 int64
-crm_merge_walk_at(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 record, int64 target,
+crm_merge_walk_at(const CrmCustomerKeys *keys, int64 record, int64 target,
 				  Snapshot snap, ItemPointer last_tid)
 {
-	Relation	crel = table_open(customer_relid, AccessShareLock);
+	Relation	crel = table_open(keys->relid, AccessShareLock);
 	Datum		id = Int64GetDatum(record);
 	int64		last = 0;
 
 	for (int depth = 0;; depth++)
 	{
-		HeapTuple	tup = crm_row_by_index_at(crel, pkey, &id, ForwardScanDirection, snap);
+		HeapTuple	tup = crm_row_by_index_at(crel, keys->pkey, &id, ForwardScanDirection, snap);
 		bool		isnull = true;
 		Datum		next = (Datum) 0;
 
@@ -117,7 +134,7 @@ crm_merge_walk_at(Oid customer_relid, Oid pkey, AttrNumber merged_att, int64 rec
 		last = DatumGetInt64(id);
 		if (last_tid)
 			*last_tid = tup->t_self;
-		next = heap_getattr(tup, merged_att, RelationGetDescr(crel), &isnull);
+		next = heap_getattr(tup, keys->merged_att, RelationGetDescr(crel), &isnull);
 		heap_freetuple(tup);
 		if (isnull || last == target || depth == CRM_MERGE_WALK_LIMIT)
 			break;

@@ -245,23 +245,8 @@ typedef struct OriginColumns
 	bool		move_ok_set;
 	int64		move_ok_origin;
 	int64		move_ok_target;
-	Oid			customer_relid;
-	Oid			pkey_oid;
-	AttrNumber	merged_att;
+	CrmCustomerKeys customer;
 } OriginColumns;
-
-static void
-find_customer_indexes(OriginColumns *cols)
-{
-	Relation	crel;
-
-	cols->customer_relid = crm_relid("customer");
-	crel = table_open(cols->customer_relid, AccessShareLock);
-	cols->pkey_oid = RelationGetPrimaryKeyIndex(crel);
-	cols->merged_att = required_attnum(crel, "merged_into");
-	table_close(crel, AccessShareLock);
-	cols->customer_found = true;
-}
 
 /*
  * The golden customer of record cust, locked FOR SHARE (src/common/customer.c:
@@ -349,10 +334,9 @@ identity_golden_of(OriginColumns *cols, Relation rel, HeapTuple tup, TupleDesc d
  * Whether walking merged_into up from record reaches target (crm_merge_walk).
  */
 static bool
-walk_merges(Oid customer_relid, Oid pkey, AttrNumber merged_att, Datum record, Datum target)
+walk_merges(const CrmCustomerKeys *keys, Datum record, Datum target)
 {
-	return crm_merge_walk(customer_relid, pkey, merged_att, DatumGetInt64(record),
-						  DatumGetInt64(target)) == DatumGetInt64(target);
+	return crm_merge_walk(keys, DatumGetInt64(record), DatumGetInt64(target)) == DatumGetInt64(target);
 }
 
 /*
@@ -373,8 +357,11 @@ merged_along(OriginColumns *cols, Datum origin, Datum target)
 		cols->move_ok_target == DatumGetInt64(target))
 		return true;
 	if (!cols->customer_found)
-		find_customer_indexes(cols);
-	found = walk_merges(cols->customer_relid, cols->pkey_oid, cols->merged_att, origin, target);
+	{
+		crm_customer_keys(&cols->customer, "crm.fill_origin_customer()");
+		cols->customer_found = true;
+	}
+	found = walk_merges(&cols->customer, origin, target);
 	if (found)
 	{
 		cols->move_ok_set = true;
@@ -393,15 +380,12 @@ PG_FUNCTION_INFO_V1(crm_loyalty_merged_along);
 Datum
 crm_loyalty_merged_along(PG_FUNCTION_ARGS)
 {
-	Oid			relid = crm_relid("customer");
-	Relation	crel = table_open(relid, AccessShareLock);
-	Oid			pkey = RelationGetPrimaryKeyIndex(crel);
-	AttrNumber	merged_att = crm_trigger_attnum(crel, "merged_into", "crm.loyalty_merged_along()");
+	CrmCustomerKeys keys;
 
-	table_close(crel, AccessShareLock);
 	if (PG_GETARG_INT64(0) == PG_GETARG_INT64(1))
 		PG_RETURN_BOOL(true);
-	PG_RETURN_BOOL(walk_merges(relid, pkey, merged_att, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1)));
+	crm_customer_keys(&keys, "crm.loyalty_merged_along()");
+	PG_RETURN_BOOL(walk_merges(&keys, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1)));
 }
 
 /* The supported way to move a row of table relname, as an errhint. */

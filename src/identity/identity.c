@@ -265,14 +265,6 @@ crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-/* crm.customer's primary key and merged_into column, per FmgrInfo (fn_extra). */
-typedef struct CustomerWalk
-{
-	Oid			relid;
-	Oid			pkey;
-	AttrNumber	merged_att;
-} CustomerWalk;
-
 PG_FUNCTION_INFO_V1(crm_golden_customer);
 
 /*
@@ -285,22 +277,17 @@ PG_FUNCTION_INFO_V1(crm_golden_customer);
 Datum
 crm_golden_customer(PG_FUNCTION_ARGS)
 {
-	CustomerWalk *w = (CustomerWalk *) fcinfo->flinfo->fn_extra;
+	/* crm.customer's keys, per FmgrInfo (fn_extra) */
+	CrmCustomerKeys *keys = (CrmCustomerKeys *) fcinfo->flinfo->fn_extra;
 	int64		golden;
 
-	if (w == NULL)
+	if (keys == NULL)
 	{
-		Relation	crel;
-
-		w = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(CustomerWalk));
-		w->relid = crm_relid("customer");
-		crel = table_open(w->relid, AccessShareLock);
-		w->pkey = RelationGetPrimaryKeyIndex(crel);
-		w->merged_att = crm_trigger_attnum(crel, "merged_into", "crm.golden_customer()");
-		table_close(crel, AccessShareLock);
-		fcinfo->flinfo->fn_extra = w;
+		keys = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(CrmCustomerKeys));
+		crm_customer_keys(keys, "crm.golden_customer()");
+		fcinfo->flinfo->fn_extra = keys;
 	}
-	golden = crm_merge_walk(w->relid, w->pkey, w->merged_att, PG_GETARG_INT64(0), 0);
+	golden = crm_merge_walk(keys, PG_GETARG_INT64(0), 0);
 	if (golden == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(golden);

@@ -1359,9 +1359,7 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 /* crm.customer's primary key and merged_into, per trigger (fn_extra). */
 typedef struct GuardState
 {
-	Oid			customer_relid;
-	Oid			pkey;
-	AttrNumber	merged_att;
+	CrmCustomerKeys customer;
 	AttrNumber	cust_att;
 	AttrNumber	origin_att;
 	/* the last move found along merges (a merge moves many rows alike) */
@@ -1374,18 +1372,13 @@ static GuardState *
 guard_state(FunctionCallInfo fcinfo, Relation rel)
 {
 	GuardState *g = (GuardState *) fcinfo->flinfo->fn_extra;
-	Relation	crel;
 
 	if (g != NULL)
 		return g;
 	g = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(GuardState));
 	g->cust_att = crm_trigger_attnum(rel, "customer_id", "crm.points_journal_guard()");
 	g->origin_att = crm_trigger_attnum(rel, "origin_customer_id", "crm.points_journal_guard()");
-	g->customer_relid = crm_relid("customer");
-	crel = table_open(g->customer_relid, AccessShareLock);
-	g->pkey = RelationGetPrimaryKeyIndex(crel);
-	g->merged_att = crm_trigger_attnum(crel, "merged_into", "crm.points_journal_guard()");
-	table_close(crel, AccessShareLock);
+	crm_customer_keys(&g->customer, "crm.points_journal_guard()");
 	fcinfo->flinfo->fn_extra = g;
 	return g;
 }
@@ -1430,7 +1423,7 @@ moved_along_merges(GuardState *g, Relation rel, HeapTuple newtup)
 		return true;
 	if (g->move_ok_set && g->move_ok_origin == origin && g->move_ok_target == cust)
 		return true;
-	if (crm_merge_walk(g->customer_relid, g->pkey, g->merged_att, origin, cust) != cust)
+	if (crm_merge_walk(&g->customer, origin, cust) != cust)
 		return false;
 	g->move_ok_set = true;
 	g->move_ok_origin = origin;
