@@ -106,33 +106,24 @@ WHERE h.customer_id IS NULL OR w.customer_id IS NULL
 -- which is golden unless there is a chain, reported below); an identity the golden
 -- holds already stays parked on a merged record of that golden (identity.sql).
 UNION ALL
-SELECT 'rows sit on their origin''s golden customer', o.customer_id,
-       format('order %s of record %s belongs to %s', o.order_id, o.origin_customer_id, COALESCE(p.merged_into, c.merged_into, c.customer_id))
-FROM crm.orders o JOIN crm.customer c ON c.customer_id = o.origin_customer_id
+SELECT 'rows sit on their origin''s golden customer', r.customer_id,
+       format('%s %s of record %s belongs to %s', r.what, r.id, r.origin_customer_id, COALESCE(p.merged_into, c.merged_into, c.customer_id))
+FROM (SELECT 'order' AS what, o.order_id AS id, o.customer_id, o.origin_customer_id FROM crm.orders o
+      UNION ALL
+      SELECT 'event', e.event_id, e.customer_id, e.origin_customer_id FROM crm.event e
+      UNION ALL
+      SELECT 'identity', i.identity_id, i.customer_id, i.origin_customer_id FROM crm.identity i
+      UNION ALL
+      SELECT 'journal row', j.journal_id, j.customer_id, j.origin_customer_id FROM crm.points_journal j) r
+JOIN crm.customer c ON c.customer_id = r.origin_customer_id
 LEFT JOIN crm.customer p ON p.customer_id = c.merged_into
-WHERE o.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
-UNION ALL
-SELECT 'rows sit on their origin''s golden customer', e.customer_id,
-       format('event %s of record %s belongs to %s', e.event_id, e.origin_customer_id, COALESCE(p.merged_into, c.merged_into, c.customer_id))
-FROM crm.event e JOIN crm.customer c ON c.customer_id = e.origin_customer_id
-LEFT JOIN crm.customer p ON p.customer_id = c.merged_into
-WHERE e.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
-UNION ALL
-SELECT 'rows sit on their origin''s golden customer', i.customer_id,
-       format('identity %s of record %s belongs to %s', i.identity_id, i.origin_customer_id, COALESCE(p.merged_into, c.merged_into, c.customer_id))
-FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.origin_customer_id
-LEFT JOIN crm.customer p ON p.customer_id = c.merged_into
-JOIN crm.customer h ON h.customer_id = i.customer_id
-WHERE i.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
-  AND NOT (h.merged_into = COALESCE(p.merged_into, c.merged_into, c.customer_id)
-           AND EXISTS (SELECT 1 FROM crm.identity d
-                       WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = h.merged_into))
-UNION ALL
-SELECT 'rows sit on their origin''s golden customer', j.customer_id,
-       format('journal row %s of record %s belongs to %s', j.journal_id, j.origin_customer_id, COALESCE(p.merged_into, c.merged_into, c.customer_id))
-FROM crm.points_journal j JOIN crm.customer c ON c.customer_id = j.origin_customer_id
-LEFT JOIN crm.customer p ON p.customer_id = c.merged_into
-WHERE j.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
+WHERE r.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
+  AND NOT (r.what = 'identity'
+           AND EXISTS (SELECT 1 FROM crm.identity i
+                       JOIN crm.customer h ON h.customer_id = i.customer_id
+                       JOIN crm.identity d ON d.kind = i.kind AND d.value = i.value AND d.customer_id = h.merged_into
+                       WHERE i.identity_id = r.id
+                         AND h.merged_into = COALESCE(p.merged_into, c.merged_into, c.customer_id)))
 
 -- No merge chains: a record is merged into a golden customer.
 UNION ALL
