@@ -15,6 +15,7 @@
 #include "datatype/timestamp.h"
 #include "utils/guc.h"
 #include "executor/spi.h"
+#include "nodes/lockoptions.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 #include "storage/itemptr.h"
@@ -43,6 +44,24 @@ extern void crm_kept_plans_init(void);
 extern void crm_kept_plans_check(void);
 extern SPIPlanPtr crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes,
 								   int cursor_options);
+extern SPIPlanPtr crm_prepare_kept_text(const char *sql, int nargs, Oid *argtypes, int cursor_options);
+
+/* references.c: the foreign keys of the order path, checked without a query per row */
+typedef struct CrmReference CrmReference;
+typedef enum CrmParentLock
+{
+	CRM_PARENT_LOCKED,			/* locked; the slot holds its newest version */
+	CRM_PARENT_OURS,			/* written by this transaction: no lock needed */
+	CRM_PARENT_MISSING			/* none, or deleted or re-keyed meanwhile */
+} CrmParentLock;
+extern CrmReference *crm_reference_new(MemoryContext cxt, const char *child, const char *column,
+									   const char *parent);
+extern void crm_reference_require(CrmReference *ref, Relation child, Datum key);
+extern void crm_report_missing_parent(Relation child, const char *column, const char *parent,
+									  int64 key) pg_attribute_noreturn();
+extern CrmParentLock crm_lock_parent(Relation prel, Oid pkey, AttrNumber key_att, Datum key,
+									 LockTupleMode mode, TupleTableSlot *slot, HeapTuple *seen);
+extern bool crm_own_row_exists(Relation rel, Oid pkey, Datum key);
 
 /* config_cache.c: caches of configuration tables, crm.config_changed() */
 extern void crm_config_cache_init(void);

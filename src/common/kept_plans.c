@@ -8,7 +8,10 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "optimizer/planner.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 
 #include "crm_ext.h"
@@ -27,6 +30,50 @@
  * syscache callback, pg_extension none), which is rare.
  * ------------------------------------------------------------------------
  */
+/* ------------------------------------------------------------------------
+ * Kept plans are key lookups, whatever the statistics say
+ *
+ * Every kept statement reads the rows of a batch's customers, orders or
+ * accounts through their keys ("customer_id = ANY ($1)", joins on keys).
+ * The planner chooses by statistics, and those are wrong exactly when it
+ * matters: in a bulk load, the tables the triggers write grow in the same
+ * transaction, where no ANALYZE can run, and a plan made while a table was
+ * empty, or analyzed as empty (pg_class says 0 rows in N pages, so every
+ * size the table grows to still means 0 rows), is a sequential scan that
+ * then reads the whole table for every batch (issue 14, item 4: 79 calls of
+ * the stats trigger's lock query, 29.7 s).  Re-planning does not help while
+ * the statistics say "empty".  So the statements are planned with
+ * sequential scans ruled out (enable_seqscan off, as for the planning of
+ * this one statement): index and bitmap scans on the keys always, table
+ * sizes only choosing among them.  A planner hook does it, because
+ * PostgreSQL re-plans a kept statement on its own whenever an ANALYZE,
+ * TRUNCATE or DDL invalidates it, in whatever settings are current then;
+ * the hook recognises crm's statements by the comment crm_prepare_kept()
+ * puts in front of their text.
+ * ------------------------------------------------------------------------
+ */
+#define KEYED_MARK "/* crm_ext: keyed */ "
+static planner_hook_type prev_planner_hook = NULL;
+
+static PlannedStmt *
+keyed_planner(Query *parse, const char *query_string, int cursor_options, ParamListInfo params)
+{
+	int			nest;
+	PlannedStmt *result;
+
+	if (query_string == NULL || strncmp(query_string, KEYED_MARK, sizeof(KEYED_MARK) - 1) != 0)
+		return prev_planner_hook ? prev_planner_hook(parse, query_string, cursor_options, params) :
+			standard_planner(parse, query_string, cursor_options, params);
+	nest = NewGUCNestLevel();
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	result = prev_planner_hook ? prev_planner_hook(parse, query_string, cursor_options, params) :
+		standard_planner(parse, query_string, cursor_options, params);
+	/* on an error, the (sub)transaction's abort restores the setting */
+	AtEOXact_GUC(true, nest);
+	return result;
+}
+
 #define MAX_KEPT_PLANS 64
 static SPIPlanPtr *kept_slots[MAX_KEPT_PLANS];
 static int	n_kept_slots = 0;
@@ -44,6 +91,8 @@ void
 crm_kept_plans_init(void)
 {
 	CacheRegisterSyscacheCallback(TYPEOID, types_changed, (Datum) 0);
+	prev_planner_hook = planner_hook;
+	planner_hook = keyed_planner;
 }
 
 /* Frees every kept plan when crm_ext is not the installation they were made for. */
@@ -84,7 +133,7 @@ crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, in
 	crm_kept_plans_check();
 	if (*slot != NULL)
 		return *slot;
-	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
+	plan = SPI_prepare_cursor(psprintf("%s%s", KEYED_MARK, sql), nargs, argtypes, cursor_options);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	for (i = 0; i < n_kept_slots && kept_slots[i] != slot; i++)
@@ -99,4 +148,36 @@ crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, in
 		elog(ERROR, "SPI_keepplan failed");
 	*slot = plan;
 	return plan;
+}
+
+/*
+ * Statements whose text is made at run time (they name a trigger's
+ * transition tables or a table from a trigger argument), kept by their
+ * text.  When all slots are taken, the plan is made for this use only.
+ */
+#define N_TEXT_PLANS 32
+static struct
+{
+	char	   *sql;
+	SPIPlanPtr	plan;
+}			text_plans[N_TEXT_PLANS];
+
+SPIPlanPtr
+crm_prepare_kept_text(const char *sql, int nargs, Oid *argtypes, int cursor_options)
+{
+	int			i;
+	SPIPlanPtr	p;
+
+	for (i = 0; i < N_TEXT_PLANS && text_plans[i].sql != NULL; i++)
+		if (strcmp(text_plans[i].sql, sql) == 0)
+			return crm_prepare_kept(&text_plans[i].plan, sql, nargs, argtypes, cursor_options);
+	if (i == N_TEXT_PLANS)
+	{
+		p = SPI_prepare_cursor(psprintf("%s%s", KEYED_MARK, sql), nargs, argtypes, cursor_options);
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+		return p;
+	}
+	text_plans[i].sql = MemoryContextStrdup(TopMemoryContext, sql);
+	return crm_prepare_kept(&text_plans[i].plan, sql, nargs, argtypes, cursor_options);
 }

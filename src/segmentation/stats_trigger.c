@@ -111,37 +111,11 @@ direct_facts(TriggerData *td, bool orders, TimestampTz as_of)
 	pfree(facts);
 }
 
-/*
- * Fact queries, prepared once per backend and kept (the trigger's queries
- * name its transition tables, so they are keyed by their text).
- */
-#define N_FACT_PLANS 16
-static struct
-{
-	char	   *sql;
-	SPIPlanPtr	plan;
-}			fact_plans[N_FACT_PLANS];
-
-/* The kept plan of a fact query (SQL text), prepared on first use. */
+/* Fact queries name the trigger's transition tables: kept by their text. */
 static SPIPlanPtr
 fact_plan(const char *sql, int nargs, Oid *types)
 {
-	int			i;
-	SPIPlanPtr	p;
-
-	for (i = 0; i < N_FACT_PLANS && fact_plans[i].sql != NULL; i++)
-		if (strcmp(fact_plans[i].sql, sql) == 0)
-			return crm_prepare_kept(&fact_plans[i].plan, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
-	if (i == N_FACT_PLANS)
-	{
-		/* cache full: use once */
-		p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		return p;
-	}
-	fact_plans[i].sql = MemoryContextStrdup(TopMemoryContext, sql);
-	return crm_prepare_kept(&fact_plans[i].plan, sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
+	return crm_prepare_kept_text(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /* The fact query (FactColumn) rebuilding customers = ANY($1) from their data. */
