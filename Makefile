@@ -14,6 +14,7 @@ COMMON_OBJS = \
 	src/common/trigger_check.o \
 	src/common/rows.o \
 	src/common/customer.o \
+	src/common/references.o \
 	src/common/money.o \
 	src/common/int64_util.o \
 	src/common/settings.o

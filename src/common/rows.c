@@ -12,6 +12,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -21,7 +22,7 @@
 #include "crm_ext.h"
 
 /*
- * A copy of the first row of rel through its index idx, with one int8
+ * A copy of the first row of rel through its index idx, with one int8 (or int4)
  * equality key on the index's first column when key is not NULL, or NULL
  * when there is none; t_self of the copy is the row's ctid.  Read with the
  * active snapshot and without the executor: lookups in triggers, where an
@@ -50,8 +51,10 @@ crm_row_by_index_at(Relation rel, Oid idx, const Datum *key, ScanDirection direc
 	ScanKeyData skey;
 	HeapTuple	tup = NULL;
 
+	/* keys are bigint, or integer (crm.store) */
 	if (key)
-		ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, *key);
+		ScanKeyInit(&skey, 1, BTEqualStrategyNumber,
+					TupleDescAttr(RelationGetDescr(irel), 0)->atttypid == INT4OID ? F_INT4EQ : F_INT8EQ, *key);
 	index_rescan(scan, key ? &skey : NULL, key ? 1 : 0, NULL, 0);
 	if (index_getnext_slot(scan, direction, slot))
 		tup = ExecCopySlotHeapTuple(slot);

@@ -60,7 +60,7 @@ COMMENT ON SCHEMA crm IS 'crm_ext: customer-relationship logic next to the data'
 CREATE FUNCTION crm.fill_origin_customer() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_fill_origin_customer';
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
-	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards (except by crm.reassign_order), and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards (except by crm.reassign_order), and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514), <column>-><table> (the column references crm.<table>''s primary key: the row is locked FOR KEY SHARE once per key and statement, SQLSTATE 23503 when missing; to_golden checks customer_id and origin_customer_id against crm.customer the same way)';
 
 -- ---------------------------------------------------------------------------
 -- Stores
@@ -158,9 +158,11 @@ CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
 CREATE SEQUENCE crm.order_id_seq;
 CREATE TABLE crm.orders (
 	order_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.order_id_seq'::pg_catalog.regclass),
-	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
-	origin_customer_id	bigint NOT NULL REFERENCES crm.customer (customer_id),
-	store_id			integer REFERENCES crm.store (store_id),
+	-- customer_id, origin_customer_id and store_id reference crm.customer and
+	-- crm.store, checked by the triggers (see "References of the order path")
+	customer_id			bigint NOT NULL,
+	origin_customer_id	bigint NOT NULL,
+	store_id			integer,
 	channel				text NOT NULL CONSTRAINT orders_channel_valid CHECK (channel IN ('pos', 'app', 'mini_program', 'web')),
 	ordered_at			timestamptz NOT NULL CONSTRAINT orders_ordered_at_finite CHECK (pg_catalog.isfinite(ordered_at)),
 	amount				numeric(14,2) NOT NULL CONSTRAINT orders_amount_not_negative CHECK (amount >= 0 AND amount <> 'NaN'::numeric),
@@ -182,10 +184,10 @@ COMMENT ON COLUMN crm.orders.origin_customer_id IS 'The customer record the orde
 COMMENT ON COLUMN crm.orders.net_amount IS 'What the customer finally paid: 0 when refunded, else amount - refunded_amount';
 COMMENT ON COLUMN crm.orders.external_ref IS 'The channel''s own order number (receipt, app order id); unique per channel, so a resent order is rejected';
 CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at', 'store_id->store');
 
 CREATE TABLE crm.order_line (
-	order_id	bigint NOT NULL REFERENCES crm.orders (order_id) ON DELETE CASCADE,
+	order_id	bigint NOT NULL,	-- references crm.orders, checked by crm.lock_line_orders
 	line_no		integer NOT NULL CONSTRAINT order_line_no_positive CHECK (line_no >= 1),
 	sku			text NOT NULL CONSTRAINT order_line_sku_not_blank CHECK (pg_catalog.btrim(sku) <> ''),
 	category	text NOT NULL CONSTRAINT order_line_category_not_blank CHECK (pg_catalog.btrim(category) <> ''),
@@ -202,14 +204,20 @@ COMMENT ON FUNCTION crm.number_order_line() IS
 	'BEFORE INSERT row trigger on crm.order_line (WHEN line_no IS NULL): numbers the line after the order''s highest line';
 CREATE TRIGGER order_line_number BEFORE INSERT ON crm.order_line
 	FOR EACH ROW WHEN (NEW.line_no IS NULL) EXECUTE FUNCTION crm.number_order_line();
--- Lines added to an order another transaction inserted lock it FOR SHARE
--- first (fires before the loyalty and stats triggers, by name), so a merge
--- moving the order cannot leave their bonus and stats on the merged record.
+-- The orders of inserted or updated lines must exist (order_line.order_id
+-- references crm.orders: one lookup per order and statement, not a foreign
+-- key's query per line); those another transaction inserted are locked FOR
+-- SHARE first (fires before the loyalty and stats triggers, by name), so a
+-- merge moving the order cannot leave their bonus and stats on the merged
+-- record, and a DELETE cannot take the order from under its lines.
 CREATE FUNCTION crm.lock_line_orders() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_lock_line_orders';
 COMMENT ON FUNCTION crm.lock_line_orders() IS
-	'AFTER INSERT statement trigger on crm.order_line (REFERENCING NEW TABLE AS lock_new), fired before the loyalty and stats triggers: locks FOR SHARE the orders of the lines that another transaction inserted (40001 when a merge moved one meanwhile)';
+	'AFTER INSERT or UPDATE statement trigger on crm.order_line (REFERENCING NEW TABLE AS lock_new), fired before the loyalty and stats triggers: the orders of the lines must exist (23503) and those another transaction inserted are locked FOR SHARE (40001 when a merge moved one meanwhile)';
 CREATE TRIGGER order_line_lock_orders AFTER INSERT ON crm.order_line
+	REFERENCING NEW TABLE AS lock_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
+CREATE TRIGGER order_line_lock_orders_update AFTER UPDATE ON crm.order_line
 	REFERENCING NEW TABLE AS lock_new
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
 COMMENT ON TABLE crm.order_line IS 'The lines of an order: sku, category, quantity and amount';
@@ -340,12 +348,14 @@ INSERT INTO crm.event_kind (kind, description, builtin) VALUES
 CREATE SEQUENCE crm.event_id_seq;
 CREATE TABLE crm.event (
 	event_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.event_id_seq'::pg_catalog.regclass),
-	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
-	origin_customer_id	bigint NOT NULL REFERENCES crm.customer (customer_id),
+	-- customer_id, origin_customer_id and store_id reference crm.customer and
+	-- crm.store, checked by the triggers (see "References of the order path")
+	customer_id			bigint NOT NULL,
+	origin_customer_id	bigint NOT NULL,
 	kind				text NOT NULL REFERENCES crm.event_kind (kind) ON UPDATE CASCADE,
 	at					timestamptz NOT NULL CONSTRAINT event_at_finite CHECK (pg_catalog.isfinite(at)),
 	channel				text CONSTRAINT event_channel_valid CHECK (channel IN ('pos', 'app', 'mini_program', 'web')),
-	store_id			integer REFERENCES crm.store (store_id),
+	store_id			integer,
 	props				jsonb NOT NULL DEFAULT '{}'::jsonb
 						CONSTRAINT event_props_object CHECK (pg_catalog.jsonb_typeof(props) = 'object')
 );
@@ -355,7 +365,43 @@ CREATE INDEX event_origin_idx ON crm.event (origin_customer_id) WHERE origin_cus
 COMMENT ON TABLE crm.event IS 'Behaviour events (browse, cart, sign_in, store_visit, ...)';
 COMMENT ON COLUMN crm.event.origin_customer_id IS 'The customer record the event arrived on; never changes (merges move customer_id)';
 CREATE TRIGGER event_fill_origin BEFORE INSERT OR UPDATE ON crm.event
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at', 'store_id->store');
+
+-- ---------------------------------------------------------------------------
+-- References of the order path (issue 14; src/common/references.c)
+--
+-- orders.customer_id, orders.origin_customer_id, orders.store_id,
+-- order_line.order_id, event.customer_id, event.origin_customer_id and
+-- event.store_id are foreign keys checked by crm's triggers instead of
+-- FOREIGN KEY constraints, which cost a query per row and key: a row's
+-- customers and store are looked up and locked (FOR SHARE / FOR KEY SHARE)
+-- by crm.fill_origin_customer, once per key and statement; the orders of
+-- lines by crm.lock_line_orders, once per order and statement.  The parent's
+-- side is below: deleting a customer or store that rows still reference, or
+-- changing its key, fails as with NO ACTION; deleting an order deletes its
+-- lines (ON DELETE CASCADE); TRUNCATE of a parent needs its referencing
+-- tables in the same command.  Errors are 23503 with the constraint names
+-- (orders_customer_id_fkey, ...) the foreign keys had.
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.referenced_row() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_referenced_row';
+COMMENT ON FUNCTION crm.referenced_row() IS
+	'AFTER DELETE OR UPDATE row (and AFTER TRUNCATE statement) trigger on a parent of the order path: ''restrict'' or ''cascade'', then the referencing ''table.column''s';
+CREATE TRIGGER customer_referenced AFTER DELETE OR UPDATE OF customer_id ON crm.customer
+	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.customer_id', 'orders.origin_customer_id',
+		'event.customer_id', 'event.origin_customer_id');
+CREATE TRIGGER customer_referenced_truncate AFTER TRUNCATE ON crm.customer
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.customer_id', 'event.customer_id');
+CREATE TRIGGER store_referenced AFTER DELETE OR UPDATE OF store_id ON crm.store
+	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.store_id', 'event.store_id');
+CREATE TRIGGER store_referenced_truncate AFTER TRUNCATE ON crm.store
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.store_id', 'event.store_id');
+-- a row trigger: it fires before the DELETE's statement triggers (loyalty,
+-- stats), as the foreign key's cascade did
+CREATE TRIGGER orders_cascade_lines AFTER DELETE OR UPDATE OF order_id ON crm.orders
+	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('cascade', 'order_line.order_id');
+CREATE TRIGGER orders_cascade_lines_truncate AFTER TRUNCATE ON crm.orders
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'order_line.order_id');
 
 -- ---------------------------------------------------------------------------
 -- pg_dump: tables of an extension are not dumped unless registered.  Data

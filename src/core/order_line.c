@@ -13,8 +13,8 @@
  * to one order at the same time collide on the key (23505): an order's
  * lines arrive in one statement.
  *
- * crm.lock_line_orders locks the orders of lines inserted in a later
- * transaction than their order, for the lock order (DEVELOPER.md).
+ * crm.lock_line_orders checks that the orders of the lines exist and locks
+ * those inserted in an earlier transaction, for the lock order (DEVELOPER.md).
  */
 #include "postgres.h"
 
@@ -138,37 +138,34 @@ crm_number_order_line(PG_FUNCTION_ARGS)
 
 /*
  * Lock FOR SHARE the order with key order_id (through pkey), unless this
- * transaction inserted or changed it.  A serialization failure when a
- * concurrent merge or unmerge moved it to another customer while we waited:
- * the triggers after this one read the order with the statement's snapshot
- * and would credit the customer it has left.
+ * transaction inserted or changed it; a foreign-key violation (23503) for
+ * the lines when there is no such order (references.c: the lock is the
+ * reference's too).  A serialization failure when a concurrent merge or
+ * unmerge moved it to another customer while we waited: the triggers after
+ * this one read the order with the statement's snapshot and would credit
+ * the customer it has left.
  */
 static void
-lock_order(Relation orel, Oid pkey, AttrNumber cust_att, TupleTableSlot *slot, int64 order_id)
+lock_order(Relation lrel, Relation orel, Oid pkey, AttrNumber key_att, AttrNumber cust_att,
+		   TupleTableSlot *slot, int64 order_id)
 {
-	Datum		key = Int64GetDatum(order_id);
-	HeapTuple	tup = crm_row_by_index(orel, pkey, &key);
-	TM_FailureData tmfd;
-	TM_Result	res;
+	HeapTuple	seen;
 	bool		isnull;
 	Datum		cust;
 
-	if (tup == NULL)
-		return;					/* the foreign key reports it */
-	if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(tup->t_data)))
+	switch (crm_lock_parent(orel, pkey, key_att, Int64GetDatum(order_id), LockTupleShare, slot, &seen))
 	{
-		heap_freetuple(tup);	/* ours: no merge can have moved it */
-		return;
+		case CRM_PARENT_OURS:
+			heap_freetuple(seen);
+			return;				/* no merge can have moved it */
+		case CRM_PARENT_MISSING:
+			crm_report_missing_parent(lrel, "order_id", "orders", order_id);
+		case CRM_PARENT_LOCKED:
+			break;
 	}
-	cust = heap_getattr(tup, cust_att, RelationGetDescr(orel), &isnull);
-	res = table_tuple_lock(orel, &tup->t_self, GetActiveSnapshot(), slot, GetCurrentCommandId(false),
-						   LockTupleShare, LockWaitBlock,
-						   IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-	if (res == TM_Ok && !isnull &&
-		DatumGetInt64(slot_getattr(slot, cust_att, &isnull)) != DatumGetInt64(cust))
-		res = TM_Updated;
-	heap_freetuple(tup);
-	if (res == TM_Updated)
+	cust = heap_getattr(seen, cust_att, RelationGetDescr(orel), &isnull);
+	heap_freetuple(seen);
+	if (!isnull && DatumGetInt64(slot_getattr(slot, cust_att, &isnull)) != DatumGetInt64(cust))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("order %lld moved to another customer while its lines were inserted", (long long) order_id),
@@ -180,18 +177,21 @@ PG_FUNCTION_INFO_V1(crm_lock_line_orders);
 
 /*
  * crm.lock_line_orders() RETURNS trigger
- *		AFTER INSERT statement trigger on crm.order_line (REFERENCING NEW
- *		TABLE AS lock_new), named to fire before the loyalty and stats
- *		triggers: the orders the lines belong to are locked FOR SHARE (step
- *		2 of DEVELOPER.md's lock order), so a merge moving them waits for the
- *		category bonus and stats of the lines, or they for the merge.  Lines
- *		inserted with their order take no lock.
+ *		AFTER INSERT or UPDATE statement trigger on crm.order_line
+ *		(REFERENCING NEW TABLE AS lock_new), named to fire before the loyalty
+ *		and stats triggers: the orders the lines belong to must exist (the
+ *		reference order_line.order_id -> orders, checked once per order and
+ *		statement) and are locked FOR SHARE (step 2 of DEVELOPER.md's lock
+ *		order), so a merge moving them waits for the category bonus and stats
+ *		of the lines, or they for the merge, and the order cannot be deleted
+ *		under them.  Lines inserted with their order take no lock.
  */
 Datum
 crm_lock_line_orders(PG_FUNCTION_ARGS)
 {
 	const char *fn = "crm.lock_line_orders()";
-	TriggerData *td = crm_check_trigger(fcinfo, fn, CRM_TG_AFTER, CRM_TG_STATEMENT, CRM_TG_INSERT, 0);
+	TriggerData *td = crm_check_trigger(fcinfo, fn, CRM_TG_AFTER, CRM_TG_STATEMENT,
+										CRM_TG_INSERT | CRM_TG_UPDATE, 0);
 	int			order_att = crm_trigger_attnum(td->tg_relation, "order_id", fn);
 	Tuplestorestate *ts = td->tg_newtable;
 	TupleTableSlot *lslot;
@@ -199,6 +199,7 @@ crm_lock_line_orders(PG_FUNCTION_ARGS)
 	Relation	orel;
 	Oid			pkey;
 	AttrNumber	cust_att;
+	AttrNumber	key_att;
 	int64	   *ids;
 	int			n = 0;
 
@@ -224,10 +225,11 @@ crm_lock_line_orders(PG_FUNCTION_ARGS)
 	orel = table_open(crm_relid("orders"), RowShareLock);
 	pkey = RelationGetPrimaryKeyIndex(orel);
 	cust_att = crm_trigger_attnum(orel, "customer_id", fn);
+	key_att = crm_trigger_attnum(orel, "order_id", fn);
 	oslot = table_slot_create(orel, NULL);
 	for (int i = 0; i < n; i++)
 		if (i == 0 || ids[i] != ids[i - 1])
-			lock_order(orel, pkey, cust_att, oslot, ids[i]);
+			lock_order(td->tg_relation, orel, pkey, key_att, cust_att, oslot, ids[i]);
 	ExecDropSingleTupleTableSlot(oslot);
 	table_close(orel, NoLock);
 	PG_RETURN_POINTER(NULL);

@@ -190,14 +190,19 @@ check_origin_trigger_call(FunctionCallInfo fcinfo)
 	{
 		const char *arg = trigdata->tg_trigger->tgargs[i];
 
+		const char *arrow = strstr(arg, "->");
+
 		if (strcmp(arg, "to_golden") != 0 && strcmp(arg, "pattern") != 0 &&
 			strcmp(arg, "stitch") != 0 &&
-			(strncmp(arg, "time=", 5) != 0 || arg[5] == '\0'))
+			(strncmp(arg, "time=", 5) != 0 || arg[5] == '\0') &&
+			(arrow == NULL || arrow == arg || arrow[2] == '\0'))
 			ereport(ERROR,
 					(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-					 errmsg("crm.fill_origin_customer() takes only the arguments 'to_golden', 'stitch', 'time=<column>' and 'pattern'")));
+					 errmsg("crm.fill_origin_customer() takes only the arguments 'to_golden', 'stitch', 'time=<column>', 'pattern' and '<column>-><table>'")));
 	}
 }
+
+static bool column_changed(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc, int att);
 
 static int
 required_attnum(Relation rel, const char *name)
@@ -236,6 +241,12 @@ typedef struct OriginColumns
 	KindPattern patterns[8];
 	/* to_golden: lock the row's golden customer and move the row to it */
 	bool		to_golden;
+	CrmReference *cust_ref;		/* to_golden: customer_id -> crm.customer (UPDATE) */
+	CrmReference *origin_ref;	/* to_golden: origin_customer_id -> crm.customer */
+	/* '<column>-><parent>' arguments: references checked here (references.c) */
+	int			nrefs;
+	int			ref_att[2];
+	CrmReference *refs[2];
 	/* stitch: move an identity to its golden unless parked; its unique index */
 	bool		stitch;
 	Oid			identity_unique;
@@ -249,19 +260,57 @@ typedef struct OriginColumns
 } OriginColumns;
 
 /*
+ * Whether this transaction inserted customer cust, perhaps in this very
+ * statement (WITH c AS (INSERT INTO crm.customer ...) INSERT INTO crm.orders
+ * ...), where no snapshot crm_resolve_customer takes sees it yet.  Such a
+ * customer is nobody else's to merge or delete: it needs no lock.
+ */
+static bool
+customer_inserted_here(Datum cust)
+{
+	CrmCustomerKeys keys;
+	Relation	crel;
+	bool		ours;
+
+	crm_customer_keys(&keys, "crm.fill_origin_customer()");
+	crel = table_open(keys.relid, AccessShareLock);
+	ours = crm_own_row_exists(crel, keys.pkey, cust);
+	table_close(crel, AccessShareLock);
+	return ours;
+}
+
+/*
  * The golden customer of record cust, locked FOR SHARE (src/common/customer.c:
  * a merge in flight is waited for and followed), so the row, its points and
  * stats land on the customer a concurrent merge cannot move away until this
- * transaction ends.  An unknown cust stays as it is: the foreign key reports it.
+ * transaction ends.  The lock is also the customer_id reference's: FOR SHARE
+ * keeps the row from being deleted as FOR KEY SHARE would (references.c).
+ * An unknown cust is a foreign-key violation.
  */
 static Datum
-golden_of(Datum cust)
+golden_of(Relation rel, Datum cust)
 {
 	int64		golden;
 
 	if (crm_resolve_customer(DatumGetInt64(cust), true, &golden))
 		return Int64GetDatum(golden);
+	if (!customer_inserted_here(cust))
+		crm_report_missing_parent(rel, "customer_id", "customer", DatumGetInt64(cust));
 	return cust;
+}
+
+/* The references of the row's '<column>-><parent>' columns that are set (and changed, for UPDATE). */
+static void
+check_references(OriginColumns *cols, Relation rel, HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
+{
+	for (int i = 0; i < cols->nrefs; i++)
+	{
+		bool		isnull;
+		Datum		key = heap_getattr(newtup, cols->ref_att[i], desc, &isnull);
+
+		if (!isnull && (oldtup == NULL || column_changed(oldtup, newtup, desc, cols->ref_att[i])))
+			crm_reference_require(cols->refs[i], rel, key);
+	}
 }
 
 /* crm.identity's UNIQUE (kind, value, customer_id) index, which 'stitch' probes. */
@@ -595,6 +644,22 @@ column_changed(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc, int att)
 	return !datumIsEqual(oldval, newval, a->attbyval, a->attlen);
 }
 
+/* A '<column>-><parent>' argument: column references crm.<parent>'s primary key. */
+static void
+add_reference(OriginColumns *cols, MemoryContext cxt, Relation rel, const char *arg)
+{
+	const char *arrow = strstr(arg, "->");
+	char	   *column = pnstrdup(arg, arrow - arg);
+
+	if (cols->nrefs == lengthof(cols->refs))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("crm.fill_origin_customer() checks at most %d references", (int) lengthof(cols->refs))));
+	cols->ref_att[cols->nrefs] = required_attnum(rel, column);
+	cols->refs[cols->nrefs] = crm_reference_new(cxt, RelationGetRelationName(rel), column, arrow + 2);
+	cols->nrefs++;
+}
+
 static OriginColumns *
 origin_columns(FunctionCallInfo fcinfo, Relation rel)
 {
@@ -616,6 +681,8 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 				cols->check_pattern = true;
 			else if (strcmp(tg->tgargs[i], "stitch") == 0)
 				cols->stitch = true;
+			else if (strstr(tg->tgargs[i], "->") != NULL)
+				add_reference(cols, fcinfo->flinfo->fn_mcxt, rel, tg->tgargs[i]);
 			else
 			{
 				cols->time_col = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, tg->tgargs[i] + 5);
@@ -631,6 +698,12 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 			find_kind_patterns(cols, rel);
 		if (cols->stitch)
 			cols->identity_unique = identity_unique_index(rel);
+		if (cols->to_golden)
+			cols->cust_ref = crm_reference_new(fcinfo->flinfo->fn_mcxt, RelationGetRelationName(rel),
+											   "customer_id", "customer");
+		if (cols->to_golden)
+			cols->origin_ref = crm_reference_new(fcinfo->flinfo->fn_mcxt, RelationGetRelationName(rel),
+												 "origin_customer_id", "customer");
 		fcinfo->flinfo->fn_extra = cols;
 	}
 	return cols;
@@ -703,6 +776,17 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 					 errdetail("It records the customer the row arrived on; merges change customer_id only.")));
 		if (column_changed(oldtup, newtup, tupdesc, cust_att))
 			check_customer_move(oc, rel, newtup, tupdesc);
+		/* the customer references (orders, events): merges hold both customers already */
+		if (oc->to_golden && !isnull && column_changed(oldtup, newtup, tupdesc, origin_att))
+			crm_reference_require(oc->origin_ref, rel, origin);
+		if (oc->to_golden && column_changed(oldtup, newtup, tupdesc, cust_att))
+		{
+			Datum		cust = heap_getattr(newtup, cust_att, tupdesc, &isnull);
+
+			if (!isnull)
+				crm_reference_require(oc->cust_ref, rel, cust);
+		}
+		check_references(oc, rel, oldtup, newtup, tupdesc);
 		return PointerGetDatum(newtup);
 	}
 
@@ -710,6 +794,7 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 		check_time_range(oc, rel, trigdata->tg_trigtuple, tupdesc);
 	if (oc->check_pattern)
 		check_value_pattern(oc, fcinfo->flinfo->fn_mcxt, trigdata->tg_trigtuple, tupdesc);
+	check_references(oc, rel, NULL, trigdata->tg_trigtuple, tupdesc);
 	{
 		bool		origin_null;
 		bool		cust_null;
@@ -721,7 +806,12 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 
 		origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &origin_null);
 		if (oc->to_golden && !cust_null)
-			golden = golden_of(cust);
+		{
+			golden = golden_of(rel, cust);
+			/* a record merged into golden, or an origin given apart: lock it too */
+			if (!origin_null ? DatumGetInt64(origin) != DatumGetInt64(golden) : golden != cust)
+				crm_reference_require(oc->origin_ref, rel, origin_null ? cust : origin);
+		}
 		else if (oc->stitch && !cust_null)
 			golden = identity_golden_of(oc, rel, trigdata->tg_trigtuple, tupdesc, cust);
 		if (!origin_null && golden == cust)

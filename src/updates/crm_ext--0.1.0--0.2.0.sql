@@ -377,11 +377,11 @@ CREATE TRIGGER identity_fill_origin BEFORE INSERT OR UPDATE ON crm.identity
 
 DROP TRIGGER orders_fill_origin ON crm.orders;
 CREATE TRIGGER orders_fill_origin BEFORE INSERT OR UPDATE ON crm.orders
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=ordered_at', 'store_id->store');
 
 DROP TRIGGER event_fill_origin ON crm.event;
 CREATE TRIGGER event_fill_origin BEFORE INSERT OR UPDATE ON crm.event
-	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at');
+	FOR EACH ROW EXECUTE FUNCTION crm.fill_origin_customer('to_golden', 'time=at', 'store_id->store');
 
 
 -- Money totals hold sums of many maximal orders (numeric(20,2)).  The views
@@ -1244,8 +1244,11 @@ COMMENT ON FUNCTION crm.fill_origin_customer() IS
 CREATE FUNCTION crm.lock_line_orders() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_lock_line_orders';
 COMMENT ON FUNCTION crm.lock_line_orders() IS
-	'AFTER INSERT statement trigger on crm.order_line (REFERENCING NEW TABLE AS lock_new), fired before the loyalty and stats triggers: locks FOR SHARE the orders of the lines that another transaction inserted (40001 when a merge moved one meanwhile)';
+	'AFTER INSERT or UPDATE statement trigger on crm.order_line (REFERENCING NEW TABLE AS lock_new), fired before the loyalty and stats triggers: the orders of the lines must exist (23503) and those another transaction inserted are locked FOR SHARE (40001 when a merge moved one meanwhile)';
 CREATE TRIGGER order_line_lock_orders AFTER INSERT ON crm.order_line
+	REFERENCING NEW TABLE AS lock_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
+CREATE TRIGGER order_line_lock_orders_update AFTER UPDATE ON crm.order_line
 	REFERENCING NEW TABLE AS lock_new
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
 
@@ -2538,4 +2541,45 @@ COMMENT ON FUNCTION crm.loyalty_orders_update() IS
 
 COMMENT ON COLUMN crm.orders.origin_customer_id IS 'The customer record the order arrived on; merges never change it (they move customer_id); crm.reassign_order does, for an order recorded for the wrong customer';
 COMMENT ON FUNCTION crm.fill_origin_customer() IS
-	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards (except by crm.reassign_order), and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514)';
+	'BEFORE INSERT OR UPDATE row trigger: a NULL origin_customer_id becomes customer_id; origin_customer_id never changes afterwards (except by crm.reassign_order), and customer_id only along the origin''s merges (to the origin or a record it is merged into, as merges, unmerges and stitching move rows; else SQLSTATE 55000); arguments: to_golden (a row inserted for a merged record goes to its golden customer, which is locked FOR SHARE first), stitch (crm.identity, with crm.stitch_on_insert on: an identifier inserted for a merged record goes to its golden customer, unlocked, unless the golden holds the same kind and value already), time=<column> (the column lies between 1900-01-01 UTC and now() + crm.max_future, SQLSTATE 22008), pattern (crm.identity: the value matches its kind''s pattern unless blocklisted, SQLSTATE 23514), <column>-><table> (the column references crm.<table>''s primary key: the row is locked FOR KEY SHARE once per key and statement, SQLSTATE 23503 when missing; to_golden checks customer_id and origin_customer_id against crm.customer the same way)';
+
+-- ---------------------------------------------------------------------------
+-- References of the order path (issue 14; src/common/references.c)
+--
+-- orders.customer_id, orders.origin_customer_id, orders.store_id,
+-- order_line.order_id, event.customer_id, event.origin_customer_id and
+-- event.store_id are foreign keys checked by crm's triggers instead of
+-- FOREIGN KEY constraints, which cost a query per row and key: a row's
+-- customers and store are looked up and locked (FOR SHARE / FOR KEY SHARE)
+-- by crm.fill_origin_customer, once per key and statement; the orders of
+-- lines by crm.lock_line_orders, once per order and statement.  The parent's
+-- side is below: deleting a customer or store that rows still reference, or
+-- changing its key, fails as with NO ACTION; deleting an order deletes its
+-- lines (ON DELETE CASCADE); TRUNCATE of a parent needs its referencing
+-- tables in the same command.  Errors are 23503 with the constraint names
+-- (orders_customer_id_fkey, ...) the foreign keys had.
+-- ---------------------------------------------------------------------------
+ALTER TABLE crm.orders DROP CONSTRAINT orders_customer_id_fkey, DROP CONSTRAINT orders_origin_customer_id_fkey,
+	DROP CONSTRAINT orders_store_id_fkey;
+ALTER TABLE crm.order_line DROP CONSTRAINT order_line_order_id_fkey;
+ALTER TABLE crm.event DROP CONSTRAINT event_customer_id_fkey, DROP CONSTRAINT event_origin_customer_id_fkey,
+	DROP CONSTRAINT event_store_id_fkey;
+CREATE FUNCTION crm.referenced_row() RETURNS trigger
+	LANGUAGE c AS 'MODULE_PATHNAME', 'crm_referenced_row';
+COMMENT ON FUNCTION crm.referenced_row() IS
+	'AFTER DELETE OR UPDATE row (and AFTER TRUNCATE statement) trigger on a parent of the order path: ''restrict'' or ''cascade'', then the referencing ''table.column''s';
+CREATE TRIGGER customer_referenced AFTER DELETE OR UPDATE OF customer_id ON crm.customer
+	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.customer_id', 'orders.origin_customer_id',
+		'event.customer_id', 'event.origin_customer_id');
+CREATE TRIGGER customer_referenced_truncate AFTER TRUNCATE ON crm.customer
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.customer_id', 'event.customer_id');
+CREATE TRIGGER store_referenced AFTER DELETE OR UPDATE OF store_id ON crm.store
+	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.store_id', 'event.store_id');
+CREATE TRIGGER store_referenced_truncate AFTER TRUNCATE ON crm.store
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'orders.store_id', 'event.store_id');
+-- a row trigger: it fires before the DELETE's statement triggers (loyalty,
+-- stats), as the foreign key's cascade did
+CREATE TRIGGER orders_cascade_lines AFTER DELETE OR UPDATE OF order_id ON crm.orders
+	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('cascade', 'order_line.order_id');
+CREATE TRIGGER orders_cascade_lines_truncate AFTER TRUNCATE ON crm.orders
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'order_line.order_id');

@@ -40,9 +40,10 @@ SELECT col_type_is('crm', 'orders', 'ordered_at', 'timestamp with time zone', 'c
 SELECT col_type_is('crm', 'orders', 'store_id', 'integer', 'col_type_is crm,orders,store_id,integer');
 SELECT col_not_null('crm', 'orders', 'origin_customer_id', 'col_not_null crm,orders,origin_customer_id');
 SELECT col_default_is('crm', 'orders', 'status', 'paid', 'col_default_is crm,orders,status,paid');
-SELECT fk_ok('crm', 'orders', 'customer_id', 'crm', 'customer', 'customer_id', 'fk_ok crm,orders,customer_id -> customer,customer_id');
-SELECT fk_ok('crm', 'orders', 'origin_customer_id', 'crm', 'customer', 'customer_id', 'fk_ok crm,orders,origin_customer_id -> customer,customer_id');
-SELECT fk_ok('crm', 'orders', 'store_id', 'crm', 'store', 'store_id', 'fk_ok crm,orders,store_id -> store,store_id');
+-- orders, order_line and event reference their parents through triggers (issue 14)
+SELECT trigger_is('crm', 'orders', 'orders_fill_origin', 'crm', 'fill_origin_customer', 'orders.customer_id, origin_customer_id and store_id are checked by orders_fill_origin');
+SELECT trigger_is('crm', 'customer', 'customer_referenced', 'crm', 'referenced_row', 'a referenced customer cannot be deleted (customer_referenced)');
+SELECT trigger_is('crm', 'store', 'store_referenced', 'crm', 'referenced_row', 'a referenced store cannot be deleted (store_referenced)');
 SELECT has_index('crm', 'orders', 'orders_customer_idx', ARRAY['customer_id', 'ordered_at'], 'has_index crm,orders,orders_customer_idx,[customer_id,ordered_at]');
 SELECT has_index('crm', 'orders', 'orders_origin_idx', ARRAY['origin_customer_id'], 'has_index crm,orders,orders_origin_idx,[origin_customer_id]');
 SELECT col_is_unique('crm', 'orders', ARRAY['channel', 'external_ref'], 'col_is_unique crm,orders,[channel,external_ref]');
@@ -51,7 +52,7 @@ SELECT has_trigger('crm', 'orders', 'orders_fill_origin', 'has_trigger crm,order
 SELECT col_is_pk('crm', 'order_line', ARRAY['order_id', 'line_no'], 'col_is_pk crm,order_line,[order_id,line_no]');
 SELECT col_type_is('crm', 'order_line', 'amount', 'numeric(14,2)', 'col_type_is crm,order_line,amount,numeric(14,2)');
 SELECT col_type_is('crm', 'order_line', 'qty', 'integer', 'col_type_is crm,order_line,qty,integer');
-SELECT fk_ok('crm', 'order_line', 'order_id', 'crm', 'orders', 'order_id', 'fk_ok crm,order_line,order_id -> orders,order_id');
+SELECT trigger_is('crm', 'orders', 'orders_cascade_lines', 'crm', 'referenced_row', 'deleting an order deletes its lines (orders_cascade_lines)');
 SELECT has_index('crm', 'order_line', 'order_line_sku_idx', ARRAY['sku'], 'has_index crm,order_line,order_line_sku_idx,[sku]');
 
 SELECT col_is_pk('crm', 'event', 'event_id', 'col_is_pk crm,event,event_id');
