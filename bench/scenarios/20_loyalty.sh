@@ -19,61 +19,15 @@ cols="customer_id, origin_customer_id, store_id, channel, ordered_at, amount, st
 bench_sql "CREATE TABLE bench_loyalty_src AS SELECT $cols FROM crm.orders ORDER BY order_id LIMIT $loyalty_orders"
 n=$(psql -X -At -c "SELECT count(*) FROM bench_loyalty_src")
 
-# The PL/pgSQL way: the same rules (rule by validity window and priority,
-# tier multiplier, birthday month, member day, month-end expiry, tier upgrade
-# on spend) with a row per lot in a plain table, one loop step per order
-# (earn_step, on record o).  Two shapes: a statement trigger looping over
-# its transition table, and the row trigger most code bases have.
-earn_step='
-		INSERT INTO bench_paccount VALUES (o.customer_id, '\''bronze'\'', 0) ON CONFLICT DO NOTHING;
-		SELECT p.*, t.multiplier, t.rank INTO a FROM bench_paccount p JOIN crm.tier t USING (tier)
-		WHERE p.customer_id = o.customer_id FOR UPDATE OF p;
-		SELECT * INTO r FROM crm.earn_rule e WHERE e.valid_from <= o.ordered_at AND o.ordered_at < e.valid_to
-		ORDER BY e.priority DESC, e.valid_from DESC LIMIT 1;
-		local := o.ordered_at AT TIME ZONE '\''UTC'\'';
-		IF r IS NOT NULL AND o.amount - o.refunded_amount > 0 THEN
-			mult := a.multiplier;
-			IF extract(month FROM o.birthday) = extract(month FROM local) THEN mult := mult * r.birthday_multiplier; END IF;
-			IF extract(day FROM local) = r.member_day THEN mult := mult * r.member_day_multiplier; END IF;
-			pts := floor((o.amount - o.refunded_amount) * r.points_per_unit * mult);
-			exp := (date_trunc('\''month'\'', local) + interval '\''13 months'\'') AT TIME ZONE '\''UTC'\'';
-			IF pts > 0 THEN
-				INSERT INTO bench_lot VALUES (o.customer_id, exp, pts, o.ordered_at, o.order_id);
-				INSERT INTO bench_pjournal (customer_id, kind, points, order_id, at) VALUES (o.customer_id, '\''earn'\'', pts, o.order_id, o.ordered_at);
-			END IF;
-		END IF;
-		UPDATE bench_paccount p SET spend = p.spend + (o.amount - o.refunded_amount),
-			tier = coalesce((SELECT t.tier FROM crm.tier t WHERE t.threshold <= p.spend + (o.amount - o.refunded_amount)
-			        AND t.rank > a.rank ORDER BY t.rank DESC LIMIT 1), p.tier)
-		WHERE p.customer_id = o.customer_id;'
-earn_vars="o record; r record; a record; mult numeric; pts bigint; exp timestamptz; local timestamp;"
-bench_sql "
-CREATE TABLE bench_lot (customer_id bigint NOT NULL, expires_at timestamptz NOT NULL, points bigint NOT NULL,
-	earned_at timestamptz NOT NULL, order_id bigint);
-CREATE INDEX ON bench_lot (customer_id, expires_at);
-CREATE TABLE bench_pjournal (id bigserial PRIMARY KEY, customer_id bigint, kind text, points bigint, order_id bigint, at timestamptz);
-CREATE TABLE bench_paccount (customer_id bigint PRIMARY KEY, tier text NOT NULL, spend numeric NOT NULL);
+# The PL/pgSQL way (bench/sql/loyalty_plpgsql.sql): the same rules with a
+# row per lot in a plain table, as a statement trigger over its transition
+# table and as the row trigger most code bases have; accounts start as
+# crm_ext's.
+bench_sql "$(cat "$CRM_ROOT/bench/sql/loyalty_plpgsql.sql")
 INSERT INTO bench_paccount SELECT customer_id, tier, qualifying_spend FROM crm.loyalty_account;
-CREATE FUNCTION bench_plpgsql_earn() RETURNS trigger LANGUAGE plpgsql AS \$f\$
-DECLARE $earn_vars
-BEGIN
-	FOR o IN SELECT n.*, c.birthday FROM loyalty_new n JOIN crm.customer c ON c.customer_id = n.customer_id
-	         WHERE n.status = 'paid' ORDER BY n.customer_id, n.ordered_at, n.order_id LOOP $earn_step
-	END LOOP;
-	RETURN NULL;
-END
-\$f\$;
 CREATE TRIGGER bench_plpgsql_earn AFTER INSERT ON crm.orders REFERENCING NEW TABLE AS loyalty_new
 	FOR EACH STATEMENT EXECUTE FUNCTION bench_plpgsql_earn();
 ALTER TABLE crm.orders DISABLE TRIGGER bench_plpgsql_earn;
-CREATE FUNCTION bench_plpgsql_earn_row() RETURNS trigger LANGUAGE plpgsql AS \$f\$
-DECLARE $earn_vars
-BEGIN
-	FOR o IN SELECT NEW.*, c.birthday FROM crm.customer c WHERE c.customer_id = NEW.customer_id AND NEW.status = 'paid' LOOP $earn_step
-	END LOOP;
-	RETURN NULL;
-END
-\$f\$;
 CREATE TRIGGER bench_plpgsql_earn_row AFTER INSERT ON crm.orders FOR EACH ROW EXECUTE FUNCTION bench_plpgsql_earn_row();
 ALTER TABLE crm.orders DISABLE TRIGGER bench_plpgsql_earn_row"
 bench_sql "VACUUM ANALYZE bench_loyalty_src, bench_paccount"

@@ -51,7 +51,7 @@ bench_row "crm.rfm() scores vs plain GROUP BY aggregate (no scores)" "$crm" "$pl
 bench_sql "DROP TABLE bench_rfm_ntile"
 
 # --- 2. Trigger cost --------------------------------------------------------
-bench_sql "$(cat "$CRM_ROOT/bench/sql/segmentation_plpgsql.sql")"
+bench_sql "$(bench_sql_text "$CRM_ROOT/bench/sql/segmentation_plpgsql.sql" ORDERS=crm.orders LINES=crm.order_line)"
 # A tenth of the sample's orders (and their lines), re-inserted under new ids.
 bench_sql "CREATE TABLE bench_seg_orders AS SELECT * FROM crm.orders WHERE order_id % 10 = 0;
            CREATE TABLE bench_seg_lines AS SELECT l.* FROM crm.order_line l JOIN bench_seg_orders USING (order_id)"

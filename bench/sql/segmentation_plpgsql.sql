@@ -1,8 +1,11 @@
 -- The PL/pgSQL way of keeping the same stats and tags, for
--- bench/scenarios/40_segmentation.sh: statement triggers with transition
--- tables that recompute the affected customers' features from their orders
--- and lines in SQL and re-derive the seven default tags.  Loaded into the
--- bench database only, never into the extension.
+-- bench/scenarios/40_segmentation.sh and 15_order_path.sh: statement
+-- triggers with transition tables (crm_new) that recompute the affected
+-- customers' features from their orders and lines in SQL and re-derive the
+-- seven default tags.  @ORDERS@ and @LINES@ name the orders and lines tables
+-- (crm.orders and crm.order_line, or a plain copy of their shape): load it
+-- with bench_sql_text (bench/run).  Loaded into the bench databases only,
+-- never into the extension; the scenario creates the triggers.
 CREATE TABLE bench_pl_stats (
 	customer_id bigint PRIMARY KEY, orders integer, spend numeric, first_order_at timestamptz,
 	last_order_at timestamptz, orders_30d integer, orders_90d integer, spend_365d numeric,
@@ -19,7 +22,7 @@ BEGIN
 	       coalesce(sum(o.net_amount) FILTER (WHERE o.ordered_at > now() - interval '365 days'), 0),
 	       NULL, NULL, NULL, NULL,
 	       CASE WHEN count(*) > 1 THEN extract(epoch FROM max(o.ordered_at) - min(o.ordered_at)) / 86400 / (count(*) - 1) END
-	FROM crm.orders o WHERE o.customer_id = ANY (ids) AND o.status = 'paid' GROUP BY o.customer_id
+	FROM @ORDERS@ o WHERE o.customer_id = ANY (ids) AND o.status = 'paid' GROUP BY o.customer_id
 	ON CONFLICT (customer_id) DO UPDATE SET orders = EXCLUDED.orders, spend = EXCLUDED.spend,
 		first_order_at = EXCLUDED.first_order_at, last_order_at = EXCLUDED.last_order_at,
 		orders_30d = EXCLUDED.orders_30d, orders_90d = EXCLUDED.orders_90d, spend_365d = EXCLUDED.spend_365d,
@@ -30,7 +33,7 @@ BEGIN
 	             count(DISTINCT o.order_id) FILTER (WHERE l.category = 'fresh') fresh_orders,
 	             count(DISTINCT o.order_id) FILTER (WHERE l.category = 'organic') organic_orders,
 	             mode() WITHIN GROUP (ORDER BY extract(dow FROM o.ordered_at)) FILTER (WHERE l.category = 'organic') top_dow
-	      FROM crm.orders o JOIN crm.order_line l USING (order_id)
+	      FROM @ORDERS@ o JOIN @LINES@ l USING (order_id)
 	      WHERE o.customer_id = ANY (ids) AND o.status = 'paid' GROUP BY 1) c
 	WHERE s.customer_id = c.customer_id;
 	DELETE FROM bench_pl_tag WHERE customer_id = ANY (ids);
@@ -53,6 +56,6 @@ BEGIN
 END $$;
 CREATE FUNCTION bench_pl_lines_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	PERFORM bench_pl_refresh(ARRAY(SELECT DISTINCT o.customer_id FROM crm_new n JOIN crm.orders o USING (order_id)));
+	PERFORM bench_pl_refresh(ARRAY(SELECT DISTINCT o.customer_id FROM crm_new n JOIN @ORDERS@ o USING (order_id)));
 	RETURN NULL;
 END $$;
