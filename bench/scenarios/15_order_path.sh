@@ -30,7 +30,8 @@
 # Each figure is a row of the floor table (bench_floor_row): the side's
 # seconds or TPS and the floor's from the same round.  Autovacuum is off on
 # crm_path's tables, so every bulk round starts from the same statistics
-# (never analyzed); the pgbench runs start from a VACUUM ANALYZE.
+# (never analyzed); the pgbench runs start from a VACUUM ANALYZE, each run
+# from a VACUUM.
 op_rounds=${BENCH_ROUNDS:-2}
 op_secs=${BENCH_PGBENCH_SECONDS:-30}
 case "$op_rounds$op_secs" in *[!0-9]*) echo "15_order_path: BENCH_ROUNDS and BENCH_PGBENCH_SECONDS are whole numbers" >&2; exit 2 ;; esac
@@ -209,7 +210,8 @@ op_script floor op_floor_orders op_floor_lines
 op_script bare crm.orders crm.order_line
 op_script all crm.orders crm.order_line
 op_script plpgsql op_pl_orders op_pl_lines
-# op_tps SIDE: TPS of one pgbench run after a CHECKPOINT.  The bare side's
+# op_tps SIDE: TPS of one pgbench run after a VACUUM (of what earlier runs
+# left: updated stats, accounts and tags) and a CHECKPOINT.  The bare side's
 # rows (no points, stats or tags) are deleted afterwards.
 op_tps() {
 	local out max
@@ -217,6 +219,7 @@ op_tps() {
 		op_sql "$op_triggers"
 		max=$(op_val "SELECT max(order_id) FROM crm.orders")
 	fi
+	op_sql "VACUUM"
 	op_sql "CHECKPOINT"
 	if ! out=$(PGDATABASE=$op_db pgbench -n -c 2 -j 2 -T "$op_secs" -f "$BENCH_OUT/order_path_$1.pgbench" 2>&1); then
 		echo "15_order_path: pgbench on the $1 side failed:" >&2
@@ -226,7 +229,6 @@ op_tps() {
 	if [ "$1" = bare ]; then
 		op_sql "DELETE FROM crm.order_line WHERE order_id > $max; DELETE FROM crm.orders WHERE order_id > $max;
 			${op_triggers//DISABLE/ENABLE}"
-		op_sql "VACUUM crm.orders, crm.order_line"
 	fi
 	op_t=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | awk '{ printf "%.0f", $1 }')
 }
