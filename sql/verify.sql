@@ -108,7 +108,7 @@ SELECT * FROM crm.verify();
 SELECT * FROM crm.verify('2026-03-01 00:00+00');
 ROLLBACK TO SAVEPOINT ok;
 
--- 12. The order path's references (checked by triggers, not foreign keys):
+-- 11. The order path's references (checked by triggers, not foreign keys):
 --     rows loaded with the triggers off name a missing order and store
 SET LOCAL session_replication_role = replica;
 INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount) VALUES (99, 1, 'X', 'fresh', 1, 1.00);
@@ -117,7 +117,7 @@ RESET session_replication_role;
 SELECT * FROM crm.verify() WHERE invariant = 'references exist';
 ROLLBACK TO SAVEPOINT ok;
 
--- 11. As of a time, stages and time-dependent rule tags too: a year later
+-- 12. As of a time, stages and time-dependent rule tags too: a year later
 --     every stage has moved (not yet ticked)
 SELECT invariant, customer_id, detail FROM crm.verify('2027-03-01 00:00+00') WHERE invariant = 'customer_stats match a rebuild';
 SELECT * FROM crm.verify();
