@@ -7,7 +7,8 @@
 #            nothing else
 #   bare     crm.orders and crm.order_line with the extension's triggers
 #            disabled (DISABLE TRIGGER USER: the foreign keys that remain
-#            still check, and the note lists them)
+#            still check, and the note lists them; reference checks crm's
+#            triggers make are off)
 #   all      crm.orders and crm.order_line with every trigger
 #   plpgsql  the plain-SQL CRM: floor's tables plus crm's CHECKs, foreign keys
 #            to crm.customer, crm.store and the orders, and PL/pgSQL statement
@@ -140,7 +141,7 @@ op_bulk_rows() {
 	bench_floor_row "bulk orders + lines, $op_round: $1" s "$(op_add "$op_o" "$op_l")" "$(op_add "$op_fo" "$op_fl")" "$2"
 }
 op_label_bare="crm_ext, triggers disabled"
-op_note_bare="foreign keys left: $op_fks"
+op_note_bare="foreign keys left: $op_fks; checks crm makes in its triggers are off too"
 op_label_all="crm_ext, all triggers"
 op_label_pl="PL/pgSQL CRM"
 
