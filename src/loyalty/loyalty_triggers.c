@@ -1311,6 +1311,46 @@ prepare_lines_plan(void)
 				 "ORDER BY 1, 2, 7", 1, t);
 }
 
+/* Whether some earn rule gives a bonus (bonus_e4 > 0) for category cat. */
+static bool
+bonus_category(const char *cat)
+{
+	for (int r = 0; r < loyalty_conf.nrules; r++)
+		for (int k = 0; k < loyalty_conf.rules[r].nbonus; k++)
+			if (loyalty_conf.rules[r].bonus_e4[k] > 0 && strcmp(loyalty_conf.rules[r].bonus_cat[k], cat) == 0)
+				return true;
+	return false;
+}
+
+/*
+ * Whether any inserted line (the transition table) has a category some
+ * earn rule gives a bonus for.  Most checkouts have none, and then the
+ * lines' statement has nothing to find: testing the few lines here costs
+ * far less than starting it (issue 14, item 3).
+ */
+static bool
+lines_with_bonus_category(TriggerData *td)
+{
+	Tuplestorestate *ts = td->tg_newtable;
+	int			att = crm_trigger_attnum(td->tg_relation, "category", "crm.loyalty_lines_insert()");
+	TupleTableSlot *slot;
+	bool		found = false;
+
+	if (ts == NULL)
+		return true;			/* the statement reports the missing transition table */
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
+	tuplestore_rescan(ts);
+	while (!found && tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		bool		isnull;
+		Datum		cat = slot_getattr(slot, att, &isnull);
+
+		found = !isnull && bonus_category(TextDatumGetCString(cat));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
 PG_FUNCTION_INFO_V1(crm_loyalty_lines_insert);
 
 /* crm.loyalty_lines_insert(): AFTER INSERT statement trigger on crm.order_line. */
@@ -1325,7 +1365,7 @@ crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
 
 	check_statement_trigger(fcinfo, "crm.loyalty_lines_insert()", LOY_INSERT);
 	loyalty_connect_and_load();
-	if (!loyalty_conf.any_bonus)
+	if (!loyalty_conf.any_bonus || !lines_with_bonus_category((TriggerData *) fcinfo->context))
 	{
 		SPI_finish();
 		return PointerGetDatum(NULL);
