@@ -104,6 +104,7 @@ extern int64 crm_merge_walk_at(const CrmCustomerKeys *keys, int64 record, int64 
 
 /* customer.c: a customer id at an entry point means its golden customer (DEVELOPER.md, "Lock order") */
 extern bool crm_resolve_customer(int64 id, bool lock, int64 *golden);
+extern bool crm_resolve_customer_keyed(const CrmCustomerKeys *keys, int64 id, bool lock, int64 *golden);
 extern int64 crm_golden_customer_of(int64 id, bool lock);
 
 /* money.c: numeric <-> int64 cents (values with more than 2 decimals are rounded) */

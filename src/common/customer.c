@@ -43,9 +43,12 @@ typedef struct CustomerRel
 } CustomerRel;
 
 static void
-customer_rel_open(CustomerRel *c, LOCKMODE mode)
+customer_rel_open(CustomerRel *c, const CrmCustomerKeys *keys, LOCKMODE mode)
 {
-	crm_customer_keys(&c->keys, "crm_resolve_customer()");
+	if (keys != NULL)
+		c->keys = *keys;
+	else
+		crm_customer_keys(&c->keys, "crm_resolve_customer()");
 	c->rel = table_open(c->keys.relid, mode);
 }
 
@@ -217,11 +220,22 @@ lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
 bool
 crm_resolve_customer(int64 id, bool lock, int64 *golden)
 {
+	return crm_resolve_customer_keyed(NULL, id, lock, golden);
+}
+
+/*
+ * crm_resolve_customer with crm.customer's keys looked up already (NULL:
+ * look them up): a row trigger resolves every row, and finding the table,
+ * its primary key and merged_into again for each costs more than the probe.
+ */
+bool
+crm_resolve_customer_keyed(const CrmCustomerKeys *keys, int64 id, bool lock, int64 *golden)
+{
 	CustomerRel c;
 	TupleTableSlot *slot;
 	bool		found;
 
-	customer_rel_open(&c, lock ? RowShareLock : AccessShareLock);
+	customer_rel_open(&c, keys, lock ? RowShareLock : AccessShareLock);
 	if (lock)
 	{
 		slot = table_slot_create(c.rel, NULL);

@@ -288,11 +288,16 @@ customer_inserted_here(Datum cust)
  * An unknown cust is a foreign-key violation.
  */
 static Datum
-golden_of(Relation rel, Datum cust)
+golden_of(OriginColumns *cols, Relation rel, Datum cust)
 {
 	int64		golden;
 
-	if (crm_resolve_customer(DatumGetInt64(cust), true, &golden))
+	if (!cols->customer_found)
+	{
+		crm_customer_keys(&cols->customer, "crm.fill_origin_customer()");
+		cols->customer_found = true;
+	}
+	if (crm_resolve_customer_keyed(&cols->customer, DatumGetInt64(cust), true, &golden))
 		return Int64GetDatum(golden);
 	if (!customer_inserted_here(cust))
 		crm_report_missing_parent(rel, "customer_id", "customer", DatumGetInt64(cust));
@@ -807,7 +812,7 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 		origin = heap_getattr(trigdata->tg_trigtuple, origin_att, tupdesc, &origin_null);
 		if (oc->to_golden && !cust_null)
 		{
-			golden = golden_of(rel, cust);
+			golden = golden_of(oc, rel, cust);
 			/* a record merged into golden, or an origin given apart: lock it too */
 			if (!origin_null ? DatumGetInt64(origin) != DatumGetInt64(golden) : golden != cust)
 				crm_reference_require(oc->origin_ref, rel, origin_null ? cust : origin);
