@@ -194,18 +194,10 @@ SELECT setval('crm.order_id_seq', (SELECT max(order_id) FROM crm.orders))"
 op_sql "VACUUM ANALYZE"
 op_maxc=$(op_val "SELECT max(customer_id) FROM crm.customer")
 op_stores=$(op_val "SELECT max(store_id) FROM crm.store")
+# the transaction (bench/sql/order_path.pgbench, shared with 16_trigger_costs)
 op_script() { # side orders-table lines-table
-	cat >"$BENCH_OUT/order_path_$1.pgbench" <<EOF
-\\set c random(1, $op_maxc)
-\\set s random(1, $op_stores)
-\\set cents random(100, 30000)
-BEGIN;
-INSERT INTO $2 (customer_id, origin_customer_id, store_id, channel, ordered_at, amount)
-VALUES (:c, :c, :s, 'pos', now(), :cents / 100.0) RETURNING order_id AS oid \\gset
-INSERT INTO $3 (order_id, line_no, sku, category, qty, amount)
-VALUES (:oid, 1, 'FRE-0001', 'fresh', 1, (:cents / 2) / 100.0), (:oid, 2, 'ORG-0001', 'organic', 2, (:cents - :cents / 2) / 100.0);
-COMMIT;
-EOF
+	bench_sql_text "$CRM_ROOT/bench/sql/order_path.pgbench" CUSTOMERS="$op_maxc" STORES="$op_stores" \
+		ORDERS="$2" LINES="$3" >"$BENCH_OUT/order_path_$1.pgbench"
 }
 op_script floor op_floor_orders op_floor_lines
 op_script bare crm.orders crm.order_line

@@ -21,18 +21,9 @@ ALTER TABLE tc_floor_lines ADD PRIMARY KEY (order_id, line_no)"
 tc_sql "VACUUM ANALYZE"
 tc_maxc=$(tc_val "SELECT max(customer_id) FROM crm.customer")
 tc_stores=$(tc_val "SELECT max(store_id) FROM crm.store")
-tc_script() { # file orders-table lines-table
-	cat >"$BENCH_OUT/trigger_costs_$1.pgbench" <<EOF
-\\set c random(1, $tc_maxc)
-\\set s random(1, $tc_stores)
-\\set cents random(100, 30000)
-BEGIN;
-INSERT INTO $2 (customer_id, origin_customer_id, store_id, channel, ordered_at, amount)
-VALUES (:c, :c, :s, 'pos', now(), :cents / 100.0) RETURNING order_id AS oid \\gset
-INSERT INTO $3 (order_id, line_no, sku, category, qty, amount)
-VALUES (:oid, 1, 'FRE-0001', 'fresh', 1, (:cents / 2) / 100.0), (:oid, 2, 'ORG-0001', 'organic', 2, (:cents - :cents / 2) / 100.0);
-COMMIT;
-EOF
+tc_script() { # file orders-table lines-table (bench/sql/order_path.pgbench)
+	bench_sql_text "$CRM_ROOT/bench/sql/order_path.pgbench" CUSTOMERS="$tc_maxc" STORES="$tc_stores" \
+		ORDERS="$2" LINES="$3" >"$BENCH_OUT/trigger_costs_$1.pgbench"
 }
 tc_script floor tc_floor_orders tc_floor_lines
 tc_script crm crm.orders crm.order_line
