@@ -241,8 +241,11 @@ typedef struct OriginColumns
 	KindPattern patterns[8];
 	/* to_golden: lock the row's golden customer and move the row to it */
 	bool		to_golden;
-	CrmReference *cust_ref;		/* to_golden: customer_id -> crm.customer (UPDATE) */
-	CrmReference *origin_ref;	/* to_golden: origin_customer_id -> crm.customer */
+	/* to_golden: customer_id / origin_customer_id -> crm.customer, made on first use */
+	CrmReference *cust_ref;
+	CrmReference *origin_ref;
+	MemoryContext mcxt;			/* where this struct and the references live */
+	const char *relname;
 	/* '<column>-><parent>' arguments: references checked here (references.c) */
 	int			nrefs;
 	int			ref_att[2];
@@ -259,6 +262,27 @@ typedef struct OriginColumns
 	CrmCustomerKeys customer;
 } OriginColumns;
 
+/* crm.customer, its primary key and merged_into: looked up once per statement. */
+static const CrmCustomerKeys *
+customer_keys(OriginColumns *cols)
+{
+	if (!cols->customer_found)
+	{
+		crm_customer_keys(&cols->customer, "crm.fill_origin_customer()");
+		cols->customer_found = true;
+	}
+	return &cols->customer;
+}
+
+/* The reference *ref (column -> crm.customer), made on first use: most statements need none. */
+static CrmReference *
+customer_reference(OriginColumns *cols, CrmReference **ref, const char *column)
+{
+	if (*ref == NULL)
+		*ref = crm_reference_new(cols->mcxt, cols->relname, column, "customer");
+	return *ref;
+}
+
 /*
  * Whether this transaction inserted customer cust, perhaps in this very
  * statement (WITH c AS (INSERT INTO crm.customer ...) INSERT INTO crm.orders
@@ -266,15 +290,12 @@ typedef struct OriginColumns
  * customer is nobody else's to merge or delete: it needs no lock.
  */
 static bool
-customer_inserted_here(Datum cust)
+customer_inserted_here(OriginColumns *cols, Datum cust)
 {
-	CrmCustomerKeys keys;
-	Relation	crel;
-	bool		ours;
+	const CrmCustomerKeys *keys = customer_keys(cols);
+	Relation	crel = table_open(keys->relid, AccessShareLock);
+	bool		ours = crm_own_row_exists(crel, keys->pkey, cust);
 
-	crm_customer_keys(&keys, "crm.fill_origin_customer()");
-	crel = table_open(keys.relid, AccessShareLock);
-	ours = crm_own_row_exists(crel, keys.pkey, cust);
 	table_close(crel, AccessShareLock);
 	return ours;
 }
@@ -292,14 +313,9 @@ golden_of(OriginColumns *cols, Relation rel, Datum cust)
 {
 	int64		golden;
 
-	if (!cols->customer_found)
-	{
-		crm_customer_keys(&cols->customer, "crm.fill_origin_customer()");
-		cols->customer_found = true;
-	}
-	if (crm_resolve_customer_keyed(&cols->customer, DatumGetInt64(cust), true, &golden))
+	if (crm_resolve_customer_keyed(customer_keys(cols), DatumGetInt64(cust), true, &golden))
 		return Int64GetDatum(golden);
-	if (!customer_inserted_here(cust))
+	if (!customer_inserted_here(cols, cust))
 		crm_report_missing_parent(rel, "customer_id", "customer", DatumGetInt64(cust));
 	return cust;
 }
@@ -410,12 +426,7 @@ merged_along(OriginColumns *cols, Datum origin, Datum target)
 	if (cols->move_ok_set && cols->move_ok_origin == DatumGetInt64(origin) &&
 		cols->move_ok_target == DatumGetInt64(target))
 		return true;
-	if (!cols->customer_found)
-	{
-		crm_customer_keys(&cols->customer, "crm.fill_origin_customer()");
-		cols->customer_found = true;
-	}
-	found = walk_merges(&cols->customer, origin, target);
+	found = walk_merges(customer_keys(cols), origin, target);
 	if (found)
 	{
 		cols->move_ok_set = true;
@@ -703,12 +714,8 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 			find_kind_patterns(cols, rel);
 		if (cols->stitch)
 			cols->identity_unique = identity_unique_index(rel);
-		if (cols->to_golden)
-			cols->cust_ref = crm_reference_new(fcinfo->flinfo->fn_mcxt, RelationGetRelationName(rel),
-											   "customer_id", "customer");
-		if (cols->to_golden)
-			cols->origin_ref = crm_reference_new(fcinfo->flinfo->fn_mcxt, RelationGetRelationName(rel),
-												 "origin_customer_id", "customer");
+		cols->mcxt = fcinfo->flinfo->fn_mcxt;
+		cols->relname = MemoryContextStrdup(cols->mcxt, RelationGetRelationName(rel));
 		fcinfo->flinfo->fn_extra = cols;
 	}
 	return cols;
@@ -783,13 +790,13 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 			check_customer_move(oc, rel, newtup, tupdesc);
 		/* the customer references (orders, events): merges hold both customers already */
 		if (oc->to_golden && !isnull && column_changed(oldtup, newtup, tupdesc, origin_att))
-			crm_reference_require(oc->origin_ref, rel, origin);
+			crm_reference_require(customer_reference(oc, &oc->origin_ref, "origin_customer_id"), rel, origin);
 		if (oc->to_golden && column_changed(oldtup, newtup, tupdesc, cust_att))
 		{
 			Datum		cust = heap_getattr(newtup, cust_att, tupdesc, &isnull);
 
 			if (!isnull)
-				crm_reference_require(oc->cust_ref, rel, cust);
+				crm_reference_require(customer_reference(oc, &oc->cust_ref, "customer_id"), rel, cust);
 		}
 		check_references(oc, rel, oldtup, newtup, tupdesc);
 		return PointerGetDatum(newtup);
@@ -815,7 +822,8 @@ crm_fill_origin_customer(PG_FUNCTION_ARGS)
 			golden = golden_of(oc, rel, cust);
 			/* a record merged into golden, or an origin given apart: lock it too */
 			if (!origin_null ? DatumGetInt64(origin) != DatumGetInt64(golden) : golden != cust)
-				crm_reference_require(oc->origin_ref, rel, origin_null ? cust : origin);
+				crm_reference_require(customer_reference(oc, &oc->origin_ref, "origin_customer_id"), rel,
+									  origin_null ? cust : origin);
 		}
 		else if (oc->stitch && !cust_null)
 			golden = identity_golden_of(oc, rel, trigdata->tg_trigtuple, tupdesc, cust);
