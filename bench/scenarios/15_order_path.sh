@@ -207,23 +207,16 @@ op_script plpgsql op_pl_orders op_pl_lines
 # left: updated stats, accounts and tags) and a CHECKPOINT.  The bare side's
 # rows (no points, stats or tags) are deleted afterwards.
 op_tps() {
-	local out max
+	local max
 	if [ "$1" = bare ]; then
 		op_sql "$op_triggers"
 		max=$(op_val "SELECT max(order_id) FROM crm.orders")
 	fi
-	op_sql "VACUUM"
-	op_sql "CHECKPOINT"
-	if ! out=$(PGDATABASE=$op_db pgbench -n -c 2 -j 2 -T "$op_secs" -f "$BENCH_OUT/order_path_$1.pgbench" 2>&1); then
-		echo "15_order_path: pgbench on the $1 side failed:" >&2
-		echo "$out" | tail -20 >&2
-		exit 1
-	fi
+	op_t=$(bench_tps "$op_db" "$BENCH_OUT/order_path_$1.pgbench" "$op_secs")
 	if [ "$1" = bare ]; then
 		op_sql "DELETE FROM crm.order_line WHERE order_id > $max; DELETE FROM crm.orders WHERE order_id > $max;
 			${op_triggers//DISABLE/ENABLE}"
 	fi
-	op_t=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | awk '{ printf "%.0f", $1 }')
 }
 for ((r = 1; r <= op_rounds; r++)); do
 	op_tps floor

@@ -27,18 +27,8 @@ tc_script() { # file orders-table lines-table (bench/sql/order_path.pgbench)
 }
 tc_script floor tc_floor_orders tc_floor_lines
 tc_script crm crm.orders crm.order_line
-# tc_tps SCRIPT: TPS of one run (after a VACUUM and a CHECKPOINT)
-tc_tps() {
-	local out
-	tc_sql "VACUUM"
-	tc_sql "CHECKPOINT"
-	if ! out=$(PGDATABASE=$tc_db pgbench -n -c 2 -j 2 -T "$tc_secs" -f "$BENCH_OUT/trigger_costs_$1.pgbench" 2>&1); then
-		echo "16_trigger_costs: pgbench ($1) failed:" >&2
-		echo "$out" | tail -20 >&2
-		exit 1
-	fi
-	echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | awk '{ printf "%.0f", $1 }'
-}
+# tc_tps SCRIPT: TPS of one run (bench_tps: after a VACUUM and a CHECKPOINT)
+tc_tps() { bench_tps "$tc_db" "$BENCH_OUT/trigger_costs_$1.pgbench" "$tc_secs"; }
 tc_us() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", 2e6 / a - 2e6 / b }'; }
 tc_floor=$(tc_tps floor)
 tc_all=$(tc_tps crm)
