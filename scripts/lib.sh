@@ -71,3 +71,48 @@ cluster_dir() {
 	chmod 755 "$dir"
 	echo "$dir"
 }
+
+# citus_cluster_start DIR [extra postgresql.conf lines...]
+# A throwaway Citus cluster: a coordinator and two workers, each a cluster
+# of cluster_start's kind in DIR/coord, DIR/worker1, DIR/worker2 (its own
+# Unix socket directory, so all three use port 5432), with Citus loaded and
+# database postgres set up by citus_database.  Exports PGHOST/PGPORT/PGUSER
+# for the coordinator and CITUS_WORKERS (the workers' socket directories).
+citus_cluster_start() {
+	local dir=$1; shift
+	local node
+	mkdir -p "$dir"
+	CITUS_WORKERS="$dir/worker1 $dir/worker2"
+	for node in $CITUS_WORKERS "$dir/coord"; do
+		cluster_start "$node" "shared_preload_libraries = 'citus'" "max_connections = 200" "$@"
+	done
+	export CITUS_WORKERS
+	citus_database postgres
+}
+
+# citus_database DB: makes DB a Citus database on the running cluster:
+# creates it on every node unless it exists (Citus does not propagate
+# CREATE DATABASE), creates Citus in it on every node, registers the
+# coordinator (reference tables need it) and adds the workers.
+citus_database() {
+	local db=$1 node
+	# (Without the notice that Citus does not propagate CREATE DATABASE.)
+	for node in $CITUS_WORKERS "$PGHOST"; do
+		if [ "$db" != postgres ]; then
+			PGOPTIONS="-c client_min_messages=warning" \
+				psql -X -q -v ON_ERROR_STOP=1 -h "$node" -d postgres -c "CREATE DATABASE $db" >/dev/null
+		fi
+		psql -X -q -v ON_ERROR_STOP=1 -h "$node" -d "$db" -c "CREATE EXTENSION citus" >/dev/null
+	done
+	psql -X -q -v ON_ERROR_STOP=1 -d "$db" -c "SELECT citus_set_coordinator_host('$PGHOST', 5432)" >/dev/null
+	for node in $CITUS_WORKERS; do
+		psql -X -q -v ON_ERROR_STOP=1 -d "$db" -c "SELECT citus_add_node('$node', 5432)" >/dev/null
+	done
+}
+
+# citus_cluster_stop DIR: stops the three nodes and removes DIR.
+citus_cluster_stop() {
+	local dir=$1 node
+	for node in "$dir/coord" "$dir/worker1" "$dir/worker2"; do cluster_stop "$node"; done
+	rm -rf "$dir"
+}
