@@ -10,6 +10,7 @@ MODULE_big  = crm_ext
 COMMON_OBJS = \
 	src/common/crm_ext.o \
 	src/common/kept_plans.o \
+	src/common/shard.o \
 	src/common/config_cache.o \
 	src/common/trigger_check.o \
 	src/common/rows.o \

@@ -74,7 +74,11 @@ crm_config_generation(void)
 	return config_generation;
 }
 
-/* OID of relation (table, index, view) crm.<relname>, or an ERROR if crm_ext is not installed right. */
+/*
+ * OID of relation (table, index, view) crm.<relname>, or an ERROR if crm_ext
+ * is not installed right.  Within a trigger on a Citus shard, the co-located
+ * shard of the table (shard.c).
+ */
 Oid
 crm_relid(const char *relname)
 {
@@ -85,7 +89,7 @@ crm_relid(const char *relname)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation crm.%s does not exist", relname),
 				 errhint("crm_ext is not installed completely: reinstall it.")));
-	return relid;
+	return crm_shard_relid(relid);
 }
 
 /*

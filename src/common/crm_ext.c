@@ -26,6 +26,7 @@ _PG_init(void)
 {
 	crm_settings_init();
 	crm_kept_plans_init();
+	crm_shard_init();
 	crm_config_cache_init();
 	crm_origin_init();
 	crm_loyalty_init();

@@ -45,6 +45,18 @@ extern void crm_kept_plans_check(void);
 extern SPIPlanPtr crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes,
 								   int cursor_options);
 extern SPIPlanPtr crm_prepare_kept_text(const char *sql, int nargs, Oid *argtypes, int cursor_options);
+extern void crm_kept_plans_switch(uint64 from, uint64 to);
+
+/* shard.c: triggers on Citus shards work on the co-located shards */
+extern void crm_shard_init(void);
+extern Datum crm_on_shard(FunctionCallInfo fcinfo, PGFunction body);
+extern bool crm_shard_active(void);
+extern uint64 crm_shard_context_id(void);
+extern Oid	crm_shard_relid(Oid logical);
+extern char *crm_shard_sql(const char *sql);
+extern const char *crm_table_name(Relation rel);
+extern Oid	crm_table_index(Relation rel, const char *name);
+extern bool crm_is_reference_shard(Relation rel);
 
 /* references.c: the foreign keys of the order path, checked without a query per row */
 typedef struct CrmReference CrmReference;

@@ -10,6 +10,7 @@
 #include "executor/spi.h"
 #include "optimizer/planner.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
@@ -53,6 +54,8 @@
  * ------------------------------------------------------------------------
  */
 #define KEYED_MARK "/* crm_ext: keyed */ "
+
+static void free_shard_plans(void);
 static planner_hook_type prev_planner_hook = NULL;
 
 static PlannedStmt *
@@ -114,7 +117,82 @@ crm_kept_plans_check(void)
 			SPI_freeplan(*kept_slots[i]);
 			*kept_slots[i] = NULL;
 		}
+	free_shard_plans();
 	kept_for_extension = extension;
+}
+
+/*
+ * Kept plans of triggers on Citus shards (shard.c).  A kept statement names
+ * the tables of the shard group its trigger runs in, so it is kept once per
+ * group: entering a trigger on a shard of another group swaps every slot's
+ * plan for that group's (NULL where it has none yet, so the caller prepares
+ * it again, with crm_shard_sql's names), and leaving swaps back.  Group 0 is
+ * outside any shard.  The callers keep using their static slots unchanged.
+ */
+typedef struct GroupPlans
+{
+	uint64		group;			/* hash key */
+	SPIPlanPtr	plans[MAX_KEPT_PLANS];
+} GroupPlans;
+static HTAB *group_plans = NULL;
+
+static GroupPlans *
+plans_of_group(uint64 group)
+{
+	bool		found;
+	GroupPlans *g;
+
+	if (group_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(GroupPlans);
+		ctl.hcxt = TopMemoryContext;
+		group_plans = hash_create("crm_ext kept plans by shard group", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	g = hash_search(group_plans, &group, HASH_ENTER, &found);
+	if (!found)
+		memset(g->plans, 0, sizeof(g->plans));
+	return g;
+}
+
+/* The slots hold the plans of shard group to instead of from's. */
+void
+crm_kept_plans_switch(uint64 from, uint64 to)
+{
+	GroupPlans *f;
+	GroupPlans *t;
+
+	if (from == to)
+		return;
+	f = plans_of_group(from);
+	t = plans_of_group(to);
+	for (int i = 0; i < n_kept_slots; i++)
+	{
+		f->plans[i] = *kept_slots[i];
+		*kept_slots[i] = t->plans[i];
+	}
+}
+
+/* Frees the plans of the groups the slots do not hold now (crm_ext was reinstalled). */
+static void
+free_shard_plans(void)
+{
+	HASH_SEQ_STATUS seq;
+	GroupPlans *g;
+	uint64		now = crm_shard_context_id();
+
+	if (group_plans == NULL)
+		return;
+	hash_seq_init(&seq, group_plans);
+	while ((g = hash_seq_search(&seq)) != NULL)
+		if (g->group != now)
+			for (int i = 0; i < n_kept_slots; i++)
+				if (g->plans[i] != NULL)
+					SPI_freeplan(g->plans[i]);
+	hash_destroy(group_plans);
+	group_plans = NULL;
 }
 
 /*
@@ -133,7 +211,7 @@ crm_prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, in
 	crm_kept_plans_check();
 	if (*slot != NULL)
 		return *slot;
-	plan = SPI_prepare_cursor(psprintf("%s%s", KEYED_MARK, sql), nargs, argtypes, cursor_options);
+	plan = SPI_prepare_cursor(psprintf("%s%s", KEYED_MARK, crm_shard_sql(sql)), nargs, argtypes, cursor_options);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	for (i = 0; i < n_kept_slots && kept_slots[i] != slot; i++)
@@ -173,7 +251,7 @@ crm_prepare_kept_text(const char *sql, int nargs, Oid *argtypes, int cursor_opti
 			return crm_prepare_kept(&text_plans[i].plan, sql, nargs, argtypes, cursor_options);
 	if (i == N_TEXT_PLANS)
 	{
-		p = SPI_prepare_cursor(psprintf("%s%s", KEYED_MARK, sql), nargs, argtypes, cursor_options);
+		p = SPI_prepare_cursor(psprintf("%s%s", KEYED_MARK, crm_shard_sql(sql)), nargs, argtypes, cursor_options);
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 		return p;

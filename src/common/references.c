@@ -117,12 +117,12 @@ crm_reference_new(MemoryContext cxt, const char *child, const char *column, cons
 void
 crm_report_missing_parent(Relation child, const char *column, const char *parent, int64 key)
 {
-	char	   *conname = psprintf("%s_%s_fkey", RelationGetRelationName(child), column);
+	char	   *conname = psprintf("%s_%s_fkey", crm_table_name(child), column);
 
 	ereport(ERROR,
 			(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 			 errmsg("insert or update on table \"%s\" violates foreign key constraint \"%s\"",
-					RelationGetRelationName(child), conname),
+					crm_table_name(child), conname),
 			 errdetail("Key (%s)=(" INT64_FORMAT ") is not present in table \"%s\".", column, key, parent),
 			 errtableconstraint(child, conname)));
 }
@@ -376,8 +376,17 @@ PG_FUNCTION_INFO_V1(crm_referenced_row);
  *		are deleted ('cascade').  Also an AFTER TRUNCATE STATEMENT trigger:
  *		the referencing tables must be empty then.
  */
+static Datum crm_referenced_row_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_referenced_row(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_referenced_row_body);
+}
+
+static Datum
+crm_referenced_row_body(PG_FUNCTION_ARGS)
 {
 	const char *fn = "crm.referenced_row()";
 	TriggerData *td = (TriggerData *) fcinfo->context;
@@ -396,6 +405,13 @@ crm_referenced_row(PG_FUNCTION_ARGS)
 		crm_check_trigger(fcinfo, fn, CRM_TG_AFTER, CRM_TG_ROW, CRM_TG_UPDATE | CRM_TG_DELETE, -1);
 	prel = td->tg_relation;
 	tg = td->tg_trigger;
+	if (crm_is_reference_shard(prel))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot delete, re-key or truncate rows of crm.%s on a distributed crm_ext", crm_table_name(prel)),
+				 errdetail("crm.%s is a reference table: the rows of the distributed tables that reference it are on every worker, and are not checked across them yet.",
+						   crm_table_name(prel)),
+				 errhint("Keep the row; mark it out of use in a column of your own instead.")));
 	if (tg->tgnargs < 2 || (strcmp(tg->tgargs[0], "restrict") != 0 && strcmp(tg->tgargs[0], "cascade") != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),

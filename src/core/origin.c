@@ -338,7 +338,7 @@ check_references(OriginColumns *cols, Relation rel, HeapTuple oldtup, HeapTuple 
 static Oid
 identity_unique_index(Relation rel)
 {
-	Oid			indexoid = get_relname_relid("identity_unique_per_customer", RelationGetNamespace(rel));
+	Oid			indexoid = crm_table_index(rel, "identity_unique_per_customer");
 
 	if (!OidIsValid(indexoid))
 		ereport(ERROR,
@@ -487,7 +487,7 @@ check_customer_move(OriginColumns *cols, Relation rel, HeapTuple newtup, TupleDe
 			 errmsg("customer_id of \"%s\" can change only along merges", RelationGetRelationName(rel)),
 			 errdetail("The row arrived on customer %lld (origin_customer_id), which is neither customer %lld nor merged into it; moving the row by hand would leave its points, stats and origin behind.",
 					   (long long) DatumGetInt64(origin), (long long) DatumGetInt64(cust)),
-			 customer_move_hint(RelationGetRelationName(rel))));
+			 customer_move_hint(crm_table_name(rel))));
 }
 
 /* The columns and catalog objects the 'pattern' check reads. */
@@ -672,7 +672,7 @@ add_reference(OriginColumns *cols, MemoryContext cxt, Relation rel, const char *
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("crm.fill_origin_customer() checks at most %d references", (int) lengthof(cols->refs))));
 	cols->ref_att[cols->nrefs] = required_attnum(rel, column);
-	cols->refs[cols->nrefs] = crm_reference_new(cxt, RelationGetRelationName(rel), column, arrow + 2);
+	cols->refs[cols->nrefs] = crm_reference_new(cxt, crm_table_name(rel), column, arrow + 2);
 	cols->nrefs++;
 }
 
@@ -715,7 +715,7 @@ origin_columns(FunctionCallInfo fcinfo, Relation rel)
 		if (cols->stitch)
 			cols->identity_unique = identity_unique_index(rel);
 		cols->mcxt = fcinfo->flinfo->fn_mcxt;
-		cols->relname = MemoryContextStrdup(cols->mcxt, RelationGetRelationName(rel));
+		cols->relname = MemoryContextStrdup(cols->mcxt, crm_table_name(rel));
 		fcinfo->flinfo->fn_extra = cols;
 	}
 	return cols;
@@ -743,8 +743,17 @@ PG_FUNCTION_INFO_V1(crm_fill_origin_customer);
  *		the origin's merges (55000).
  *		Both: the checks its arguments ask for (time range, value pattern).
  */
+static Datum crm_fill_origin_customer_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_fill_origin_customer(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_fill_origin_customer_body);
+}
+
+static Datum
+crm_fill_origin_customer_body(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Relation	rel;

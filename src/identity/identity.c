@@ -95,7 +95,7 @@ prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 static bool
 waited_for_concurrent_holder(Relation rel, Datum kind, Datum value)
 {
-	Oid			indexoid = get_relname_relid("identity_unique_per_customer", RelationGetNamespace(rel));
+	Oid			indexoid = crm_table_index(rel, "identity_unique_per_customer");
 	Relation	idx;
 	SnapshotData dirty;
 	ScanKeyData keys[2];
@@ -171,8 +171,17 @@ PG_FUNCTION_INFO_V1(crm_identity_stitch_trigger);
  *		AFTER INSERT row trigger on crm.identity: links the new identifier's
  *		customer with the other customers holding the same (kind, value).
  */
+static Datum crm_identity_stitch_trigger_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_identity_stitch_trigger_body);
+}
+
+static Datum
+crm_identity_stitch_trigger_body(PG_FUNCTION_ARGS)
 {
 	enum
 	{

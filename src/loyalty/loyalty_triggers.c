@@ -207,8 +207,8 @@ prepare_kept(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 
 /* One statement writes the journal rows ($1 .. $9) and the changed accounts ($10 .. $17). */
 #define WRITE_SQL \
-	"WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) " \
-	"SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), " \
+	"WITH j AS (INSERT INTO crm.points_journal (journal_id, customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) " \
+	"SELECT pg_catalog.nextval('crm.points_journal_id_seq'::pg_catalog.regclass), * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), " \
 	"pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))) " \
 	"UPDATE crm.loyalty_account a SET ledger = u.ledger, debt = u.debt, tier = u.tier, " \
 	"tier_since = u.tier_since, spend_month = u.spend_month, " \
@@ -252,8 +252,8 @@ prepare_batch_write_plans(void)
 		Oid			t[H_COLS] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		INT8ARRAYOID, INT8ARRAYOID};
 
-		prepare_kept(&plan_history, "INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
-					 "SELECT u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100 "
+		prepare_kept(&plan_history, "INSERT INTO crm.tier_history (tier_history_id, customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend) "
+					 "SELECT pg_catalog.nextval('crm.tier_history_id_seq'::pg_catalog.regclass), u.c, u.f, u.t, u.at, 'upgrade', u.o, u.q::pg_catalog.numeric OPERATOR(pg_catalog./) 100 "
 					 "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, f, t, at, o, q)",
 					 H_COLS, t);
 	}
@@ -274,8 +274,8 @@ prepare_single_write_plans(void)
 		 * without the arrays' function scans and join the statement costs
 		 * about half as much to start and run.
 		 */
-		prepare_kept(&plan_write_one, "WITH j AS (INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
-					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)) "
+		prepare_kept(&plan_write_one, "WITH j AS (INSERT INTO crm.points_journal (journal_id, customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+					 "VALUES (pg_catalog.nextval('crm.points_journal_id_seq'::pg_catalog.regclass), $1, $2, $3, $4, $5, $6, $7, $8, $9)) "
 					 "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 					 "tier_since = $14, spend_month = $15, spend_cents = $16, "
 					 "qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
@@ -303,8 +303,8 @@ prepare_single_write_plans(void)
 					 "qualifying_spend = $17::pg_catalog.numeric OPERATOR(pg_catalog./) 100, updated_at = pg_catalog.now() "
 					 "WHERE a.customer_id OPERATOR(pg_catalog.=) $10 AND a.ctid OPERATOR(pg_catalog.=) $18 AND pg_catalog.tideq(a.ctid, $18) "
 					 "RETURNING 1) "
-					 "INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
-					 "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM u",
+					 "INSERT INTO crm.points_journal (journal_id, customer_id, origin_customer_id, kind, points, lots, debt, order_id, at, reason) "
+					 "SELECT pg_catalog.nextval('crm.points_journal_id_seq'::pg_catalog.regclass), $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM u",
 					 J_COLS + A_COLS + 1, t);
 		prepare_kept(&plan_cas_none, "UPDATE crm.loyalty_account a SET ledger = $11, debt = $12, tier = $13, "
 					 "tier_since = $14, spend_month = $15, spend_cents = $16, "
@@ -1069,8 +1069,17 @@ run_order_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent ev,
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_insert);
 
 /* crm.loyalty_orders_insert(): AFTER INSERT statement trigger on crm.orders. */
+static Datum crm_loyalty_orders_insert_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_loyalty_orders_insert_body);
+}
+
+static Datum
+crm_loyalty_orders_insert_body(PG_FUNCTION_ARGS)
 {
 	/* columns: NewOrderCol */
 	run_order_trigger(fcinfo, "crm.loyalty_orders_insert()", LOY_INSERT, &plan_new_orders,
@@ -1132,8 +1141,17 @@ refund_row(LoyaltyBatch *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
 
 /* crm.loyalty_orders_update(): AFTER UPDATE statement trigger on crm.orders. */
+static Datum crm_loyalty_orders_update_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_loyalty_orders_update(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_loyalty_orders_update_body);
+}
+
+static Datum
+crm_loyalty_orders_update_body(PG_FUNCTION_ARGS)
 {
 	/*
 	 * columns: RefundCol, then a sort key.  An order crm.reassign_order
@@ -1180,8 +1198,17 @@ PG_FUNCTION_INFO_V1(crm_loyalty_orders_delete);
  * A deleted paid order takes its points and qualifying spend with it, as a
  * full refund would.
  */
+static Datum crm_loyalty_orders_delete_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_loyalty_orders_delete(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_loyalty_orders_delete_body);
+}
+
+static Datum
+crm_loyalty_orders_delete_body(PG_FUNCTION_ARGS)
 {
 	/* columns: RefundCol */
 	run_order_trigger(fcinfo, "crm.loyalty_orders_delete()", LOY_DELETE, &plan_deleted,
@@ -1354,8 +1381,17 @@ lines_with_bonus_category(TriggerData *td)
 PG_FUNCTION_INFO_V1(crm_loyalty_lines_insert);
 
 /* crm.loyalty_lines_insert(): AFTER INSERT statement trigger on crm.order_line. */
+static Datum crm_loyalty_lines_insert_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_loyalty_lines_insert_body);
+}
+
+static Datum
+crm_loyalty_lines_insert_body(PG_FUNCTION_ARGS)
 {
 	LoyaltyBatch ctx;
 	DatumBuf	cats = {0};
@@ -1484,8 +1520,17 @@ PG_FUNCTION_INFO_V1(crm_points_journal_guard);
  *		session could turn on.)  In C because a merge moves every journal
  *		row of the merged record through it.
  */
+static Datum crm_points_journal_guard_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_points_journal_guard(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_points_journal_guard_body);
+}
+
+static Datum
+crm_points_journal_guard_body(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	const char *op;

@@ -359,8 +359,17 @@ PG_FUNCTION_INFO_V1(crm_customer_stats_trigger);
  *		AFTER INSERT / UPDATE / DELETE FOR EACH STATEMENT on crm.orders,
  *		crm.order_line, crm.event, with transition tables.
  */
+static Datum crm_customer_stats_trigger_body(PG_FUNCTION_ARGS);
+
 Datum
 crm_customer_stats_trigger(PG_FUNCTION_ARGS)
+{
+	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
+	return crm_on_shard(fcinfo, crm_customer_stats_trigger_body);
+}
+
+static Datum
+crm_customer_stats_trigger_body(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	const char *relname;
@@ -371,7 +380,7 @@ crm_customer_stats_trigger(PG_FUNCTION_ARGS)
 	(void) crm_check_trigger(fcinfo, "crm.customer_stats_trigger()", CRM_TG_AFTER, CRM_TG_STATEMENT,
 							 CRM_TG_INSERT | CRM_TG_UPDATE | CRM_TG_DELETE, -1);
 	tg = td->tg_trigger;
-	relname = RelationGetRelationName(td->tg_relation);
+	relname = crm_table_name(td->tg_relation);
 	if (get_rel_namespace(RelationGetRelid(td->tg_relation)) != get_namespace_oid("crm", false))
 		relname = "";
 	if (strcmp(relname, "orders") == 0)

@@ -1,0 +1,424 @@
+/*
+ * shard.c
+ *		crm_ext on Citus: a trigger that fires on a shard works on the
+ *		co-located shards of the other tables.
+ *
+ * On a Citus cluster (README, "Scaling out with Citus") the per-customer
+ * tables are distributed by customer_id and co-located, and the
+ * configuration tables are reference tables.  A row written through
+ * crm.orders on the coordinator is written into a shard, crm.orders_102008
+ * say, on the worker that holds the customer, and crm's triggers fire there,
+ * on the shard.  There, crm.customer and crm.customer_stats are the
+ * distributed tables' empty shells: reading them directly finds nothing, and
+ * querying them through Citus from inside a shard's trigger is what Citus
+ * calls nested distributed execution (refused, and unsafe when allowed).
+ * So while a C trigger runs on a shard, the tables crm's C code names are
+ * the shards that hold the same customers: crm_relid() and the kept plans'
+ * SQL (crm_shard_sql) name crm.customer_stats_102041 instead of
+ * crm.customer_stats, and a reference table's shard on this node instead of
+ * the reference table.
+ *
+ * The context is set by crm_on_shard(), which every C trigger's entry point
+ * calls, from the trigger's relation, and restored when the trigger
+ * returns or fails, so it never outlives the trigger.  Outside a shard (a
+ * single node, the coordinator, a table Citus does not know) there is no
+ * context and every name means itself.  The catalogs are read once per
+ * relation and kept until a relcache invalidation (a shard moved, a table
+ * distributed or dropped).
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "crm_ext.h"
+
+/* The shard group a trigger runs in: Citus's colocation id and the shards' hash range start. */
+typedef struct ShardContext
+{
+	bool		active;
+	int32		colocation;
+	int32		shard_min;
+} ShardContext;
+
+static ShardContext current = {false, 0, 0};
+
+/* What a relation is to Citus, by relid. */
+typedef struct RelShard
+{
+	Oid			relid;			/* hash key */
+	int64		shardid;		/* a shard of a distributed or reference table; else 0 */
+	bool		hash_shard;		/* a shard of a hash-distributed table */
+	int32		colocation;
+	int32		shard_min;
+} RelShard;
+
+/* Which relation a crm table means in a shard group. */
+typedef struct MappedKey
+{
+	Oid			logical;
+	int32		colocation;
+	int32		shard_min;
+} MappedKey;
+typedef struct Mapped
+{
+	MappedKey	key;
+	Oid			relid;
+} Mapped;
+
+static HTAB *rel_shards = NULL;
+static HTAB *mapped = NULL;
+
+static void
+flush_shard_caches(Datum arg, Oid relid)
+{
+	/* A shard moved, a table was distributed: cheap to read again. */
+	if (rel_shards != NULL)
+	{
+		hash_destroy(rel_shards);
+		rel_shards = NULL;
+	}
+	if (mapped != NULL)
+	{
+		hash_destroy(mapped);
+		mapped = NULL;
+	}
+}
+
+void
+crm_shard_init(void)
+{
+	CacheRegisterRelcacheCallback(flush_shard_caches, (Datum) 0);
+}
+
+static HTAB *
+shard_hash(const char *name, Size keysize, Size entrysize)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = keysize;
+	ctl.entrysize = entrysize;
+	ctl.hcxt = TopMemoryContext;
+	return hash_create(name, 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* Citus's catalogs exist in this database (Citus is created in it). */
+static bool
+citus_present(void)
+{
+	return OidIsValid(get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE));
+}
+
+/*
+ * The shard id in a relation name Citus gives a shard, <table>_<shardid>,
+ * or 0 when the name is not of that form.
+ */
+static int64
+shard_id_in_name(const char *name)
+{
+	const char *p = strrchr(name, '_');
+	int64		id = 0;
+
+	if (p == NULL || p == name || p[1] == '\0')
+		return 0;
+	for (p++; *p; p++)
+	{
+		if (*p < '0' || *p > '9' || id > PG_INT64_MAX / 10 - 9)
+			return 0;
+		id = id * 10 + (*p - '0');
+	}
+	return id;
+}
+
+/* Looks relid up in Citus's catalogs (it is a crm relation named like a shard). */
+static void
+read_rel_shard(RelShard *rs, int64 shardid)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(shardid)};
+	int			ret;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args("SELECT p.partmethod OPERATOR(pg_catalog.=) 'h', p.colocationid, "
+								"CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h' THEN s.shardminvalue::pg_catalog.int4 END "
+								"FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p "
+								"ON p.logicalrelid OPERATOR(pg_catalog.=) s.logicalrelid "
+								"WHERE s.shardid OPERATOR(pg_catalog.=) $1",
+								1, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading pg_dist_shard failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		rs->shardid = shardid;
+		rs->hash_shard = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
+		rs->colocation = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		if (rs->hash_shard)
+			rs->shard_min = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+	SPI_finish();
+}
+
+/* What rel is to Citus (cached). */
+static RelShard
+rel_shard(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	RelShard   *rs = rel_shards ? hash_search(rel_shards, &relid, HASH_FIND, NULL) : NULL;
+	RelShard	read = {relid, 0, false, 0, 0};
+	int64		shardid;
+
+	if (rs != NULL)
+		return *rs;
+	shardid = shard_id_in_name(RelationGetRelationName(rel));
+	if (shardid != 0 && citus_present())
+		read_rel_shard(&read, shardid);
+	/* (reading may have flushed the caches) */
+	if (rel_shards == NULL)
+		rel_shards = shard_hash("crm_ext shard relations", sizeof(Oid), sizeof(RelShard));
+	rs = hash_search(rel_shards, &relid, HASH_ENTER, NULL);
+	*rs = read;
+	return read;
+}
+
+/*
+ * Runs the C trigger body with fcinfo in the shard group of the relation
+ * it fired on (none outside a hash-distributed table's shard; a reference
+ * table's shard keeps the caller's), restoring the caller's group after.
+ */
+Datum
+crm_on_shard(FunctionCallInfo fcinfo, PGFunction body)
+{
+	ShardContext saved = current;
+	volatile Datum result = (Datum) 0;
+
+	uint64		saved_id = crm_shard_context_id();
+
+	if (CALLED_AS_TRIGGER(fcinfo))
+	{
+		RelShard	rs = rel_shard(((TriggerData *) fcinfo->context)->tg_relation);
+
+		if (rs.hash_shard)
+		{
+			current.active = true;
+			current.colocation = rs.colocation;
+			current.shard_min = rs.shard_min;
+		}
+	}
+	if (crm_shard_context_id() == saved_id)
+		return body(fcinfo);	/* the common case: no shard, or the same group */
+	crm_kept_plans_switch(saved_id, crm_shard_context_id());
+	PG_TRY();
+	{
+		result = body(fcinfo);
+	}
+	PG_FINALLY();
+	{
+		crm_kept_plans_switch(crm_shard_context_id(), saved_id);
+		current = saved;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/* A trigger runs on a shard now. */
+bool
+crm_shard_active(void)
+{
+	return current.active;
+}
+
+/* An id of the current shard group, for caches (0: none). */
+uint64
+crm_shard_context_id(void)
+{
+	if (!current.active)
+		return 0;
+	return ((uint64) (uint32) current.colocation << 32) | (uint64) (uint32) current.shard_min;
+}
+
+/* The shard of logical in the current group, by Citus's catalogs. */
+static Oid
+read_mapped(Oid logical)
+{
+	Oid			types[3] = {OIDOID, INT4OID, INT4OID};
+	Datum		args[3] = {ObjectIdGetDatum(logical), Int32GetDatum(current.colocation),
+	Int32GetDatum(current.shard_min)};
+	int			ret;
+	Oid			relid = logical;
+	bool		distributed;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args("SELECT (SELECT s.shardid FROM pg_catalog.pg_dist_shard s "
+								"WHERE s.logicalrelid OPERATOR(pg_catalog.=) p.logicalrelid "
+								"AND (p.partmethod OPERATOR(pg_catalog.=) 'n' "
+								"OR (p.colocationid OPERATOR(pg_catalog.=) $2 "
+								"AND s.shardminvalue::pg_catalog.int4 OPERATOR(pg_catalog.=) $3))) "
+								"FROM pg_catalog.pg_dist_partition p "
+								"WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+								3, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading pg_dist_partition failed: %s", SPI_result_code_string(ret));
+	distributed = SPI_processed == 1;
+	if (distributed)
+	{
+		Datum		shardid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		char	   *name;
+
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s is not co-located with the table a crm_ext trigger fired on",
+							get_rel_name(logical)),
+					 errhint("Distribute crm_ext's tables with crm.distribute(), which co-locates them.")));
+		name = psprintf("%s_" INT64_FORMAT, get_rel_name(logical), DatumGetInt64(shardid));
+		relid = get_relname_relid(name, get_rel_namespace(logical));
+		if (!OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("shard %s of table %s is not on this node", name, get_rel_name(logical)),
+					 errhint("Keep crm_ext's tables co-located: move their shards together.")));
+	}
+	SPI_finish();
+	return relid;
+}
+
+/*
+ * The relation a crm C function reads or writes for logical: itself, or
+ * within a trigger on a shard, the co-located shard of logical.
+ */
+Oid
+crm_shard_relid(Oid logical)
+{
+	MappedKey	key;
+	Mapped	   *m;
+	bool		found;
+
+	if (!current.active)
+		return logical;
+	if (mapped == NULL)
+		mapped = shard_hash("crm_ext shards by table", sizeof(MappedKey), sizeof(Mapped));
+	memset(&key, 0, sizeof(key));
+	key.logical = logical;
+	key.colocation = current.colocation;
+	key.shard_min = current.shard_min;
+	m = hash_search(mapped, &key, HASH_FIND, NULL);
+	if (m == NULL)
+	{
+		Oid			relid = read_mapped(logical);
+
+		if (mapped == NULL)		/* flushed while reading */
+			mapped = shard_hash("crm_ext shards by table", sizeof(MappedKey), sizeof(Mapped));
+		m = hash_search(mapped, &key, HASH_ENTER, &found);
+		m->relid = relid;
+	}
+	return m->relid;
+}
+
+/*
+ * sql with every table crm.<name> written as the relation it means in the
+ * current shard group (a copy of sql outside a shard).  Names that are not
+ * tables (functions, settings in string literals) are left as they are.
+ */
+char *
+crm_shard_sql(const char *sql)
+{
+	StringInfoData out;
+	const char *p = sql;
+	Oid			nsp;
+
+	if (!current.active)
+		return pstrdup(sql);
+	nsp = get_namespace_oid("crm", false);
+	initStringInfo(&out);
+	while (*p)
+	{
+		const char *hit = strstr(p, "crm.");
+		const char *end;
+		char	   *name;
+		Oid			relid;
+
+		if (hit == NULL)
+			break;
+		/* a whole word "crm": not "xcrm." */
+		if (hit > sql && (isalnum((unsigned char) hit[-1]) || hit[-1] == '_' || hit[-1] == '.'))
+		{
+			appendBinaryStringInfo(&out, p, hit + 4 - p);
+			p = hit + 4;
+			continue;
+		}
+		end = hit + 4;
+		while (*end && (isalnum((unsigned char) *end) || *end == '_'))
+			end++;
+		name = pnstrdup(hit + 4, end - (hit + 4));
+		relid = get_relname_relid(name, nsp);
+		appendBinaryStringInfo(&out, p, hit - p);
+		if (OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_RELATION)
+		{
+			Oid			target = crm_shard_relid(relid);
+
+			appendStringInfo(&out, "crm.%s", quote_identifier(get_rel_name(target)));
+		}
+		else
+			appendBinaryStringInfo(&out, hit, end - hit);
+		pfree(name);
+		p = end;
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/*
+ * The name of the crm table rel is, or is a Citus shard of (error messages,
+ * constraint names and code that acts by table name use this).
+ */
+const char *
+crm_table_name(Relation rel)
+{
+	const char *name = RelationGetRelationName(rel);
+	RelShard	rs = rel_shard(rel);
+
+	if (rs.shardid == 0)
+		return name;
+	return pnstrdup(name, strrchr(name, '_') - name);
+}
+
+/*
+ * The index named name in the definition of rel's table: on a Citus shard,
+ * the shard's copy of it (Citus names it <name>_<shardid>).  InvalidOid when
+ * there is none.
+ */
+Oid
+crm_table_index(Relation rel, const char *name)
+{
+	RelShard	rs = rel_shard(rel);
+
+	if (rs.shardid != 0)
+		name = psprintf("%s_" INT64_FORMAT, name, rs.shardid);
+	return get_relname_relid(name, RelationGetNamespace(rel));
+}
+
+/* rel is a shard of a Citus reference table (the copy of it on this node). */
+bool
+crm_is_reference_shard(Relation rel)
+{
+	RelShard	rs = rel_shard(rel);
+
+	return rs.shardid != 0 && !rs.hash_shard;
+}
