@@ -193,7 +193,10 @@ CREATE TABLE crm.order_line (
 	category	text NOT NULL CONSTRAINT order_line_category_not_blank CHECK (pg_catalog.btrim(category) <> ''),
 	qty			integer NOT NULL CONSTRAINT order_line_qty_positive CHECK (qty > 0),
 	amount		numeric(14,2) NOT NULL CONSTRAINT order_line_amount_not_negative CHECK (amount >= 0 AND amount <> 'NaN'::numeric),
-	PRIMARY KEY (order_id, line_no)
+	PRIMARY KEY (order_id, line_no),
+	-- the order's customer: optional on one node, where it is checked and
+	-- follows the order (merges); required on Citus, where it places the line
+	customer_id	bigint
 );
 CREATE INDEX order_line_sku_idx ON crm.order_line (sku);
 -- An order's lines may be inserted without numbers: they are numbered after
@@ -221,6 +224,23 @@ CREATE TRIGGER order_line_lock_orders_update AFTER UPDATE ON crm.order_line
 	REFERENCING NEW TABLE AS lock_new
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.lock_line_orders();
 COMMENT ON TABLE crm.order_line IS 'The lines of an order: sku, category, quantity and amount';
+COMMENT ON COLUMN crm.order_line.customer_id IS 'The customer_id of the line''s order, or NULL: optional on one node (checked against the order when given, and kept equal to it when a merge moves the order); required after crm.distribute(), where it places the line on the order''s shard';
+-- Lines that carry their order's customer follow the order when a merge,
+-- unmerge or crm.reassign_order moves it.
+CREATE FUNCTION crm.order_lines_follow() RETURNS trigger
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE crm.order_line l SET customer_id = n.customer_id
+	FROM crm_moved n
+	WHERE l.order_id OPERATOR(pg_catalog.=) n.order_id AND l.customer_id IS NOT NULL
+	  AND l.customer_id OPERATOR(pg_catalog.<>) n.customer_id;
+	RETURN NULL;
+END $$;
+COMMENT ON FUNCTION crm.order_lines_follow() IS
+	'AFTER UPDATE statement trigger on crm.orders (REFERENCING NEW TABLE AS crm_moved): lines that carry a customer_id take their order''s new one';
+CREATE TRIGGER orders_lines_follow AFTER UPDATE ON crm.orders
+	REFERENCING NEW TABLE AS crm_moved
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.order_lines_follow();
 
 -- ---------------------------------------------------------------------------
 -- Re-assigning an order recorded for the wrong shopper (issue 13, defect 5)

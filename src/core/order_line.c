@@ -152,34 +152,72 @@ crm_number_order_line_body(PG_FUNCTION_ARGS)
  * reference's too).  A serialization failure when a concurrent merge or
  * unmerge moved it to another customer while we waited: the triggers after
  * this one read the order with the statement's snapshot and would credit
- * the customer it has left.
+ * the customer it has left.  Returns the order's customer_id.
  */
-static void
+static int64
 lock_order(Relation lrel, Relation orel, Oid pkey, AttrNumber key_att, AttrNumber cust_att,
 		   TupleTableSlot *slot, int64 order_id)
 {
 	HeapTuple	seen;
 	bool		isnull;
-	Datum		cust;
+	int64		cust;
 
 	switch (crm_lock_parent(orel, pkey, key_att, Int64GetDatum(order_id), LockTupleShare, slot, &seen))
 	{
 		case CRM_PARENT_OURS:
+			cust = DatumGetInt64(heap_getattr(seen, cust_att, RelationGetDescr(orel), &isnull));
 			heap_freetuple(seen);
-			return;				/* no merge can have moved it */
+			return cust;		/* no merge can have moved it */
 		case CRM_PARENT_MISSING:
 			crm_report_missing_parent(lrel, "order_id", "orders", order_id);
 		case CRM_PARENT_LOCKED:
 			break;
 	}
-	cust = heap_getattr(seen, cust_att, RelationGetDescr(orel), &isnull);
+	cust = DatumGetInt64(heap_getattr(seen, cust_att, RelationGetDescr(orel), &isnull));
 	heap_freetuple(seen);
-	if (!isnull && DatumGetInt64(slot_getattr(slot, cust_att, &isnull)) != DatumGetInt64(cust))
+	if (DatumGetInt64(slot_getattr(slot, cust_att, &isnull)) != cust)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("order %lld moved to another customer while its lines were inserted", (long long) order_id),
 				 errdetail("A merge or unmerge of its customer committed meanwhile."),
 				 errhint("Retry the transaction.")));
+	return cust;
+}
+
+/* A line's order and the customer_id it carries (has_customer false: NULL). */
+typedef struct LineOrder
+{
+	int64		order_id;
+	int64		customer_id;
+	bool		has_customer;
+} LineOrder;
+
+static int
+cmp_line_order(const void *a, const void *b)
+{
+	const LineOrder *x = a;
+	const LineOrder *y = b;
+
+	if (x->order_id != y->order_id)
+		return x->order_id < y->order_id ? -1 : 1;
+	if (x->has_customer != y->has_customer)
+		return x->has_customer ? 1 : -1;
+	if (x->customer_id != y->customer_id)
+		return x->customer_id < y->customer_id ? -1 : 1;
+	return 0;
+}
+
+/* A line that carries another customer than its order's: the (order_id, customer_id) reference fails. */
+static void
+report_wrong_customer(Relation lrel, int64 order_id, int64 line_customer, int64 order_customer)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+			 errmsg("insert or update on table \"%s\" violates foreign key constraint \"%s_customer_id_fkey\"",
+					crm_table_name(lrel), crm_table_name(lrel)),
+			 errdetail("Key (order_id, customer_id)=(%lld, %lld) is not present in table \"orders\": order %lld belongs to customer %lld.",
+					   (long long) order_id, (long long) line_customer, (long long) order_id, (long long) order_customer),
+			 errhint("Give the line its order's customer_id, or leave customer_id NULL on a single node.")));
 }
 
 PG_FUNCTION_INFO_V1(crm_lock_line_orders);
@@ -188,9 +226,10 @@ PG_FUNCTION_INFO_V1(crm_lock_line_orders);
  * crm.lock_line_orders() RETURNS trigger
  *		AFTER INSERT or UPDATE statement trigger on crm.order_line
  *		(REFERENCING NEW TABLE AS lock_new), named to fire before the loyalty
- *		and stats triggers: the orders the lines belong to must exist (the
+ *		and stats triggers: the orders of the lines must exist (the
  *		reference order_line.order_id -> orders, checked once per order and
- *		statement) and are locked FOR SHARE (step 2 of DEVELOPER.md's lock
+ *		statement), a line's customer_id, when given, must be its order's,
+ *		and the orders are locked FOR SHARE (step 2 of DEVELOPER.md's lock
  *		order), so a merge moving them waits for the category bonus and stats
  *		of the lines, or they for the merge, and the order cannot be deleted
  *		under them.  Lines inserted with their order take no lock.
@@ -211,6 +250,7 @@ crm_lock_line_orders_body(PG_FUNCTION_ARGS)
 	TriggerData *td = crm_check_trigger(fcinfo, fn, CRM_TG_AFTER, CRM_TG_STATEMENT,
 										CRM_TG_INSERT | CRM_TG_UPDATE, 0);
 	int			order_att = crm_trigger_attnum(td->tg_relation, "order_id", fn);
+	int			line_cust_att = crm_trigger_attnum(td->tg_relation, "customer_id", fn);
 	Tuplestorestate *ts = td->tg_newtable;
 	TupleTableSlot *lslot;
 	TupleTableSlot *oslot;
@@ -218,27 +258,33 @@ crm_lock_line_orders_body(PG_FUNCTION_ARGS)
 	Oid			pkey;
 	AttrNumber	cust_att;
 	AttrNumber	key_att;
-	int64	   *ids;
+	LineOrder  *lines;
 	int			n = 0;
+	int64		order_customer = 0;
 
 	if (ts == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s needs its transition table", fn),
 				 errhint("Create the trigger with REFERENCING NEW TABLE AS lock_new.")));
-	ids = palloc(sizeof(int64) * Max(tuplestore_tuple_count(ts), 1));
+	lines = palloc(sizeof(LineOrder) * Max(tuplestore_tuple_count(ts), 1));
 	lslot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
 	tuplestore_rescan(ts);
 	while (tuplestore_gettupleslot(ts, true, false, lslot))
 	{
 		bool		isnull;
 		Datum		d = slot_getattr(lslot, order_att, &isnull);
+		Datum		c;
 
-		if (!isnull)
-			ids[n++] = DatumGetInt64(d);
+		if (isnull)
+			continue;
+		lines[n].order_id = DatumGetInt64(d);
+		c = slot_getattr(lslot, line_cust_att, &isnull);
+		lines[n].has_customer = !isnull;
+		lines[n++].customer_id = isnull ? 0 : DatumGetInt64(c);
 	}
 	ExecDropSingleTupleTableSlot(lslot);
-	crm_sort_int64(ids, n);
+	qsort(lines, n, sizeof(LineOrder), cmp_line_order);
 
 	orel = table_open(crm_relid("orders"), RowShareLock);
 	pkey = RelationGetPrimaryKeyIndex(orel);
@@ -246,8 +292,12 @@ crm_lock_line_orders_body(PG_FUNCTION_ARGS)
 	key_att = crm_trigger_attnum(orel, "order_id", fn);
 	oslot = table_slot_create(orel, NULL);
 	for (int i = 0; i < n; i++)
-		if (i == 0 || ids[i] != ids[i - 1])
-			lock_order(td->tg_relation, orel, pkey, key_att, cust_att, oslot, ids[i]);
+	{
+		if (i == 0 || lines[i].order_id != lines[i - 1].order_id)
+			order_customer = lock_order(td->tg_relation, orel, pkey, key_att, cust_att, oslot, lines[i].order_id);
+		if (lines[i].has_customer && lines[i].customer_id != order_customer)
+			report_wrong_customer(td->tg_relation, lines[i].order_id, lines[i].customer_id, order_customer);
+	}
 	ExecDropSingleTupleTableSlot(oslot);
 	table_close(orel, NoLock);
 	PG_RETURN_POINTER(NULL);

@@ -2347,7 +2347,11 @@ FROM (SELECT 'order' AS what, o.order_id AS id, o.customer_id, o.origin_customer
       UNION ALL
       SELECT 'identity', i.identity_id, i.customer_id, i.origin_customer_id FROM crm.identity i
       UNION ALL
-      SELECT 'journal row', j.journal_id, j.customer_id, j.origin_customer_id FROM crm.points_journal j) r
+      SELECT 'journal row', j.journal_id, j.customer_id, j.origin_customer_id FROM crm.points_journal j
+      UNION ALL
+      SELECT 'line of order', l.order_id, l.customer_id, o.origin_customer_id
+      FROM crm.order_line l JOIN crm.orders o ON o.order_id = l.order_id
+      WHERE l.customer_id IS NOT NULL) r
 JOIN crm.customer c ON c.customer_id = r.origin_customer_id
 LEFT JOIN crm.customer p ON p.customer_id = c.merged_into
 WHERE r.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
@@ -2610,3 +2614,26 @@ CREATE TRIGGER orders_cascade_lines AFTER DELETE OR UPDATE OF order_id ON crm.or
 	FOR EACH ROW EXECUTE FUNCTION crm.referenced_row('cascade', 'order_line.order_id');
 CREATE TRIGGER orders_cascade_lines_truncate AFTER TRUNCATE ON crm.orders
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.referenced_row('restrict', 'order_line.order_id');
+
+-- ---------------------------------------------------------------------------
+-- Order lines may carry their order's customer (issue 15: on Citus it places
+-- the line on its order's shard).
+-- ---------------------------------------------------------------------------
+ALTER TABLE crm.order_line ADD COLUMN customer_id bigint;
+COMMENT ON COLUMN crm.order_line.customer_id IS 'The customer_id of the line''s order, or NULL: optional on one node (checked against the order when given, and kept equal to it when a merge moves the order); required after crm.distribute(), where it places the line on the order''s shard';
+-- Lines that carry their order's customer follow the order when a merge,
+-- unmerge or crm.reassign_order moves it.
+CREATE FUNCTION crm.order_lines_follow() RETURNS trigger
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE crm.order_line l SET customer_id = n.customer_id
+	FROM crm_moved n
+	WHERE l.order_id OPERATOR(pg_catalog.=) n.order_id AND l.customer_id IS NOT NULL
+	  AND l.customer_id OPERATOR(pg_catalog.<>) n.customer_id;
+	RETURN NULL;
+END $$;
+COMMENT ON FUNCTION crm.order_lines_follow() IS
+	'AFTER UPDATE statement trigger on crm.orders (REFERENCING NEW TABLE AS crm_moved): lines that carry a customer_id take their order''s new one';
+CREATE TRIGGER orders_lines_follow AFTER UPDATE ON crm.orders
+	REFERENCING NEW TABLE AS crm_moved
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.order_lines_follow();

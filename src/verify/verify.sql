@@ -114,7 +114,11 @@ FROM (SELECT 'order' AS what, o.order_id AS id, o.customer_id, o.origin_customer
       UNION ALL
       SELECT 'identity', i.identity_id, i.customer_id, i.origin_customer_id FROM crm.identity i
       UNION ALL
-      SELECT 'journal row', j.journal_id, j.customer_id, j.origin_customer_id FROM crm.points_journal j) r
+      SELECT 'journal row', j.journal_id, j.customer_id, j.origin_customer_id FROM crm.points_journal j
+      UNION ALL
+      SELECT 'line of order', l.order_id, l.customer_id, o.origin_customer_id
+      FROM crm.order_line l JOIN crm.orders o ON o.order_id = l.order_id
+      WHERE l.customer_id IS NOT NULL) r
 JOIN crm.customer c ON c.customer_id = r.origin_customer_id
 LEFT JOIN crm.customer p ON p.customer_id = c.merged_into
 WHERE r.customer_id <> COALESCE(p.merged_into, c.merged_into, c.customer_id)
