@@ -75,10 +75,12 @@ PREDICTION_SQL = \
 	src/prediction/clv.sql \
 	src/prediction/associations.sql \
 	src/prediction/replenishment.sql
+SCALE_SQL = \
+	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.
 VERIFY_SQL = \
 	src/verify/verify.sql
-SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(VERIFY_SQL)
+SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(SCALE_SQL) $(VERIFY_SQL)
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*.sql)

@@ -354,7 +354,7 @@ refuse_truncate(Relation prel, Referencing r)
 {
 	char	   *sql = psprintf("SELECT 1 FROM ONLY crm.%s x LIMIT 1", quote_identifier(r.table));
 
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute(crm_shard_sql(sql), true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.%s", r.table);
 	if (SPI_processed > 0)
 		ereport(ERROR,

@@ -541,7 +541,8 @@ DECLARE
 	want_ret regtype;
 	what text;
 BEGIN
-	IF TG_TABLE_NAME = 'tick_task' THEN
+	-- (the table by the trigger's argument: on Citus it fires on a shard, tick_task_102008)
+	IF TG_ARGV[0] = 'tick_task' THEN
 		want_args := '1184'::oidvector;
 		want_ret := 'bigint';
 		what := pg_catalog.format('tick task "%s"', NEW.task);
@@ -554,7 +555,7 @@ BEGIN
 	END IF;
 	PERFORM crm.check_registered_signature(what, NEW.fn, want_args, want_ret);
 	-- (tick_task has no set_fn column: look only on customer_hook)
-	IF TG_TABLE_NAME = 'customer_hook' THEN
+	IF TG_ARGV[0] = 'customer_hook' THEN
 		IF NEW.set_fn IS NOT NULL AND NEW.event <> 'merge' THEN
 			RAISE EXCEPTION '% cannot have a set_fn', what
 				USING ERRCODE = 'invalid_function_definition',
@@ -568,9 +569,9 @@ END
 $$;
 COMMENT ON FUNCTION crm.check_registered_function() IS 'Trigger: a crm.tick_task or crm.customer_hook function must have the signature its caller uses';
 CREATE TRIGGER tick_task_signature BEFORE INSERT OR UPDATE OF fn ON crm.tick_task
-	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function('tick_task');
 CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set_fn ON crm.customer_hook
-	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function('customer_hook');
 
 CREATE FUNCTION crm.run_customer_hooks(event text, a bigint, b bigint DEFAULT NULL)
 RETURNS integer

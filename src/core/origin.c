@@ -877,7 +877,7 @@ crm_reassign_order(PG_FUNCTION_ARGS)
 	reassigning_order = reassigning_set ? PG_GETARG_INT64(0) : 0;
 	PG_TRY();
 	{
-		if (SPI_execute_with_args("SELECT crm.reassign_order_steps($1, $2, $3)", 3, types, args, nulls,
+		if (SPI_execute_with_args(crm_shard_sql("SELECT crm.reassign_order_steps($1, $2, $3)"), 3, types, args, nulls,
 								  false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "crm.reassign_order_steps failed");
 		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -71,28 +71,37 @@ DECLARE
 	window_start constant timestamptz := crm.sample_as_of() - interval '730 days';
 	window_days constant integer := 730;
 	cat_count constant integer := 20;
+	filled boolean;
 BEGIN
 	IF customers < 1 OR customers > 20000000 THEN
 		RAISE EXCEPTION 'crm.generate_sample needs between 1 and 20,000,000 customers, not %', customers
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF EXISTS (SELECT 1 FROM crm.customer) OR EXISTS (SELECT 1 FROM crm.store)
-	   OR EXISTS (SELECT 1 FROM crm.orders) OR EXISTS (SELECT 1 FROM crm.event) THEN
+	-- (Stores are written before the other tables are read: on a distributed
+	-- crm_ext, crm.distribute(), Citus writes a reference table only before
+	-- a transaction reads distributed tables over several connections; the
+	-- rest is computed into temporary tables first and inserted from there,
+	-- as Citus plans no INSERT ... SELECT that needs this function's
+	-- variables.)
+	filled := EXISTS (SELECT 1 FROM crm.store);
+
+	-- Stores ---------------------------------------------------------------
+	IF NOT filled THEN
+		INSERT INTO crm.store (store_id, name, city, region, opened_on)
+		SELECT s, pg_catalog.format('%s #%s', (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
+		                                                 'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10], s),
+		       (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
+		              'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10],
+		       (ARRAY['east', 'north', 'south', 'east', 'west', 'east', 'central', 'east', 'west', 'north'])[1 + s % 10],
+		       date '2010-01-01' + crm.sample_int(seed, 100, s, 4000)
+		FROM pg_catalog.generate_series(1, 50) AS s;
+	END IF;
+	IF filled OR EXISTS (SELECT 1 FROM crm.customer) OR EXISTS (SELECT 1 FROM crm.orders) OR EXISTS (SELECT 1 FROM crm.event) THEN
 		RAISE EXCEPTION 'crm.generate_sample needs empty customer, store, order and event tables'
 			USING ERRCODE = 'CR005',
 			      DETAIL = 'Sample data uses fixed ids, so that the same seed gives the same data.',
 			      HINT = 'Run it in a fresh database, or TRUNCATE crm.customer, crm.store CASCADE first.';
 	END IF;
-
-	-- Stores ---------------------------------------------------------------
-	INSERT INTO crm.store (store_id, name, city, region, opened_on)
-	SELECT s, pg_catalog.format('%s #%s', (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
-	                                                 'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10], s),
-	       (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
-	              'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10],
-	       (ARRAY['east', 'north', 'south', 'east', 'west', 'east', 'central', 'east', 'west', 'north'])[1 + s % 10],
-	       date '2010-01-01' + crm.sample_int(seed, 100, s, 4000)
-	FROM pg_catalog.generate_series(1, 50) AS s;
 
 	-- Persons and their customer records -------------------------------------
 	-- About 8% of persons are split over 2-6 records (ids consecutive); the
@@ -198,7 +207,7 @@ BEGIN
 	-- device used by just those two); family tablets (one device on the first
 	-- records of four persons, more than device's max_customers) and junk
 	-- phones that must never link anybody.
-	INSERT INTO crm.identity (identity_id, kind, value, customer_id, origin_customer_id, created_at)
+	CREATE TEMP TABLE crm_sample_identity (identity_id, kind, value, customer_id, origin_customer_id, created_at) AS
 	SELECT pg_catalog.row_number() OVER (ORDER BY i.customer_id, i.kind, i.value), i.kind, i.value,
 	       i.customer_id, i.customer_id, r.created_at
 	FROM (
@@ -244,20 +253,23 @@ BEGIN
 		  AND ((r.person_id - 1) / 4) * 4 + 4 <= (SELECT max(person_id) FROM pg_temp.crm_sample_rec)
 	) AS i
 	JOIN pg_temp.crm_sample_rec r ON r.customer_id = i.customer_id;
+	INSERT INTO crm.identity (identity_id, kind, value, customer_id, origin_customer_id, created_at)
+	SELECT * FROM pg_temp.crm_sample_identity;
+	DROP TABLE pg_temp.crm_sample_identity;
 
 	-- Orders ---------------------------------------------------------------------
 	-- Days are counted from window_start (a Monday).  Wednesday-organic
 	-- shoppers mostly shop on Wednesdays, weekend shoppers on Saturdays.
-	INSERT INTO crm.orders (order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status)
-	SELECT o.order_id, o.customer_id, o.customer_id,
+	CREATE TEMP TABLE crm_sample_orders (order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status) AS
+	SELECT o.order_id, o.customer_id, o.customer_id AS origin_customer_id,
 	       CASE WHEN o.channel = 'pos' THEN
 	            CASE WHEN crm.sample_uniform(seed, 62, o.order_id) < 0.85 THEN o.home_store
 	                 ELSE 1 + crm.sample_int(seed, 63, o.order_id, 50) END END,
 	       o.channel,
 	       window_start + o.day * interval '1 day'
-	           + (8 * 3600 + crm.sample_int(seed, 64, o.order_id, 48600)) * interval '1 second',
-	       GREATEST(1.00, round((o.basket * exp(0.45 * crm.sample_normal(seed, 65, o.order_id) - 0.1))::numeric, 2)),
-	       CASE WHEN crm.sample_uniform(seed, 66, o.order_id) < 0.03 THEN 'refunded' ELSE 'paid' END
+	           + (8 * 3600 + crm.sample_int(seed, 64, o.order_id, 48600)) * interval '1 second' AS ordered_at,
+	       GREATEST(1.00, round((o.basket * exp(0.45 * crm.sample_normal(seed, 65, o.order_id) - 0.1))::numeric, 2)) AS amount,
+	       CASE WHEN crm.sample_uniform(seed, 66, o.order_id) < 0.03 THEN 'refunded' ELSE 'paid' END AS status
 	FROM (
 		SELECT r.orders_before + j AS order_id, r.customer_id, r.home_store, r.basket,
 		       CASE WHEN crm.sample_uniform(seed, 61, r.orders_before + j) < 0.8 THEN r.channel
@@ -274,23 +286,26 @@ BEGIN
 		WHERE r.n_orders > 0
 	) AS o
 ;
+	INSERT INTO crm.orders (order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status)
+	SELECT * FROM pg_temp.crm_sample_orders;
 
 	-- Order lines ----------------------------------------------------------------
 	-- 1-5 lines splitting the order amount exactly.  Line 1 follows the
 	-- shopper's habits (organic on Wednesdays, a staple they replenish, a
 	-- favourite category); later lines are often line 1's companion sku, which
 	-- makes frequently-bought-together pairs.
-	INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount)
+	CREATE TEMP TABLE crm_sample_lines (order_id, line_no, sku, category, qty, amount, customer_id) AS
 	SELECT o.order_id, l.line_no, c.prefix || '-' || pg_catalog.lpad(l.sku_idx::text, 4, '0'), c.category,
 	       1 + pg_catalog.floor(3 * crm.sample_uniform(seed, 75, o.order_id * 8 + l.line_no) ^ 3)::integer,
 	       ((pg_catalog.round(o.cents * (l.line_no::double precision / o.n_lines) ^ o.skew)
-	         - pg_catalog.round(o.cents * ((l.line_no - 1)::double precision / o.n_lines) ^ o.skew)) / 100)::numeric(14,2)
+	         - pg_catalog.round(o.cents * ((l.line_no - 1)::double precision / o.n_lines) ^ o.skew)) / 100)::numeric(14,2),
+	       o.customer_id
 	FROM (
-		SELECT ord.order_id, (ord.amount * 100)::double precision AS cents, r.favourite, r.staple_cat, r.staple_idx,
+		SELECT ord.order_id, ord.customer_id, (ord.amount * 100)::double precision AS cents, r.favourite, r.staple_cat, r.staple_idx,
 		       1 + pg_catalog.floor(5 * crm.sample_uniform(seed, 70, ord.order_id) ^ 1.7)::integer AS n_lines,
 		       0.6 + 0.8 * crm.sample_uniform(seed, 71, ord.order_id) AS skew,
 		       r.wednesday_organic AND EXTRACT(isodow FROM ord.ordered_at AT TIME ZONE 'UTC') = 3 AS organic_day
-		FROM crm.orders ord
+		FROM pg_temp.crm_sample_orders ord
 		JOIN pg_temp.crm_sample_rec r ON r.customer_id = ord.customer_id
 	) AS o
 	CROSS JOIN LATERAL (
@@ -315,9 +330,12 @@ BEGIN
 	) AS l
 	JOIN crm.sample_categories() AS c ON c.category_no = l.cat
 ;
+	INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id)
+	SELECT * FROM pg_temp.crm_sample_lines;
+	DROP TABLE pg_temp.crm_sample_lines, pg_temp.crm_sample_orders;
 
 	-- Events ---------------------------------------------------------------------
-	INSERT INTO crm.event (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props)
+	CREATE TEMP TABLE crm_sample_events (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props) AS
 	SELECT e.event_id, e.customer_id, e.customer_id, e.kind,
 	       window_start + (e.first_day + e.u_day * (LEAST(window_days, e.stop_day + 60) - e.first_day)) * interval '1 day',
 	       CASE WHEN e.kind = 'store_visit' THEN 'pos' WHEN e.channel = 'pos' THEN 'app' ELSE e.channel END,
@@ -343,6 +361,9 @@ BEGIN
 		WHERE r.n_events > 0
 	) AS e
 ;
+	INSERT INTO crm.event (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props)
+	SELECT * FROM pg_temp.crm_sample_events;
+	DROP TABLE pg_temp.crm_sample_events;
 
 	-- Sequences continue after the sample's ids.
 	PERFORM pg_catalog.setval('crm.customer_id_seq', (SELECT max(c.customer_id) FROM crm.customer c));

@@ -203,7 +203,13 @@ crm_identity_stitch_trigger_body(PG_FUNCTION_ARGS)
 	int64		golden;
 
 	check_stitch_trigger_call(fcinfo);
-	if (!crm_stitch_on_insert)
+
+	/*
+	 * On a Citus shard the other holders of the value are on other shards,
+	 * out of a trigger's reach: a distributed crm_ext stitches in batches
+	 * on the coordinator (README, "Scaling out with Citus").
+	 */
+	if (!crm_stitch_on_insert || crm_shard_active())
 		return PointerGetDatum(NULL);
 
 	rel = trigdata->tg_relation;

@@ -130,11 +130,11 @@ load_programme(void)
 	int			ret,
 				i;
 
-	ret = SPI_execute("SELECT 'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
+	ret = SPI_execute(crm_shard_sql("SELECT 'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
 					  "'crm.customer'::pg_catalog.regclass::pg_catalog.oid, "
 					  "'crm.loyalty_account'::pg_catalog.regclass::pg_catalog.oid, "
 					  "p.time_zone, p.expiry_months, p.expiry_rounding, p.tier_hold_months "
-					  "FROM (SELECT 1) one LEFT JOIN crm.loyalty_program p ON true LIMIT 1",
+					  "FROM (SELECT 1) one LEFT JOIN crm.loyalty_program p ON true LIMIT 1"),
 					  true, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read crm.loyalty_program");
@@ -189,8 +189,8 @@ load_tiers(void)
 	int			ret,
 				i;
 
-	ret = SPI_execute("SELECT t.tier, t.rank, (t.threshold OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (t.multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 "
-					  "FROM crm.tier t ORDER BY t.rank", true, 0);
+	ret = SPI_execute(crm_shard_sql("SELECT t.tier, t.rank, (t.threshold OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (t.multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 "
+					  "FROM crm.tier t ORDER BY t.rank"), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.tier");
 	old = MemoryContextSwitchTo(c->cxt);
@@ -229,12 +229,12 @@ load_rules(void)
 	int			ret,
 				i;
 
-	ret = SPI_execute("SELECT r.valid_from, r.valid_to, (r.points_per_unit OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8, "
+	ret = SPI_execute(crm_shard_sql("SELECT r.valid_from, r.valid_to, (r.points_per_unit OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8, "
 					  "(r.birthday_multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, coalesce(r.member_day, 0), "
 					  "(r.member_day_multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 					  "ARRAY(SELECT b.key FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY 1), "
 					  "ARRAY(SELECT (b.value::pg_catalog.text::pg_catalog.numeric OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8 FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY b.key) "
-					  "FROM crm.earn_rule r ORDER BY r.priority DESC, r.valid_from DESC, r.rule", true, 0);
+					  "FROM crm.earn_rule r ORDER BY r.priority DESC, r.valid_from DESC, r.rule"), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.earn_rule");
 	old = MemoryContextSwitchTo(c->cxt);

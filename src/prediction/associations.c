@@ -187,7 +187,7 @@ scan_lines(PassState *ps)
 	MemoryContext batch_cxt = AllocSetContextCreate(ps->fn_cxt, "crm associations batch",
 													ALLOCSET_DEFAULT_SIZES);
 
-	portal = SPI_cursor_open_with_args(NULL, LINES_QUERY, 0, NULL, NULL, NULL, true, 0);
+	portal = SPI_cursor_open_with_args(NULL, crm_shard_sql(LINES_QUERY), 0, NULL, NULL, NULL, true, 0);
 	for (;;)
 	{
 		uint64		r;
@@ -307,7 +307,7 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute("DELETE FROM crm.association_rule", false, 0);
+	ret = SPI_execute(crm_shard_sql("DELETE FROM crm.association_rule"), false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "clearing association rules failed: %d", ret);
 
@@ -354,9 +354,9 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 	}
 
 	batch = MemoryContextAllocZero(fn_cxt, sizeof(RuleBatch));
-	batch->plan = SPI_prepare("INSERT INTO crm.association_rule (antecedent, consequent, baskets, support, confidence, lift) "
+	batch->plan = SPI_prepare(crm_shard_sql("INSERT INTO crm.association_rule (antecedent, consequent, baskets, support, confidence, lift) "
 							  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
-							  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))",
+							  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"),
 							  6, ins_types);
 	if (batch->plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %d", SPI_result);

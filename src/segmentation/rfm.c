@@ -98,8 +98,8 @@ load_segment_map(void)
 		MemoryContextReset(seg_rules_cxt);
 	seg_rules = NULL;
 	SPI_connect();
-	if (SPI_execute("SELECT m.segment, m.r_min, m.r_max, m.f_min, m.f_max, m.m_min, m.m_max "
-					"FROM crm.rfm_segment_map m ORDER BY m.priority", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(crm_shard_sql("SELECT m.segment, m.r_min, m.r_max, m.f_min, m.f_max, m.m_min, m.m_max "
+					"FROM crm.rfm_segment_map m ORDER BY m.priority"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.rfm_segment_map");
 	n_seg_rules = SPI_processed;
 	seg_rules = MemoryContextAllocZero(seg_rules_cxt, sizeof(SegRule) * Max(n_seg_rules, 1));
@@ -176,8 +176,8 @@ load_cuts(Cuts *cuts)
 
 	memset(cuts, 0, sizeof(Cuts) * 3);
 	SPI_connect();
-	if (SPI_execute("SELECT t.dimension, t.score, t.bound::pg_catalog.float8 FROM crm.rfm_threshold t "
-					"ORDER BY t.dimension, t.score", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(crm_shard_sql("SELECT t.dimension, t.score, t.bound::pg_catalog.float8 FROM crm.rfm_threshold t "
+					"ORDER BY t.dimension, t.score"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.rfm_threshold");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -321,7 +321,7 @@ load_merged(void)
 	uint64		i;
 
 	SPI_connect();
-	if (SPI_execute("SELECT c.customer_id FROM crm.customer c WHERE c.merged_into IS NOT NULL",
+	if (SPI_execute(crm_shard_sql("SELECT c.customer_id FROM crm.customer c WHERE c.merged_into IS NOT NULL"),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.customer");
 	for (i = 0; i < SPI_processed; i++)
@@ -645,7 +645,7 @@ diff_snapshot(RfmRow *rows, int64 n, bool *seen, Datum *segtext, Snapshot snap,
 static void
 run_write(const char *sql, int nargs, Oid *types, Datum *args, int expect)
 {
-	if (SPI_execute_with_args(sql, nargs, types, args, NULL, false, 0) != expect)
+	if (SPI_execute_with_args(crm_shard_sql(sql), nargs, types, args, NULL, false, 0) != expect)
 		elog(ERROR, "SPI failed for \"%s\"", sql);
 }
 
@@ -723,7 +723,7 @@ crm_refresh_rfm(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	/* One refresh at a time; readers see the old scores until commit. */
-	if (SPI_execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.refresh_rfm'))",
+	if (SPI_execute(crm_shard_sql("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.refresh_rfm'))"),
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock crm.refresh_rfm");
 	/* A snapshot taken after the lock sees the previous refresh committed. */

@@ -41,7 +41,7 @@ lookup_tag_spi(const char *name, void *arg)
 	Datum		args[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT t.tag_id FROM crm.tag t WHERE t.name OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args(crm_shard_sql("SELECT t.tag_id FROM crm.tag t WHERE t.name OPERATOR(pg_catalog.=) $1"),
 							  1, types, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.tag");
 	if (SPI_processed == 0)
@@ -172,11 +172,11 @@ fetch_tag_ids(int32 tag_id, const IdSet *candidates)
 		args[1] = PointerGetDatum(construct_array(elems, (int) candidates->n, INT8OID,
 												  sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	}
-	if (SPI_execute_with_args(candidates ?
+	if (SPI_execute_with_args(crm_shard_sql(candidates ?
 							  "SELECT pg_catalog.array_agg(ct.customer_id) FROM crm.customer_tag ct "
 							  "WHERE ct.tag_id OPERATOR(pg_catalog.=) $1 AND ct.customer_id OPERATOR(pg_catalog.=) ANY ($2)" :
 							  "SELECT pg_catalog.array_agg(ct.customer_id) FROM crm.customer_tag ct "
-							  "WHERE ct.tag_id OPERATOR(pg_catalog.=) $1",
+							  "WHERE ct.tag_id OPERATOR(pg_catalog.=) $1"),
 							  candidates ? 2 : 1, types, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read crm.customer_tag");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, MEMBERS_COL_CUSTOMER_IDS, &isnull);
@@ -373,7 +373,7 @@ segment_expression(text *name)
 	Datum		args[1] = {PointerGetDatum(name)};
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT s.expression FROM crm.segment s WHERE s.name OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args(crm_shard_sql("SELECT s.expression FROM crm.segment s WHERE s.name OPERATOR(pg_catalog.=) $1"),
 							  1, types, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.segment");
 	if (SPI_processed == 0)
@@ -395,7 +395,7 @@ audience_count(const char *expr)
 
 	if (!s.neg)
 		return s.n;
-	if (SPI_execute("SELECT pg_catalog.count(*) FROM crm.customer c WHERE c.merged_into IS NULL",
+	if (SPI_execute(crm_shard_sql("SELECT pg_catalog.count(*) FROM crm.customer c WHERE c.merged_into IS NULL"),
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count customers");
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, GOLDEN_COL_COUNT, &isnull)) - s.n;
@@ -429,7 +429,7 @@ audience_members(FunctionCallInfo fcinfo, const char *expr)
 	else
 	{
 		Portal		p = SPI_cursor_open_with_args(NULL,
-												  "SELECT c.customer_id FROM crm.customer c WHERE c.merged_into IS NULL ORDER BY 1",
+												  crm_shard_sql("SELECT c.customer_id FROM crm.customer c WHERE c.merged_into IS NULL ORDER BY 1"),
 												  0, NULL, NULL, NULL, true, 0);
 		int64		j = 0;
 

@@ -336,7 +336,7 @@ changed_customers_of_lines(Trigger *tg)
 	if (tg->tgnewtable)
 		appendStringInfo(&sql, " UNION ALL SELECT y.order_id FROM %s y", quote_identifier(tg->tgnewtable));
 	appendStringInfoString(&sql, ")");
-	if (SPI_execute(sql.data, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute(crm_shard_sql(sql.data), false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not collect customers");
 	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, CHANGED_COL_CUSTOMER_IDS, &isnull);
 	return isnull ? (Datum) 0 : PointerGetDatum(DatumGetArrayTypePCopy(ids));
@@ -426,7 +426,7 @@ all_customer_ids(bool *isnull)
 	};
 	Datum		ids;
 
-	if (SPI_execute("SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) FROM crm.customer c",
+	if (SPI_execute(crm_shard_sql("SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) FROM crm.customer c"),
 					false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.customer");
 	ids = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, ALL_COL_CUSTOMER_IDS, isnull);
@@ -475,7 +475,7 @@ crm_customer_stats_expected(PG_FUNCTION_ARGS)
 		 * generic plan the triggers share): the whole tables are read, and
 		 * crm.verify's settings (no nested loops) apply.
 		 */
-		SPIPlanPtr	plan = SPI_prepare_cursor(rebuild_sql, 1, types, 0);
+		SPIPlanPtr	plan = SPI_prepare_cursor(crm_shard_sql(rebuild_sql), 1, types, 0);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for the stats rebuild query: %s", SPI_result_code_string(SPI_result));

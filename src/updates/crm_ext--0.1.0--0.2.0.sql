@@ -26,28 +26,37 @@ DECLARE
 	window_start constant timestamptz := crm.sample_as_of() - interval '730 days';
 	window_days constant integer := 730;
 	cat_count constant integer := 20;
+	filled boolean;
 BEGIN
 	IF customers < 1 OR customers > 20000000 THEN
 		RAISE EXCEPTION 'crm.generate_sample needs between 1 and 20,000,000 customers, not %', customers
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF EXISTS (SELECT 1 FROM crm.customer) OR EXISTS (SELECT 1 FROM crm.store)
-	   OR EXISTS (SELECT 1 FROM crm.orders) OR EXISTS (SELECT 1 FROM crm.event) THEN
+	-- (Stores are written before the other tables are read: on a distributed
+	-- crm_ext, crm.distribute(), Citus writes a reference table only before
+	-- a transaction reads distributed tables over several connections; the
+	-- rest is computed into temporary tables first and inserted from there,
+	-- as Citus plans no INSERT ... SELECT that needs this function's
+	-- variables.)
+	filled := EXISTS (SELECT 1 FROM crm.store);
+
+	-- Stores ---------------------------------------------------------------
+	IF NOT filled THEN
+		INSERT INTO crm.store (store_id, name, city, region, opened_on)
+		SELECT s, pg_catalog.format('%s #%s', (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
+		                                                 'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10], s),
+		       (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
+		              'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10],
+		       (ARRAY['east', 'north', 'south', 'east', 'west', 'east', 'central', 'east', 'west', 'north'])[1 + s % 10],
+		       date '2010-01-01' + crm.sample_int(seed, 100, s, 4000)
+		FROM pg_catalog.generate_series(1, 50) AS s;
+	END IF;
+	IF filled OR EXISTS (SELECT 1 FROM crm.customer) OR EXISTS (SELECT 1 FROM crm.orders) OR EXISTS (SELECT 1 FROM crm.event) THEN
 		RAISE EXCEPTION 'crm.generate_sample needs empty customer, store, order and event tables'
 			USING ERRCODE = 'CR005',
 			      DETAIL = 'Sample data uses fixed ids, so that the same seed gives the same data.',
 			      HINT = 'Run it in a fresh database, or TRUNCATE crm.customer, crm.store CASCADE first.';
 	END IF;
-
-	-- Stores ---------------------------------------------------------------
-	INSERT INTO crm.store (store_id, name, city, region, opened_on)
-	SELECT s, pg_catalog.format('%s #%s', (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
-	                                                 'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10], s),
-	       (ARRAY['Shanghai', 'Beijing', 'Shenzhen', 'Hangzhou', 'Chengdu',
-	              'Nanjing', 'Wuhan', 'Suzhou', 'Xi''an', 'Qingdao'])[1 + s % 10],
-	       (ARRAY['east', 'north', 'south', 'east', 'west', 'east', 'central', 'east', 'west', 'north'])[1 + s % 10],
-	       date '2010-01-01' + crm.sample_int(seed, 100, s, 4000)
-	FROM pg_catalog.generate_series(1, 50) AS s;
 
 	-- Persons and their customer records -------------------------------------
 	-- About 8% of persons are split over 2-6 records (ids consecutive); the
@@ -153,7 +162,7 @@ BEGIN
 	-- device used by just those two); family tablets (one device on the first
 	-- records of four persons, more than device's max_customers) and junk
 	-- phones that must never link anybody.
-	INSERT INTO crm.identity (identity_id, kind, value, customer_id, origin_customer_id, created_at)
+	CREATE TEMP TABLE crm_sample_identity (identity_id, kind, value, customer_id, origin_customer_id, created_at) AS
 	SELECT pg_catalog.row_number() OVER (ORDER BY i.customer_id, i.kind, i.value), i.kind, i.value,
 	       i.customer_id, i.customer_id, r.created_at
 	FROM (
@@ -199,20 +208,23 @@ BEGIN
 		  AND ((r.person_id - 1) / 4) * 4 + 4 <= (SELECT max(person_id) FROM pg_temp.crm_sample_rec)
 	) AS i
 	JOIN pg_temp.crm_sample_rec r ON r.customer_id = i.customer_id;
+	INSERT INTO crm.identity (identity_id, kind, value, customer_id, origin_customer_id, created_at)
+	SELECT * FROM pg_temp.crm_sample_identity;
+	DROP TABLE pg_temp.crm_sample_identity;
 
 	-- Orders ---------------------------------------------------------------------
 	-- Days are counted from window_start (a Monday).  Wednesday-organic
 	-- shoppers mostly shop on Wednesdays, weekend shoppers on Saturdays.
-	INSERT INTO crm.orders (order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status)
-	SELECT o.order_id, o.customer_id, o.customer_id,
+	CREATE TEMP TABLE crm_sample_orders (order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status) AS
+	SELECT o.order_id, o.customer_id, o.customer_id AS origin_customer_id,
 	       CASE WHEN o.channel = 'pos' THEN
 	            CASE WHEN crm.sample_uniform(seed, 62, o.order_id) < 0.85 THEN o.home_store
 	                 ELSE 1 + crm.sample_int(seed, 63, o.order_id, 50) END END,
 	       o.channel,
 	       window_start + o.day * interval '1 day'
-	           + (8 * 3600 + crm.sample_int(seed, 64, o.order_id, 48600)) * interval '1 second',
-	       GREATEST(1.00, round((o.basket * exp(0.45 * crm.sample_normal(seed, 65, o.order_id) - 0.1))::numeric, 2)),
-	       CASE WHEN crm.sample_uniform(seed, 66, o.order_id) < 0.03 THEN 'refunded' ELSE 'paid' END
+	           + (8 * 3600 + crm.sample_int(seed, 64, o.order_id, 48600)) * interval '1 second' AS ordered_at,
+	       GREATEST(1.00, round((o.basket * exp(0.45 * crm.sample_normal(seed, 65, o.order_id) - 0.1))::numeric, 2)) AS amount,
+	       CASE WHEN crm.sample_uniform(seed, 66, o.order_id) < 0.03 THEN 'refunded' ELSE 'paid' END AS status
 	FROM (
 		SELECT r.orders_before + j AS order_id, r.customer_id, r.home_store, r.basket,
 		       CASE WHEN crm.sample_uniform(seed, 61, r.orders_before + j) < 0.8 THEN r.channel
@@ -229,23 +241,26 @@ BEGIN
 		WHERE r.n_orders > 0
 	) AS o
 ;
+	INSERT INTO crm.orders (order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status)
+	SELECT * FROM pg_temp.crm_sample_orders;
 
 	-- Order lines ----------------------------------------------------------------
 	-- 1-5 lines splitting the order amount exactly.  Line 1 follows the
 	-- shopper's habits (organic on Wednesdays, a staple they replenish, a
 	-- favourite category); later lines are often line 1's companion sku, which
 	-- makes frequently-bought-together pairs.
-	INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount)
+	CREATE TEMP TABLE crm_sample_lines (order_id, line_no, sku, category, qty, amount, customer_id) AS
 	SELECT o.order_id, l.line_no, c.prefix || '-' || pg_catalog.lpad(l.sku_idx::text, 4, '0'), c.category,
 	       1 + pg_catalog.floor(3 * crm.sample_uniform(seed, 75, o.order_id * 8 + l.line_no) ^ 3)::integer,
 	       ((pg_catalog.round(o.cents * (l.line_no::double precision / o.n_lines) ^ o.skew)
-	         - pg_catalog.round(o.cents * ((l.line_no - 1)::double precision / o.n_lines) ^ o.skew)) / 100)::numeric(14,2)
+	         - pg_catalog.round(o.cents * ((l.line_no - 1)::double precision / o.n_lines) ^ o.skew)) / 100)::numeric(14,2),
+	       o.customer_id
 	FROM (
-		SELECT ord.order_id, (ord.amount * 100)::double precision AS cents, r.favourite, r.staple_cat, r.staple_idx,
+		SELECT ord.order_id, ord.customer_id, (ord.amount * 100)::double precision AS cents, r.favourite, r.staple_cat, r.staple_idx,
 		       1 + pg_catalog.floor(5 * crm.sample_uniform(seed, 70, ord.order_id) ^ 1.7)::integer AS n_lines,
 		       0.6 + 0.8 * crm.sample_uniform(seed, 71, ord.order_id) AS skew,
 		       r.wednesday_organic AND EXTRACT(isodow FROM ord.ordered_at AT TIME ZONE 'UTC') = 3 AS organic_day
-		FROM crm.orders ord
+		FROM pg_temp.crm_sample_orders ord
 		JOIN pg_temp.crm_sample_rec r ON r.customer_id = ord.customer_id
 	) AS o
 	CROSS JOIN LATERAL (
@@ -270,9 +285,12 @@ BEGIN
 	) AS l
 	JOIN crm.sample_categories() AS c ON c.category_no = l.cat
 ;
+	INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id)
+	SELECT * FROM pg_temp.crm_sample_lines;
+	DROP TABLE pg_temp.crm_sample_lines, pg_temp.crm_sample_orders;
 
 	-- Events ---------------------------------------------------------------------
-	INSERT INTO crm.event (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props)
+	CREATE TEMP TABLE crm_sample_events (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props) AS
 	SELECT e.event_id, e.customer_id, e.customer_id, e.kind,
 	       window_start + (e.first_day + e.u_day * (LEAST(window_days, e.stop_day + 60) - e.first_day)) * interval '1 day',
 	       CASE WHEN e.kind = 'store_visit' THEN 'pos' WHEN e.channel = 'pos' THEN 'app' ELSE e.channel END,
@@ -298,6 +316,9 @@ BEGIN
 		WHERE r.n_events > 0
 	) AS e
 ;
+	INSERT INTO crm.event (event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props)
+	SELECT * FROM pg_temp.crm_sample_events;
+	DROP TABLE pg_temp.crm_sample_events;
 
 	-- Sequences continue after the sample's ids.
 	PERFORM pg_catalog.setval('crm.customer_id_seq', (SELECT max(c.customer_id) FROM crm.customer c));
@@ -1025,7 +1046,8 @@ DECLARE
 	want_ret regtype;
 	what text;
 BEGIN
-	IF TG_TABLE_NAME = 'tick_task' THEN
+	-- (the table by the trigger's argument: on Citus it fires on a shard, tick_task_102008)
+	IF TG_ARGV[0] = 'tick_task' THEN
 		want_args := '1184'::oidvector;
 		want_ret := 'bigint';
 		what := pg_catalog.format('tick task "%s"', NEW.task);
@@ -1038,7 +1060,7 @@ BEGIN
 	END IF;
 	PERFORM crm.check_registered_signature(what, NEW.fn, want_args, want_ret);
 	-- (tick_task has no set_fn column: look only on customer_hook)
-	IF TG_TABLE_NAME = 'customer_hook' THEN
+	IF TG_ARGV[0] = 'customer_hook' THEN
 		IF NEW.set_fn IS NOT NULL AND NEW.event <> 'merge' THEN
 			RAISE EXCEPTION '% cannot have a set_fn', what
 				USING ERRCODE = 'invalid_function_definition',
@@ -1089,8 +1111,11 @@ $$;
 COMMENT ON FUNCTION crm.run_merge_hooks(bigint[], bigint[]) IS
 	'Runs the merge hooks for many merges at once (survivors[i] absorbed merged[i], in order): each hook''s set_fn once, or its fn merge by merge; returns how many hooks ran';
 DROP TRIGGER customer_hook_signature ON crm.customer_hook;
+DROP TRIGGER tick_task_signature ON crm.tick_task;
+CREATE TRIGGER tick_task_signature BEFORE INSERT OR UPDATE OF fn ON crm.tick_task
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function('tick_task');
 CREATE TRIGGER customer_hook_signature BEFORE INSERT OR UPDATE OF fn, event, set_fn ON crm.customer_hook
-	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function();
+	FOR EACH ROW EXECUTE FUNCTION crm.check_registered_function('customer_hook');
 
 CREATE FUNCTION crm.loyalty_merge_set(survivors bigint[], merged bigint[]) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
@@ -2637,3 +2662,229 @@ COMMENT ON FUNCTION crm.order_lines_follow() IS
 CREATE TRIGGER orders_lines_follow AFTER UPDATE ON crm.orders
 	REFERENCING NEW TABLE AS crm_moved
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.order_lines_follow();
+
+-- ===========================================================================
+-- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
+--
+-- crm.distribute() turns an installed crm_ext on a Citus coordinator into a
+-- distributed one, by one rule: a crm table with a customer_id column is
+-- distributed by it, all in one co-location group (a customer's orders,
+-- lines, journal, stats, tags ... sit on one shard, where crm's triggers
+-- work on them: src/common/shard.c); every other crm table is a reference
+-- table (a copy on every node: configuration, logs).  New tables follow the
+-- rule by having, or not having, customer_id.
+-- ===========================================================================
+
+CREATE FUNCTION crm.distribute(shard_count integer DEFAULT 32)
+RETURNS TABLE (table_name regclass, placement text, note text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	done boolean;
+BEGIN
+	IF shard_count IS NULL OR shard_count NOT BETWEEN 1 AND 64000 THEN
+		RAISE EXCEPTION 'shard_count must be between 1 and 64000, not %', shard_count
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus') THEN
+		RAISE EXCEPTION 'crm.distribute() needs Citus in this database'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'On every node: shared_preload_libraries = ''citus'' and CREATE EXTENSION citus; on the coordinator: SELECT citus_add_node(...) for each worker, then CREATE EXTENSION crm_ext and SELECT crm.distribute().';
+	END IF;
+	EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO done;
+	IF NOT done THEN
+		RAISE EXCEPTION 'crm.distribute() runs on the Citus coordinator'
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) ''crm.customer''::pg_catalog.regclass)'
+		INTO done;
+	IF NOT done THEN
+		EXECUTE 'SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 0 FROM pg_catalog.citus_get_active_worker_nodes()' INTO done;
+		IF done THEN
+			RAISE EXCEPTION 'crm.distribute() needs at least one active worker'
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+				HINT = 'SELECT citus_add_node(host, port) for each worker first.';
+		END IF;
+		PERFORM crm.distribute_tables(shard_count);
+	ELSE
+		RAISE NOTICE 'crm_ext is distributed already: only the workers'' id ranges are checked';
+	END IF;
+	PERFORM crm.distribute_id_ranges();
+	RETURN QUERY EXECUTE
+		'SELECT p.table_name, '
+		'CASE d.partmethod WHEN ''h'' THEN ''distributed by customer_id'' WHEN ''n'' THEN ''reference'' ELSE ''local'' END, '
+		'CASE WHEN d.partmethod OPERATOR(pg_catalog.=) ''h'' THEN pg_catalog.format(''%s shards, co-located with crm.customer'', '
+		'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid OPERATOR(pg_catalog.=) p.table_name)) END '
+		'FROM crm.distribution_plan() p '
+		'LEFT JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid OPERATOR(pg_catalog.=) p.table_name '
+		'ORDER BY 2, 1::pg_catalog.text';
+END $$;
+COMMENT ON FUNCTION crm.distribute(integer) IS
+	'On a Citus coordinator: distributes every crm table with a customer_id column by it (shard_count shards, co-located with crm.customer) and makes every other crm table a reference table; lists each table''s placement. Run again after adding a worker (it then only gives the new worker its id ranges). 55000 without Citus, off the coordinator or without workers; 22023 for a bad shard_count';
+
+-- The tables crm.distribute() distributes: those with a customer_id column.
+CREATE FUNCTION crm.distribution_plan()
+RETURNS TABLE (table_name regclass, per_customer boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT c.oid::regclass, EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+	                                WHERE a.attrelid = c.oid AND a.attname = 'customer_id' AND NOT a.attisdropped)
+	FROM pg_catalog.pg_class c
+	JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+	JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'crm_ext'
+	WHERE c.relkind = 'r'
+	ORDER BY 2 DESC, c.oid::regclass::text;
+END;
+COMMENT ON FUNCTION crm.distribution_plan() IS
+	'Every table of crm_ext and whether crm.distribute() distributes it by customer_id (true) or makes it a reference table (false)';
+
+-- The work of crm.distribute(): keys, foreign keys, tables.
+CREATE FUNCTION crm.distribute_tables(shard_count integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+	fk record;
+	keep boolean;
+BEGIN
+	-- Triggers on distributed tables run on the shards (src/common/shard.c
+	-- makes crm's triggers safe there); Citus asks for this to create them.
+	PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+	-- (not a notice per table that its rows were copied)
+	PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+	PERFORM pg_catalog.set_config('citus.shard_count', shard_count::text, true);
+	PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+	-- Lines of a single node's orders get their order's customer (it places them).
+	UPDATE crm.order_line l SET customer_id = o.customer_id
+	FROM crm.orders o WHERE o.order_id = l.order_id AND l.customer_id IS NULL;
+
+	-- Foreign keys go first, so that tables can change placement in any
+	-- order; the ones Citus can keep come back at the end.  Citus copies
+	-- an extension's tables to no worker (CREATE EXTENSION made them
+	-- there), so what changes in them before they are distributed changes
+	-- on every node.
+	CREATE TEMP TABLE crm_distribute_fk ON COMMIT DROP AS
+	SELECT c.conrelid::regclass AS child, c.confrelid::regclass AS parent, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def,
+	       c.conkey, c.confkey
+	FROM pg_catalog.pg_constraint c
+	WHERE c.contype = 'f' AND c.connamespace = 'crm'::regnamespace;
+	PERFORM crm.distribute_ddl(pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, f.conname))
+	FROM crm_distribute_fk f;
+	PERFORM crm.distribute_ddl('ALTER TABLE crm.order_line ALTER COLUMN customer_id SET NOT NULL');
+
+	-- Citus keeps a key or unique constraint only with the distribution
+	-- column in it: per-customer uniqueness.
+	PERFORM crm.distribute_ddl(k.ddl)
+	FROM crm.distribution_plan() p, crm.distribute_keys(p.table_name) k
+	WHERE p.per_customer;
+
+	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p WHERE NOT p.per_customer LOOP
+		PERFORM pg_catalog.create_reference_table(t.table_name);
+	END LOOP;
+	PERFORM pg_catalog.create_distributed_table('crm.customer', 'customer_id', colocate_with => 'none');
+	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p
+	         WHERE p.per_customer AND p.table_name <> 'crm.customer'::regclass LOOP
+		PERFORM pg_catalog.create_distributed_table(t.table_name, 'customer_id', colocate_with => 'crm.customer');
+	END LOOP;
+	-- The rows copied into the shards stay on disk in the coordinator's
+	-- tables unless removed; crm's TRUNCATE guards (the journal is
+	-- append-only, references) are about the data, which the shards hold.
+	PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p LOOP
+		PERFORM pg_catalog.truncate_local_data_after_distributing_table(t.table_name);
+	END LOOP;
+	PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
+
+	-- Foreign keys Citus keeps: to a reference table, or between
+	-- distributed tables on customer_id.  The others (a reference table's
+	-- to a customer, a merge chain's, a row's origin record) are checked
+	-- by crm.verify() instead.
+	FOR fk IN SELECT f.*, pc.per_customer AS child_pc, pp.per_customer AS parent_pc
+	          FROM crm_distribute_fk f
+	          JOIN crm.distribution_plan() pc ON pc.table_name = f.child
+	          JOIN crm.distribution_plan() pp ON pp.table_name = f.parent LOOP
+		keep := NOT fk.parent_pc
+		     OR (fk.child_pc AND fk.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = fk.child AND a.attname = 'customer_id')]
+		         AND fk.confkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = fk.parent AND a.attname = 'customer_id')]);
+		IF keep THEN
+			EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', fk.child, fk.conname, fk.def);
+		END IF;
+	END LOOP;
+END $$;
+COMMENT ON FUNCTION crm.distribute_tables(integer) IS
+	'The work of crm.distribute(): per-customer keys, reference and distributed tables, the foreign keys Citus keeps';
+
+-- The statements that give a per-customer table's primary key and unique
+-- constraints and indexes without customer_id that column as their last.
+CREATE FUNCTION crm.distribute_keys(tbl regclass)
+RETURNS TABLE (ddl text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT CASE con.contype
+	         WHEN 'p' THEN pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I PRIMARY KEY (%s, customer_id)',
+	                                         tbl, con.conname, con.conname, k.cols)
+	         WHEN 'u' THEN pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I UNIQUE (%s, customer_id)',
+	                                         tbl, con.conname, con.conname, k.cols)
+	         ELSE pg_catalog.format('DROP INDEX %s; CREATE UNIQUE INDEX %I ON %s (%s, customer_id)%s', x.indexrelid::regclass, c.relname, tbl, k.cols,
+	                                COALESCE(' WHERE ' || pg_catalog.pg_get_expr(x.indpred, x.indrelid), ''))
+	       END
+	FROM pg_catalog.pg_index x
+	JOIN pg_catalog.pg_class c ON c.oid = x.indexrelid
+	LEFT JOIN pg_catalog.pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = x.indrelid
+	CROSS JOIN LATERAL (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY u.n) AS cols
+	                    FROM pg_catalog.unnest(x.indkey::smallint[]) WITH ORDINALITY u(att, n)
+	                    JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.att) k
+	WHERE x.indrelid = tbl AND x.indisunique
+	  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+	                  WHERE a.attrelid = tbl AND a.attname = 'customer_id' AND a.attnum = ANY (x.indkey::smallint[]))
+	ORDER BY c.relname;
+END;
+COMMENT ON FUNCTION crm.distribute_keys(regclass) IS
+	'crm.distribute(): the statements that give the primary key and unique constraints and indexes of per-customer table tbl customer_id as their last column';
+
+-- A DDL statement on the coordinator and on every worker (crm.distribute()).
+CREATE FUNCTION crm.distribute_ddl(ddl text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	EXECUTE ddl;
+	FOR r IN SELECT * FROM pg_catalog.run_command_on_workers(ddl) w WHERE NOT w.success LOOP
+		RAISE EXCEPTION 'worker %:% could not run: %', r.nodename, r.nodeport, ddl
+			USING ERRCODE = 'connection_failure', DETAIL = r.result,
+			HINT = 'crm_ext''s tables must be as CREATE EXTENSION made them on every worker; fix the worker, then run SELECT crm.distribute() again.';
+	END LOOP;
+END $$;
+COMMENT ON FUNCTION crm.distribute_ddl(text) IS
+	'crm.distribute(): runs a DDL statement on the coordinator and then on every worker (extension tables are not propagated)';
+
+-- Rows crm's triggers write on a worker take their ids from that worker's
+-- copy of the sequence; each node gets its own range (node group g: from
+-- g * 2^48, as Citus does for its own sequences) so ids stay unique.
+CREATE FUNCTION crm.distribute_id_ranges()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM pg_catalog.run_command_on_workers(
+		'SELECT pg_catalog.count(pg_catalog.setval(pg_catalog.format(''%I.%I'', s.schemaname, s.sequencename)::pg_catalog.regclass, '
+		'GREATEST(COALESCE(s.last_value, 1), (SELECT l.groupid::pg_catalog.int8 FROM pg_catalog.pg_dist_local_group l) OPERATOR(pg_catalog.<<) 48))) '
+		'FROM pg_catalog.pg_sequences s WHERE s.schemaname OPERATOR(pg_catalog.=) ''crm'' '
+		'AND s.data_type OPERATOR(pg_catalog.=) ''bigint''::pg_catalog.regtype') r WHERE NOT r.success) THEN
+		RAISE EXCEPTION 'a worker''s id ranges could not be set'
+			USING ERRCODE = 'connection_failure',
+			HINT = 'Check that every worker is up, then run SELECT crm.distribute() again.';
+	END IF;
+END $$;
+COMMENT ON FUNCTION crm.distribute_id_ranges() IS
+	'crm.distribute(): each worker''s copies of crm''s bigint sequences start at its node group * 2^48, so ids its triggers give stay unique';
