@@ -102,6 +102,10 @@ config_changed(FunctionCallInfo fcinfo, const char *fn)
 	TriggerData *td = crm_check_trigger(fcinfo, fn, CRM_TG_AFTER, CRM_TG_STATEMENT, CRM_TG_ANY_EVENT, 0);
 
 	CacheInvalidateRelcache(td->tg_relation);
+	/* On Citus it fired on this node's copy of a reference table: the caches know the table. */
+	if (crm_is_reference_shard(td->tg_relation))
+		CacheInvalidateRelcacheByRelid(get_relname_relid(crm_table_name(td->tg_relation),
+														 RelationGetNamespace(td->tg_relation)));
 	config_generation++;
 	PG_RETURN_POINTER(NULL);
 }

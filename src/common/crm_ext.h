@@ -54,9 +54,12 @@ extern bool crm_shard_active(void);
 extern uint64 crm_shard_context_id(void);
 extern Oid	crm_shard_relid(Oid logical);
 extern char *crm_shard_sql(const char *sql);
+extern char *crm_config_sql(const char *sql);
 extern const char *crm_table_name(Relation rel);
 extern Oid	crm_table_index(Relation rel, const char *name);
 extern bool crm_is_reference_shard(Relation rel);
+extern bool crm_distributed_outside_shard(void);
+extern Oid	crm_shard_index(Oid logical_index);
 
 /* references.c: the foreign keys of the order path, checked without a query per row */
 typedef struct CrmReference CrmReference;

@@ -24,6 +24,8 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -213,6 +215,62 @@ lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
 }
 
 /*
+ * crm_resolve_customer on a Citus coordinator (README, "Scaling out with
+ * Citus"): the same walk up merged_into and the same lock, as statements
+ * Citus sends to the customer's shard.
+ */
+static bool
+resolve_through_citus(int64 id, bool lock, int64 *golden)
+{
+	Oid			types[1] = {INT8OID};
+	static SPIPlanPtr walk = NULL;
+	static SPIPlanPtr lock_plan = NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	crm_prepare_kept(&walk, "SELECT c.merged_into FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) $1",
+					 1, types, CURSOR_OPT_GENERIC_PLAN);
+	crm_prepare_kept(&lock_plan, "SELECT 1 FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) $1 "
+					 "AND c.merged_into IS NULL FOR SHARE OF c",
+					 1, types, CURSOR_OPT_GENERIC_PLAN);
+	for (int attempt = 0; attempt < RESOLVE_WALK_LIMIT; attempt++)
+	{
+		Datum		at = Int64GetDatum(id);
+		bool		isnull = true;
+
+		for (int depth = 0; depth <= CRM_MERGE_WALK_LIMIT; depth++)
+		{
+			if (SPI_execute_plan(walk, &at, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "reading crm.customer failed");
+			if (SPI_processed == 0)
+			{
+				SPI_finish();
+				return false;
+			}
+			{
+				Datum		next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+				if (isnull)
+					break;
+				at = next;
+			}
+		}
+		*golden = DatumGetInt64(at);
+		if (!lock)
+			break;
+		/* still golden once locked: else a merge moved it, walk again */
+		if (SPI_execute_plan(lock_plan, &at, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "locking a customer failed");
+		if (SPI_processed == 1)
+			break;
+		if (attempt == RESOLVE_WALK_LIMIT - 1)
+			elog(ERROR, "customer %lld moved between golden customers %d times", (long long) id, RESOLVE_WALK_LIMIT);
+	}
+	SPI_finish();
+	return true;
+}
+
+/*
  * The golden customer of record id, in *golden; false when id is no
  * customer.  With lock, the golden's row is locked FOR SHARE and stays the
  * golden until this transaction ends (merges and unmerges wait for it).
@@ -235,6 +293,8 @@ crm_resolve_customer_keyed(const CrmCustomerKeys *keys, int64 id, bool lock, int
 	TupleTableSlot *slot;
 	bool		found;
 
+	if (crm_distributed_outside_shard())
+		return resolve_through_citus(id, lock, golden);
 	customer_rel_open(&c, keys, lock ? RowShareLock : AccessShareLock);
 	if (lock)
 	{

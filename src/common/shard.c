@@ -29,6 +29,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_namespace.h"
@@ -79,10 +80,14 @@ typedef struct Mapped
 static HTAB *rel_shards = NULL;
 static HTAB *mapped = NULL;
 
+/* Whether crm.customer is distributed here: -1 not known yet. */
+static int	customers_distributed = -1;
+
 static void
 flush_shard_caches(Datum arg, Oid relid)
 {
 	/* A shard moved, a table was distributed: cheap to read again. */
+	customers_distributed = -1;
 	if (rel_shards != NULL)
 	{
 		hash_destroy(rel_shards);
@@ -251,9 +256,13 @@ crm_shard_context_id(void)
 	return ((uint64) (uint32) current.colocation << 32) | (uint64) (uint32) current.shard_min;
 }
 
-/* The shard of logical in the current group, by Citus's catalogs. */
+/*
+ * The shard of logical in the current group, by Citus's catalogs; outside a
+ * group (in_group false) only a reference table's copy on this node, when
+ * it has one.
+ */
 static Oid
-read_mapped(Oid logical)
+read_mapped(Oid logical, bool in_group)
 {
 	Oid			types[3] = {OIDOID, INT4OID, INT4OID};
 	Datum		args[3] = {ObjectIdGetDatum(logical), Int32GetDatum(current.colocation),
@@ -281,6 +290,11 @@ read_mapped(Oid logical)
 		Datum		shardid = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		char	   *name;
 
+		if (isnull && !in_group)
+		{
+			SPI_finish();
+			return logical;		/* a distributed table, outside a group: itself */
+		}
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -289,7 +303,9 @@ read_mapped(Oid logical)
 					 errhint("Distribute crm_ext's tables with crm.distribute(), which co-locates them.")));
 		name = psprintf("%s_" INT64_FORMAT, get_rel_name(logical), DatumGetInt64(shardid));
 		relid = get_relname_relid(name, get_rel_namespace(logical));
-		if (!OidIsValid(relid))
+		if (!OidIsValid(relid) && !in_group)
+			relid = logical;	/* no copy of the reference table here */
+		else if (!OidIsValid(relid))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("shard %s of table %s is not on this node", name, get_rel_name(logical)),
@@ -303,6 +319,8 @@ read_mapped(Oid logical)
  * The relation a crm C function reads or writes for logical: itself, or
  * within a trigger on a shard, the co-located shard of logical.
  */
+static bool references_only = false;	/* crm_config_sql at work */
+
 Oid
 crm_shard_relid(Oid logical)
 {
@@ -310,18 +328,18 @@ crm_shard_relid(Oid logical)
 	Mapped	   *m;
 	bool		found;
 
-	if (!current.active)
+	if (!current.active && !(references_only && citus_present()))
 		return logical;
 	if (mapped == NULL)
 		mapped = shard_hash("crm_ext shards by table", sizeof(MappedKey), sizeof(Mapped));
 	memset(&key, 0, sizeof(key));
 	key.logical = logical;
-	key.colocation = current.colocation;
-	key.shard_min = current.shard_min;
+	key.colocation = current.active ? current.colocation : -1;
+	key.shard_min = current.active ? current.shard_min : 0;
 	m = hash_search(mapped, &key, HASH_FIND, NULL);
 	if (m == NULL)
 	{
-		Oid			relid = read_mapped(logical);
+		Oid			relid = read_mapped(logical, current.active);
 
 		if (mapped == NULL)		/* flushed while reading */
 			mapped = shard_hash("crm_ext shards by table", sizeof(MappedKey), sizeof(Mapped));
@@ -343,17 +361,30 @@ crm_shard_sql(const char *sql)
 	const char *p = sql;
 	Oid			nsp;
 
-	if (!current.active)
+	if (!current.active && !references_only)
 		return pstrdup(sql);
 	nsp = get_namespace_oid("crm", false);
 	initStringInfo(&out);
 	while (*p)
 	{
 		const char *hit = strstr(p, "crm.");
+		const char *quote = strchr(p, '\'');
 		const char *end;
 		char	   *name;
 		Oid			relid;
 
+		/* text in a string literal ('crm.customer'::regclass) is left alone */
+		if (quote != NULL && (hit == NULL || quote < hit))
+		{
+			end = quote + 1;
+			while (*end && !(end[0] == '\'' && end[1] != '\''))
+				end += (end[0] == '\'' && end[1] == '\'') ? 2 : 1;
+			if (*end)
+				end++;
+			appendBinaryStringInfo(&out, p, end - p);
+			p = end;
+			continue;
+		}
 		if (hit == NULL)
 			break;
 		/* a whole word "crm": not "xcrm." */
@@ -421,4 +452,90 @@ crm_is_reference_shard(Relation rel)
 	RelShard	rs = rel_shard(rel);
 
 	return rs.shardid != 0 && !rs.hash_shard;
+}
+
+/*
+ * crm.customer is a distributed table here and no trigger runs on a shard:
+ * the coordinator, or a function Citus delegated to a worker.  There the
+ * tables' rows are in shards, reached through Citus with SQL, not by reading
+ * the tables directly.
+ */
+bool
+crm_distributed_outside_shard(void)
+{
+	if (current.active)
+		return false;
+	if (customers_distributed < 0)
+	{
+		bool		distributed = false;
+
+		if (citus_present())
+		{
+			Oid			nsp = get_namespace_oid("crm", true);
+			Oid			customer = OidIsValid(nsp) ? get_relname_relid("customer", nsp) : InvalidOid;
+			Oid			types[1] = {OIDOID};
+			Datum		args[1] = {ObjectIdGetDatum(customer)};
+
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_dist_partition p "
+									  "WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+									  1, types, args, NULL, true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "reading pg_dist_partition failed");
+			distributed = SPI_processed == 1;
+			SPI_finish();
+		}
+		customers_distributed = distributed ? 1 : 0;
+	}
+	return customers_distributed == 1;
+}
+
+/*
+ * The index a crm C function uses for logical_index (an index of a crm
+ * table): itself, or within a trigger on a shard, the same index of the
+ * co-located shard (Citus names it <index>_<shardid>).
+ */
+Oid
+crm_shard_index(Oid logical_index)
+{
+	Oid			table;
+	Oid			shard;
+	const char *tname;
+	const char *sname;
+
+	if (!current.active)
+		return logical_index;
+	table = IndexGetRelation(logical_index, false);
+	shard = crm_shard_relid(table);
+	if (shard == table)
+		return logical_index;
+	tname = get_rel_name(table);
+	sname = get_rel_name(shard);
+	return get_relname_relid(psprintf("%s%s", get_rel_name(logical_index), sname + strlen(tname)),
+							 get_rel_namespace(shard));
+}
+
+/*
+ * crm_shard_sql for the statements that read the configuration into the
+ * per-backend caches: on Citus the reference tables' copies on this node
+ * are read directly, also outside a trigger (a C function in a query that
+ * Citus runs on a shard may not start a distributed query).  Reads only:
+ * a write must reach every copy, through Citus.
+ */
+char *
+crm_config_sql(const char *sql)
+{
+	char	   *volatile out = NULL;
+
+	references_only = true;
+	PG_TRY();
+	{
+		out = crm_shard_sql(sql);
+	}
+	PG_FINALLY();
+	{
+		references_only = false;
+	}
+	PG_END_TRY();
+	return out;
 }

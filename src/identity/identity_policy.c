@@ -259,7 +259,7 @@ policy_load(MemoryContext cxt)
 	MemoryContext old;
 	bool		isnull;
 
-	if (SPI_execute(crm_shard_sql("SELECT k.kind, k.strength, k.max_customers, k.max_holders FROM crm.identity_kind k"), true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(crm_config_sql("SELECT k.kind, k.strength, k.max_customers, k.max_holders FROM crm.identity_kind k"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.identity_kind");
 	old = MemoryContextSwitchTo(cxt);
 	p->nkinds = SPI_processed;
@@ -277,7 +277,7 @@ policy_load(MemoryContext cxt)
 	}
 	MemoryContextSwitchTo(old);
 
-	if (SPI_execute(crm_shard_sql("SELECT b.value, b.kind FROM crm.identity_blocklist b"), true, 0) != SPI_OK_SELECT)
+	if (SPI_execute(crm_config_sql("SELECT b.value, b.kind FROM crm.identity_blocklist b"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.identity_blocklist");
 	old = MemoryContextSwitchTo(cxt);
 	p->nblocks = SPI_processed;

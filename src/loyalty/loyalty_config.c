@@ -130,7 +130,7 @@ load_programme(void)
 	int			ret,
 				i;
 
-	ret = SPI_execute(crm_shard_sql("SELECT 'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
+	ret = SPI_execute(crm_config_sql("SELECT 'crm.loyalty_ledger'::pg_catalog.regtype::pg_catalog.oid, "
 					  "'crm.customer'::pg_catalog.regclass::pg_catalog.oid, "
 					  "'crm.loyalty_account'::pg_catalog.regclass::pg_catalog.oid, "
 					  "p.time_zone, p.expiry_months, p.expiry_rounding, p.tier_hold_months "
@@ -189,7 +189,7 @@ load_tiers(void)
 	int			ret,
 				i;
 
-	ret = SPI_execute(crm_shard_sql("SELECT t.tier, t.rank, (t.threshold OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (t.multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 "
+	ret = SPI_execute(crm_config_sql("SELECT t.tier, t.rank, (t.threshold OPERATOR(pg_catalog.*) 100)::pg_catalog.int8, (t.multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 "
 					  "FROM crm.tier t ORDER BY t.rank"), true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.tier");
@@ -229,7 +229,7 @@ load_rules(void)
 	int			ret,
 				i;
 
-	ret = SPI_execute(crm_shard_sql("SELECT r.valid_from, r.valid_to, (r.points_per_unit OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8, "
+	ret = SPI_execute(crm_config_sql("SELECT r.valid_from, r.valid_to, (r.points_per_unit OPERATOR(pg_catalog.*) 10000)::pg_catalog.int8, "
 					  "(r.birthday_multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, coalesce(r.member_day, 0), "
 					  "(r.member_day_multiplier OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
 					  "ARRAY(SELECT b.key FROM pg_catalog.jsonb_each(r.category_bonus) b ORDER BY 1), "

@@ -525,8 +525,8 @@ birth_month(int64 cust)
 				m,
 				d;
 
-	if (!crm_first_row_by_index(loyalty_conf.customer_relid, loyalty_conf.customer_pkey, &key,
-								loyalty_conf.birthday_att, &birthday, &isnull) || isnull)
+	if (!crm_first_row_by_index(crm_shard_relid(loyalty_conf.customer_relid), crm_shard_index(loyalty_conf.customer_pkey),
+								&key, loyalty_conf.birthday_att, &birthday, &isnull) || isnull)
 		return 0;
 	if (DATE_NOT_FINITE(DatumGetDateADT(birthday)))
 		return 0;
@@ -690,8 +690,8 @@ static bool
 run_unlocked(LoyaltyBatch *ctx, HeapTuple *rows, uint64 nrows, TupleDesc desc, int64 cust, RowFn fn)
 {
 	Datum		key = Int64GetDatum(cust);
-	Relation	rel = table_open(loyalty_conf.account_relid, AccessShareLock);
-	HeapTuple	tup = crm_row_by_index(rel, loyalty_conf.account_pkey, &key);
+	Relation	rel = table_open(crm_shard_relid(loyalty_conf.account_relid), AccessShareLock);
+	HeapTuple	tup = crm_row_by_index(rel, crm_shard_index(loyalty_conf.account_pkey), &key);
 	uint64		i;
 	int			k;
 

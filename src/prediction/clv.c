@@ -555,7 +555,7 @@ lookup_model(FunctionCallInfo fcinfo, int argno, ModelCache *slot)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	args[0] = PointerGetDatum(t);
-	ret = SPI_execute_with_args(crm_shard_sql("SELECT m.model, m.params FROM crm.clv_model m WHERE m.name OPERATOR(pg_catalog.=) $1"),
+	ret = SPI_execute_with_args(crm_config_sql("SELECT m.model, m.params FROM crm.clv_model m WHERE m.name OPERATOR(pg_catalog.=) $1"),
 								1, argtypes, args, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %d", ret);

@@ -112,6 +112,9 @@ BEGIN
 	PERFORM crm.distribute_ddl(pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, f.conname))
 	FROM crm_distribute_fk f;
 	PERFORM crm.distribute_ddl('ALTER TABLE crm.order_line ALTER COLUMN customer_id SET NOT NULL');
+	-- An order never changes customer on Citus (its distribution column
+	-- cannot change), so its lines have nothing to follow.
+	PERFORM crm.distribute_ddl('DROP TRIGGER orders_lines_follow ON crm.orders');
 
 	-- Citus keeps a key or unique constraint only with the distribution
 	-- column in it: per-customer uniqueness.

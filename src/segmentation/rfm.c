@@ -98,7 +98,7 @@ load_segment_map(void)
 		MemoryContextReset(seg_rules_cxt);
 	seg_rules = NULL;
 	SPI_connect();
-	if (SPI_execute(crm_shard_sql("SELECT m.segment, m.r_min, m.r_max, m.f_min, m.f_max, m.m_min, m.m_max "
+	if (SPI_execute(crm_config_sql("SELECT m.segment, m.r_min, m.r_max, m.f_min, m.f_max, m.m_min, m.m_max "
 					"FROM crm.rfm_segment_map m ORDER BY m.priority"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.rfm_segment_map");
 	n_seg_rules = SPI_processed;
@@ -176,7 +176,7 @@ load_cuts(Cuts *cuts)
 
 	memset(cuts, 0, sizeof(Cuts) * 3);
 	SPI_connect();
-	if (SPI_execute(crm_shard_sql("SELECT t.dimension, t.score, t.bound::pg_catalog.float8 FROM crm.rfm_threshold t "
+	if (SPI_execute(crm_config_sql("SELECT t.dimension, t.score, t.bound::pg_catalog.float8 FROM crm.rfm_threshold t "
 					"ORDER BY t.dimension, t.score"), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.rfm_threshold");
 	for (i = 0; i < SPI_processed; i++)

@@ -71,7 +71,7 @@ seg_local_tz(void)
 
 		(void) crm_relid("segment_setting");
 		SPI_connect();
-		if (SPI_execute(crm_shard_sql("SELECT s.value FROM crm.segment_setting s WHERE s.key OPERATOR(pg_catalog.=) 'timezone'"),
+		if (SPI_execute(crm_config_sql("SELECT s.value FROM crm.segment_setting s WHERE s.key OPERATOR(pg_catalog.=) 'timezone'"),
 						true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 		{
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, SETTING_VALUE, &isnull);

@@ -41,7 +41,7 @@ lookup_tag_spi(const char *name, void *arg)
 	Datum		args[1] = {CStringGetTextDatum(name)};
 	bool		isnull;
 
-	if (SPI_execute_with_args(crm_shard_sql("SELECT t.tag_id FROM crm.tag t WHERE t.name OPERATOR(pg_catalog.=) $1"),
+	if (SPI_execute_with_args(crm_config_sql("SELECT t.tag_id FROM crm.tag t WHERE t.name OPERATOR(pg_catalog.=) $1"),
 							  1, types, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.tag");
 	if (SPI_processed == 0)
@@ -373,7 +373,7 @@ segment_expression(text *name)
 	Datum		args[1] = {PointerGetDatum(name)};
 	bool		isnull;
 
-	if (SPI_execute_with_args(crm_shard_sql("SELECT s.expression FROM crm.segment s WHERE s.name OPERATOR(pg_catalog.=) $1"),
+	if (SPI_execute_with_args(crm_config_sql("SELECT s.expression FROM crm.segment s WHERE s.name OPERATOR(pg_catalog.=) $1"),
 							  1, types, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.segment");
 	if (SPI_processed == 0)

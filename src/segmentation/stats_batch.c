@@ -68,7 +68,7 @@ setting_num(const char *key, double dflt)
 	Datum		args[1] = {CStringGetTextDatum(key)};
 	double		v = dflt;
 
-	if (SPI_execute_with_args(crm_shard_sql("SELECT s.value FROM crm.segment_setting s WHERE s.key OPERATOR(pg_catalog.=) $1"),
+	if (SPI_execute_with_args(crm_config_sql("SELECT s.value FROM crm.segment_setting s WHERE s.key OPERATOR(pg_catalog.=) $1"),
 							  1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		char	   *s = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, SETTING_COL_VALUE);
@@ -105,7 +105,7 @@ seg_config(void)
 	config.nrules = 0;
 	config.rules = NULL;
 	SPI_connect();
-	if (SPI_execute(crm_shard_sql("SELECT t.tag_id, t.compiled FROM crm.tag t "
+	if (SPI_execute(crm_config_sql("SELECT t.tag_id, t.compiled FROM crm.tag t "
 					"WHERE t.kind OPERATOR(pg_catalog.=) 'rule' AND t.enabled ORDER BY t.tag_id"),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read crm.tag");

@@ -1286,6 +1286,7 @@ AS $$
 DECLARE
 	old_ledger crm.loyalty_ledger;
 	new_ledger crm.loyalty_ledger;
+	moved crm.loyalty_ledger;
 	bal bigint;
 	golden bigint;
 BEGIN
@@ -1319,10 +1320,16 @@ BEGIN
 		new_ledger := crm.ledger_spend(old_ledger, - delta, GREATEST(at, crm.loyalty_now()));
 	END IF;
 	bal := crm.ledger_balance(new_ledger, GREATEST(at, crm.loyalty_now()));
+	-- (the lots that moved are computed here, not in the INSERT: Citus
+	-- evaluates both branches of a CASE there, and the other one fails)
+	IF delta OPERATOR(pg_catalog.>) 0 THEN
+		moved := new_ledger OPERATOR(crm.-) old_ledger;
+	ELSE
+		moved := old_ledger OPERATOR(crm.-) new_ledger;
+	END IF;
 	BEGIN
 		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, idempotency_key, balance_after, reason, at)
-		VALUES (golden, customer_id, kind, delta,
-		        CASE WHEN delta OPERATOR(pg_catalog.>) 0 THEN new_ledger OPERATOR(crm.-) old_ledger ELSE old_ledger OPERATOR(crm.-) new_ledger END,
+		VALUES (golden, customer_id, kind, delta, moved,
 		        idempotency_key, bal, reason, at);
 	EXCEPTION WHEN unique_violation THEN
 		RETURN crm.loyalty_replay(idempotency_key, customer_id, kind, delta);
@@ -1337,34 +1344,50 @@ COMMENT ON FUNCTION crm.loyalty_post(bigint, text, bigint, text, text, timestamp
 
 CREATE OR REPLACE FUNCTION crm.points_balance(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
-                 WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(points_balance.customer_id)),
-                crm.loyalty_no_account(customer_id));
+-- (PL/pgSQL: the account is read by its golden id, a single-shard query on Citus)
+AS $$
+DECLARE
+	golden bigint := crm.resolve_customer(points_balance.customer_id);
+BEGIN
+	RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
+	                 WHERE a.customer_id OPERATOR(pg_catalog.=) golden),
+	                crm.loyalty_no_account(customer_id));
+END $$;
 COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
 	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
 
 CREATE OR REPLACE FUNCTION crm.points_expiring(customer_id bigint, within interval DEFAULT '30 days',
 	at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
-                 WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(points_expiring.customer_id)),
-                crm.loyalty_no_account(customer_id));
+AS $$
+DECLARE
+	golden bigint := crm.resolve_customer(points_expiring.customer_id);
+BEGIN
+	RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
+	                 WHERE a.customer_id OPERATOR(pg_catalog.=) golden),
+	                crm.loyalty_no_account(customer_id));
+END $$;
 COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
 	'Points valid at "at" (default now) that expire within the interval (default 30 days); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
 
 CREATE OR REPLACE FUNCTION crm.qualifying_spend(customer_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN coalesce((
-	SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
-	FROM crm.loyalty_account a
-	WHERE a.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(qualifying_spend.customer_id)),
-	crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
+AS $$
+DECLARE
+	golden bigint := crm.resolve_customer(qualifying_spend.customer_id);
+BEGIN
+	RETURN coalesce((
+		SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
+		FROM crm.loyalty_account a
+		WHERE a.customer_id OPERATOR(pg_catalog.=) golden),
+		crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
+END $$;
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
 	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
 
@@ -2776,6 +2799,9 @@ BEGIN
 	PERFORM crm.distribute_ddl(pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, f.conname))
 	FROM crm_distribute_fk f;
 	PERFORM crm.distribute_ddl('ALTER TABLE crm.order_line ALTER COLUMN customer_id SET NOT NULL');
+	-- An order never changes customer on Citus (its distribution column
+	-- cannot change), so its lines have nothing to follow.
+	PERFORM crm.distribute_ddl('DROP TRIGGER orders_lines_follow ON crm.orders');
 
 	-- Citus keeps a key or unique constraint only with the distribution
 	-- column in it: per-customer uniqueness.
