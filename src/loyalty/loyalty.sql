@@ -473,14 +473,16 @@ CREATE FUNCTION crm.points_balance(customer_id bigint, at timestamptz DEFAULT pg
 RETURNS bigint
 LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
--- (PL/pgSQL: the account is read by its golden id, a single-shard query on Citus)
+-- (PL/pgSQL: the account is read by its golden id, a single-shard query on
+-- Citus, and the customer without one checked in a statement of its own)
 AS $$
 DECLARE
 	golden bigint := crm.resolve_customer(points_balance.customer_id);
+	points bigint;
 BEGIN
-	RETURN coalesce((SELECT crm.ledger_balance(a.ledger, at) FROM crm.loyalty_account a
-	                 WHERE a.customer_id OPERATOR(pg_catalog.=) golden),
-	                crm.loyalty_no_account(customer_id));
+	SELECT crm.ledger_balance(a.ledger, at) INTO points FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden;
+	RETURN coalesce(points, crm.loyalty_no_account(customer_id));
 END $$;
 COMMENT ON FUNCTION crm.points_balance(bigint, timestamptz) IS
 	'Points a customer can spend at "at" (default now): lots not yet expired; 0 without an account; a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
@@ -493,10 +495,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	golden bigint := crm.resolve_customer(points_expiring.customer_id);
+	points bigint;
 BEGIN
-	RETURN coalesce((SELECT crm.ledger_expiring(a.ledger, at, within) FROM crm.loyalty_account a
-	                 WHERE a.customer_id OPERATOR(pg_catalog.=) golden),
-	                crm.loyalty_no_account(customer_id));
+	SELECT crm.ledger_expiring(a.ledger, at, within) INTO points FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden;
+	RETURN coalesce(points, crm.loyalty_no_account(customer_id));
 END $$;
 COMMENT ON FUNCTION crm.points_expiring(bigint, interval, timestamptz) IS
 	'Points valid at "at" (default now) that expire within the interval (default 30 days); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';
@@ -508,12 +511,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	golden bigint := crm.resolve_customer(qualifying_spend.customer_id);
+	spend numeric(20,2);
 BEGIN
-	RETURN coalesce((
-		SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2)
-		FROM crm.loyalty_account a
-		WHERE a.customer_id OPERATOR(pg_catalog.=) golden),
-		crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
+	SELECT crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2) INTO spend
+	FROM crm.loyalty_account a
+	WHERE a.customer_id OPERATOR(pg_catalog.=) golden;
+	RETURN coalesce(spend, crm.loyalty_no_account(customer_id)::pg_catalog.numeric(20,2));
 END $$;
 COMMENT ON FUNCTION crm.qualifying_spend(bigint, timestamptz) IS
 	'Rolling qualifying spend: net paid amount of the month of "at" and the 11 before it (programme time zone); a merged record''s id means its golden customer; SQLSTATE 23503 for an unknown customer';

@@ -49,7 +49,7 @@ BEGIN
 	PERFORM crm.distribute_id_ranges();
 	RETURN QUERY EXECUTE
 		'SELECT p.table_name, '
-		'CASE d.partmethod WHEN ''h'' THEN ''distributed by customer_id'' WHEN ''n'' THEN ''reference'' ELSE ''local'' END, '
+		'CASE d.partmethod WHEN ''h'' THEN ''distributed by customer_id'' WHEN ''n'' THEN ''reference'' ELSE ''coordinator'' END, '
 		'CASE WHEN d.partmethod OPERATOR(pg_catalog.=) ''h'' THEN pg_catalog.format(''%s shards, co-located with crm.customer'', '
 		'(SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid OPERATOR(pg_catalog.=) p.table_name)) END '
 		'FROM crm.distribution_plan() p '
@@ -57,16 +57,30 @@ BEGIN
 		'ORDER BY 2, 1::pg_catalog.text';
 END $$;
 COMMENT ON FUNCTION crm.distribute(integer) IS
-	'On a Citus coordinator: distributes every crm table with a customer_id column by it (shard_count shards, co-located with crm.customer) and makes every other crm table a reference table; lists each table''s placement. Run again after adding a worker (it then only gives the new worker its id ranges). 55000 without Citus, off the coordinator or without workers; 22023 for a bad shard_count';
+	'On a Citus coordinator: distributes every crm table with a customer_id column by it (shard_count shards, co-located with crm.customer), keeps the tables that name functions on the coordinator and makes every other crm table a reference table (crm.distribution_plan()); lists each table''s placement. Run again after adding a worker (it then only gives the new worker its id ranges). 55000 without Citus, off the coordinator or without workers; 22023 for a bad shard_count';
 
--- The tables crm.distribute() distributes: those with a customer_id column.
+-- Where crm.distribute() puts each table of crm_ext: a table with a
+-- customer_id column is distributed by it; one that names functions
+-- (regprocedure columns: tick tasks, customer hooks) stays on the
+-- coordinator, where crm.tick and merges run, since such a value is an
+-- object id that means another function, or none, on another node; every
+-- other table is a reference table.
 CREATE FUNCTION crm.distribution_plan()
-RETURNS TABLE (table_name regclass, per_customer boolean)
+RETURNS TABLE (table_name regclass, placement text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-	SELECT c.oid::regclass, EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-	                                WHERE a.attrelid = c.oid AND a.attname = 'customer_id' AND NOT a.attisdropped)
+	SELECT c.oid::regclass,
+	       CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+	                         WHERE a.attrelid = c.oid AND a.attname = 'customer_id' AND NOT a.attisdropped)
+	            THEN 'distributed'
+	            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+	                         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+	                           AND a.atttypid IN ('pg_catalog.regprocedure'::regtype, 'pg_catalog.regproc'::regtype,
+	                                              'pg_catalog.regclass'::regtype, 'pg_catalog.regtype'::regtype,
+	                                              'pg_catalog.oid'::regtype))
+	            THEN 'coordinator'
+	            ELSE 'reference' END
 	FROM pg_catalog.pg_class c
 	JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
 	JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'crm_ext'
@@ -74,7 +88,7 @@ BEGIN ATOMIC
 	ORDER BY 2 DESC, c.oid::regclass::text;
 END;
 COMMENT ON FUNCTION crm.distribution_plan() IS
-	'Every table of crm_ext and whether crm.distribute() distributes it by customer_id (true) or makes it a reference table (false)';
+	'Where crm.distribute() puts each table of crm_ext: distributed (it has customer_id), coordinator (it names functions by object id) or reference';
 
 -- The work of crm.distribute(): keys, foreign keys, tables.
 CREATE FUNCTION crm.distribute_tables(shard_count integer)
@@ -120,21 +134,21 @@ BEGIN
 	-- column in it: per-customer uniqueness.
 	PERFORM crm.distribute_ddl(k.ddl)
 	FROM crm.distribution_plan() p, crm.distribute_keys(p.table_name) k
-	WHERE p.per_customer;
+	WHERE p.placement = 'distributed';
 
-	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p WHERE NOT p.per_customer LOOP
+	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p WHERE p.placement = 'reference' LOOP
 		PERFORM pg_catalog.create_reference_table(t.table_name);
 	END LOOP;
 	PERFORM pg_catalog.create_distributed_table('crm.customer', 'customer_id', colocate_with => 'none');
 	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p
-	         WHERE p.per_customer AND p.table_name <> 'crm.customer'::regclass LOOP
+	         WHERE p.placement = 'distributed' AND p.table_name <> 'crm.customer'::regclass LOOP
 		PERFORM pg_catalog.create_distributed_table(t.table_name, 'customer_id', colocate_with => 'crm.customer');
 	END LOOP;
 	-- The rows copied into the shards stay on disk in the coordinator's
 	-- tables unless removed; crm's TRUNCATE guards (the journal is
 	-- append-only, references) are about the data, which the shards hold.
 	PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p LOOP
+	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p WHERE p.placement <> 'coordinator' LOOP
 		PERFORM pg_catalog.truncate_local_data_after_distributing_table(t.table_name);
 	END LOOP;
 	PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
@@ -143,12 +157,13 @@ BEGIN
 	-- distributed tables on customer_id.  The others (a reference table's
 	-- to a customer, a merge chain's, a row's origin record) are checked
 	-- by crm.verify() instead.
-	FOR fk IN SELECT f.*, pc.per_customer AS child_pc, pp.per_customer AS parent_pc
+	FOR fk IN SELECT f.*, pc.placement AS child_at, pp.placement AS parent_at
 	          FROM crm_distribute_fk f
 	          JOIN crm.distribution_plan() pc ON pc.table_name = f.child
 	          JOIN crm.distribution_plan() pp ON pp.table_name = f.parent LOOP
-		keep := NOT fk.parent_pc
-		     OR (fk.child_pc AND fk.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = fk.child AND a.attname = 'customer_id')]
+		keep := (fk.parent_at = 'reference' AND fk.child_at <> 'coordinator')
+		     OR (fk.parent_at = 'coordinator' AND fk.child_at = 'coordinator')
+		     OR (fk.child_at = 'distributed' AND fk.parent_at = 'distributed' AND fk.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = fk.child AND a.attname = 'customer_id')]
 		         AND fk.confkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a WHERE a.attrelid = fk.parent AND a.attname = 'customer_id')]);
 		IF keep THEN
 			EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', fk.child, fk.conname, fk.def);

@@ -1,0 +1,144 @@
+-- Issue 15: crm.distribute() on a coordinator with two workers, and the same
+-- answers as one node.  A database of the same coordinator without Citus
+-- ("single", reached with dblink) is the one node: both get the same
+-- generate_sample data and then the same orders, lines, refunds, deletions,
+-- point adjustments and redemptions and configuration change; the derived
+-- tables (ledgers, journal, stats, tags, stages, tiers) are compared by
+-- digest after each step.  A journal row dated by its own transaction (a
+-- refund's clawback: at = created_at) is compared as such: on Citus that is
+-- the worker's transaction, a few milliseconds after the coordinator's.
+-- This database is dropped with the cluster.
+\set ON_ERROR_STOP 1
+SET client_min_messages = error;
+CREATE EXTENSION dblink;
+SELECT plan(27);
+
+-- The one node, and what both compare: every row of each table, ids of
+-- generated history rows and wall-clock columns left out.
+CREATE FUNCTION pg_temp.on_node(db text) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_catalog.format('host=%s port=%s dbname=%s user=%s',
+		pg_catalog.current_setting('unix_socket_directories'), pg_catalog.current_setting('port'), db, current_user)
+$$;
+CREATE FUNCTION pg_temp.single() RETURNS text LANGUAGE sql AS $$ SELECT pg_temp.on_node('crm_citus_single') $$;
+SELECT dblink_exec(pg_temp.on_node('postgres'), 'CREATE DATABASE crm_citus_single');
+SELECT dblink_exec(pg_temp.single(), 'CREATE EXTENSION crm_ext');
+\set digest_fn 'CREATE FUNCTION public.crm_digest() RETURNS TABLE (t text, digest text) LANGUAGE sql AS $f$ SELECT ''customer'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, name, phone, email, birthday, gender, home_store_id, channel, merged_into FROM crm.customer) x UNION ALL SELECT ''orders'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status, refunded_amount, external_ref FROM crm.orders) x UNION ALL SELECT ''order_line'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, line_no, sku, category, qty, amount, customer_id FROM crm.order_line) x UNION ALL SELECT ''identity'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT identity_id, kind, value, customer_id, origin_customer_id FROM crm.identity) x UNION ALL SELECT ''event'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props FROM crm.event) x UNION ALL SELECT ''loyalty_account'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, ledger, debt, tier, tier_since, qualifying_spend, spend_month, spend_cents FROM crm.loyalty_account) x UNION ALL SELECT ''points_journal'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, origin_customer_id, kind, points, lots, debt, order_id, nullif(at, created_at) AS at, reason, idempotency_key, balance_after FROM crm.points_journal) x UNION ALL SELECT ''customer_stats'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, orders, refunded_orders, spend, first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, days, categories, line_spend, stage, stage_since FROM crm.customer_stats) x UNION ALL SELECT ''customer_tag'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT tag_id, customer_id, since FROM crm.customer_tag) x UNION ALL SELECT ''customer_tag_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, tag_id, change, at FROM crm.customer_tag_history) x UNION ALL SELECT ''lifecycle_transition'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_stage, to_stage, at FROM crm.lifecycle_transition) x UNION ALL SELECT ''tier_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend FROM crm.tier_history) x $f$'
+:digest_fn;
+SELECT dblink_exec(pg_temp.single(), :'digest_fn');
+-- (a view of the differences: no rows when both hold the same)
+CREATE FUNCTION pg_temp.differences() RETURNS SETOF text LANGUAGE sql AS $$
+	SELECT coalesce(c.t, s.t) FROM public.crm_digest() c
+	FULL JOIN dblink(pg_temp.single(), 'SELECT * FROM public.crm_digest()') AS s(t text, digest text) ON s.t = c.t
+	WHERE c.digest IS DISTINCT FROM s.digest ORDER BY 1
+$$;
+-- One clock for both sides: "now" of loyalty and segmentation is the
+-- sample's as-of time, in this session, in every new session of this
+-- database on every node (the triggers run in the workers' sessions), and
+-- on the one node; worker connections are not kept across transactions, so
+-- every statement starts sessions that have it.
+SET citus.max_cached_conns_per_worker = 0;
+SELECT crm.sample_as_of() AS as_of \gset
+SET crm.as_of = :'as_of';
+SET crm.loyalty_now = :'as_of';
+CREATE FUNCTION pg_temp.clock_sql(db text, as_of text) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_catalog.format('ALTER DATABASE %I SET crm.as_of = %L', db, as_of) || '; '
+	    || pg_catalog.format('ALTER DATABASE %I SET crm.loyalty_now = %L', db, as_of)
+$$;
+-- (Citus passes ALTER DATABASE ... SET on to the workers)
+SELECT pg_temp.clock_sql(pg_catalog.current_database(), :'as_of') AS clock \gset
+:clock;
+SELECT dblink_exec(pg_temp.on_node('postgres'), pg_temp.clock_sql('crm_citus_single', :'as_of'));
+
+-- Both sides run the same statements: here and on the one node.
+CREATE FUNCTION pg_temp.both(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE sql;
+	RETURN dblink_exec(pg_temp.single(), sql);
+END $$;
+
+-- 1. Distributing: every table with customer_id by it, the rest reference tables.
+SELECT results_eq($$SELECT placement, pg_catalog.count(*)::int FROM crm.distribution_plan() GROUP BY 1 ORDER BY 1$$,
+	$$VALUES ('coordinator', 2), ('distributed', 14), ('reference', 18)$$,
+	'the plan: 14 tables of rows per customer, 2 that name functions, 18 others');
+SELECT throws_ok($$SELECT crm.distribute(0)$$, '22023', NULL, 'shard_count 0 is refused');
+SELECT results_eq($$SELECT placement, pg_catalog.count(*)::int FROM crm.distribute(4) GROUP BY 1 ORDER BY 1$$,
+	$$VALUES ('coordinator', 2), ('distributed by customer_id', 14), ('reference', 18)$$,
+	'crm.distribute(4): 14 distributed tables, 18 reference tables, 2 on the coordinator');
+SELECT is((SELECT pg_catalog.count(DISTINCT p.colocationid)::int FROM pg_catalog.pg_dist_partition p
+	WHERE p.partmethod = 'h' AND p.logicalrelid::text LIKE 'crm.%'), 1, 'the distributed tables are co-located');
+SELECT is((SELECT pg_catalog.count(*)::int FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid = 'crm.customer'::regclass), 4,
+	'crm.customer has 4 shards');
+SELECT is((SELECT pg_catalog.count(DISTINCT n.nodename)::int FROM pg_catalog.pg_dist_shard s
+	JOIN pg_catalog.pg_dist_placement pl USING (shardid) JOIN pg_catalog.pg_dist_node n USING (groupid)
+	WHERE s.logicalrelid = 'crm.customer'::regclass), 2, 'the shards are on both workers');
+SELECT col_is_pk('crm', 'orders', ARRAY['order_id', 'customer_id'], 'an order''s key holds its customer');
+SELECT col_not_null('crm', 'order_line', 'customer_id', 'lines carry their customer');
+SELECT results_eq($$SELECT placement, pg_catalog.count(*)::int FROM crm.distribute(4) GROUP BY 1 ORDER BY 1$$,
+	$$VALUES ('coordinator', 2), ('distributed by customer_id', 14), ('reference', 18)$$,
+	'a second call changes nothing');
+SELECT is((SELECT pg_catalog.array_agg(r.result::bigint OPERATOR(pg_catalog.>=) (1::bigint OPERATOR(pg_catalog.<<) 48))
+	FROM pg_catalog.run_command_on_workers($$SELECT last_value FROM crm.points_journal_id_seq$$) r),
+	ARRAY[true, true], 'each worker gives journal ids from its own range');
+
+-- 2. The same sample data, and what the triggers derived from it on the shards.
+SELECT results_eq($$SELECT * FROM crm.generate_sample(200, 1)$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT * FROM crm.generate_sample(200, 1)') AS s(relation text, rows bigint)$$,
+	'generate_sample gives the same rows on the cluster');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'ledgers, journal, stats, tags, stages and tiers are the same');
+SELECT ok((SELECT pg_catalog.min(j.journal_id) FROM crm.points_journal j) OPERATOR(pg_catalog.>=) (1::bigint OPERATOR(pg_catalog.<<) 48),
+	'the points were written on the workers (their id ranges)');
+
+-- 3. The order path: orders with lines, a refund, a full refund, a deletion.
+SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref)
+	VALUES (900001, 7, 1, 'pos', '2026-06-20 10:00+00', 123.45, 'r-1'), (900002, 8, NULL, 'web', '2026-06-21 10:00+00', 80.00, 'r-2'),
+	       (900003, 190, 2, 'pos', '2026-06-21 11:00+00', 60.00, 'r-3')$$);
+SELECT pg_temp.both($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id)
+	VALUES (900001, 1, 'FRE-0001', 'fresh', 1, 100.00, 7), (900001, 2, 'BAK-0001', 'bakery', 1, 23.45, 7),
+	       (900002, 1, 'DAI-0001', 'dairy', 2, 80.00, 8)$$);
+SELECT pg_temp.both($$INSERT INTO crm.order_line (order_id, sku, category, qty, amount, customer_id)
+	VALUES (900003, 'SNK-0001', 'snacks', 1, 60.00, 190)$$);
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'new orders and lines: the same points, stats and tags');
+SELECT pg_temp.both($$UPDATE crm.orders SET refunded_amount = 20.00 WHERE order_id = 900001$$);
+SELECT pg_temp.both($$UPDATE crm.orders SET status = 'refunded' WHERE order_id = 900002$$);
+SELECT pg_temp.both($$DELETE FROM crm.orders WHERE order_id = 900003$$);
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'a partial refund, a full refund and a deletion: the same');
+SELECT is((SELECT pg_catalog.count(*)::int FROM crm.order_line WHERE order_id = 900003), 0, 'the deleted order''s lines went with it');
+SELECT pg_temp.both($$INSERT INTO crm.event (customer_id, kind, at, props) VALUES (7, 'browse', '2026-06-22 12:00+00', '{"sku": "FRE-0001"}')$$);
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'an event: the same');
+
+-- 4. Entry points that take a customer id, run from the coordinator.
+SELECT is(crm.adjust_points(7, 500, 'goodwill', 'c-adj-1', '2026-06-22'),
+	(SELECT b FROM dblink(pg_temp.single(), $$SELECT crm.adjust_points(7, 500, 'goodwill', 'c-adj-1', '2026-06-22')$$) AS s(b bigint)),
+	'adjust_points: the same balance');
+SELECT is(crm.redeem_points(7, 120, 'c-red-1', '2026-06-23'),
+	(SELECT b FROM dblink(pg_temp.single(), $$SELECT crm.redeem_points(7, 120, 'c-red-1', '2026-06-23')$$) AS s(b bigint)),
+	'redeem_points: the same balance');
+SELECT is(crm.redeem_points(7, 120, 'c-red-1', '2026-06-23'),
+	(SELECT b FROM dblink(pg_temp.single(), $$SELECT crm.redeem_points(7, 120, 'c-red-1', '2026-06-23')$$) AS s(b bigint)),
+	'a retried redemption returns the first result');
+SELECT throws_ok($$SELECT crm.redeem_points(7, 10000000, 'c-red-2', '2026-06-23')$$, 'CR001', NULL,
+	'more points than the customer has: CR001');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after adjusting and redeeming: the same journal and ledgers');
+SELECT results_eq($$SELECT c, crm.points_balance(c, '2026-06-24'), crm.points_expiring(c, '365 days', '2026-06-24'), crm.qualifying_spend(c, '2026-06-24')
+	FROM pg_catalog.generate_series(1, 200, 7) c ORDER BY 1$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT c, crm.points_balance(c, ''2026-06-24''), crm.points_expiring(c, ''365 days'', ''2026-06-24''), crm.qualifying_spend(c, ''2026-06-24'') FROM pg_catalog.generate_series(1, 200, 7) c ORDER BY 1')
+	  AS s(c int, b bigint, e bigint, q numeric)$$,
+	'balances, expiring points and qualifying spend: the same');
+
+-- 5. A configuration change reaches the triggers on every worker.
+SELECT pg_temp.both($$UPDATE crm.tier SET multiplier = multiplier * 2$$);
+SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount)
+	SELECT 900100 + c, c, 'web', '2026-06-25 10:00+00', 50.00 FROM pg_catalog.generate_series(1, 200, 11) c$$);
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'orders after a tier change earn the same (new) points');
+
+-- 6. What a distributed crm_ext refuses.
+SELECT throws_ok($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id) VALUES (900001, 9, 'X', 'fresh', 1, 1.00, 8)$$,
+	'23503', NULL, 'a line with another customer than its order''s: 23503');
+INSERT INTO crm.store (store_id, name) VALUES (51, 'new');
+SELECT throws_ok($$DELETE FROM crm.store WHERE store_id = 51$$, '0A000', NULL,
+	'deleting a store (orders on every worker may refer to it): 0A000');
+SELECT is((SELECT pg_catalog.count(*)::int FROM crm.store), 51, 'the stores are all there');
+
+SELECT * FROM finish();
+SELECT dblink_disconnect(c) FROM pg_catalog.unnest(dblink_get_connections()) c;
+SELECT dblink_exec(pg_temp.on_node('postgres'), 'DROP DATABASE crm_citus_single WITH (FORCE)');
