@@ -25,3 +25,10 @@ CREATE FUNCTION crm.lock_customer(customer_id bigint) RETURNS bigint
 	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_lock_customer_sql';
 COMMENT ON FUNCTION crm.lock_customer(bigint) IS
 	'crm.resolve_customer for writers: the golden customer, locked FOR SHARE until the transaction ends, so no merge or unmerge moves it meanwhile (a merge that committed while waiting is followed); SQLSTATE 23503 for an unknown id';
+
+-- Work that spans customers refuses to run on a distributed crm_ext until it
+-- has been made to (src/common/shard.c; README, "Scaling out with Citus").
+CREATE FUNCTION crm.refuse_on_citus(what text) RETURNS void
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'crm_refuse_on_citus_sql';
+COMMENT ON FUNCTION crm.refuse_on_citus(text) IS
+	'Internal: SQLSTATE 0A000 naming "what" when crm_ext is distributed with Citus (crm.distribute()) and this is not a trigger on a shard; nothing otherwise';

@@ -60,6 +60,7 @@ extern Oid	crm_table_index(Relation rel, const char *name);
 extern bool crm_is_reference_shard(Relation rel);
 extern bool crm_distributed_outside_shard(void);
 extern Oid	crm_shard_index(Oid logical_index);
+extern void crm_refuse_on_citus(const char *what);
 
 /* references.c: the foreign keys of the order path, checked without a query per row */
 typedef struct CrmReference CrmReference;

@@ -539,3 +539,31 @@ crm_config_sql(const char *sql)
 	PG_END_TRY();
 	return out;
 }
+
+/*
+ * Refuses work that spans customers on a distributed crm_ext (0A000): merges,
+ * stitching, re-assigning an order, the refreshes and checks over all
+ * customers have not been made to run on Citus yet (README, "Scaling out
+ * with Citus"), and would otherwise fail inside Citus or, worse, see only
+ * the coordinator's empty tables.  what names the function.
+ */
+void
+crm_refuse_on_citus(const char *what)
+{
+	if (crm_distributed_outside_shard())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s does not run on a distributed crm_ext yet", what),
+				 errdetail("crm_ext is distributed with Citus (crm.distribute()), and %s works across customers.", what),
+				 errhint("See README, \"Scaling out with Citus\", for what runs on a cluster.")));
+}
+
+PG_FUNCTION_INFO_V1(crm_refuse_on_citus_sql);
+
+/* crm.refuse_on_citus(what text): crm_refuse_on_citus for PL/pgSQL. */
+Datum
+crm_refuse_on_citus_sql(PG_FUNCTION_ARGS)
+{
+	crm_refuse_on_citus(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
+}

@@ -867,6 +867,7 @@ crm_reassign_order(PG_FUNCTION_ARGS)
 	bool		isnull = true;
 	Datum		result = (Datum) 0;
 
+	crm_refuse_on_citus("crm.reassign_order()");
 	for (int i = 0; i < 3; i++)
 	{
 		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';

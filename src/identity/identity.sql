@@ -351,6 +351,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: reason may be NULL; NULL ids raise an error.
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.merge_customers()');
 	IF a IS NULL OR b IS NULL THEN
 		RAISE EXCEPTION 'crm.merge_customers needs two customer ids'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -388,6 +389,7 @@ DECLARE
 	g bigint;
 	sub bigint[];
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.unmerge()');
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -540,6 +542,7 @@ DECLARE
 	h bigint;
 	n integer := 0;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.stitch_identity()');
 	SELECT * INTO r FROM crm.identity i WHERE i.identity_id = stitch_identity.identity_id;
 	IF NOT FOUND THEN
 		RETURN 0;
@@ -700,6 +703,7 @@ DECLARE
 	chained bigint[];
 	strays bigint[];
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.stitch_identities()');
 	merges := 0;
 	rows_redirected := 0;
 	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;

@@ -295,6 +295,7 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 	Oid			ins_types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID};
 	MemoryContext fn_cxt = CurrentMemoryContext;
 
+	crm_refuse_on_citus("crm.refresh_associations()");
 	if (!(min_support > 0.0 && min_support <= 1.0))
 		ereport(ERROR,
 				errcode(ERRCODE_INVALID_PARAMETER_VALUE),

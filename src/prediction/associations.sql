@@ -47,9 +47,13 @@ COMMENT ON FUNCTION crm.frequently_bought_together(text, integer) IS
 CREATE FUNCTION crm.recommend(customer_id bigint, n integer DEFAULT 5, as_of timestamptz DEFAULT pg_catalog.now(),
 	recent interval DEFAULT '30 days', history interval DEFAULT '180 days')
 RETURNS TABLE (sku text, confidence double precision, lift double precision, because_of text)
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_column
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.recommend()');
+	RETURN QUERY
 	WITH bought AS (
 		SELECT l.sku, pg_catalog.max(o.ordered_at) AS last_at
 		FROM crm.orders o
@@ -75,6 +79,6 @@ BEGIN ATOMIC
 	WHERE crm.resolve_customer(recommend.customer_id) IS NOT NULL
 	ORDER BY c.confidence DESC, c.lift DESC, c.consequent
 	LIMIT GREATEST(recommend.n, 0);
-END;
+END $$;
 COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
 	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';

@@ -47,6 +47,7 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.replenishment()');
 	IF NOT pg_catalog.isfinite(as_of) THEN
 		RAISE EXCEPTION 'as_of must be a finite time' USING ERRCODE = 'invalid_parameter_value';
 	END IF;

@@ -721,6 +721,7 @@ crm_refresh_rfm(PG_FUNCTION_ARGS)
 	Datum		state[6];
 	Oid			state_types[6] = {TIMESTAMPTZOID, INT4OID, TEXTOID, INT8OID, INT8OID, INT8OID};
 
+	crm_refuse_on_citus("crm.refresh_rfm()");
 	SPI_connect();
 	/* One refresh at a time; readers see the old scores until commit. */
 	if (SPI_execute(crm_shard_sql("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.refresh_rfm'))"),

@@ -502,6 +502,7 @@ crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
 	bool		isnull = false;
 	Datum		ids;
 
+	crm_refuse_on_citus("crm.rebuild_customer_stats()");
 	SPI_connect();
 	crm_kept_plans_check();
 	ids = PG_ARGISNULL(0) ? all_customer_ids(&isnull) : PG_GETARG_DATUM(0);

@@ -689,6 +689,7 @@ DECLARE
 	h bigint;
 	n integer := 0;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.stitch_identity()');
 	SELECT * INTO r FROM crm.identity i WHERE i.identity_id = stitch_identity.identity_id;
 	IF NOT FOUND THEN
 		RETURN 0;
@@ -1563,9 +1564,13 @@ COMMENT ON FUNCTION crm.untag_customer(bigint, text, timestamptz) IS 'Takes a ma
 CREATE OR REPLACE FUNCTION crm.recommend(customer_id bigint, n integer DEFAULT 5, as_of timestamptz DEFAULT pg_catalog.now(),
 	recent interval DEFAULT '30 days', history interval DEFAULT '180 days')
 RETURNS TABLE (sku text, confidence double precision, lift double precision, because_of text)
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
+AS $$
+#variable_conflict use_column
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.recommend()');
+	RETURN QUERY
 	WITH bought AS (
 		SELECT l.sku, pg_catalog.max(o.ordered_at) AS last_at
 		FROM crm.orders o
@@ -1591,7 +1596,7 @@ BEGIN ATOMIC
 	WHERE crm.resolve_customer(recommend.customer_id) IS NOT NULL
 	ORDER BY c.confidence DESC, c.lift DESC, c.consequent
 	LIMIT GREATEST(recommend.n, 0);
-END;
+END $$;
 COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
 	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';
 
@@ -1757,6 +1762,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: reason may be NULL; NULL ids raise an error.
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.merge_customers()');
 	IF a IS NULL OR b IS NULL THEN
 		RAISE EXCEPTION 'crm.merge_customers needs two customer ids'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -1789,6 +1795,7 @@ DECLARE
 	chained bigint[];
 	strays bigint[];
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.stitch_identities()');
 	merges := 0;
 	rows_redirected := 0;
 	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
@@ -2025,6 +2032,7 @@ DECLARE
 	g bigint;
 	sub bigint[];
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.unmerge()');
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -2294,7 +2302,7 @@ COMMENT ON FUNCTION crm.customer_stats_expected(bigint[], timestamptz) IS
 -- crm.verify: every cross-feature invariant in one check (src/verify/verify.sql).
 CREATE FUNCTION crm.verify(at timestamptz DEFAULT NULL)
 RETURNS TABLE (invariant text, customer_id bigint, detail text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 -- Whole tables are compared: hash joins, whatever the statistics say.  A
 -- table vacuumed while it held only dead rows (reltuples 0, relpages > 0)
@@ -2305,6 +2313,10 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 SET jit = off
 AS $$
+#variable_conflict use_column
+BEGIN
+PERFORM crm.refuse_on_citus('crm.verify()');
+RETURN QUERY
 -- Not STRICT: at NULL (the default) checks what holds at any time; a time
 -- also checks what crm.tick(at) leaves behind (stages, time-dependent rule
 -- tags, tiers held past the hold lowered).
@@ -2506,7 +2518,8 @@ JOIN crm.tier t ON t.tier = a.tier
 JOIN crm.tier r ON r.tier = crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, verify.at)
 WHERE verify.at IS NOT NULL AND r.rank < t.rank
 
-ORDER BY 1, 2, 3
+ORDER BY 1, 2, 3;
+END
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
 	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
@@ -2688,6 +2701,133 @@ COMMENT ON FUNCTION crm.order_lines_follow() IS
 CREATE TRIGGER orders_lines_follow AFTER UPDATE ON crm.orders
 	REFERENCING NEW TABLE AS crm_moved
 	FOR EACH STATEMENT EXECUTE FUNCTION crm.order_lines_follow();
+
+CREATE OR REPLACE FUNCTION crm.tick(at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (task text, changed bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.tick()');
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- One tick at a time: a second caller waits, then finds nothing to do.
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.tick'));
+	FOR t IN SELECT k.task, k.fn FROM crm.tick_task k WHERE k.enabled ORDER BY k.run_order LOOP
+		task := t.task;
+		EXECUTE pg_catalog.format('SELECT %s($1)', t.fn::oid::regproc) INTO changed USING at;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.tick(timestamptz) IS
+	'Runs every enabled crm.tick_task for time "at" (default now()) and reports what each changed; idempotent, safe to run from pg_cron every few minutes';
+
+
+CREATE OR REPLACE FUNCTION crm.clv_fit(model text, as_of timestamptz, period interval DEFAULT '1 week', name text DEFAULT NULL)
+RETURNS crm.clv_model
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: name NULL means "the model's own name".
+DECLARE
+	started timestamptz := pg_catalog.clock_timestamp();
+	e crm.clv_estimate_result;
+	result crm.clv_model;
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.clv_fit()');
+	IF model IS NULL OR as_of IS NULL OR period IS NULL THEN
+		RAISE EXCEPTION 'crm.clv_fit needs a model, as_of and period'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF model NOT IN ('bgnbd', 'mbgnbd', 'paretonbd', 'gammagamma') THEN
+		RAISE EXCEPTION 'unknown CLV model "%"', model
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Use bgnbd, mbgnbd, paretonbd or gammagamma.';
+	END IF;
+	IF model OPERATOR(pg_catalog.=) 'gammagamma' THEN
+		e := (SELECT crm.clv_estimate_spend(s.frequency, s.monetary::double precision, 1)
+		      FROM crm.clv_summary(as_of, period) s
+		      WHERE s.frequency OPERATOR(pg_catalog.>) 0 AND s.monetary OPERATOR(pg_catalog.>) 0);
+	ELSE
+		e := (SELECT crm.clv_estimate(model, s.frequency, s.recency, s.t, 1)
+		      FROM crm.clv_summary(as_of, period) s
+		      WHERE s.t OPERATOR(pg_catalog.>) 0);
+	END IF;
+	INSERT INTO crm.clv_model AS m (name, model, params, param_names, log_likelihood, customers,
+		summary_rows, as_of, period, seconds, fitted_at)
+	VALUES (COALESCE(clv_fit.name, clv_fit.model), e.model, e.params, e.param_names, e.log_likelihood,
+		e.customers::bigint, e.summary_rows, clv_fit.as_of, clv_fit.period,
+		pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started),
+		pg_catalog.now())
+	ON CONFLICT ON CONSTRAINT clv_model_pkey DO UPDATE SET
+		model = EXCLUDED.model, params = EXCLUDED.params, param_names = EXCLUDED.param_names,
+		log_likelihood = EXCLUDED.log_likelihood, customers = EXCLUDED.customers,
+		summary_rows = EXCLUDED.summary_rows, as_of = EXCLUDED.as_of, period = EXCLUDED.period,
+		seconds = EXCLUDED.seconds, fitted_at = EXCLUDED.fitted_at
+	RETURNING m.* INTO result;
+	RETURN result;
+END
+$$;
+COMMENT ON FUNCTION crm.clv_fit(text, timestamptz, interval, text) IS
+	'Fits model (bgnbd, mbgnbd, paretonbd, gammagamma) to crm.clv_summary(as_of, period) and stores it in crm.clv_model under name (default: the model''s name), replacing an earlier fit of that name';
+
+
+CREATE OR REPLACE FUNCTION crm.replenishment(as_of timestamptz DEFAULT pg_catalog.now(), min_purchases integer DEFAULT 3,
+	sku_min_purchases integer DEFAULT 4)
+RETURNS TABLE (customer_id bigint, category text, sku text, purchases integer, interval_days double precision,
+	last_purchase date, next_expected date)
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.replenishment()');
+	IF NOT pg_catalog.isfinite(as_of) THEN
+		RAISE EXCEPTION 'as_of must be a finite time' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF min_purchases < 2 OR sku_min_purchases < 2 THEN
+		RAISE EXCEPTION 'a purchase cycle needs at least 2 purchases'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	WITH bought AS (
+		SELECT o.customer_id AS cid, l.category AS cat, l.sku AS item, o.ordered_at::date AS day
+		FROM crm.orders o
+		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
+		JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id
+		WHERE c.merged_into IS NULL
+		  AND o.status OPERATOR(pg_catalog.=) 'paid'
+		  AND o.ordered_at OPERATOR(pg_catalog.<=) as_of
+	), cycles AS (
+		SELECT b.cid, b.cat, NULL::text AS item, crm.purchase_days(b.day) AS n,
+		       crm.purchase_interval(b.day) AS gap, pg_catalog.max(b.day) AS last_day
+		FROM bought b GROUP BY b.cid, b.cat
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) min_purchases
+		UNION ALL
+		SELECT b.cid, b.cat, b.item, crm.purchase_days(b.day),
+		       crm.purchase_interval(b.day), pg_catalog.max(b.day)
+		FROM bought b GROUP BY b.cid, b.cat, b.item
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) sku_min_purchases
+	)
+	SELECT y.cid, y.cat, y.item, y.n, y.gap, y.last_day,
+	       y.last_day OPERATOR(pg_catalog.+) pg_catalog.round(y.gap)::integer
+	FROM cycles y;
+END
+$$;
+COMMENT ON FUNCTION crm.replenishment(timestamptz, integer, integer) IS
+	'Purchase cycles up to as_of: per golden customer and category bought on at least min_purchases days (sku NULL), and per sku bought on at least sku_min_purchases days, the median days between purchases, the last purchase day and the next expected one';
+
+
+-- Work that spans customers refuses to run on a distributed crm_ext until it
+-- has been made to (src/common/shard.c; README, "Scaling out with Citus").
+CREATE FUNCTION crm.refuse_on_citus(what text) RETURNS void
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'crm_refuse_on_citus_sql';
+COMMENT ON FUNCTION crm.refuse_on_citus(text) IS
+	'Internal: SQLSTATE 0A000 naming "what" when crm_ext is distributed with Citus (crm.distribute()) and this is not a trigger on a shard; nothing otherwise';
 
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).

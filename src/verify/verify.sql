@@ -10,7 +10,7 @@
 
 CREATE FUNCTION crm.verify(at timestamptz DEFAULT NULL)
 RETURNS TABLE (invariant text, customer_id bigint, detail text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 -- Whole tables are compared: hash joins, whatever the statistics say.  A
 -- table vacuumed while it held only dead rows (reltuples 0, relpages > 0)
@@ -21,6 +21,10 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 SET jit = off
 AS $$
+#variable_conflict use_column
+BEGIN
+PERFORM crm.refuse_on_citus('crm.verify()');
+RETURN QUERY
 -- Not STRICT: at NULL (the default) checks what holds at any time; a time
 -- also checks what crm.tick(at) leaves behind (stages, time-dependent rule
 -- tags, tiers held past the hold lowered).
@@ -222,7 +226,8 @@ JOIN crm.tier t ON t.tier = a.tier
 JOIN crm.tier r ON r.tier = crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, verify.at)
 WHERE verify.at IS NOT NULL AND r.rank < t.rank
 
-ORDER BY 1, 2, 3
+ORDER BY 1, 2, 3;
+END
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
 	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';

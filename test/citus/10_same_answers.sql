@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(27);
+SELECT plan(31);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -138,6 +138,13 @@ INSERT INTO crm.store (store_id, name) VALUES (51, 'new');
 SELECT throws_ok($$DELETE FROM crm.store WHERE store_id = 51$$, '0A000', NULL,
 	'deleting a store (orders on every worker may refer to it): 0A000');
 SELECT is((SELECT pg_catalog.count(*)::int FROM crm.store), 51, 'the stores are all there');
+-- work that spans customers is refused with a clear error, not run on the
+-- coordinator's empty tables or failed inside Citus
+SELECT throws_ok($$SELECT crm.merge_customers(7, 8, 'same shopper')$$, '0A000',
+	'crm.merge_customers() does not run on a distributed crm_ext yet', 'merging customers: 0A000');
+SELECT throws_ok($$SELECT * FROM crm.verify()$$, '0A000', NULL, 'crm.verify(): 0A000');
+SELECT throws_ok($$SELECT crm.tick()$$, '0A000', NULL, 'crm.tick(): 0A000');
+SELECT is(crm.resolve_customer(7), 7::bigint, 'customer ids resolve through Citus on the coordinator');
 
 SELECT * FROM finish();
 SELECT dblink_disconnect(c) FROM pg_catalog.unnest(dblink_get_connections()) c;
