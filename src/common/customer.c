@@ -215,6 +215,37 @@ lock_golden(CustomerRel *c, int64 id, TupleTableSlot *slot, int64 *golden)
 }
 
 /*
+ * Within a trigger on a Citus shard: a record whose chain of merges leads to
+ * a golden customer on another shard (merged before crm.distribute()) is
+ * refused, as a row for it would sit on the wrong shard.
+ */
+static void
+refuse_golden_elsewhere(CustomerRel *c, int64 id)
+{
+	ItemPointerData tid;
+	int64		last = crm_merge_walk_at(&c->keys, id, 0, GetActiveSnapshot(), &tid);
+	Datum		key = Int64GetDatum(last);
+	HeapTuple	tup;
+	bool		isnull = true;
+	Datum		next = (Datum) 0;
+
+	if (last == 0)
+		return;					/* no such customer: the caller reports it */
+	tup = crm_row_by_index(c->rel, c->keys.pkey, &key);
+	if (tup != NULL)
+	{
+		next = heap_getattr(tup, c->keys.merged_att, RelationGetDescr(c->rel), &isnull);
+		heap_freetuple(tup);
+	}
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("customer %lld is merged into customer %lld, whose rows are on another shard of a distributed crm_ext",
+						(long long) id, (long long) DatumGetInt64(next)),
+				 errhint("Insert rows with customer_id = crm.golden_customer(%lld).", (long long) id)));
+}
+
+/*
  * crm_resolve_customer on a Citus coordinator (README, "Scaling out with
  * Citus"): the same walk up merged_into and the same lock, as statements
  * Citus sends to the customer's shard.
@@ -296,6 +327,8 @@ crm_resolve_customer_keyed(const CrmCustomerKeys *keys, int64 id, bool lock, int
 	if (crm_distributed_outside_shard())
 		return resolve_through_citus(id, lock, golden);
 	customer_rel_open(&c, keys, lock ? RowShareLock : AccessShareLock);
+	if (crm_shard_active())
+		refuse_golden_elsewhere(&c, id);
 	if (lock)
 	{
 		slot = table_slot_create(c.rel, NULL);

@@ -734,6 +734,28 @@ reassigning(Relation rel, HeapTuple newtup)
 	return !isnull && DatumGetInt64(id) == reassigning_order;
 }
 
+/*
+ * On a Citus shard a new row was placed by the customer_id it came with, and
+ * its customer's other records may be on other shards: a row for a merged
+ * record (it would move to its golden, on another shard) or with an origin
+ * record of its own (which cannot be checked there) is refused.  Merged
+ * records exist on a cluster only when a merged single node was distributed.
+ */
+static void
+refuse_other_shard(Relation rel, Datum cust, Datum golden, Datum origin)
+{
+	if (!crm_shard_active() || (golden == cust && origin == cust))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("a new row of \"%s\" on a distributed crm_ext is inserted for its golden customer, with no origin record of its own",
+					crm_table_name(rel)),
+			 errdetail("customer_id %lld, origin_customer_id %lld, golden customer %lld.",
+					   (long long) DatumGetInt64(cust), (long long) DatumGetInt64(origin), (long long) DatumGetInt64(golden)),
+			 errhint("Insert it with customer_id = origin_customer_id = crm.golden_customer(%lld).",
+					 (long long) DatumGetInt64(cust))));
+}
+
 PG_FUNCTION_INFO_V1(crm_fill_origin_customer);
 
 /*
@@ -829,13 +851,17 @@ crm_fill_origin_customer_body(PG_FUNCTION_ARGS)
 		if (oc->to_golden && !cust_null)
 		{
 			golden = golden_of(oc, rel, cust);
+			refuse_other_shard(rel, cust, golden, origin_null ? cust : origin);
 			/* a record merged into golden, or an origin given apart: lock it too */
 			if (!origin_null ? DatumGetInt64(origin) != DatumGetInt64(golden) : golden != cust)
 				crm_reference_require(customer_reference(oc, &oc->origin_ref, "origin_customer_id"), rel,
 									  origin_null ? cust : origin);
 		}
 		else if (oc->stitch && !cust_null)
+		{
 			golden = identity_golden_of(oc, rel, trigdata->tg_trigtuple, tupdesc, cust);
+			refuse_other_shard(rel, cust, golden, origin_null ? cust : origin);
+		}
 		if (!origin_null && golden == cust)
 			return PointerGetDatum(trigdata->tg_trigtuple);
 		/* A NULL customer_id stays NULL here and fails its NOT NULL check. */

@@ -109,6 +109,13 @@ BEGIN
 	PERFORM pg_catalog.set_config('citus.shard_count', shard_count::text, true);
 	PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
 
+	-- What crm.distribute() writes in crm's tables (order lines' customer,
+	-- the rows copied into the shards) is held back from crm's triggers, on
+	-- the workers too (Citus passes SET LOCAL on): it is the triggers' work
+	-- done already, and would be done twice.
+	SET LOCAL citus.propagate_set_commands = 'local';
+	SET LOCAL session_replication_role = replica;
+
 	-- Lines of a single node's orders get their order's customer (it places them).
 	UPDATE crm.order_line l SET customer_id = o.customer_id
 	FROM crm.orders o WHERE o.order_id = l.order_id AND l.customer_id IS NULL;
@@ -147,11 +154,10 @@ BEGIN
 	-- The rows copied into the shards stay on disk in the coordinator's
 	-- tables unless removed; crm's TRUNCATE guards (the journal is
 	-- append-only, references) are about the data, which the shards hold.
-	PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
 	FOR t IN SELECT p.table_name FROM crm.distribution_plan() p WHERE p.placement <> 'coordinator' LOOP
 		PERFORM pg_catalog.truncate_local_data_after_distributing_table(t.table_name);
 	END LOOP;
-	PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
+	SET LOCAL session_replication_role = origin;
 
 	-- Foreign keys Citus keeps: to a reference table, or between
 	-- distributed tables on customer_id.  The others (a reference table's
