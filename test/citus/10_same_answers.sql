@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(31);
+SELECT plan(33);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -119,6 +119,7 @@ SELECT is(crm.redeem_points(7, 120, 'c-red-1', '2026-06-23'),
 SELECT throws_ok($$SELECT crm.redeem_points(7, 10000000, 'c-red-2', '2026-06-23')$$, 'CR001', NULL,
 	'more points than the customer has: CR001');
 SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after adjusting and redeeming: the same journal and ledgers');
+SELECT is_empty($$SELECT * FROM crm.verify_ledgers()$$, 'crm.verify_ledgers() on the cluster: every ledger matches its journal');
 SELECT results_eq($$SELECT c, crm.points_balance(c, '2026-06-24'), crm.points_expiring(c, '365 days', '2026-06-24'), crm.qualifying_spend(c, '2026-06-24')
 	FROM pg_catalog.generate_series(1, 200, 7) c ORDER BY 1$$,
 	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT c, crm.points_balance(c, ''2026-06-24''), crm.points_expiring(c, ''365 days'', ''2026-06-24''), crm.qualifying_spend(c, ''2026-06-24'') FROM pg_catalog.generate_series(1, 200, 7) c ORDER BY 1')
@@ -130,6 +131,7 @@ SELECT pg_temp.both($$UPDATE crm.tier SET multiplier = multiplier * 2$$);
 SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount)
 	SELECT 900100 + c, c, 'web', '2026-06-25 10:00+00', 50.00 FROM pg_catalog.generate_series(1, 200, 11) c$$);
 SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'orders after a tier change earn the same (new) points');
+SELECT is_empty($$SELECT * FROM crm.verify_ledgers()$$, 'and the ledgers still match the journal');
 
 -- 6. What a distributed crm_ext refuses.
 SELECT throws_ok($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id) VALUES (900001, 9, 'X', 'fresh', 1, 1.00, 8)$$,
