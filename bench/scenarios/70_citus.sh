@@ -45,6 +45,7 @@ else
 	}
 	ct_bulk_orders="INSERT INTO crm.orders ($ct_ocols) SELECT $ct_ocols FROM ct_orders"
 	ct_bulk_lines="INSERT INTO crm.order_line ($ct_lcols) SELECT $ct_lcols FROM ct_lines"
+	ct_after="SELECT pg_catalog.setval('crm.order_id_seq', (SELECT max(order_id) FROM ct_orders))"
 
 	# One node.
 	psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE crm_one" >/dev/null
@@ -53,6 +54,7 @@ else
 	PGDATABASE=crm_one bench_sql "CHECKPOINT"
 	one_orders=$(PGDATABASE=crm_one bench_time "$ct_bulk_orders")
 	one_lines=$(PGDATABASE=crm_one bench_time "$ct_bulk_lines")
+	PGDATABASE=crm_one bench_sql "$ct_after"
 	one_tps=$(bench_tps crm_one "$ct_tmp/order.pgbench" "$ct_secs")
 	psql -X -q -d postgres -c "DROP DATABASE crm_one" >/dev/null
 
@@ -69,6 +71,7 @@ else
 		bench_sql "CHECKPOINT"
 		c_orders=$(bench_time "$ct_bulk_orders")
 		c_lines=$(bench_time "$ct_bulk_lines")
+		bench_sql "$ct_after"
 		c_tps=$(bench_tps postgres "$ct_tmp/order.pgbench" "$ct_secs")
 		rows=$(psql -X -At -c "WITH placement AS (
 				SELECT s.shardid, pg_catalog.regexp_replace(n.nodename, '^.*/', '') AS node
