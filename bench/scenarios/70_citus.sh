@@ -41,7 +41,10 @@ else
 		done
 		psql -X -q -v ON_ERROR_STOP=1 -d "$1" -c "\\copy ct_orders FROM '$ct_tmp/orders' (FORMAT binary)"
 		psql -X -q -v ON_ERROR_STOP=1 -d "$1" -c "\\copy ct_lines FROM '$ct_tmp/lines' (FORMAT binary)"
-		PGDATABASE=$1 bench_sql "ANALYZE"
+		# (only the staging tables: crm's stay never analyzed on both sides, as
+		# a new shard is; analyzed while empty, one node's bulk load of
+		# orders took 58 s against 26 s)
+		PGDATABASE=$1 bench_sql "ANALYZE ct_orders; ANALYZE ct_lines"
 	}
 	ct_bulk_orders="INSERT INTO crm.orders ($ct_ocols) SELECT $ct_ocols FROM ct_orders"
 	ct_bulk_lines="INSERT INTO crm.order_line ($ct_lcols) SELECT $ct_lcols FROM ct_lines"
