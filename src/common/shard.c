@@ -145,24 +145,35 @@ shard_id_in_name(const char *name)
 	return id;
 }
 
+/*
+ * Runs a read of Citus's catalogs in an SPI connection of its own (the
+ * caller reads SPI_tuptable, then calls SPI_finish); at most one row.
+ */
+static void
+read_citus_catalog(const char *sql, int nargs, Oid *types, Datum *args)
+{
+	int			ret;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ret = SPI_execute_with_args(sql, nargs, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "reading Citus's catalogs failed: %s", SPI_result_code_string(ret));
+}
+
 /* Looks relid up in Citus's catalogs (it is a crm relation named like a shard). */
 static void
 read_rel_shard(RelShard *rs, int64 shardid)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(shardid)};
-	int			ret;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args("SELECT p.partmethod OPERATOR(pg_catalog.=) 'h', p.colocationid, "
+	read_citus_catalog("SELECT p.partmethod OPERATOR(pg_catalog.=) 'h', p.colocationid, "
 								"CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h' THEN s.shardminvalue::pg_catalog.int4 END "
 								"FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_partition p "
 								"ON p.logicalrelid OPERATOR(pg_catalog.=) s.logicalrelid "
 								"WHERE s.shardid OPERATOR(pg_catalog.=) $1",
-								1, types, args, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "reading pg_dist_shard failed: %s", SPI_result_code_string(ret));
+								1, types, args);
 	if (SPI_processed == 1)
 	{
 		bool		isnull;
@@ -267,23 +278,18 @@ read_mapped(Oid logical, bool in_group)
 	Oid			types[3] = {OIDOID, INT4OID, INT4OID};
 	Datum		args[3] = {ObjectIdGetDatum(logical), Int32GetDatum(current.colocation),
 	Int32GetDatum(current.shard_min)};
-	int			ret;
 	Oid			relid = logical;
 	bool		distributed;
 	bool		isnull;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute_with_args("SELECT (SELECT s.shardid FROM pg_catalog.pg_dist_shard s "
+	read_citus_catalog("SELECT (SELECT s.shardid FROM pg_catalog.pg_dist_shard s "
 								"WHERE s.logicalrelid OPERATOR(pg_catalog.=) p.logicalrelid "
 								"AND (p.partmethod OPERATOR(pg_catalog.=) 'n' "
 								"OR (p.colocationid OPERATOR(pg_catalog.=) $2 "
 								"AND s.shardminvalue::pg_catalog.int4 OPERATOR(pg_catalog.=) $3))) "
 								"FROM pg_catalog.pg_dist_partition p "
 								"WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
-								3, types, args, NULL, true, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "reading pg_dist_partition failed: %s", SPI_result_code_string(ret));
+								3, types, args);
 	distributed = SPI_processed == 1;
 	if (distributed)
 	{
@@ -476,12 +482,9 @@ crm_distributed_outside_shard(void)
 			Oid			types[1] = {OIDOID};
 			Datum		args[1] = {ObjectIdGetDatum(customer)};
 
-			if (SPI_connect() != SPI_OK_CONNECT)
-				elog(ERROR, "SPI_connect failed");
-			if (SPI_execute_with_args("SELECT 1 FROM pg_catalog.pg_dist_partition p "
-									  "WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
-									  1, types, args, NULL, true, 1) != SPI_OK_SELECT)
-				elog(ERROR, "reading pg_dist_partition failed");
+			read_citus_catalog("SELECT 1 FROM pg_catalog.pg_dist_partition p "
+							   "WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+							   1, types, args);
 			distributed = SPI_processed == 1;
 			SPI_finish();
 		}
