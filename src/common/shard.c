@@ -220,9 +220,9 @@ Datum
 crm_on_shard(FunctionCallInfo fcinfo, PGFunction body)
 {
 	ShardContext saved = current;
-	volatile Datum result = (Datum) 0;
-
 	uint64		saved_id = crm_shard_context_id();
+	uint64		entered_id;
+	volatile Datum result = (Datum) 0;
 
 	if (CALLED_AS_TRIGGER(fcinfo))
 	{
@@ -235,16 +235,17 @@ crm_on_shard(FunctionCallInfo fcinfo, PGFunction body)
 			current.shard_min = rs.shard_min;
 		}
 	}
-	if (crm_shard_context_id() == saved_id)
+	entered_id = crm_shard_context_id();
+	if (entered_id == saved_id)
 		return body(fcinfo);	/* the common case: no shard, or the same group */
-	crm_kept_plans_switch(saved_id, crm_shard_context_id());
+	crm_kept_plans_switch(saved_id, entered_id);
 	PG_TRY();
 	{
 		result = body(fcinfo);
 	}
 	PG_FINALLY();
 	{
-		crm_kept_plans_switch(crm_shard_context_id(), saved_id);
+		crm_kept_plans_switch(entered_id, saved_id);
 		current = saved;
 	}
 	PG_END_TRY();
