@@ -129,6 +129,14 @@ SELECT (crm.purchase_summary(d, a)).*
 FROM (VALUES ('2026-01-05'::date, 10.0::float8), ('2026-01-01', 5), ('2026-01-05', 2), ('2026-01-03', 1)) v(d, a);
 SELECT (crm.purchase_summary(d, a)).* FROM (VALUES ('2026-01-01'::date, 5.0::float8), ('2026-01-01', 1)) v(d, a);
 SELECT crm.purchase_summary(d, a) IS NULL AS no_purchases FROM (VALUES (NULL::date, 1.0::float8)) v(d, a);
+-- The same purchases in any order give the same bits (issue 15: a Citus
+-- shard reads a customer's orders in another order than one node; a sum of
+-- doubles in input order gave 0.6000000000000001 one way, 0.6 the other).
+SELECT (crm.purchase_summary(d, a ORDER BY a)).repeat_amount = (crm.purchase_summary(d, a ORDER BY a DESC)).repeat_amount
+	AS same_in_any_order,
+       (crm.purchase_summary(d, a ORDER BY a)).repeat_amount::text AS repeat_amount
+FROM (VALUES ('2026-01-01'::date, 1.0::float8), ('2026-01-02', 0.1), ('2026-01-03', 0.2), ('2026-01-04', 0.3),
+             ('2026-01-04', 0.7)) v(d, a);
 SELECT pg_temp.expect_error($$SELECT crm.purchase_summary(d, a) FROM (VALUES ('2026-01-01'::date, -1.0::float8)) v(d, a)$$);
 SELECT pg_temp.expect_error($$SELECT crm.purchase_summary(d, a) FROM (VALUES ('infinity'::date, 1.0::float8)) v(d, a)$$);
 

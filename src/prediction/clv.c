@@ -230,15 +230,6 @@ crm_clv_spend_trans(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(st);
 }
 
-static int
-cmp_int32(const void *pa, const void *pb)
-{
-	int32		a = *(const int32 *) pa,
-				b = *(const int32 *) pb;
-
-	return a < b ? -1 : (a > b ? 1 : 0);
-}
-
 /* Sort order of rows for compression. */
 static ClvAggState *sort_state;
 
@@ -820,12 +811,6 @@ crm_purchase_summary_trans(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				errmsg("purchase amounts must be finite and not negative"));
-	/* the same day again (the usual, sorted input) just adds up */
-	if (st->n > 0 && st->day[st->n - 1] == d)
-	{
-		st->amount[st->n - 1] += a;
-		PG_RETURN_POINTER(st);
-	}
 	if (st->n == st->cap)
 	{
 		if (st->cap >= 50000000)
@@ -840,6 +825,23 @@ crm_purchase_summary_trans(PG_FUNCTION_ARGS)
 	st->amount[st->n] = a;
 	st->n++;
 	PG_RETURN_POINTER(st);
+}
+
+typedef struct Purchase
+{
+	int32		day;
+	double		amount;
+} Purchase;
+
+static int
+cmp_purchase(const void *a, const void *b)
+{
+	const Purchase *x = a;
+	const Purchase *y = b;
+
+	if (x->day != y->day)
+		return x->day < y->day ? -1 : 1;
+	return x->amount < y->amount ? -1 : (x->amount > y->amount ? 1 : 0);
 }
 
 PG_FUNCTION_INFO_V1(crm_purchase_summary_final);
@@ -859,9 +861,9 @@ crm_purchase_summary_final(PG_FUNCTION_ARGS)
 				last;
 	int			days = 0,
 				i;
-	double		first_amount = 0.0,
-				total = 0.0;
+	double		repeat_amount = 0.0;
 	bool		sorted = true;
+	Purchase   *pairs;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
@@ -872,36 +874,35 @@ crm_purchase_summary_final(PG_FUNCTION_ARGS)
 		elog(ERROR, "crm.purchase_summary must return a composite type");
 	tupdesc = BlessTupleDesc(tupdesc);
 
-	first = last = st->day[0];
-	for (i = 1; i < st->n; i++)
-	{
-		if (st->day[i] <= st->day[i - 1])
-			sorted = false;
-		first = Min(first, st->day[i]);
-		last = Max(last, st->day[i]);
-	}
+	/*
+	 * Sums in (day, amount) order, whatever order the rows came in: a sum
+	 * of doubles depends on its order, and the same purchases must give
+	 * the same summary on one node and on a Citus shard, which read them
+	 * in another order.
+	 */
+	pairs = palloc(sizeof(Purchase) * st->n);
 	for (i = 0; i < st->n; i++)
 	{
-		total += st->amount[i];
-		if (st->day[i] == first)
-			first_amount += st->amount[i];
+		pairs[i].day = st->day[i];
+		pairs[i].amount = st->amount[i];
+		if (i > 0 && cmp_purchase(&pairs[i - 1], &pairs[i]) > 0)
+			sorted = false;
 	}
-	if (sorted)
-		days = st->n;
-	else
+	if (!sorted)
+		qsort(pairs, st->n, sizeof(Purchase), cmp_purchase);
+	first = pairs[0].day;
+	last = pairs[st->n - 1].day;
+	for (i = 0; i < st->n; i++)
 	{
-		int32	   *copy = palloc(sizeof(int32) * st->n);
-
-		memcpy(copy, st->day, sizeof(int32) * st->n);
-		qsort(copy, st->n, sizeof(int32), cmp_int32);
-		for (i = 0; i < st->n; i++)
-			if (i == 0 || copy[i] != copy[i - 1])
-				days++;
-		pfree(copy);
+		if (i == 0 || pairs[i].day != pairs[i - 1].day)
+			days++;
+		if (pairs[i].day != first)
+			repeat_amount += pairs[i].amount;
 	}
+	pfree(pairs);
 	values[0] = Int32GetDatum(days);
 	values[1] = DateADTGetDatum(first);
 	values[2] = DateADTGetDatum(last);
-	values[3] = Float8GetDatum(total - first_amount);
+	values[3] = Float8GetDatum(repeat_amount);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

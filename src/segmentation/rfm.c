@@ -337,6 +337,28 @@ load_merged(void)
 	return merged;
 }
 
+/* Folds count paid orders of a customer, the last at last_at, worth cents, into agg. */
+static void
+fold_orders(rfmagg_hash *agg, int64 cust, TimestampTz last_at, int64 count, int64 cents)
+{
+	bool		found;
+	RfmAgg	   *e = rfmagg_insert(agg, cust, &found);
+
+	if (!found)
+	{
+		e->last_at = last_at;
+		e->frequency = 0;
+		e->cents = 0;
+	}
+	else if (last_at > e->last_at)
+		e->last_at = last_at;
+	e->frequency += count;
+	if (pg_add_s64_overflow(e->cents, cents, &e->cents))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("monetary value of a customer is out of range")));
+}
+
 /* The one pass over the orders: last order, count and cents per golden customer. */
 static rfmagg_hash *
 aggregate_orders(TimestampTz as_of, Snapshot snap)
@@ -357,8 +379,6 @@ aggregate_orders(TimestampTz as_of, Snapshot snap)
 		TimestampTz at;
 		text	   *status;
 		int64		cust;
-		bool		found;
-		RfmAgg	   *e;
 
 		CHECK_FOR_INTERRUPTS();
 		slot_getsomeattrs(slot, o_max);
@@ -371,25 +391,65 @@ aggregate_orders(TimestampTz as_of, Snapshot snap)
 		cust = DatumGetInt64(slot->tts_values[o_cust - 1]);
 		if (merged->members > 0 && rfmagg_lookup(merged, cust) != NULL)
 			continue;
-		e = rfmagg_insert(agg, cust, &found);
-		if (!found)
-		{
-			e->last_at = at;
-			e->frequency = 0;
-			e->cents = 0;
-		}
-		else if (at > e->last_at)
-			e->last_at = at;
-		e->frequency++;
-		if (!slot->tts_isnull[o_net - 1] &&
-			pg_add_s64_overflow(e->cents, crm_numeric_to_cents(slot->tts_values[o_net - 1]), &e->cents))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("monetary value of a customer is out of range")));
+		fold_orders(agg, cust, at, 1,
+					slot->tts_isnull[o_net - 1] ? 0 : crm_numeric_to_cents(slot->tts_values[o_net - 1]));
 	}
 	table_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	table_close(rel, AccessShareLock);
+	return agg;
+}
+
+/*
+ * The same on a Citus coordinator, where the orders are in the workers'
+ * shards: each shard sums its customers (the GROUP BY is by the distribution
+ * column, so Citus runs it on the shards) and the coordinator receives one
+ * row per customer.  net_amount has two decimals, so the sum's cents are
+ * the sum of the orders' cents.
+ */
+#define FETCH_ROWS 10000
+static rfmagg_hash *
+aggregate_orders_on_cluster(TimestampTz as_of)
+{
+	enum
+	{
+		AGG_COL_CUSTOMER_ID = 1, AGG_COL_LAST_AT, AGG_COL_COUNT, AGG_COL_NET
+	};
+	rfmagg_hash *agg = rfmagg_create(CurrentMemoryContext, 8192, NULL);
+	Oid			types[1] = {TIMESTAMPTZOID};
+	Datum		args[1] = {TimestampTzGetDatum(as_of)};
+	Portal		portal;
+
+	SPI_connect();
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT o.customer_id, pg_catalog.max(o.ordered_at), pg_catalog.count(*), "
+									   "pg_catalog.sum(o.net_amount) FROM crm.orders o "
+									   "JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id "
+									   "WHERE c.merged_into IS NULL AND o.ordered_at OPERATOR(pg_catalog.<) $1 "
+									   "AND o.status OPERATOR(pg_catalog.=) 'paid' GROUP BY o.customer_id",
+									   1, types, args, NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	td = SPI_tuptable->tupdesc;
+			bool		isnull;
+			Datum		net = SPI_getbinval(tup, td, AGG_COL_NET, &isnull);
+
+			CHECK_FOR_INTERRUPTS();
+			fold_orders(agg, DatumGetInt64(SPI_getbinval(tup, td, AGG_COL_CUSTOMER_ID, &isnull)),
+						DatumGetTimestampTz(SPI_getbinval(tup, td, AGG_COL_LAST_AT, &isnull)),
+						DatumGetInt64(SPI_getbinval(tup, td, AGG_COL_COUNT, &isnull)),
+						isnull ? 0 : crm_numeric_to_cents(net));
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
 	return agg;
 }
 
@@ -414,7 +474,7 @@ rfm_compute(TimestampTz as_of, int32 bins, bool fixed, Snapshot snap, int64 *n_o
 	load_segment_map();
 	if (fixed)
 		load_cuts(cuts);
-	agg = aggregate_orders(as_of, snap);
+	agg = crm_distributed_outside_shard() ? aggregate_orders_on_cluster(as_of) : aggregate_orders(as_of, snap);
 	n = *n_out = agg->members;
 	rows = palloc(sizeof(RfmRow) * Max(n, 1));
 	srec = palloc(sizeof(int64) * Max(n, 1));
@@ -511,6 +571,7 @@ crm_rfm(PG_FUNCTION_ARGS)
 typedef struct RowBatch
 {
 	int			n;
+	int			capacity;		/* of del's cust (the others are made for all rows) */
 	Datum	   *cust,
 			   *last_at,
 			   *freq,
@@ -584,6 +645,99 @@ find_row(RfmRow *rows, int64 n, int64 cust)
 	return lo < n && rows[lo].customer_id == cust ? &rows[lo] : NULL;
 }
 
+/* The columns of crm.rfm_snapshot diff_row compares, in this order. */
+static const char *const snapshot_columns[] = {"customer_id", "last_order_at", "frequency", "monetary", "score", "segment"};
+#define N_SNAPSHOT_COLUMNS lengthof(snapshot_columns)
+
+/*
+ * One stored row v[] (snapshot_columns' order) against the new rows: changed
+ * goes to upd, a customer no longer scored to del; seen[] marks the new row.
+ */
+static void
+diff_row(const Datum *v, RfmRow *rows, int64 n, bool *seen, Datum *segtext, RowBatch *upd, RowBatch *del)
+{
+	int64		cust = DatumGetInt64(v[0]);
+	RfmRow	   *row = find_row(rows, n, cust);
+
+	if (row == NULL)
+	{
+		if (del->n == del->capacity)
+		{
+			del->capacity *= 2;
+			del->cust = repalloc(del->cust, sizeof(Datum) * del->capacity);
+		}
+		del->cust[del->n++] = Int64GetDatum(cust);
+		return;
+	}
+	seen[row - rows] = true;
+	if (DatumGetTimestampTz(v[1]) != row->last_at ||
+		DatumGetInt64(v[2]) != row->frequency ||
+		crm_numeric_to_cents(v[3]) != row->cents ||
+		DatumGetRfmScore(v[4]) != row->score ||
+		!text_equal(v[5], segment_datum(segtext, row->score)))
+		batch_add(upd, row, segtext);
+}
+
+/* diff_row for every row of crm.rfm_snapshot, by a scan of the table. */
+static void
+diff_stored_rows(Relation rel, Snapshot snap, RfmRow *rows, int64 n, bool *seen, Datum *segtext,
+				 RowBatch *upd, RowBatch *del)
+{
+	AttrNumber	att[N_SNAPSHOT_COLUMNS];
+	Datum		v[N_SNAPSHOT_COLUMNS];
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+
+	for (int c = 0; c < N_SNAPSHOT_COLUMNS; c++)
+		att[c] = column_of(rel, snapshot_columns[c]);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		CHECK_FOR_INTERRUPTS();
+		slot_getallattrs(slot);
+		for (int c = 0; c < N_SNAPSHOT_COLUMNS; c++)
+			v[c] = slot->tts_values[att[c] - 1];
+		diff_row(v, rows, n, seen, segtext, upd, del);
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/* The same on a Citus coordinator: the rows come from the shards, through Citus. */
+static void
+diff_stored_rows_on_cluster(RfmRow *rows, int64 n, bool *seen, Datum *segtext, RowBatch *upd, RowBatch *del)
+{
+	Datum		v[N_SNAPSHOT_COLUMNS];
+	MemoryContext outer = CurrentMemoryContext;
+	Portal		portal;
+
+	SPI_connect();
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT s.customer_id, s.last_order_at, s.frequency, s.monetary, s.score, s.segment "
+									   "FROM crm.rfm_snapshot s", 0, NULL, NULL, NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, FETCH_ROWS);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			MemoryContext spi;
+
+			CHECK_FOR_INTERRUPTS();
+			for (int c = 0; c < N_SNAPSHOT_COLUMNS; c++)
+				v[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &isnull);
+			/* (segtext's texts outlive SPI) */
+			spi = MemoryContextSwitchTo(outer);
+			diff_row(v, rows, n, seen, segtext, upd, del);
+			MemoryContextSwitchTo(spi);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+}
+
 /*
  * Compares crm.rfm_snapshot with the new rows: changed rows go to upd,
  * rows of customers no longer scored to del (customer ids only); seen[]
@@ -595,49 +749,15 @@ diff_snapshot(RfmRow *rows, int64 n, bool *seen, Datum *segtext, Snapshot snap,
 			  RowBatch *upd, RowBatch *del)
 {
 	Relation	rel = table_open(crm_relid("rfm_snapshot"), AccessShareLock);
-	AttrNumber	s_cust = column_of(rel, "customer_id"),
-				s_last = column_of(rel, "last_order_at"),
-				s_freq = column_of(rel, "frequency"),
-				s_mon = column_of(rel, "monetary"),
-				s_score = column_of(rel, "score"),
-				s_seg = column_of(rel, "segment");
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
-	int			del_capacity = 64;
-	Oid			score_type;
+	Oid			score_type = TupleDescAttr(RelationGetDescr(rel), column_of(rel, "score") - 1)->atttypid;
 
 	del->n = 0;
-	del->cust = palloc(sizeof(Datum) * del_capacity);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		int64		cust;
-		RfmRow	   *row;
-
-		CHECK_FOR_INTERRUPTS();
-		slot_getallattrs(slot);
-		cust = DatumGetInt64(slot->tts_values[s_cust - 1]);
-		row = find_row(rows, n, cust);
-		if (row == NULL)
-		{
-			if (del->n == del_capacity)
-			{
-				del_capacity *= 2;
-				del->cust = repalloc(del->cust, sizeof(Datum) * del_capacity);
-			}
-			del->cust[del->n++] = Int64GetDatum(cust);
-			continue;
-		}
-		seen[row - rows] = true;
-		if (DatumGetTimestampTz(slot->tts_values[s_last - 1]) != row->last_at ||
-			DatumGetInt64(slot->tts_values[s_freq - 1]) != row->frequency ||
-			crm_numeric_to_cents(slot->tts_values[s_mon - 1]) != row->cents ||
-			DatumGetRfmScore(slot->tts_values[s_score - 1]) != row->score ||
-			!text_equal(slot->tts_values[s_seg - 1], segment_datum(segtext, row->score)))
-			batch_add(upd, row, segtext);
-	}
-	table_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	score_type = TupleDescAttr(RelationGetDescr(rel), s_score - 1)->atttypid;
+	del->capacity = 64;
+	del->cust = palloc(sizeof(Datum) * del->capacity);
+	if (crm_distributed_outside_shard())
+		diff_stored_rows_on_cluster(rows, n, seen, segtext, upd, del);
+	else
+		diff_stored_rows(rel, snap, rows, n, seen, segtext, upd, del);
 	table_close(rel, AccessShareLock);
 	return score_type;
 }
@@ -721,7 +841,6 @@ crm_refresh_rfm(PG_FUNCTION_ARGS)
 	Datum		state[6];
 	Oid			state_types[6] = {TIMESTAMPTZOID, INT4OID, TEXTOID, INT8OID, INT8OID, INT8OID};
 
-	crm_refuse_on_citus("crm.refresh_rfm()");
 	SPI_connect();
 	/* One refresh at a time; readers see the old scores until commit. */
 	if (SPI_execute(crm_shard_sql("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('crm.refresh_rfm'))"),
@@ -746,11 +865,12 @@ crm_refresh_rfm(PG_FUNCTION_ARGS)
 	state[3] = Int64GetDatum(n);
 	state[4] = Int64GetDatum((int64) ins.n + upd.n + del.n);
 	state[5] = Int64GetDatum((int64) del.n);
-	run_write("INSERT INTO crm.rfm_refresh AS r (as_of, bins, method, scored, rows_written, rows_deleted) "
-			  "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (singleton) DO UPDATE SET "
+	/* (now() in VALUES, not in DO UPDATE: Citus refuses that on a reference table) */
+	run_write("INSERT INTO crm.rfm_refresh AS r (as_of, bins, method, scored, rows_written, rows_deleted, refreshed_at) "
+			  "VALUES ($1, $2, $3, $4, $5, $6, pg_catalog.now()) ON CONFLICT (singleton) DO UPDATE SET "
 			  "as_of = excluded.as_of, bins = excluded.bins, method = excluded.method, "
 			  "scored = excluded.scored, rows_written = excluded.rows_written, "
-			  "rows_deleted = excluded.rows_deleted, refreshed_at = pg_catalog.now()",
+			  "rows_deleted = excluded.rows_deleted, refreshed_at = excluded.refreshed_at",
 			  6, state_types, state, SPI_OK_INSERT);
 	SPI_finish();
 	PG_RETURN_INT64(n);

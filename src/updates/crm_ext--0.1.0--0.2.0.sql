@@ -2739,7 +2739,6 @@ DECLARE
 	e crm.clv_estimate_result;
 	result crm.clv_model;
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.clv_fit()');
 	IF model IS NULL OR as_of IS NULL OR period IS NULL THEN
 		RAISE EXCEPTION 'crm.clv_fit needs a model, as_of and period'
 			USING ERRCODE = 'null_value_not_allowed';

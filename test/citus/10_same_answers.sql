@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(33);
+SELECT plan(41);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -22,7 +22,7 @@ $$;
 CREATE FUNCTION pg_temp.single() RETURNS text LANGUAGE sql AS $$ SELECT pg_temp.on_node('crm_citus_single') $$;
 SELECT dblink_exec(pg_temp.on_node('postgres'), 'CREATE DATABASE crm_citus_single');
 SELECT dblink_exec(pg_temp.single(), 'CREATE EXTENSION crm_ext');
-\set digest_fn 'CREATE FUNCTION public.crm_digest() RETURNS TABLE (t text, digest text) LANGUAGE sql AS $f$ SELECT ''customer'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, name, phone, email, birthday, gender, home_store_id, channel, merged_into FROM crm.customer) x UNION ALL SELECT ''orders'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status, refunded_amount, external_ref FROM crm.orders) x UNION ALL SELECT ''order_line'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, line_no, sku, category, qty, amount, customer_id FROM crm.order_line) x UNION ALL SELECT ''identity'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT identity_id, kind, value, customer_id, origin_customer_id FROM crm.identity) x UNION ALL SELECT ''event'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props FROM crm.event) x UNION ALL SELECT ''loyalty_account'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, ledger, debt, tier, tier_since, qualifying_spend, spend_month, spend_cents FROM crm.loyalty_account) x UNION ALL SELECT ''points_journal'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, origin_customer_id, kind, points, lots, debt, order_id, nullif(at, created_at) AS at, reason, idempotency_key, balance_after FROM crm.points_journal) x UNION ALL SELECT ''customer_stats'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, orders, refunded_orders, spend, first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, days, categories, line_spend, stage, stage_since FROM crm.customer_stats) x UNION ALL SELECT ''customer_tag'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT tag_id, customer_id, since FROM crm.customer_tag) x UNION ALL SELECT ''customer_tag_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, tag_id, change, at FROM crm.customer_tag_history) x UNION ALL SELECT ''lifecycle_transition'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_stage, to_stage, at FROM crm.lifecycle_transition) x UNION ALL SELECT ''tier_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend FROM crm.tier_history) x $f$'
+\set digest_fn 'CREATE FUNCTION public.crm_digest() RETURNS TABLE (t text, digest text) LANGUAGE sql AS $f$ SELECT ''customer'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, name, phone, email, birthday, gender, home_store_id, channel, merged_into FROM crm.customer) x UNION ALL SELECT ''orders'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status, refunded_amount, external_ref FROM crm.orders) x UNION ALL SELECT ''order_line'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, line_no, sku, category, qty, amount, customer_id FROM crm.order_line) x UNION ALL SELECT ''identity'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT identity_id, kind, value, customer_id, origin_customer_id FROM crm.identity) x UNION ALL SELECT ''event'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props FROM crm.event) x UNION ALL SELECT ''loyalty_account'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, ledger, debt, tier, tier_since, qualifying_spend, spend_month, spend_cents FROM crm.loyalty_account) x UNION ALL SELECT ''points_journal'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, origin_customer_id, kind, points, lots, debt, order_id, nullif(at, created_at) AS at, reason, idempotency_key, balance_after FROM crm.points_journal) x UNION ALL SELECT ''customer_stats'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, orders, refunded_orders, spend, first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, days, categories, line_spend, stage, stage_since FROM crm.customer_stats) x UNION ALL SELECT ''customer_tag'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT tag_id, customer_id, since FROM crm.customer_tag) x UNION ALL SELECT ''customer_tag_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, tag_id, change, at FROM crm.customer_tag_history) x UNION ALL SELECT ''lifecycle_transition'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_stage, to_stage, at FROM crm.lifecycle_transition) x UNION ALL SELECT ''tier_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend FROM crm.tier_history) x UNION ALL SELECT ''rfm_snapshot'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, last_order_at, frequency, monetary, score, segment FROM crm.rfm_snapshot) x UNION ALL SELECT ''rfm_refresh'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT as_of, bins, method, scored, rows_written, rows_deleted FROM crm.rfm_refresh) x $f$'
 :digest_fn;
 SELECT dblink_exec(pg_temp.single(), :'digest_fn');
 -- (a view of the differences: no rows when both hold the same)
@@ -133,7 +133,37 @@ SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, channel, or
 SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'orders after a tier change earn the same (new) points');
 SELECT is_empty($$SELECT * FROM crm.verify_ledgers()$$, 'and the ledgers still match the journal');
 
--- 6. What a distributed crm_ext refuses.
+-- 6. Work over all customers, run from the coordinator: the shards sum
+-- their customers' orders, the coordinator scores them with quantiles over
+-- all customers and writes only the rows that changed.
+SELECT is(crm.refresh_rfm(:'as_of'),
+	(SELECT n FROM dblink(pg_temp.single(), pg_catalog.format('SELECT crm.refresh_rfm(%L)', :'as_of')) AS s(n bigint)),
+	'refresh_rfm scores as many customers');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'the same RFM snapshot (global quantiles)');
+SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount)
+	SELECT 900300 + c, c, 'web', '2026-06-26 10:00+00', 400.00 FROM pg_catalog.generate_series(3, 200, 13) c$$);
+SELECT is(crm.refresh_rfm(:'as_of'::timestamptz + interval '10 days', 3, 'quantile'),
+	(SELECT n FROM dblink(pg_temp.single(), pg_catalog.format('SELECT crm.refresh_rfm(%L::timestamptz + interval ''10 days'', 3, ''quantile'')', :'as_of')) AS s(n bigint)),
+	'a later refresh with 3 bins scores as many');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'and writes the same rows (rfm_refresh counts them)');
+SELECT results_eq($$SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, '|' ORDER BY r.customer_id)) FROM crm.rfm('2026-06-30', 5, 'fixed') r$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, ''|'' ORDER BY r.customer_id)) FROM crm.rfm(''2026-06-30'', 5, ''fixed'') r') AS s(d text)$$,
+	'crm.rfm with fixed cut points: the same rows');
+SELECT results_eq($$SELECT pg_catalog.md5(pg_catalog.string_agg(s::text, '|' ORDER BY s.customer_id)) FROM crm.clv_summary('2026-06-30', '1 week') s$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT pg_catalog.md5(pg_catalog.string_agg(s::text, ''|'' ORDER BY s.customer_id)) FROM crm.clv_summary(''2026-06-30'', ''1 week'') s') AS s(d text)$$,
+	'the CLV summary: the same rows');
+-- (the fit sums over the summary rows in the order they arrive from the
+-- shards, so the parameters agree to rounding, not to the last bit)
+CREATE FUNCTION pg_temp.fit_differs(model text) RETURNS boolean LANGUAGE sql AS $$
+	SELECT bool_or(abs(c.p - s.p) > 1e-6 * abs(s.p))
+	FROM unnest((crm.clv_fit(model, '2026-06-30')).params) WITH ORDINALITY c(p, i)
+	JOIN unnest((SELECT p FROM dblink(pg_temp.single(), pg_catalog.format('SELECT (crm.clv_fit(%L, ''2026-06-30'')).params', model)) AS s(p float8[])))
+	     WITH ORDINALITY s(p, i) USING (i)
+$$;
+SELECT is(pg_temp.fit_differs('bgnbd'), false, 'clv_fit bgnbd: the same parameters (to 1e-6)');
+SELECT is(pg_temp.fit_differs('gammagamma'), false, 'clv_fit gammagamma: the same parameters (to 1e-6)');
+
+-- 7. What a distributed crm_ext refuses.
 SELECT throws_ok($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id) VALUES (900001, 9, 'X', 'fresh', 1, 1.00, 8)$$,
 	'23503', NULL, 'a line with another customer than its order''s: 23503');
 INSERT INTO crm.store (store_id, name) VALUES (51, 'new');
