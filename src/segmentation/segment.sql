@@ -59,7 +59,9 @@ COMMENT ON VIEW crm.v_customer_360 IS 'One row per golden customer: profile, ord
 CREATE VIEW crm.v_segment_sizes AS
 SELECT 'segment'::text AS kind, s.name, crm.segment_count(s.name) AS customers FROM crm.segment s
 UNION ALL
-SELECT 'tag', t.name, (SELECT pg_catalog.count(*) FROM crm.customer_tag ct WHERE ct.tag_id = t.tag_id) FROM crm.tag t
+-- (tags counted by a join, not a correlated subquery: Citus refuses that next to a reference table)
+SELECT 'tag', t.name, coalesce(n.customers, 0) FROM crm.tag t
+LEFT JOIN (SELECT ct.tag_id, pg_catalog.count(*) AS customers FROM crm.customer_tag ct GROUP BY ct.tag_id) n ON n.tag_id = t.tag_id
 UNION ALL
 SELECT 'rfm', r.segment, pg_catalog.count(*) FROM crm.customer_rfm r GROUP BY r.segment
 UNION ALL

@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(41);
+SELECT plan(43);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -162,6 +162,14 @@ CREATE FUNCTION pg_temp.fit_differs(model text) RETURNS boolean LANGUAGE sql AS 
 $$;
 SELECT is(pg_temp.fit_differs('bgnbd'), false, 'clv_fit bgnbd: the same parameters (to 1e-6)');
 SELECT is(pg_temp.fit_differs('gammagamma'), false, 'clv_fit gammagamma: the same parameters (to 1e-6)');
+SELECT is((SELECT pg_catalog.count(*)::int FROM crm.v_clv c
+	JOIN dblink(pg_temp.single(), 'SELECT customer_id, clv FROM crm.v_clv') AS s(customer_id bigint, clv float8) USING (customer_id)
+	WHERE abs(c.clv - s.clv) <= 1e-6 * abs(s.clv) + 1e-9),
+	(SELECT n FROM dblink(pg_temp.single(), 'SELECT pg_catalog.count(*)::int FROM crm.v_clv') AS s(n int)),
+	'crm.v_clv scores every customer the same (to 1e-6)');
+SELECT results_eq($$SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2') AS s(kind text, name text, customers bigint)$$,
+	'crm.v_segment_sizes: the same segments, tags, RFM segments and stages');
 
 -- 7. What a distributed crm_ext refuses.
 SELECT throws_ok($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id) VALUES (900001, 9, 'X', 'fresh', 1, 1.00, 8)$$,
