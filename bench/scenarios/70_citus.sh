@@ -49,6 +49,10 @@ else
 	ct_bulk_orders="INSERT INTO crm.orders ($ct_ocols) SELECT $ct_ocols FROM ct_orders"
 	ct_bulk_lines="INSERT INTO crm.order_line ($ct_lcols) SELECT $ct_lcols FROM ct_lines"
 	ct_after="SELECT pg_catalog.setval('crm.order_id_seq', (SELECT max(order_id) FROM ct_orders))"
+	# Work over all customers from the coordinator: the first RFM refresh
+	# (every row written) and a BG/NBD fit, on the loaded orders.
+	ct_rfm="SELECT crm.refresh_rfm(crm.sample_as_of())"
+	ct_clv="SELECT crm.clv_fit('bgnbd', crm.sample_as_of())"
 
 	# One node.
 	psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE crm_one" >/dev/null
@@ -58,6 +62,8 @@ else
 	one_orders=$(PGDATABASE=crm_one bench_time "$ct_bulk_orders")
 	one_lines=$(PGDATABASE=crm_one bench_time "$ct_bulk_lines")
 	PGDATABASE=crm_one bench_sql "$ct_after"
+	one_rfm=$(PGDATABASE=crm_one bench_time "$ct_rfm")
+	one_clv=$(PGDATABASE=crm_one bench_time "$ct_clv")
 	one_tps=$(bench_tps crm_one "$ct_tmp/order.pgbench" "$ct_secs")
 	psql -X -q -d postgres -c "DROP DATABASE crm_one" >/dev/null
 
@@ -75,6 +81,8 @@ else
 		c_orders=$(bench_time "$ct_bulk_orders")
 		c_lines=$(bench_time "$ct_bulk_lines")
 		bench_sql "$ct_after"
+		c_rfm=$(bench_time "$ct_rfm")
+		c_clv=$(bench_time "$ct_clv")
 		c_tps=$(bench_tps postgres "$ct_tmp/order.pgbench" "$ct_secs")
 		rows=$(psql -X -At -c "WITH placement AS (
 				SELECT s.shardid, pg_catalog.regexp_replace(n.nodename, '^.*/', '') AS node
@@ -88,6 +96,8 @@ else
 		bench_floor_row "citus, bulk orders with every trigger: cluster (side) vs one node (floor)" s "$c_orders" "$one_orders" "$rows"
 		bench_floor_row "citus, bulk lines with every trigger: cluster (side) vs one node (floor)" s "$c_lines" "$one_lines"
 		bench_floor_row "citus, pgbench order + 2 lines, 2 clients: cluster (side) vs one node (floor)" tps "$c_tps" "$one_tps"
+		bench_floor_row "citus, refresh_rfm of every customer: cluster (side) vs one node (floor)" s "$c_rfm" "$one_rfm"
+		bench_floor_row "citus, clv_fit bgnbd: cluster (side) vs one node (floor)" s "$c_clv" "$one_clv"
 	)
 	rm -rf "$ct_tmp"
 fi

@@ -148,6 +148,16 @@ count_basket(int *items, int n, int lo, int hi, const int64 *rowoff, uint32 *tri
 	"SELECT l.order_id, l.sku FROM crm.order_line l " \
 	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " \
 	"WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id"
+/*
+ * On a Citus coordinator the join also matches the customer (a line carries
+ * its order's there), so each shard joins its own rows and Citus merges the
+ * ordered streams; on one node a line's customer_id may be NULL.
+ */
+#define LINES_QUERY_ON_CLUSTER \
+	"SELECT l.order_id, l.sku FROM crm.order_line l " \
+	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " \
+	"AND o.customer_id OPERATOR(pg_catalog.=) l.customer_id " \
+	"WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id"
 enum
 {
 	LINE_ORDER_ID = 1, LINE_SKU
@@ -187,7 +197,8 @@ scan_lines(PassState *ps)
 	MemoryContext batch_cxt = AllocSetContextCreate(ps->fn_cxt, "crm associations batch",
 													ALLOCSET_DEFAULT_SIZES);
 
-	portal = SPI_cursor_open_with_args(NULL, crm_shard_sql(LINES_QUERY), 0, NULL, NULL, NULL, true, 0);
+	portal = SPI_cursor_open_with_args(NULL, crm_shard_sql(crm_distributed_outside_shard() ? LINES_QUERY_ON_CLUSTER : LINES_QUERY),
+									   0, NULL, NULL, NULL, true, 0);
 	for (;;)
 	{
 		uint64		r;
@@ -295,7 +306,6 @@ crm_refresh_associations(PG_FUNCTION_ARGS)
 	Oid			ins_types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID};
 	MemoryContext fn_cxt = CurrentMemoryContext;
 
-	crm_refuse_on_citus("crm.refresh_associations()");
 	if (!(min_support > 0.0 && min_support <= 1.0))
 		ereport(ERROR,
 				errcode(ERRCODE_INVALID_PARAMETER_VALUE),

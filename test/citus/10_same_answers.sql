@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(43);
+SELECT plan(45);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -167,6 +167,13 @@ SELECT is((SELECT pg_catalog.count(*)::int FROM crm.v_clv c
 	WHERE abs(c.clv - s.clv) <= 1e-6 * abs(s.clv) + 1e-9),
 	(SELECT n FROM dblink(pg_temp.single(), 'SELECT pg_catalog.count(*)::int FROM crm.v_clv') AS s(n int)),
 	'crm.v_clv scores every customer the same (to 1e-6)');
+SELECT is(crm.refresh_associations(0.005, 0.05),
+	(SELECT n FROM dblink(pg_temp.single(), 'SELECT crm.refresh_associations(0.005, 0.05)') AS s(n bigint)),
+	'refresh_associations finds as many rules (the shards join their lines and orders)');
+SELECT results_eq($$SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, '|' ORDER BY r.antecedent, r.consequent))
+	FROM (SELECT antecedent, consequent, baskets, support, confidence, lift FROM crm.association_rule) r$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, ''|'' ORDER BY r.antecedent, r.consequent)) FROM (SELECT antecedent, consequent, baskets, support, confidence, lift FROM crm.association_rule) r') AS s(d text)$$,
+	'the same rules, counts, support, confidence and lift');
 SELECT results_eq($$SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2$$,
 	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2') AS s(kind text, name text, customers bigint)$$,
 	'crm.v_segment_sizes: the same segments, tags, RFM segments and stages');
