@@ -50,6 +50,15 @@ extern void crm_kept_plans_switch(uint64 from, uint64 to);
 /* shard.c: triggers on Citus shards work on the co-located shards */
 extern void crm_shard_init(void);
 extern Datum crm_on_shard(FunctionCallInfo fcinfo, PGFunction body);
+/*
+ * Defines the C trigger function name as name_body (static, defined after
+ * it) run through crm_on_shard: on a Citus shard, with the co-located shards.
+ * (It ends as PG_FUNCTION_INFO_V1 does, so a semicolon may follow.)
+ */
+#define CRM_SHARD_TRIGGER(name) \
+	static Datum name##_body(PG_FUNCTION_ARGS); \
+	Datum name(PG_FUNCTION_ARGS) { return crm_on_shard(fcinfo, name##_body); } \
+	extern int no_such_variable
 extern bool crm_shard_active(void);
 extern uint64 crm_shard_context_id(void);
 extern Oid	crm_shard_relid(Oid logical);
@@ -98,13 +107,15 @@ extern TriggerData *crm_check_trigger(FunctionCallInfo fcinfo, const char *fn, i
 									  int level, int events, int max_nargs);
 extern int	crm_trigger_attnum(Relation rel, const char *name, const char *fn);
 
-/* rows.c: reading rows by index without the executor */
+/* rows.c: reading rows by index without the executor; a query's rows a batch at a time */
 extern HeapTuple crm_row_by_index(Relation rel, Oid idx, const Datum *key);
 extern HeapTuple crm_row_by_index_in(Relation rel, Oid idx, const Datum *key, ScanDirection direction);
 extern HeapTuple crm_row_by_index_at(Relation rel, Oid idx, const Datum *key, ScanDirection direction,
 									 Snapshot snap);
 extern bool crm_first_row_by_index(Oid relid, Oid idx, const Datum *key, AttrNumber att,
 								   Datum *value, bool *isnull);
+typedef void (*CrmRowFn) (HeapTuple tup, TupleDesc desc, void *arg);
+extern void crm_each_row(const char *sql, int nargs, Oid *types, Datum *args, CrmRowFn each_row, void *arg);
 #define CRM_MERGE_WALK_LIMIT	1000	/* longest chain of merged_into links walked */
 /* What a walk of crm.customer.merged_into needs: the table, its primary key, the column. */
 typedef struct CrmCustomerKeys

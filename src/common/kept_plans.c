@@ -124,9 +124,15 @@ keyed_planner(Query *parse, const char *query_string, int cursor_options, ParamL
 	int			nest;
 	PlannedStmt *result;
 
-	/* a statement planned while a keyed one is (a function evaluated at plan time) is not keyed */
 	if (query_string == NULL || strncmp(query_string, KEYED_MARK, sizeof(KEYED_MARK) - 1) != 0)
-		return plan_as(false, parse, query_string, cursor_options, params);
+	{
+		/* a statement planned while a keyed one is (a function evaluated at plan time) is not keyed */
+		if (planning_keyed)
+			return plan_as(false, parse, query_string, cursor_options, params);
+		/* every other statement of the backend: as if crm_ext were not there */
+		return prev_planner_hook ? prev_planner_hook(parse, query_string, cursor_options, params) :
+			standard_planner(parse, query_string, cursor_options, params);
+	}
 	nest = NewGUCNestLevel();
 	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);

@@ -376,14 +376,7 @@ PG_FUNCTION_INFO_V1(crm_referenced_row);
  *		are deleted ('cascade').  Also an AFTER TRUNCATE STATEMENT trigger:
  *		the referencing tables must be empty then.
  */
-static Datum crm_referenced_row_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_referenced_row(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_referenced_row_body);
-}
+CRM_SHARD_TRIGGER(crm_referenced_row);
 
 static Datum
 crm_referenced_row_body(PG_FUNCTION_ARGS)

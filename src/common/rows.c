@@ -2,7 +2,7 @@
  * rows.c
  *		Reading crm's rows and relations without the executor: lookups by
  *		key inside triggers, where an SPI query would cost several times as
- *		much, and relations by name.
+ *		much, and relations by name; and a query's rows a batch at a time.
  */
 #include "postgres.h"
 
@@ -14,6 +14,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
+#include "miscadmin.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -145,4 +146,41 @@ crm_merge_walk_at(const CrmCustomerKeys *keys, int64 record, int64 target,
 	}
 	table_close(crel, AccessShareLock);
 	return last;
+}
+
+/*
+ * Runs the read-only query sql through a cursor and calls each_row(tup,
+ * desc, arg) for every row it returns, a batch at a time, so a result of
+ * millions of rows is never held whole.  each_row runs in the caller's
+ * memory context (what it allocates outlives SPI); tup and its values are
+ * valid only during the call.  Whole-table reads that go through Citus on a
+ * coordinator use it, where one node scans the table itself.
+ */
+#define EACH_ROW_BATCH 10000
+void
+crm_each_row(const char *sql, int nargs, Oid *types, Datum *args, CrmRowFn each_row, void *arg)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	Portal		portal;
+
+	SPI_connect();
+	portal = SPI_cursor_open_with_args(NULL, sql, nargs, types, args, NULL, true, 0);
+	for (;;)
+	{
+		MemoryContext spi;
+
+		SPI_cursor_fetch(portal, true, EACH_ROW_BATCH);
+		if (SPI_processed == 0)
+			break;
+		spi = MemoryContextSwitchTo(caller);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			each_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, arg);
+		}
+		MemoryContextSwitchTo(spi);
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
 }

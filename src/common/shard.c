@@ -64,7 +64,7 @@ typedef struct RelShard
 	int32		shard_min;
 } RelShard;
 
-/* Which relation a crm table means in a shard group. */
+/* Which relation a crm table (or one of its indexes) means in a shard group. */
 typedef struct MappedKey
 {
 	Oid			logical;
@@ -328,15 +328,17 @@ read_mapped(Oid logical, bool in_group)
  */
 static bool references_only = false;	/* crm_config_sql at work */
 
-Oid
-crm_shard_relid(Oid logical)
+/*
+ * What logical (a table or an index) maps to in the current group, from
+ * the cache, made by compute(logical, in_group) on first use.
+ */
+static Oid
+mapped_in_group(Oid logical, Oid (*compute) (Oid logical, bool in_group))
 {
 	MappedKey	key;
 	Mapped	   *m;
 	bool		found;
 
-	if (!current.active && !(references_only && citus_present()))
-		return logical;
 	if (mapped == NULL)
 		mapped = shard_hash("crm_ext shards by table", sizeof(MappedKey), sizeof(Mapped));
 	memset(&key, 0, sizeof(key));
@@ -346,14 +348,22 @@ crm_shard_relid(Oid logical)
 	m = hash_search(mapped, &key, HASH_FIND, NULL);
 	if (m == NULL)
 	{
-		Oid			relid = read_mapped(logical, current.active);
+		Oid			relid = compute(logical, current.active);
 
-		if (mapped == NULL)		/* flushed while reading */
+		if (mapped == NULL)		/* flushed while computing */
 			mapped = shard_hash("crm_ext shards by table", sizeof(MappedKey), sizeof(Mapped));
 		m = hash_search(mapped, &key, HASH_ENTER, &found);
 		m->relid = relid;
 	}
 	return m->relid;
+}
+
+Oid
+crm_shard_relid(Oid logical)
+{
+	if (!current.active && !(references_only && citus_present()))
+		return logical;
+	return mapped_in_group(logical, read_mapped);
 }
 
 /*
@@ -494,6 +504,23 @@ crm_distributed_outside_shard(void)
 	return customers_distributed == 1;
 }
 
+/* crm_shard_index's lookup by name, made once per group and index (mapped_in_group). */
+static Oid
+shard_index_of(Oid logical_index, bool in_group)
+{
+	Oid			table = IndexGetRelation(logical_index, false);
+	Oid			shard = crm_shard_relid(table);
+	const char *tname;
+	const char *sname;
+
+	if (shard == table)
+		return logical_index;
+	tname = get_rel_name(table);
+	sname = get_rel_name(shard);
+	return get_relname_relid(psprintf("%s%s", get_rel_name(logical_index), sname + strlen(tname)),
+							 get_rel_namespace(shard));
+}
+
 /*
  * The index a crm C function uses for logical_index (an index of a crm
  * table): itself, or within a trigger on a shard, the same index of the
@@ -502,21 +529,9 @@ crm_distributed_outside_shard(void)
 Oid
 crm_shard_index(Oid logical_index)
 {
-	Oid			table;
-	Oid			shard;
-	const char *tname;
-	const char *sname;
-
 	if (!current.active)
 		return logical_index;
-	table = IndexGetRelation(logical_index, false);
-	shard = crm_shard_relid(table);
-	if (shard == table)
-		return logical_index;
-	tname = get_rel_name(table);
-	sname = get_rel_name(shard);
-	return get_relname_relid(psprintf("%s%s", get_rel_name(logical_index), sname + strlen(tname)),
-							 get_rel_namespace(shard));
+	return mapped_in_group(logical_index, shard_index_of);
 }
 
 /*

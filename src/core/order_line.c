@@ -101,14 +101,7 @@ PG_FUNCTION_INFO_V1(crm_number_order_line);
  *		BEFORE INSERT row trigger on crm.order_line: a NULL line_no becomes
  *		the order's next line number.
  */
-static Datum crm_number_order_line_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_number_order_line(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_number_order_line_body);
-}
+CRM_SHARD_TRIGGER(crm_number_order_line);
 
 static Datum
 crm_number_order_line_body(PG_FUNCTION_ARGS)
@@ -234,14 +227,7 @@ PG_FUNCTION_INFO_V1(crm_lock_line_orders);
  *		of the lines, or they for the merge, and the order cannot be deleted
  *		under them.  Lines inserted with their order take no lock.
  */
-static Datum crm_lock_line_orders_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_lock_line_orders(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_lock_line_orders_body);
-}
+CRM_SHARD_TRIGGER(crm_lock_line_orders);
 
 static Datum
 crm_lock_line_orders_body(PG_FUNCTION_ARGS)

@@ -765,14 +765,7 @@ PG_FUNCTION_INFO_V1(crm_fill_origin_customer);
  *		the origin's merges (55000).
  *		Both: the checks its arguments ask for (time range, value pattern).
  */
-static Datum crm_fill_origin_customer_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_fill_origin_customer(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_fill_origin_customer_body);
-}
+CRM_SHARD_TRIGGER(crm_fill_origin_customer);
 
 static Datum
 crm_fill_origin_customer_body(PG_FUNCTION_ARGS)

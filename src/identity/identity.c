@@ -171,14 +171,7 @@ PG_FUNCTION_INFO_V1(crm_identity_stitch_trigger);
  *		AFTER INSERT row trigger on crm.identity: links the new identifier's
  *		customer with the other customers holding the same (kind, value).
  */
-static Datum crm_identity_stitch_trigger_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_identity_stitch_trigger(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_identity_stitch_trigger_body);
-}
+CRM_SHARD_TRIGGER(crm_identity_stitch_trigger);
 
 static Datum
 crm_identity_stitch_trigger_body(PG_FUNCTION_ARGS)

@@ -1069,14 +1069,7 @@ run_order_trigger(FunctionCallInfo fcinfo, const char *name, LoyaltyEvent ev,
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_insert);
 
 /* crm.loyalty_orders_insert(): AFTER INSERT statement trigger on crm.orders. */
-static Datum crm_loyalty_orders_insert_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_loyalty_orders_insert(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_loyalty_orders_insert_body);
-}
+CRM_SHARD_TRIGGER(crm_loyalty_orders_insert);
 
 static Datum
 crm_loyalty_orders_insert_body(PG_FUNCTION_ARGS)
@@ -1141,14 +1134,7 @@ refund_row(LoyaltyBatch *ctx, Acct *ac, HeapTuple tup, TupleDesc desc)
 PG_FUNCTION_INFO_V1(crm_loyalty_orders_update);
 
 /* crm.loyalty_orders_update(): AFTER UPDATE statement trigger on crm.orders. */
-static Datum crm_loyalty_orders_update_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_loyalty_orders_update(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_loyalty_orders_update_body);
-}
+CRM_SHARD_TRIGGER(crm_loyalty_orders_update);
 
 static Datum
 crm_loyalty_orders_update_body(PG_FUNCTION_ARGS)
@@ -1198,14 +1184,7 @@ PG_FUNCTION_INFO_V1(crm_loyalty_orders_delete);
  * A deleted paid order takes its points and qualifying spend with it, as a
  * full refund would.
  */
-static Datum crm_loyalty_orders_delete_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_loyalty_orders_delete(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_loyalty_orders_delete_body);
-}
+CRM_SHARD_TRIGGER(crm_loyalty_orders_delete);
 
 static Datum
 crm_loyalty_orders_delete_body(PG_FUNCTION_ARGS)
@@ -1381,14 +1360,7 @@ lines_with_bonus_category(TriggerData *td)
 PG_FUNCTION_INFO_V1(crm_loyalty_lines_insert);
 
 /* crm.loyalty_lines_insert(): AFTER INSERT statement trigger on crm.order_line. */
-static Datum crm_loyalty_lines_insert_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_loyalty_lines_insert(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_loyalty_lines_insert_body);
-}
+CRM_SHARD_TRIGGER(crm_loyalty_lines_insert);
 
 static Datum
 crm_loyalty_lines_insert_body(PG_FUNCTION_ARGS)
@@ -1520,14 +1492,7 @@ PG_FUNCTION_INFO_V1(crm_points_journal_guard);
  *		session could turn on.)  In C because a merge moves every journal
  *		row of the merged record through it.
  */
-static Datum crm_points_journal_guard_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_points_journal_guard(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_points_journal_guard_body);
-}
+CRM_SHARD_TRIGGER(crm_points_journal_guard);
 
 static Datum
 crm_points_journal_guard_body(PG_FUNCTION_ARGS)

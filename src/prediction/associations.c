@@ -143,20 +143,15 @@ count_basket(int *items, int n, int lo, int hi, const int64 *rowoff, uint32 *tri
 	}
 }
 
-
-#define LINES_QUERY \
-	"SELECT l.order_id, l.sku FROM crm.order_line l " \
-	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " \
-	"WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id"
 /*
- * On a Citus coordinator the join also matches the customer (a line carries
- * its order's there), so each shard joins its own rows and Citus merges the
- * ordered streams; on one node a line's customer_id may be NULL.
+ * Every paid order line, by order.  On a Citus coordinator the join also
+ * matches the customer (a line carries its order's there), so each shard
+ * joins its own rows and Citus merges the ordered streams; on one node a
+ * line's customer_id may be NULL.
  */
-#define LINES_QUERY_ON_CLUSTER \
+#define LINES_QUERY(customer_match) \
 	"SELECT l.order_id, l.sku FROM crm.order_line l " \
-	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " \
-	"AND o.customer_id OPERATOR(pg_catalog.=) l.customer_id " \
+	"JOIN crm.orders o ON o.order_id OPERATOR(pg_catalog.=) l.order_id " customer_match \
 	"WHERE o.status OPERATOR(pg_catalog.=) 'paid' ORDER BY l.order_id"
 enum
 {
@@ -197,7 +192,9 @@ scan_lines(PassState *ps)
 	MemoryContext batch_cxt = AllocSetContextCreate(ps->fn_cxt, "crm associations batch",
 													ALLOCSET_DEFAULT_SIZES);
 
-	portal = SPI_cursor_open_with_args(NULL, crm_shard_sql(crm_distributed_outside_shard() ? LINES_QUERY_ON_CLUSTER : LINES_QUERY),
+	portal = SPI_cursor_open_with_args(NULL, crm_shard_sql(crm_distributed_outside_shard() ?
+															 LINES_QUERY("AND o.customer_id OPERATOR(pg_catalog.=) l.customer_id ") :
+															 LINES_QUERY("")),
 									   0, NULL, NULL, NULL, true, 0);
 	for (;;)
 	{

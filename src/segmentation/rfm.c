@@ -7,7 +7,9 @@
  * One pass: the merged (non-golden) records come from a partial index of
  * crm.customer, then one heap scan of crm.orders folds each paid order placed
  * before as_of into a hash table keyed by customer_id (last order time,
- * count, cents).  Scoring sorts each measure once.
+ * count, cents).  Scoring sorts each measure once.  On a Citus coordinator
+ * the shards sum their customers instead (one row per customer), and the
+ * quantiles are still over all customers.
  *
  * Tie rule for quantile scores: a customer's score is
  *		1 + floor(bins * (customers strictly worse) / customers)
@@ -400,6 +402,24 @@ aggregate_orders(TimestampTz as_of, Snapshot snap)
 	return agg;
 }
 
+/* fold_orders for one row of aggregate_orders_on_cluster's query. */
+static void
+fold_customer_sums(HeapTuple tup, TupleDesc desc, void *agg)
+{
+	enum
+	{
+		SUMS_COL_CUSTOMER_ID = 1, SUMS_COL_LAST_AT, SUMS_COL_COUNT, SUMS_COL_NET
+	};
+	bool		isnull;
+	bool		net_null;
+	Datum		net = SPI_getbinval(tup, desc, SUMS_COL_NET, &net_null);
+	int64		cust = DatumGetInt64(SPI_getbinval(tup, desc, SUMS_COL_CUSTOMER_ID, &isnull));
+	TimestampTz last_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, SUMS_COL_LAST_AT, &isnull));
+	int64		count = DatumGetInt64(SPI_getbinval(tup, desc, SUMS_COL_COUNT, &isnull));
+
+	fold_orders(agg, cust, last_at, count, net_null ? 0 : crm_numeric_to_cents(net));
+}
+
 /*
  * The same on a Citus coordinator, where the orders are in the workers'
  * shards: each shard sums its customers (the GROUP BY is by the distribution
@@ -407,49 +427,19 @@ aggregate_orders(TimestampTz as_of, Snapshot snap)
  * row per customer.  net_amount has two decimals, so the sum's cents are
  * the sum of the orders' cents.
  */
-#define FETCH_ROWS 10000
 static rfmagg_hash *
 aggregate_orders_on_cluster(TimestampTz as_of)
 {
-	enum
-	{
-		AGG_COL_CUSTOMER_ID = 1, AGG_COL_LAST_AT, AGG_COL_COUNT, AGG_COL_NET
-	};
 	rfmagg_hash *agg = rfmagg_create(CurrentMemoryContext, 8192, NULL);
 	Oid			types[1] = {TIMESTAMPTZOID};
 	Datum		args[1] = {TimestampTzGetDatum(as_of)};
-	Portal		portal;
 
-	SPI_connect();
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT o.customer_id, pg_catalog.max(o.ordered_at), pg_catalog.count(*), "
-									   "pg_catalog.sum(o.net_amount) FROM crm.orders o "
-									   "JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id "
-									   "WHERE c.merged_into IS NULL AND o.ordered_at OPERATOR(pg_catalog.<) $1 "
-									   "AND o.status OPERATOR(pg_catalog.=) 'paid' GROUP BY o.customer_id",
-									   1, types, args, NULL, true, 0);
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	td = SPI_tuptable->tupdesc;
-			bool		isnull;
-			Datum		net = SPI_getbinval(tup, td, AGG_COL_NET, &isnull);
-
-			CHECK_FOR_INTERRUPTS();
-			fold_orders(agg, DatumGetInt64(SPI_getbinval(tup, td, AGG_COL_CUSTOMER_ID, &isnull)),
-						DatumGetTimestampTz(SPI_getbinval(tup, td, AGG_COL_LAST_AT, &isnull)),
-						DatumGetInt64(SPI_getbinval(tup, td, AGG_COL_COUNT, &isnull)),
-						isnull ? 0 : crm_numeric_to_cents(net));
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	SPI_finish();
+	crm_each_row("SELECT o.customer_id, pg_catalog.max(o.ordered_at), pg_catalog.count(*), "
+				 "pg_catalog.sum(o.net_amount) FROM crm.orders o "
+				 "JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id "
+				 "WHERE c.merged_into IS NULL AND o.ordered_at OPERATOR(pg_catalog.<) $1 "
+				 "AND o.status OPERATOR(pg_catalog.=) 'paid' GROUP BY o.customer_id",
+				 1, types, args, fold_customer_sums, agg);
 	return agg;
 }
 
@@ -649,39 +639,46 @@ find_row(RfmRow *rows, int64 n, int64 cust)
 static const char *const snapshot_columns[] = {"customer_id", "last_order_at", "frequency", "monetary", "score", "segment"};
 #define N_SNAPSHOT_COLUMNS lengthof(snapshot_columns)
 
-/*
- * One stored row v[] (snapshot_columns' order) against the new rows: changed
- * goes to upd, a customer no longer scored to del; seen[] marks the new row.
- */
+/* The new rows (sorted by customer), and what comparing the stored ones with them finds. */
+typedef struct SnapshotDiff
+{
+	RfmRow	   *rows;
+	int64		n;
+	bool	   *seen;			/* per new row: it has a stored row */
+	Datum	   *segtext;		/* segment_datum's cache */
+	RowBatch   *upd;			/* changed rows */
+	RowBatch   *del;			/* customers no longer scored */
+} SnapshotDiff;
+
+/* One stored row v[] (snapshot_columns' order) against the new rows. */
 static void
-diff_row(const Datum *v, RfmRow *rows, int64 n, bool *seen, Datum *segtext, RowBatch *upd, RowBatch *del)
+diff_row(SnapshotDiff *d, const Datum *v)
 {
 	int64		cust = DatumGetInt64(v[0]);
-	RfmRow	   *row = find_row(rows, n, cust);
+	RfmRow	   *row = find_row(d->rows, d->n, cust);
 
 	if (row == NULL)
 	{
-		if (del->n == del->capacity)
+		if (d->del->n == d->del->capacity)
 		{
-			del->capacity *= 2;
-			del->cust = repalloc(del->cust, sizeof(Datum) * del->capacity);
+			d->del->capacity *= 2;
+			d->del->cust = repalloc(d->del->cust, sizeof(Datum) * d->del->capacity);
 		}
-		del->cust[del->n++] = Int64GetDatum(cust);
+		d->del->cust[d->del->n++] = Int64GetDatum(cust);
 		return;
 	}
-	seen[row - rows] = true;
+	d->seen[row - d->rows] = true;
 	if (DatumGetTimestampTz(v[1]) != row->last_at ||
 		DatumGetInt64(v[2]) != row->frequency ||
 		crm_numeric_to_cents(v[3]) != row->cents ||
 		DatumGetRfmScore(v[4]) != row->score ||
-		!text_equal(v[5], segment_datum(segtext, row->score)))
-		batch_add(upd, row, segtext);
+		!text_equal(v[5], segment_datum(d->segtext, row->score)))
+		batch_add(d->upd, row, d->segtext);
 }
 
 /* diff_row for every row of crm.rfm_snapshot, by a scan of the table. */
 static void
-diff_stored_rows(Relation rel, Snapshot snap, RfmRow *rows, int64 n, bool *seen, Datum *segtext,
-				 RowBatch *upd, RowBatch *del)
+diff_stored_rows(SnapshotDiff *d, Relation rel, Snapshot snap)
 {
 	AttrNumber	att[N_SNAPSHOT_COLUMNS];
 	Datum		v[N_SNAPSHOT_COLUMNS];
@@ -696,52 +693,29 @@ diff_stored_rows(Relation rel, Snapshot snap, RfmRow *rows, int64 n, bool *seen,
 		slot_getallattrs(slot);
 		for (int c = 0; c < N_SNAPSHOT_COLUMNS; c++)
 			v[c] = slot->tts_values[att[c] - 1];
-		diff_row(v, rows, n, seen, segtext, upd, del);
+		diff_row(d, v);
 	}
 	table_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 }
 
-/* The same on a Citus coordinator: the rows come from the shards, through Citus. */
+/* diff_row for a row of the query in diff_snapshot (snapshot_columns' order; none is NULL). */
 static void
-diff_stored_rows_on_cluster(RfmRow *rows, int64 n, bool *seen, Datum *segtext, RowBatch *upd, RowBatch *del)
+diff_queried_row(HeapTuple tup, TupleDesc desc, void *d)
 {
 	Datum		v[N_SNAPSHOT_COLUMNS];
-	MemoryContext outer = CurrentMemoryContext;
-	Portal		portal;
+	bool		isnull;
 
-	SPI_connect();
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT s.customer_id, s.last_order_at, s.frequency, s.monetary, s.score, s.segment "
-									   "FROM crm.rfm_snapshot s", 0, NULL, NULL, NULL, true, 0);
-	for (;;)
-	{
-		SPI_cursor_fetch(portal, true, FETCH_ROWS);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			MemoryContext spi;
-
-			CHECK_FOR_INTERRUPTS();
-			for (int c = 0; c < N_SNAPSHOT_COLUMNS; c++)
-				v[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &isnull);
-			/* (segtext's texts outlive SPI) */
-			spi = MemoryContextSwitchTo(outer);
-			diff_row(v, rows, n, seen, segtext, upd, del);
-			MemoryContextSwitchTo(spi);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	SPI_finish();
+	for (int c = 0; c < N_SNAPSHOT_COLUMNS; c++)
+		v[c] = SPI_getbinval(tup, desc, c + 1, &isnull);
+	diff_row(d, v);
 }
 
 /*
  * Compares crm.rfm_snapshot with the new rows: changed rows go to upd,
  * rows of customers no longer scored to del (customer ids only); seen[]
- * marks the new rows that have a snapshot row.  Returns the type of the
+ * marks the new rows that have a snapshot row.  On a Citus coordinator the
+ * stored rows come from the shards, through Citus.  Returns the type of the
  * score column.
  */
 static Oid
@@ -750,14 +724,16 @@ diff_snapshot(RfmRow *rows, int64 n, bool *seen, Datum *segtext, Snapshot snap,
 {
 	Relation	rel = table_open(crm_relid("rfm_snapshot"), AccessShareLock);
 	Oid			score_type = TupleDescAttr(RelationGetDescr(rel), column_of(rel, "score") - 1)->atttypid;
+	SnapshotDiff d = {rows, n, seen, segtext, upd, del};
 
 	del->n = 0;
 	del->capacity = 64;
 	del->cust = palloc(sizeof(Datum) * del->capacity);
 	if (crm_distributed_outside_shard())
-		diff_stored_rows_on_cluster(rows, n, seen, segtext, upd, del);
+		crm_each_row("SELECT s.customer_id, s.last_order_at, s.frequency, s.monetary, s.score, s.segment "
+					 "FROM crm.rfm_snapshot s", 0, NULL, NULL, diff_queried_row, &d);
 	else
-		diff_stored_rows(rel, snap, rows, n, seen, segtext, upd, del);
+		diff_stored_rows(&d, rel, snap);
 	table_close(rel, AccessShareLock);
 	return score_type;
 }

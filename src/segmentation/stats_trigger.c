@@ -365,14 +365,7 @@ PG_FUNCTION_INFO_V1(crm_customer_stats_trigger);
  *		AFTER INSERT / UPDATE / DELETE FOR EACH STATEMENT on crm.orders,
  *		crm.order_line, crm.event, with transition tables.
  */
-static Datum crm_customer_stats_trigger_body(PG_FUNCTION_ARGS);
-
-Datum
-crm_customer_stats_trigger(PG_FUNCTION_ARGS)
-{
-	/* on a Citus shard: with the co-located shards (src/common/shard.c) */
-	return crm_on_shard(fcinfo, crm_customer_stats_trigger_body);
-}
+CRM_SHARD_TRIGGER(crm_customer_stats_trigger);
 
 static Datum
 crm_customer_stats_trigger_body(PG_FUNCTION_ARGS)
