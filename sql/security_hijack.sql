@@ -313,7 +313,8 @@ RESET search_path;
 -- Nothing planted ran.
 SELECT what, pg_catalog.count(*) FROM hijack.ran GROUP BY 1 ORDER BY 1;
 -- Every crm function ran (type support and aggregate parts excepted, and
--- the parts of crm.distribute() that need Citus: test/citus runs them).
+-- the parts of crm.distribute() and of merges that need Citus: test/citus
+-- runs them).
 SELECT p.oid::pg_catalog.regprocedure AS never_called
 FROM pg_catalog.pg_proc p
 WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p.prokind OPERATOR(pg_catalog.=) 'f'
@@ -321,6 +322,8 @@ WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_aggregate a WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn]::pg_catalog.oid[]))
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_xact_user_functions s WHERE s.funcid OPERATOR(pg_catalog.=) p.oid)
   AND p.oid OPERATOR(pg_catalog.<>) ALL (ARRAY['crm.distribute(integer)', 'crm.distribute_tables(integer)',
-                                               'crm.distribute_ddl(text)', 'crm.distribute_id_ranges()']::pg_catalog.regprocedure[])
+                                               'crm.distribute_ddl(text)', 'crm.distribute_id_ranges()',
+                                               'crm.set_local_on_cluster(text,text)',
+                                               'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)']::pg_catalog.regprocedure[])
 ORDER BY 1;
 ROLLBACK;

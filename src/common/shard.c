@@ -41,6 +41,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 
 #include "crm_ext.h"
 
@@ -212,9 +213,28 @@ rel_shard(Relation rel)
 }
 
 /*
- * Runs the C trigger body with fcinfo in the shard group of the relation
- * it fired on (none outside a hash-distributed table's shard; a reference
- * table's shard keeps the caller's), restoring the caller's group after.
+ * The relation whose shard group a call of a crm C function runs in: a
+ * trigger's relation, or the first argument of a function whose first
+ * argument is a regclass (work the coordinator pushes down to a shard as
+ * SELECT f(c.tableoid::regclass, ...) FROM crm.customer c: Citus sends the
+ * call to the worker, and tableoid there is the shard's).  NULL: none.
+ */
+static Relation
+shard_of_call(FunctionCallInfo fcinfo)
+{
+	if (CALLED_AS_TRIGGER(fcinfo))
+		return ((TriggerData *) fcinfo->context)->tg_relation;
+	if (PG_NARGS() > 0 && !PG_ARGISNULL(0) &&
+		get_fn_expr_argtype(fcinfo->flinfo, 0) == REGCLASSOID)
+		return RelationIdGetRelation(PG_GETARG_OID(0));
+	return NULL;
+}
+
+/*
+ * Runs the C function body with fcinfo in the shard group of its relation
+ * (shard_of_call; none outside a hash-distributed table's shard, and a
+ * reference table's shard keeps the caller's), restoring the caller's
+ * group after.
  */
 Datum
 crm_on_shard(FunctionCallInfo fcinfo, PGFunction body)
@@ -223,11 +243,14 @@ crm_on_shard(FunctionCallInfo fcinfo, PGFunction body)
 	uint64		saved_id = crm_shard_context_id();
 	uint64		entered_id;
 	volatile Datum result = (Datum) 0;
+	Relation	rel = shard_of_call(fcinfo);
 
-	if (CALLED_AS_TRIGGER(fcinfo))
+	if (rel != NULL)
 	{
-		RelShard	rs = rel_shard(((TriggerData *) fcinfo->context)->tg_relation);
+		RelShard	rs = rel_shard(rel);
 
+		if (!CALLED_AS_TRIGGER(fcinfo))
+			RelationClose(rel);
 		if (rs.hash_shard)
 		{
 			current.active = true;
@@ -575,6 +598,19 @@ crm_refuse_on_citus(const char *what)
 				 errmsg("%s does not run on a distributed crm_ext yet", what),
 				 errdetail("crm_ext is distributed with Citus (crm.distribute()), and %s works across customers.", what),
 				 errhint("See README, \"Scaling out with Citus\", for what runs on a cluster.")));
+}
+
+PG_FUNCTION_INFO_V1(crm_on_citus);
+
+/*
+ * crm.on_citus(): crm_ext is distributed with Citus and this is not work on
+ * a shard, so per-customer tables are reached through Citus (PL/pgSQL takes
+ * the cluster's way of moving rows, crm.move_customer_rows, when true).
+ */
+Datum
+crm_on_citus(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(crm_distributed_outside_shard());
 }
 
 PG_FUNCTION_INFO_V1(crm_refuse_on_citus_sql);

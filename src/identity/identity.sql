@@ -189,6 +189,30 @@ COMMENT ON FUNCTION crm.golden_customer(bigint) IS
 -- ---------------------------------------------------------------------------
 -- The merge itself (used by every path)
 -- ---------------------------------------------------------------------------
+-- A golden record and every record under it: those merged into it, and
+-- (a chain left by an older release) the records merged into those, level
+-- by level (a recursive query over crm.customer is refused by Citus).
+CREATE FUNCTION crm.records_under(golden bigint) RETURNS bigint[]
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	found bigint[] := ARRAY[golden];
+	level bigint[] := ARRAY[golden];
+	depth integer := 0;
+BEGIN
+	WHILE level <> '{}' AND depth < 1000 LOOP
+		level := ARRAY(SELECT c.customer_id FROM crm.customer c
+		               WHERE c.merged_into = ANY (level) AND c.customer_id <> ALL (found));
+		found := found || level;
+		depth := depth + 1;
+	END LOOP;
+	RETURN ARRAY(SELECT DISTINCT u.id FROM pg_catalog.unnest(found) u(id) ORDER BY 1);
+END
+$$;
+COMMENT ON FUNCTION crm.records_under(bigint) IS
+	'Internal: a golden record and every record merged into it, also along a chain an older release left, sorted';
+
 CREATE FUNCTION crm.merge_goldens(a bigint, b bigint, source text, reason text, via_identity_id bigint)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -216,6 +240,11 @@ DECLARE
 	n_parked bigint;
 	mid bigint;
 BEGIN
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	IF a IS NULL OR b IS NULL OR source IS NULL THEN
 		RAISE EXCEPTION 'merging needs two customer ids'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -248,7 +277,9 @@ BEGIN
 		-- rolls back: a lock kept on a customer that is no longer golden
 		-- would take the next ones out of order) and both sides resolve again.
 		BEGIN
-			PERFORM 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) ORDER BY c.customer_id FOR NO KEY UPDATE;
+			-- (one statement per row: Citus locks rows of one shard at a time)
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
 			IF crm.golden_customer(a) = ga AND crm.golden_customer(b) = gb THEN
 				EXIT;
 			END IF;
@@ -301,31 +332,22 @@ BEGIN
 	-- The merged golden and every record under it (all of them point at m;
 	-- records chained below one of them by an older release too) move
 	-- under the survivor, so no record ends up merged into a merged one.
-	mem := ARRAY(WITH RECURSIVE down(id, depth) AS (
-	                 SELECT m, 0
-	                 UNION
-	                 SELECT c.customer_id, d.depth + 1 FROM down d
-	                 JOIN crm.customer c ON c.merged_into = d.id
-	                 WHERE d.depth < 1000)
-	             SELECT DISTINCT d.id FROM down d ORDER BY 1);
+	mem := crm.records_under(m);
 	-- Members other records were merged into (only a chain left by an older
 	-- release has them): their points, stats and tags follow below.
-	chained := ARRAY(SELECT u.id FROM pg_catalog.unnest(mem) u(id)
-	                 WHERE u.id <> m AND EXISTS (SELECT 1 FROM crm.customer c WHERE c.merged_into = u.id)
+	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
+	                 WHERE c.merged_into = ANY (mem) AND c.merged_into <> m
 	                 ORDER BY 1);
 	UPDATE crm.customer c SET merged_into = s WHERE c.customer_id = ANY (mem);
 
 	-- Core rows of every member (strays inserted for a merged-away record
-	-- included) move to the survivor.
-	UPDATE crm.orders o SET customer_id = s WHERE o.customer_id = ANY (mem);
-	GET DIAGNOSTICS n_orders = ROW_COUNT;
-	UPDATE crm.event e SET customer_id = s WHERE e.customer_id = ANY (mem);
-	GET DIAGNOSTICS n_events = ROW_COUNT;
-	UPDATE crm.identity i SET customer_id = s
-	WHERE i.customer_id = m
-	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
-	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = s);
-	GET DIAGNOSTICS n_ids = ROW_COUNT;
+	-- included) move to the survivor; identifiers the survivor holds
+	-- already stay parked on m.
+	n_orders := crm.move_customer_rows('crm.orders', s, 't.customer_id = ANY ($2)', mem);
+	n_events := crm.move_customer_rows('crm.event', s, 't.customer_id = ANY ($2)', mem);
+	n_ids := crm.move_customer_rows('crm.identity', s,
+		't.customer_id = $2[1] AND (t.kind, t.value) NOT IN (SELECT d.kind, d.value FROM crm.identity d WHERE d.customer_id = $1)',
+		ARRAY[m]);
 	SELECT pg_catalog.count(*) INTO n_parked FROM crm.identity i WHERE i.customer_id = m;
 
 	INSERT INTO crm.merge_log (survivor, merged, members, source, reason, via_identity_id,
@@ -351,7 +373,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: reason may be NULL; NULL ids raise an error.
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.merge_customers()');
 	IF a IS NULL OR b IS NULL THEN
 		RAISE EXCEPTION 'crm.merge_customers needs two customer ids'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -388,8 +409,8 @@ DECLARE
 	who bigint[];
 	g bigint;
 	sub bigint[];
+	golden bigint;
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.unmerge()');
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -457,27 +478,20 @@ BEGIN
 	-- Every row that arrived on one of these records goes back (attribution
 	-- by origin_customer_id, also for rows added since the merge); the
 	-- golden keeps the rows of its other records.
-	UPDATE crm.orders o SET customer_id = l.merged
-	WHERE o.customer_id = g AND o.origin_customer_id = ANY (sub);
-	UPDATE crm.event e SET customer_id = l.merged
-	WHERE e.customer_id = g AND e.origin_customer_id = ANY (sub);
-	UPDATE crm.identity i SET customer_id = l.merged
-	WHERE i.customer_id = g AND i.origin_customer_id = ANY (sub);
+	PERFORM crm.move_customer_rows(x.tbl, l.merged, 't.customer_id = $2[1] AND t.origin_customer_id = ANY ($3)', ARRAY[g], sub)
+	FROM (VALUES ('crm.orders'::regclass), ('crm.event'), ('crm.identity')) x(tbl);
 	-- An identity parked on a record of either side because its golden held
 	-- the same value, from a record that just went to the other side, moves
 	-- up to its golden now (the lowest identity_id of a value; the rest stay
 	-- parked), as batch stitching moves stray identities.
-	WITH cand AS (
-		SELECT i.identity_id, c.merged_into AS golden,
-		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, c.merged_into ORDER BY i.identity_id) AS rn
-		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
-		WHERE c.merged_into IN (g, l.merged)
-		  AND NOT EXISTS (SELECT 1 FROM crm.identity d
-		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into)
-	)
-	UPDATE crm.identity i SET customer_id = x.golden
-	FROM cand x
-	WHERE i.identity_id = x.identity_id AND x.rn = 1;
+	FOREACH golden IN ARRAY ARRAY[g, l.merged] LOOP
+		PERFORM crm.move_customer_rows('crm.identity', golden, 't.identity_id = ANY ($2)',
+			ARRAY(SELECT DISTINCT ON (i.kind, i.value) i.identity_id
+			      FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+			      WHERE c.merged_into = golden
+			        AND (i.kind, i.value) NOT IN (SELECT d.kind, d.value FROM crm.identity d WHERE d.customer_id = golden)
+			      ORDER BY i.kind, i.value, i.identity_id));
+	END LOOP;
 
 	UPDATE crm.merge_log x SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
 	WHERE x.merge_id = l.merge_id;
@@ -499,27 +513,35 @@ COMMENT ON FUNCTION crm.unmerge(bigint, boolean) IS
 	'Undoes one merge selectively: the merged record and the records merged into it leave their golden customer with exactly the rows and points that arrived on them, later merges stay; the unmerge hooks run and only the pair separated is kept apart; cascade => true undoes the later merges of the same customers first; returns the merges undone';
 
 CREATE FUNCTION crm.unmerge_subtree(merge_id bigint) RETURNS bigint[]
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-	-- A merge hangs the merged golden under the survivor; the records under
-	-- a record are those merged into it (merged = a golden then, survivor =
-	-- it) by merges not undone, and the records under those.  Only records
-	-- still in the same golden customer count.
-	WITH RECURSIVE down(id, depth) AS (
-		SELECT l.merged, 0 FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id
-		UNION
-		SELECT x.merged, d.depth + 1 FROM down d
-		JOIN crm.merge_log x ON x.survivor = d.id AND x.undone_at IS NULL
-		WHERE d.depth < 1000
-	)
-	SELECT pg_catalog.array_agg(DISTINCT d.id ORDER BY d.id) FROM down d
-	JOIN crm.customer c ON c.customer_id = d.id
-	WHERE c.merged_into IS NOT NULL
-	  AND c.merged_into = (SELECT c2.merged_into FROM crm.merge_log l
-	                       JOIN crm.customer c2 ON c2.customer_id = l.merged
-	                       WHERE l.merge_id = unmerge_subtree.merge_id);
-END;
+AS $$
+-- A merge hangs the merged golden under the survivor; the records under a
+-- record are those merged into it (merged = a golden then, survivor = it)
+-- by merges not undone, and the records under those.  Only records still
+-- in the same golden customer count.  (Two statements: the walk reads the
+-- merge log alone, which Citus can recurse over; crm.customer is
+-- distributed there.)
+DECLARE
+	down bigint[];
+	golden bigint;
+	found bigint[];
+BEGIN
+	down := ARRAY(WITH RECURSIVE down(id, depth) AS (
+	                  SELECT l.merged, 0 FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id
+	                  UNION
+	                  SELECT x.merged, d.depth + 1 FROM down d
+	                  JOIN crm.merge_log x ON x.survivor = d.id AND x.undone_at IS NULL
+	                  WHERE d.depth < 1000)
+	              SELECT DISTINCT d.id FROM down d);
+	SELECT c.merged_into INTO golden FROM crm.customer c
+	WHERE c.customer_id = (SELECT l.merged FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id);
+	SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) INTO found
+	FROM crm.customer c
+	WHERE c.customer_id = ANY (down) AND c.merged_into = golden;
+	RETURN found;
+END
+$$;
 COMMENT ON FUNCTION crm.unmerge_subtree(bigint) IS
 	'Internal: the records an unmerge of the merge takes back: its merged record and the records merged into that one (by merges not undone, recursively) that are still in the same golden customer';
 

@@ -642,8 +642,24 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+	id bigint;
 BEGIN
 	-- Which orders count and in which month is crm.spend_buckets' rule.
+	IF crm.on_citus() THEN
+		-- A statement per customer, on its shard (Citus routes a statement
+		-- by its values, with a custom plan).
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+		FOREACH id IN ARRAY customer_ids LOOP
+			UPDATE crm.loyalty_account a SET spend_month = s.spend_month, spend_cents = s.spend_cents,
+				qualifying_spend = s.qualifying_spend, updated_at = pg_catalog.now()
+			FROM (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
+			      FROM crm.orders o WHERE o.customer_id OPERATOR(pg_catalog.=) id) o,
+			     LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s
+			WHERE a.customer_id OPERATOR(pg_catalog.=) id;
+		END LOOP;
+		RETURN;
+	END IF;
 	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
 		qualifying_spend = b.qualifying_spend,
 		updated_at = pg_catalog.now()
@@ -761,20 +777,6 @@ $$;
 COMMENT ON FUNCTION crm.loyalty_merge(bigint, bigint) IS
 	'Customer hook (merge): moves the merged customer''s points, debt and journal rows into the survivor, whose tier is re-evaluated on the combined rolling spend (crm.loyalty_merge_set for one merge)';
 
-CREATE FUNCTION crm.loyalty_golden(customer_id bigint) RETURNS bigint
-LANGUAGE sql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-	WITH RECURSIVE up(id, depth) AS (
-		SELECT customer_id, 0
-		UNION ALL
-		SELECT c.merged_into, u.depth + 1 FROM up u JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) u.id
-		WHERE c.merged_into IS NOT NULL AND u.depth OPERATOR(pg_catalog.<) 1000)
-	SELECT u.id FROM up u ORDER BY u.depth DESC LIMIT 1
-$$;
-COMMENT ON FUNCTION crm.loyalty_golden(bigint) IS
-	'Internal: the golden record a customer record is merged into now (itself when not merged)';
-
 CREATE FUNCTION crm.loyalty_unmerge_tier(customer_id bigint, merged_at timestamptz) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -824,7 +826,8 @@ DECLARE
 BEGIN
 	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
 	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, restored) ORDER BY a.customer_id FOR UPDATE;
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) LEAST(survivor, restored) FOR UPDATE;
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) GREATEST(survivor, restored) FOR UPDATE;
 	-- When the merge moved points it left a note on the survivor: the
 	-- survivor's tier changes since then came with the merged spend.
 	SELECT pg_catalog.max(p.at) INTO merged_at FROM crm.points_journal p
@@ -832,9 +835,9 @@ BEGIN
 	  AND p.kind OPERATOR(pg_catalog.=) 'merge' AND p.points OPERATOR(pg_catalog.=) 0;
 	-- 1. Every journal row goes back to the golden record of the customer it
 	--    was earned or spent on.
-	UPDATE crm.points_journal p SET customer_id = restored
-	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.<>) survivor
-	  AND crm.loyalty_golden(p.origin_customer_id) OPERATOR(pg_catalog.=) restored;
+	PERFORM crm.move_customer_rows('crm.points_journal', restored,
+		't.customer_id OPERATOR(pg_catalog.=) $2[1] AND t.origin_customer_id OPERATOR(pg_catalog.=) ANY ($3)',
+		ARRAY[survivor], crm.records_under(restored));
 	-- 2. Points one side spent (or lost to expiry) out of lots the other side
 	--    earned, while merged, are charged to the side that earned them: a
 	--    pair of 'merge' entries moves them per lot, so neither side ends with
@@ -908,6 +911,11 @@ DECLARE
 	l crm.loyalty_ledger;
 	cur record;
 BEGIN
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	IF EXISTS (SELECT s.id FROM pg_catalog.unnest(survivors) s(id)
 	           INTERSECT SELECT m.id FROM pg_catalog.unnest(merged) m(id)) THEN
 		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
@@ -916,7 +924,7 @@ BEGIN
 	-- Pairs whose merged record has an account (the others have nothing to move).
 	SELECT pg_catalog.array_agg(p.s ORDER BY p.i), pg_catalog.array_agg(p.m ORDER BY p.i) INTO ss, ms
 	FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
-	WHERE EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.m);
+	WHERE p.m IN (SELECT a.customer_id FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (merged));
 	IF ms IS NULL THEN
 		RETURN;
 	END IF;
@@ -924,14 +932,29 @@ BEGIN
 	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
 	-- Lock every account involved in customer-id order.  (Joins, not
 	-- = ANY: a generic plan does not hash a large array parameter.)
-	PERFORM 1 FROM crm.loyalty_account a
-	JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
-	  ON a.customer_id OPERATOR(pg_catalog.=) x.id
-	ORDER BY a.customer_id FOR UPDATE OF a;
+	-- (On Citus one at a time: it locks rows of one shard per statement.)
+	IF crm.on_citus() THEN
+		FOR r IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id) ORDER BY 1 LOOP
+			PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.id FOR UPDATE;
+		END LOOP;
+	ELSE
+		PERFORM 1 FROM crm.loyalty_account a
+		JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
+		  ON a.customer_id OPERATOR(pg_catalog.=) x.id
+		ORDER BY a.customer_id FOR UPDATE OF a;
+	END IF;
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
-	UPDATE crm.points_journal j SET customer_id = p.s
-	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	IF crm.on_citus() THEN
+		FOR r IN SELECT p.s, pg_catalog.array_agg(p.m) AS ms
+		         FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) GROUP BY p.s ORDER BY p.s LOOP
+			PERFORM crm.move_customer_rows('crm.points_journal', r.s, 't.customer_id OPERATOR(pg_catalog.=) ANY ($2)', r.ms);
+		END LOOP;
+	ELSE
+		-- (one statement for thousands of merges: batch stitching)
+		UPDATE crm.points_journal j SET customer_id = p.s
+		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	END IF;
 	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
 	SELECT p.s, p.m, 'merge', 0,
 	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),

@@ -163,6 +163,14 @@ RETURNS bigint
 COMMENT ON FUNCTION crm.rebuild_customer_stats(bigint[], timestamptz) IS
 	'Rebuilds stats, stage and rule tags of the given customers (NULL: every customer) from their orders, lines and events as of "at" (NULL: crm.segmentation_now()); returns stage moves + tag changes. Not STRICT: NULLs are defaults';
 
+-- On Citus, crm.rebuild_customer_stats runs each customer's rebuild on the
+-- worker that holds it, through this (src/segmentation/stats_trigger.c).
+CREATE FUNCTION crm.rebuild_customer_stats_on_shard(shard regclass, customers bigint[], at timestamptz)
+RETURNS bigint
+	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_rebuild_customer_stats_on_shard';
+COMMENT ON FUNCTION crm.rebuild_customer_stats_on_shard(regclass, bigint[], timestamptz) IS
+	'Internal (Citus): crm.rebuild_customer_stats of customers on the shard group of shard, run on its worker; 22023 when shard is not a shard of a distributed crm table';
+
 CREATE FUNCTION crm.customer_stats_expected(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
 RETURNS TABLE (customer_id bigint, orders integer, refunded_orders integer, spend numeric,
 	first_order_at timestamptz, last_order_at timestamptz, mean_interval_days double precision,
@@ -312,6 +320,11 @@ AS $$
 -- statement, and every record's stats are rebuilt once, in one pass over
 -- their orders, instead of the survivor's once per merge.
 BEGIN
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	-- manual tags of the merged records go to their survivors (the first
 	-- merged record's since wins, as merge by merge)
 	WITH moved AS (

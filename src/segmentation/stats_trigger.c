@@ -488,6 +488,33 @@ crm_customer_stats_expected(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(crm_rebuild_customer_stats);
 
 /*
+ * The rebuild on a Citus coordinator: each customer's rebuild runs on the
+ * worker that holds it (crm.rebuild_customer_stats_on_shard, called once
+ * per customer row in a query Citus sends to the shards), where the
+ * customer's orders, stats and tags are.  A customer is rebuilt alone, so a
+ * call for every customer costs one query per customer on the shards.
+ */
+static int64
+rebuild_on_shards(Datum ids, bool all, TimestampTz at)
+{
+	Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZOID};
+	Datum		args[2] = {ids, TimestampTzGetDatum(at)};
+	char		nulls[2] = {all ? 'n' : ' ', ' '};
+	bool		isnull;
+	int64		n;
+
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT pg_catalog.sum(crm.rebuild_customer_stats_on_shard(c.tableoid::pg_catalog.regclass, "
+							  "ARRAY[c.customer_id], $2))::pg_catalog.int8 FROM crm.customer c "
+							  "WHERE $1 IS NULL OR c.customer_id OPERATOR(pg_catalog.=) ANY ($1)",
+							  2, types, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not rebuild customer stats on the shards");
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return isnull ? 0 : n;
+}
+
+/*
  * crm.rebuild_customer_stats(customers bigint[] DEFAULT NULL, at timestamptz DEFAULT NULL)
  *		Rebuild stats, stage and tags of the given customers (all customer
  *		records when NULL) from their orders, lines and events, as of "at"
@@ -501,12 +528,39 @@ crm_rebuild_customer_stats(PG_FUNCTION_ARGS)
 	bool		isnull = false;
 	Datum		ids;
 
-	crm_refuse_on_citus("crm.rebuild_customer_stats()");
+	if (crm_distributed_outside_shard())
+		PG_RETURN_INT64(rebuild_on_shards(PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0), PG_ARGISNULL(0), at));
 	SPI_connect();
 	crm_kept_plans_check();
 	ids = PG_ARGISNULL(0) ? all_customer_ids(&isnull) : PG_GETARG_DATUM(0);
 	if (!isnull)
 		n = rebuild_customers(ids, at);
+	SPI_finish();
+	PG_RETURN_INT64(n);
+}
+
+PG_FUNCTION_INFO_V1(crm_rebuild_customer_stats_on_shard);
+
+/*
+ * crm.rebuild_customer_stats_on_shard(shard regclass, customers bigint[], at timestamptz)
+ *		crm.rebuild_customer_stats of customers that all live on the shard
+ *		group of shard (a shard of crm.customer), run on the worker that holds it.
+ */
+CRM_SHARD_TRIGGER(crm_rebuild_customer_stats_on_shard);
+
+static Datum
+crm_rebuild_customer_stats_on_shard_body(PG_FUNCTION_ARGS)
+{
+	int64		n;
+
+	if (!crm_shard_active())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is not a shard of a distributed crm table", DatumGetCString(DirectFunctionCall1(regclassout, PG_GETARG_DATUM(0)))),
+				 errhint("crm.rebuild_customer_stats() calls this on the workers; call that instead.")));
+	SPI_connect();
+	crm_kept_plans_check();
+	n = rebuild_customers(PG_GETARG_DATUM(1), PG_GETARG_TIMESTAMPTZ(2));
 	SPI_finish();
 	PG_RETURN_INT64(n);
 }

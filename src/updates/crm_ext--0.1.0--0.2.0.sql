@@ -624,8 +624,24 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+	id bigint;
 BEGIN
 	-- Which orders count and in which month is crm.spend_buckets' rule.
+	IF crm.on_citus() THEN
+		-- A statement per customer, on its shard (Citus routes a statement
+		-- by its values, with a custom plan).
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+		FOREACH id IN ARRAY customer_ids LOOP
+			UPDATE crm.loyalty_account a SET spend_month = s.spend_month, spend_cents = s.spend_cents,
+				qualifying_spend = s.qualifying_spend, updated_at = pg_catalog.now()
+			FROM (SELECT pg_catalog.array_agg(o.ordered_at) AS ordered_at, pg_catalog.array_agg(o.net_amount) AS net_amount
+			      FROM crm.orders o WHERE o.customer_id OPERATOR(pg_catalog.=) id) o,
+			     LATERAL crm.spend_buckets(coalesce(o.ordered_at, '{}'), coalesce(o.net_amount, '{}')) s
+			WHERE a.customer_id OPERATOR(pg_catalog.=) id;
+		END LOOP;
+		RETURN;
+	END IF;
 	UPDATE crm.loyalty_account a SET spend_month = b.spend_month, spend_cents = b.spend_cents,
 		qualifying_spend = b.qualifying_spend,
 		updated_at = pg_catalog.now()
@@ -924,7 +940,8 @@ DECLARE
 BEGIN
 	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
 	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id IN (survivor, restored) ORDER BY a.customer_id FOR UPDATE;
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) LEAST(survivor, restored) FOR UPDATE;
+	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) GREATEST(survivor, restored) FOR UPDATE;
 	-- When the merge moved points it left a note on the survivor: the
 	-- survivor's tier changes since then came with the merged spend.
 	SELECT pg_catalog.max(p.at) INTO merged_at FROM crm.points_journal p
@@ -932,9 +949,9 @@ BEGIN
 	  AND p.kind OPERATOR(pg_catalog.=) 'merge' AND p.points OPERATOR(pg_catalog.=) 0;
 	-- 1. Every journal row goes back to the golden record of the customer it
 	--    was earned or spent on.
-	UPDATE crm.points_journal p SET customer_id = restored
-	WHERE p.customer_id OPERATOR(pg_catalog.=) survivor AND p.origin_customer_id OPERATOR(pg_catalog.<>) survivor
-	  AND crm.loyalty_golden(p.origin_customer_id) OPERATOR(pg_catalog.=) restored;
+	PERFORM crm.move_customer_rows('crm.points_journal', restored,
+		't.customer_id OPERATOR(pg_catalog.=) $2[1] AND t.origin_customer_id OPERATOR(pg_catalog.=) ANY ($3)',
+		ARRAY[survivor], crm.records_under(restored));
 	-- 2. Points one side spent (or lost to expiry) out of lots the other side
 	--    earned, while merged, are charged to the side that earned them: a
 	--    pair of 'merge' entries moves them per lot, so neither side ends with
@@ -990,27 +1007,35 @@ COMMENT ON FUNCTION crm.loyalty_unmerge(bigint, bigint) IS
 -- issue 13, defect 4: crm.unmerge is selective
 
 CREATE FUNCTION crm.unmerge_subtree(merge_id bigint) RETURNS bigint[]
-LANGUAGE sql STABLE STRICT
+LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-	-- A merge hangs the merged golden under the survivor; the records under
-	-- a record are those merged into it (merged = a golden then, survivor =
-	-- it) by merges not undone, and the records under those.  Only records
-	-- still in the same golden customer count.
-	WITH RECURSIVE down(id, depth) AS (
-		SELECT l.merged, 0 FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id
-		UNION
-		SELECT x.merged, d.depth + 1 FROM down d
-		JOIN crm.merge_log x ON x.survivor = d.id AND x.undone_at IS NULL
-		WHERE d.depth < 1000
-	)
-	SELECT pg_catalog.array_agg(DISTINCT d.id ORDER BY d.id) FROM down d
-	JOIN crm.customer c ON c.customer_id = d.id
-	WHERE c.merged_into IS NOT NULL
-	  AND c.merged_into = (SELECT c2.merged_into FROM crm.merge_log l
-	                       JOIN crm.customer c2 ON c2.customer_id = l.merged
-	                       WHERE l.merge_id = unmerge_subtree.merge_id);
-END;
+AS $$
+-- A merge hangs the merged golden under the survivor; the records under a
+-- record are those merged into it (merged = a golden then, survivor = it)
+-- by merges not undone, and the records under those.  Only records still
+-- in the same golden customer count.  (Two statements: the walk reads the
+-- merge log alone, which Citus can recurse over; crm.customer is
+-- distributed there.)
+DECLARE
+	down bigint[];
+	golden bigint;
+	found bigint[];
+BEGIN
+	down := ARRAY(WITH RECURSIVE down(id, depth) AS (
+	                  SELECT l.merged, 0 FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id
+	                  UNION
+	                  SELECT x.merged, d.depth + 1 FROM down d
+	                  JOIN crm.merge_log x ON x.survivor = d.id AND x.undone_at IS NULL
+	                  WHERE d.depth < 1000)
+	              SELECT DISTINCT d.id FROM down d);
+	SELECT c.merged_into INTO golden FROM crm.customer c
+	WHERE c.customer_id = (SELECT l.merged FROM crm.merge_log l WHERE l.merge_id = unmerge_subtree.merge_id);
+	SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id) INTO found
+	FROM crm.customer c
+	WHERE c.customer_id = ANY (down) AND c.merged_into = golden;
+	RETURN found;
+END
+$$;
 COMMENT ON FUNCTION crm.unmerge_subtree(bigint) IS
 	'Internal: the records an unmerge of the merge takes back: its merged record and the records merged into that one (by merges not undone, recursively) that are still in the same golden customer';
 
@@ -1142,6 +1167,11 @@ DECLARE
 	l crm.loyalty_ledger;
 	cur record;
 BEGIN
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	IF EXISTS (SELECT s.id FROM pg_catalog.unnest(survivors) s(id)
 	           INTERSECT SELECT m.id FROM pg_catalog.unnest(merged) m(id)) THEN
 		RAISE EXCEPTION 'cannot merge a customer into itself or into a customer merged in the same step'
@@ -1150,7 +1180,7 @@ BEGIN
 	-- Pairs whose merged record has an account (the others have nothing to move).
 	SELECT pg_catalog.array_agg(p.s ORDER BY p.i), pg_catalog.array_agg(p.m ORDER BY p.i) INTO ss, ms
 	FROM ROWS FROM (pg_catalog.unnest(survivors), pg_catalog.unnest(merged)) WITH ORDINALITY p(s, m, i)
-	WHERE EXISTS (SELECT 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) p.m);
+	WHERE p.m IN (SELECT a.customer_id FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) ANY (merged));
 	IF ms IS NULL THEN
 		RETURN;
 	END IF;
@@ -1158,14 +1188,29 @@ BEGIN
 	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
 	-- Lock every account involved in customer-id order.  (Joins, not
 	-- = ANY: a generic plan does not hash a large array parameter.)
-	PERFORM 1 FROM crm.loyalty_account a
-	JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
-	  ON a.customer_id OPERATOR(pg_catalog.=) x.id
-	ORDER BY a.customer_id FOR UPDATE OF a;
+	-- (On Citus one at a time: it locks rows of one shard per statement.)
+	IF crm.on_citus() THEN
+		FOR r IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id) ORDER BY 1 LOOP
+			PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.id FOR UPDATE;
+		END LOOP;
+	ELSE
+		PERFORM 1 FROM crm.loyalty_account a
+		JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
+		  ON a.customer_id OPERATOR(pg_catalog.=) x.id
+		ORDER BY a.customer_id FOR UPDATE OF a;
+	END IF;
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
-	UPDATE crm.points_journal j SET customer_id = p.s
-	FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	IF crm.on_citus() THEN
+		FOR r IN SELECT p.s, pg_catalog.array_agg(p.m) AS ms
+		         FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) GROUP BY p.s ORDER BY p.s LOOP
+			PERFORM crm.move_customer_rows('crm.points_journal', r.s, 't.customer_id OPERATOR(pg_catalog.=) ANY ($2)', r.ms);
+		END LOOP;
+	ELSE
+		-- (one statement for thousands of merges: batch stitching)
+		UPDATE crm.points_journal j SET customer_id = p.s
+		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
+	END IF;
 	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
 	SELECT p.s, p.m, 'merge', 0,
 	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),
@@ -1221,6 +1266,11 @@ AS $$
 -- statement, and every record's stats are rebuilt once, in one pass over
 -- their orders, instead of the survivor's once per merge.
 BEGIN
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	-- manual tags of the merged records go to their survivors (the first
 	-- merged record's since wins, as merge by merge)
 	WITH moved AS (
@@ -1629,6 +1679,11 @@ DECLARE
 	n_parked bigint;
 	mid bigint;
 BEGIN
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	IF a IS NULL OR b IS NULL OR source IS NULL THEN
 		RAISE EXCEPTION 'merging needs two customer ids'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -1661,7 +1716,9 @@ BEGIN
 		-- rolls back: a lock kept on a customer that is no longer golden
 		-- would take the next ones out of order) and both sides resolve again.
 		BEGIN
-			PERFORM 1 FROM crm.customer c WHERE c.customer_id IN (ga, gb) ORDER BY c.customer_id FOR NO KEY UPDATE;
+			-- (one statement per row: Citus locks rows of one shard at a time)
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
+			PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
 			IF crm.golden_customer(a) = ga AND crm.golden_customer(b) = gb THEN
 				EXIT;
 			END IF;
@@ -1714,31 +1771,22 @@ BEGIN
 	-- The merged golden and every record under it (all of them point at m;
 	-- records chained below one of them by an older release too) move
 	-- under the survivor, so no record ends up merged into a merged one.
-	mem := ARRAY(WITH RECURSIVE down(id, depth) AS (
-	                 SELECT m, 0
-	                 UNION
-	                 SELECT c.customer_id, d.depth + 1 FROM down d
-	                 JOIN crm.customer c ON c.merged_into = d.id
-	                 WHERE d.depth < 1000)
-	             SELECT DISTINCT d.id FROM down d ORDER BY 1);
+	mem := crm.records_under(m);
 	-- Members other records were merged into (only a chain left by an older
 	-- release has them): their points, stats and tags follow below.
-	chained := ARRAY(SELECT u.id FROM pg_catalog.unnest(mem) u(id)
-	                 WHERE u.id <> m AND EXISTS (SELECT 1 FROM crm.customer c WHERE c.merged_into = u.id)
+	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
+	                 WHERE c.merged_into = ANY (mem) AND c.merged_into <> m
 	                 ORDER BY 1);
 	UPDATE crm.customer c SET merged_into = s WHERE c.customer_id = ANY (mem);
 
 	-- Core rows of every member (strays inserted for a merged-away record
-	-- included) move to the survivor.
-	UPDATE crm.orders o SET customer_id = s WHERE o.customer_id = ANY (mem);
-	GET DIAGNOSTICS n_orders = ROW_COUNT;
-	UPDATE crm.event e SET customer_id = s WHERE e.customer_id = ANY (mem);
-	GET DIAGNOSTICS n_events = ROW_COUNT;
-	UPDATE crm.identity i SET customer_id = s
-	WHERE i.customer_id = m
-	  AND NOT EXISTS (SELECT 1 FROM crm.identity d
-	                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = s);
-	GET DIAGNOSTICS n_ids = ROW_COUNT;
+	-- included) move to the survivor; identifiers the survivor holds
+	-- already stay parked on m.
+	n_orders := crm.move_customer_rows('crm.orders', s, 't.customer_id = ANY ($2)', mem);
+	n_events := crm.move_customer_rows('crm.event', s, 't.customer_id = ANY ($2)', mem);
+	n_ids := crm.move_customer_rows('crm.identity', s,
+		't.customer_id = $2[1] AND (t.kind, t.value) NOT IN (SELECT d.kind, d.value FROM crm.identity d WHERE d.customer_id = $1)',
+		ARRAY[m]);
 	SELECT pg_catalog.count(*) INTO n_parked FROM crm.identity i WHERE i.customer_id = m;
 
 	INSERT INTO crm.merge_log (survivor, merged, members, source, reason, via_identity_id,
@@ -1764,7 +1812,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: reason may be NULL; NULL ids raise an error.
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.merge_customers()');
 	IF a IS NULL OR b IS NULL THEN
 		RAISE EXCEPTION 'crm.merge_customers needs two customer ids'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -2033,8 +2080,8 @@ DECLARE
 	who bigint[];
 	g bigint;
 	sub bigint[];
+	golden bigint;
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.unmerge()');
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -2102,27 +2149,20 @@ BEGIN
 	-- Every row that arrived on one of these records goes back (attribution
 	-- by origin_customer_id, also for rows added since the merge); the
 	-- golden keeps the rows of its other records.
-	UPDATE crm.orders o SET customer_id = l.merged
-	WHERE o.customer_id = g AND o.origin_customer_id = ANY (sub);
-	UPDATE crm.event e SET customer_id = l.merged
-	WHERE e.customer_id = g AND e.origin_customer_id = ANY (sub);
-	UPDATE crm.identity i SET customer_id = l.merged
-	WHERE i.customer_id = g AND i.origin_customer_id = ANY (sub);
+	PERFORM crm.move_customer_rows(x.tbl, l.merged, 't.customer_id = $2[1] AND t.origin_customer_id = ANY ($3)', ARRAY[g], sub)
+	FROM (VALUES ('crm.orders'::regclass), ('crm.event'), ('crm.identity')) x(tbl);
 	-- An identity parked on a record of either side because its golden held
 	-- the same value, from a record that just went to the other side, moves
 	-- up to its golden now (the lowest identity_id of a value; the rest stay
 	-- parked), as batch stitching moves stray identities.
-	WITH cand AS (
-		SELECT i.identity_id, c.merged_into AS golden,
-		       pg_catalog.row_number() OVER (PARTITION BY i.kind, i.value, c.merged_into ORDER BY i.identity_id) AS rn
-		FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
-		WHERE c.merged_into IN (g, l.merged)
-		  AND NOT EXISTS (SELECT 1 FROM crm.identity d
-		                  WHERE d.kind = i.kind AND d.value = i.value AND d.customer_id = c.merged_into)
-	)
-	UPDATE crm.identity i SET customer_id = x.golden
-	FROM cand x
-	WHERE i.identity_id = x.identity_id AND x.rn = 1;
+	FOREACH golden IN ARRAY ARRAY[g, l.merged] LOOP
+		PERFORM crm.move_customer_rows('crm.identity', golden, 't.identity_id = ANY ($2)',
+			ARRAY(SELECT DISTINCT ON (i.kind, i.value) i.identity_id
+			      FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+			      WHERE c.merged_into = golden
+			        AND (i.kind, i.value) NOT IN (SELECT d.kind, d.value FROM crm.identity d WHERE d.customer_id = golden)
+			      ORDER BY i.kind, i.value, i.identity_id));
+	END LOOP;
 
 	UPDATE crm.merge_log x SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
 	WHERE x.merge_id = l.merge_id;
@@ -2829,6 +2869,104 @@ CREATE FUNCTION crm.refuse_on_citus(what text) RETURNS void
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'crm_refuse_on_citus_sql';
 COMMENT ON FUNCTION crm.refuse_on_citus(text) IS
 	'Internal: SQLSTATE 0A000 naming "what" when crm_ext is distributed with Citus (crm.distribute()) and this is not a trigger on a shard; nothing otherwise';
+
+CREATE OR REPLACE FUNCTION crm.set_local_on_cluster(setting text, value text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	SET LOCAL citus.propagate_set_commands = 'local';
+	EXECUTE pg_catalog.format('SET LOCAL %I = %L', setting, value);
+END
+$$;
+COMMENT ON FUNCTION crm.set_local_on_cluster(text, text) IS
+	'Internal (Citus): SET LOCAL setting = value on the coordinator and on the workers of this transaction';
+
+
+CREATE OR REPLACE FUNCTION crm.move_customer_rows(tbl regclass, to_customer bigint, cond text,
+                                       a bigint[] DEFAULT NULL, b bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	cols text;
+	vals text;
+	held text := pg_catalog.current_setting('session_replication_role');
+	moved_orders bigint[];
+	moved_from bigint[];
+BEGIN
+	IF NOT crm.on_citus() THEN
+		EXECUTE pg_catalog.format('UPDATE %s t SET customer_id = $1 WHERE %s', tbl, cond) USING to_customer, a, b;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		RETURN n;
+	END IF;
+	SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x.attname), ', ' ORDER BY x.attnum),
+	       pg_catalog.string_agg(CASE WHEN x.attname = 'customer_id' THEN 'g.crm_to' ELSE 'g.' || pg_catalog.quote_ident(x.attname) END,
+	                             ', ' ORDER BY x.attnum)
+	INTO cols, vals
+	FROM pg_catalog.pg_attribute x
+	WHERE x.attrelid = tbl AND x.attnum > 0 AND NOT x.attisdropped AND x.attgenerated = '';
+	IF tbl = 'crm.orders'::regclass THEN
+		-- an order's lines go with it (on one node orders_lines_follow moves them)
+		EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.order_id), pg_catalog.array_agg(DISTINCT t.customer_id) FROM crm.orders t WHERE %s', cond)
+		INTO moved_orders, moved_from USING to_customer, a, b;
+	END IF;
+	PERFORM crm.set_local_on_cluster('session_replication_role', 'replica');
+	EXECUTE pg_catalog.format('WITH gone AS (DELETE FROM %1$s t WHERE %2$s RETURNING t.*, $1 AS crm_to), '
+	                          'put AS (INSERT INTO %1$s (%3$s) SELECT %4$s FROM gone g RETURNING 1) '
+	                          'SELECT pg_catalog.count(*) FROM put', tbl, cond, cols, vals)
+	INTO n USING to_customer, a, b;
+	PERFORM crm.set_local_on_cluster('session_replication_role', held);
+	IF moved_orders IS NOT NULL THEN
+		PERFORM crm.move_customer_rows('crm.order_line', to_customer,
+		                               't.order_id = ANY ($2) AND t.customer_id = ANY ($3)', moved_orders, moved_from);
+	END IF;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.move_customer_rows(regclass, bigint, text, bigint[], bigint[]) IS
+	'Internal: moves the rows of tbl matching cond (alias t; $1 to_customer, $2 a, $3 b) to customer to_customer: an UPDATE on one node; on Citus a delete and insert on the new customer''s shard with crm''s triggers held back (an order''s lines follow it); returns the rows moved';
+
+
+CREATE OR REPLACE FUNCTION crm.records_under(golden bigint) RETURNS bigint[]
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	found bigint[] := ARRAY[golden];
+	level bigint[] := ARRAY[golden];
+	depth integer := 0;
+BEGIN
+	WHILE level <> '{}' AND depth < 1000 LOOP
+		level := ARRAY(SELECT c.customer_id FROM crm.customer c
+		               WHERE c.merged_into = ANY (level) AND c.customer_id <> ALL (found));
+		found := found || level;
+		depth := depth + 1;
+	END LOOP;
+	RETURN ARRAY(SELECT DISTINCT u.id FROM pg_catalog.unnest(found) u(id) ORDER BY 1);
+END
+$$;
+COMMENT ON FUNCTION crm.records_under(bigint) IS
+	'Internal: a golden record and every record merged into it, also along a chain an older release left, sorted';
+
+
+CREATE FUNCTION crm.on_citus() RETURNS boolean
+	LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'crm_on_citus';
+COMMENT ON FUNCTION crm.on_citus() IS
+	'Internal: true when crm_ext is distributed with Citus (crm.distribute()) and this runs on the coordinator, not on a shard';
+
+
+CREATE FUNCTION crm.rebuild_customer_stats_on_shard(shard regclass, customers bigint[], at timestamptz)
+RETURNS bigint
+	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_rebuild_customer_stats_on_shard';
+COMMENT ON FUNCTION crm.rebuild_customer_stats_on_shard(regclass, bigint[], timestamptz) IS
+	'Internal (Citus): crm.rebuild_customer_stats of customers on the shard group of shard, run on its worker; 22023 when shard is not a shard of a distributed crm table';
+
+
+-- crm.loyalty_unmerge finds the records of a side with crm.records_under
+DROP FUNCTION crm.loyalty_golden(bigint);
 
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).

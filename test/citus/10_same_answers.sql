@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(45);
+SELECT plan(57);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -22,7 +22,7 @@ $$;
 CREATE FUNCTION pg_temp.single() RETURNS text LANGUAGE sql AS $$ SELECT pg_temp.on_node('crm_citus_single') $$;
 SELECT dblink_exec(pg_temp.on_node('postgres'), 'CREATE DATABASE crm_citus_single');
 SELECT dblink_exec(pg_temp.single(), 'CREATE EXTENSION crm_ext');
-\set digest_fn 'CREATE FUNCTION public.crm_digest() RETURNS TABLE (t text, digest text) LANGUAGE sql AS $f$ SELECT ''customer'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, name, phone, email, birthday, gender, home_store_id, channel, merged_into FROM crm.customer) x UNION ALL SELECT ''orders'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status, refunded_amount, external_ref FROM crm.orders) x UNION ALL SELECT ''order_line'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, line_no, sku, category, qty, amount, customer_id FROM crm.order_line) x UNION ALL SELECT ''identity'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT identity_id, kind, value, customer_id, origin_customer_id FROM crm.identity) x UNION ALL SELECT ''event'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props FROM crm.event) x UNION ALL SELECT ''loyalty_account'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, ledger, debt, tier, tier_since, qualifying_spend, spend_month, spend_cents FROM crm.loyalty_account) x UNION ALL SELECT ''points_journal'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, origin_customer_id, kind, points, lots, debt, order_id, nullif(at, created_at) AS at, reason, idempotency_key, balance_after FROM crm.points_journal) x UNION ALL SELECT ''customer_stats'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, orders, refunded_orders, spend, first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, days, categories, line_spend, stage, stage_since FROM crm.customer_stats) x UNION ALL SELECT ''customer_tag'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT tag_id, customer_id, since FROM crm.customer_tag) x UNION ALL SELECT ''customer_tag_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, tag_id, change, at FROM crm.customer_tag_history) x UNION ALL SELECT ''lifecycle_transition'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_stage, to_stage, at FROM crm.lifecycle_transition) x UNION ALL SELECT ''tier_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_tier, to_tier, changed_at, reason, order_id, qualifying_spend FROM crm.tier_history) x UNION ALL SELECT ''rfm_snapshot'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, last_order_at, frequency, monetary, score, segment FROM crm.rfm_snapshot) x UNION ALL SELECT ''rfm_refresh'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT as_of, bins, method, scored, rows_written, rows_deleted FROM crm.rfm_refresh) x $f$'
+\set digest_fn 'CREATE FUNCTION public.crm_digest() RETURNS TABLE (t text, digest text) LANGUAGE sql AS $f$ SELECT ''customer'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, name, phone, email, birthday, gender, home_store_id, channel, merged_into FROM crm.customer) x UNION ALL SELECT ''orders'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, customer_id, origin_customer_id, store_id, channel, ordered_at, amount, status, refunded_amount, external_ref FROM crm.orders) x UNION ALL SELECT ''order_line'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT order_id, line_no, sku, category, qty, amount, customer_id FROM crm.order_line) x UNION ALL SELECT ''identity'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT identity_id, kind, value, customer_id, origin_customer_id FROM crm.identity) x UNION ALL SELECT ''event'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT event_id, customer_id, origin_customer_id, kind, at, channel, store_id, props FROM crm.event) x UNION ALL SELECT ''loyalty_account'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, ledger, debt, tier, CASE WHEN tier_since > now() - interval ''1 day'' THEN NULL ELSE tier_since END, qualifying_spend, spend_month, spend_cents FROM crm.loyalty_account) x UNION ALL SELECT ''points_journal'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, origin_customer_id, kind, points, lots, debt, order_id, nullif(at, created_at) AS at, reason, idempotency_key, balance_after FROM crm.points_journal) x UNION ALL SELECT ''customer_stats'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, orders, refunded_orders, spend, first_order_at, last_order_at, mean_interval_days, weekday_orders, events, last_event_at, days, categories, line_spend, stage, stage_since FROM crm.customer_stats) x UNION ALL SELECT ''customer_tag'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT tag_id, customer_id, since FROM crm.customer_tag) x UNION ALL SELECT ''customer_tag_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, tag_id, change, at FROM crm.customer_tag_history) x UNION ALL SELECT ''lifecycle_transition'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_stage, to_stage, at FROM crm.lifecycle_transition) x UNION ALL SELECT ''tier_history'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, from_tier, to_tier, CASE WHEN changed_at > now() - interval ''1 day'' THEN NULL ELSE changed_at END, reason, order_id, qualifying_spend FROM crm.tier_history) x UNION ALL SELECT ''rfm_snapshot'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_id, last_order_at, frequency, monetary, score, segment FROM crm.rfm_snapshot) x UNION ALL SELECT ''rfm_refresh'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT as_of, bins, method, scored, rows_written, rows_deleted FROM crm.rfm_refresh) x UNION ALL SELECT ''merge_log'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT merge_id, survivor, merged, members, source, reason, orders_moved, events_moved, identities_moved, identities_parked, undone_at IS NULL FROM crm.merge_log) x UNION ALL SELECT ''identity_review'', md5(string_agg(x::text, ''|'' ORDER BY x::text)) FROM (SELECT customer_a, customer_b, conflict_kind, via_kind, source, resolution, merge_id FROM crm.identity_review) x $f$'
 :digest_fn;
 SELECT dblink_exec(pg_temp.single(), :'digest_fn');
 -- (a view of the differences: no rows when both hold the same)
@@ -178,7 +178,39 @@ SELECT results_eq($$SELECT kind, name, customers FROM crm.v_segment_sizes ORDER 
 	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2') AS s(kind text, name text, customers bigint)$$,
 	'crm.v_segment_sizes: the same segments, tags, RFM segments and stages');
 
--- 7. What a distributed crm_ext refuses.
+-- 7. Merges and an unmerge between customers on different shards: the
+-- merged record's rows move to the survivor's shard (deleted and inserted
+-- again, crm's triggers held back), the hooks move points, tags and stats;
+-- the unmerge moves back exactly the rows that arrived on the record.
+SELECT is((SELECT pg_catalog.count(DISTINCT pg_catalog.get_shard_id_for_distribution_column('crm.customer', c))::int
+	FROM pg_catalog.unnest(ARRAY[7, 8, 9, 13]) c), 4, 'customers 7, 8, 9 and 13 are on four shards');
+SELECT is(crm.merge_customers(8, 7, 'same shopper'),
+	(SELECT m FROM dblink(pg_temp.single(), $$SELECT crm.merge_customers(8, 7, 'same shopper')$$) AS s(m bigint)),
+	'merge_customers: the same merge id');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after a merge: the same records, orders, lines, events, identities, points, journal, stats, tags and merge log');
+SELECT results_eq($$SELECT pg_catalog.count(*)::int FROM crm.orders o JOIN crm.merge_log l ON l.merged = o.customer_id$$, $$VALUES (0)$$,
+	'the merged record''s orders left its shard');
+SELECT is(ARRAY[crm.merge_customers(9, 13), crm.merge_customers(13, 7)],
+	(SELECT m FROM dblink(pg_temp.single(), 'SELECT ARRAY[crm.merge_customers(9, 13), crm.merge_customers(13, 7)]') AS s(m bigint[])),
+	'two more merges: the same merge ids');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'two more merges into one golden customer: the same');
+SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) VALUES (900500, crm.golden_customer(7), 'app', '2026-06-27 10:00+00', 77.00)$$);
+SELECT is(crm.redeem_points(7, 50, 'c-red-m', '2026-06-27'),
+	(SELECT b FROM dblink(pg_temp.single(), $$SELECT crm.redeem_points(7, 50, 'c-red-m', '2026-06-27')$$) AS s(b bigint)),
+	'the merged customer redeems: the same balance');
+SELECT is(crm.unmerge(1),
+	(SELECT n FROM dblink(pg_temp.single(), 'SELECT crm.unmerge(1)') AS s(n bigint)),
+	'unmerge undoes one merge');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after the unmerge: the same rows on both sides, the points charged back the same');
+SELECT is(crm.unmerge(2, true),
+	(SELECT n FROM dblink(pg_temp.single(), 'SELECT crm.unmerge(2, true)') AS s(n bigint)),
+	'unmerge with cascade undoes the later merge too');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after a cascading unmerge: the same');
+SELECT is_empty($$SELECT * FROM crm.verify_ledgers()$$, 'every ledger still matches its journal on the cluster');
+SELECT is(crm.rebuild_customer_stats(ARRAY[7, 8, 9, 13]::bigint[]), 0::bigint,
+	'crm.rebuild_customer_stats on the shards finds nothing to change');
+
+-- 8. What a distributed crm_ext refuses.
 SELECT throws_ok($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id) VALUES (900001, 9, 'X', 'fresh', 1, 1.00, 8)$$,
 	'23503', NULL, 'a line with another customer than its order''s: 23503');
 INSERT INTO crm.store (store_id, name) VALUES (51, 'new');
@@ -187,8 +219,6 @@ SELECT throws_ok($$DELETE FROM crm.store WHERE store_id = 51$$, '0A000', NULL,
 SELECT is((SELECT pg_catalog.count(*)::int FROM crm.store), 51, 'the stores are all there');
 -- work that spans customers is refused with a clear error, not run on the
 -- coordinator's empty tables or failed inside Citus
-SELECT throws_ok($$SELECT crm.merge_customers(7, 8, 'same shopper')$$, '0A000',
-	'crm.merge_customers() does not run on a distributed crm_ext yet', 'merging customers: 0A000');
 SELECT throws_ok($$SELECT * FROM crm.verify()$$, '0A000', NULL, 'crm.verify(): 0A000');
 SELECT throws_ok($$SELECT crm.tick()$$, '0A000', NULL, 'crm.tick(): 0A000');
 SELECT is(crm.resolve_customer(7), 7::bigint, 'customer ids resolve through Citus on the coordinator');
