@@ -324,6 +324,7 @@ WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p
   AND p.oid OPERATOR(pg_catalog.<>) ALL (ARRAY['crm.distribute(integer)', 'crm.distribute_tables(integer)',
                                                'crm.distribute_ddl(text)', 'crm.distribute_id_ranges()',
                                                'crm.set_local_on_cluster(text,text)',
-                                               'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)']::pg_catalog.regprocedure[])
+                                               'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)',
+                                               'crm.segmentation_tick_on_shard(regclass,timestamptz)']::pg_catalog.regprocedure[])
 ORDER BY 1;
 ROLLBACK;

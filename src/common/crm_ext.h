@@ -70,6 +70,8 @@ extern bool crm_is_reference_shard(Relation rel);
 extern bool crm_distributed_outside_shard(void);
 extern Oid	crm_shard_index(Oid logical_index);
 extern void crm_refuse_on_citus(const char *what);
+extern int64 crm_sum_on_shards(const char *fn, TimestampTz at);
+extern void crm_require_shard(Oid shard, const char *caller);
 
 /* references.c: the foreign keys of the order path, checked without a query per row */
 typedef struct CrmReference CrmReference;

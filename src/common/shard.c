@@ -600,6 +600,59 @@ crm_refuse_on_citus(const char *what)
 				 errhint("See README, \"Scaling out with Citus\", for what runs on a cluster.")));
 }
 
+/*
+ * Runs crm.fn(shard regclass, at timestamptz) once on every shard group that
+ * holds customers, from the coordinator, in this distributed transaction,
+ * and returns the sum of what the calls return.  Citus runs a query on the
+ * shards, not a function: the first query finds one customer per shard of
+ * crm.customer (its smallest id), the second calls fn in the row of each of
+ * those customers, which Citus sends to the worker that holds it, where
+ * tableoid is the shard's (crm_on_shard enters its group).
+ */
+int64
+crm_sum_on_shards(const char *fn, TimestampTz at)
+{
+	Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	bool		isnull;
+	int64		n = 0;
+
+	SPI_connect();
+	/* (by name: a table's oid is only unique on its own node) */
+	if (SPI_execute("SELECT pg_catalog.array_agg(r.m) FROM "
+					"(SELECT pg_catalog.min(c.customer_id) AS m FROM crm.customer c "
+					"GROUP BY c.tableoid::pg_catalog.regclass::pg_catalog.text) r",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read crm.customer's shards");
+	args[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	args[1] = TimestampTzGetDatum(at);
+	if (!isnull)
+	{
+		if (SPI_execute_with_args(psprintf("SELECT pg_catalog.sum(crm.%s(c.tableoid::pg_catalog.regclass, $2))::pg_catalog.int8 "
+										   "FROM crm.customer c WHERE c.customer_id OPERATOR(pg_catalog.=) ANY ($1)", fn),
+								  2, types, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not run %s on the shards", fn);
+		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	return isnull ? 0 : n;
+}
+
+/*
+ * The error of a function meant for a shard (fn(shard regclass, ...)) called
+ * with a relation that is not a shard of a distributed crm table.
+ */
+void
+crm_require_shard(Oid shard, const char *caller)
+{
+	if (!crm_shard_active())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is not a shard of a distributed crm table",
+						DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(shard)))),
+				 errhint("%s calls this on the workers of a distributed crm_ext; call that instead.", caller)));
+}
+
 PG_FUNCTION_INFO_V1(crm_on_citus);
 
 /*

@@ -466,7 +466,6 @@ AS $$
 DECLARE
 	t record;
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.tick()');
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
 			USING ERRCODE = 'invalid_parameter_value';

@@ -564,6 +564,21 @@ CREATE FUNCTION crm.loyalty_expire_points(at timestamptz) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+	RETURN crm.loyalty_each_account('crm.loyalty_expire_account(timestamptz,bigint)',
+		'crm.ledger_next_expiry(a.ledger) OPERATOR(pg_catalog.<=) $1', at);
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_expire_points(timestamptz) IS
+	'crm.tick task: journals and removes every lot that expired by "at"; returns the number of accounts changed';
+
+CREATE FUNCTION crm.loyalty_expire_account(at timestamptz, customer bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+-- (Custom plans: with a customer, Citus routes the statement to its shard.)
+-- Not STRICT: customer NULL is every account.
 DECLARE
 	n bigint;
 BEGIN
@@ -572,6 +587,7 @@ BEGIN
 	WITH locked AS (
 		SELECT a.customer_id, a.ledger FROM crm.loyalty_account a
 		WHERE crm.ledger_next_expiry(a.ledger) OPERATOR(pg_catalog.<=) at
+		  AND (customer IS NULL OR a.customer_id OPERATOR(pg_catalog.=) customer)
 		ORDER BY a.customer_id FOR UPDATE),
 	gone AS (
 		SELECT l.customer_id, l.ledger, l.ledger OPERATOR(crm.-) crm.ledger_expire(l.ledger, at) AS lots
@@ -588,13 +604,28 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION crm.loyalty_expire_points(timestamptz) IS
-	'crm.tick task: journals and removes every lot that expired by "at"; returns the number of accounts changed';
+COMMENT ON FUNCTION crm.loyalty_expire_account(timestamptz, bigint) IS
+	'Internal: crm.loyalty_expire_points for one customer''s account (NULL: every account); returns the accounts changed';
 
 CREATE FUNCTION crm.loyalty_downgrade_tiers(at timestamptz) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+	RETURN crm.loyalty_each_account('crm.loyalty_downgrade_account(timestamptz,bigint)',
+		'a.tier OPERATOR(pg_catalog.<>) (SELECT t.tier FROM crm.tier t ORDER BY t.rank LIMIT 1)', at);
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_downgrade_tiers(timestamptz) IS
+	'crm.tick task: lowers tiers held at least tier_hold_months whose rolling 12-month spend at "at" no longer reaches them; returns how many changed';
+
+CREATE FUNCTION crm.loyalty_downgrade_account(at timestamptz, customer bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+-- (Custom plans: with a customer, Citus routes the statement to its shard.)
+-- Not STRICT: customer NULL is every account.
 DECLARE
 	n bigint;
 	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
@@ -611,6 +642,7 @@ BEGIN
 		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
 		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
 		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
+		  AND (customer IS NULL OR a.customer_id OPERATOR(pg_catalog.=) customer)
 		ORDER BY a.customer_id FOR UPDATE OF a),
 	down AS (
 		SELECT t.customer_id, t.old_tier, t.spend, t.new_tier FROM cand t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
@@ -627,8 +659,35 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION crm.loyalty_downgrade_tiers(timestamptz) IS
-	'crm.tick task: lowers tiers held at least tier_hold_months whose rolling 12-month spend at "at" no longer reaches them; returns how many changed';
+COMMENT ON FUNCTION crm.loyalty_downgrade_account(timestamptz, bigint) IS
+	'Internal: crm.loyalty_downgrade_tiers for one customer''s account (NULL: every account); returns the tiers lowered';
+
+-- A tick task over accounts: fn(at, NULL) once on one node; on Citus, where
+-- a statement locks rows of one shard, fn(at, customer) account by account
+-- for the accounts that match cond (SQL over alias a; $1 is at), each
+-- statement on the account's shard, in customer order (the lock order).
+CREATE FUNCTION crm.loyalty_each_account(fn regprocedure, cond text, at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint := 0;
+	k bigint;
+	c bigint;
+BEGIN
+	IF NOT crm.on_citus() THEN
+		EXECUTE pg_catalog.format('SELECT %s($1, NULL)', fn::oid::regproc) INTO n USING at;
+		RETURN n;
+	END IF;
+	FOR c IN EXECUTE pg_catalog.format('SELECT a.customer_id FROM crm.loyalty_account a WHERE %s ORDER BY 1', cond) USING at LOOP
+		EXECUTE pg_catalog.format('SELECT %s($1, $2)', fn::oid::regproc) INTO k USING at, c;
+		n := n OPERATOR(pg_catalog.+) k;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_each_account(regprocedure, text, timestamptz) IS
+	'Internal: runs a loyalty tick task fn(at, customer): once for every account on one node, account by account (those matching cond) on Citus; returns the sum';
 
 INSERT INTO crm.tick_task (task, run_order, fn, builtin) VALUES
 	('loyalty_expire_points', 100, 'crm.loyalty_expire_points(timestamptz)', true),

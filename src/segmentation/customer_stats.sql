@@ -184,6 +184,10 @@ CREATE FUNCTION crm.segmentation_tick(at timestamptz) RETURNS bigint
 	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_segmentation_tick';
 COMMENT ON FUNCTION crm.segmentation_tick(timestamptz) IS
 	'Tick task: moves lifecycle stages and re-evaluates rule tags of every customer as of "at"; returns stage moves + tag changes; idempotent';
+CREATE FUNCTION crm.segmentation_tick_on_shard(shard regclass, at timestamptz) RETURNS bigint
+	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_segmentation_tick_on_shard';
+COMMENT ON FUNCTION crm.segmentation_tick_on_shard(regclass, timestamptz) IS
+	'Internal (Citus): crm.segmentation_tick of the customers on the shard group of shard, run on its worker; 22023 when shard is not a shard of a distributed crm table';
 INSERT INTO crm.tick_task (task, run_order, fn, builtin)
 	VALUES ('segmentation', 300, 'crm.segmentation_tick(timestamptz)'::regprocedure, true);
 

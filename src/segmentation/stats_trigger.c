@@ -553,11 +553,7 @@ crm_rebuild_customer_stats_on_shard_body(PG_FUNCTION_ARGS)
 {
 	int64		n;
 
-	if (!crm_shard_active())
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is not a shard of a distributed crm table", DatumGetCString(DirectFunctionCall1(regclassout, PG_GETARG_DATUM(0)))),
-				 errhint("crm.rebuild_customer_stats() calls this on the workers; call that instead.")));
+	crm_require_shard(PG_GETARG_OID(0), "crm.rebuild_customer_stats()");
 	SPI_connect();
 	crm_kept_plans_check();
 	n = rebuild_customers(PG_GETARG_DATUM(1), PG_GETARG_TIMESTAMPTZ(2));
@@ -593,7 +589,25 @@ crm_segmentation_tick(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("at must be a finite time")));
+	if (crm_distributed_outside_shard())
+		PG_RETURN_INT64(crm_sum_on_shards("segmentation_tick_on_shard", at));
 	PG_RETURN_INT64(customer_stats_tick(at));
+}
+
+PG_FUNCTION_INFO_V1(crm_segmentation_tick_on_shard);
+
+/*
+ * crm.segmentation_tick_on_shard(shard regclass, at timestamptz): the
+ * segmentation tick of the customers of one shard group, on its worker
+ * (crm.segmentation_tick on Citus runs it on every shard group).
+ */
+CRM_SHARD_TRIGGER(crm_segmentation_tick_on_shard);
+
+static Datum
+crm_segmentation_tick_on_shard_body(PG_FUNCTION_ARGS)
+{
+	crm_require_shard(PG_GETARG_OID(0), "crm.segmentation_tick()");
+	PG_RETURN_INT64(customer_stats_tick(PG_GETARG_TIMESTAMPTZ(1)));
 }
 
 /* ---------------------------------------------------------------------

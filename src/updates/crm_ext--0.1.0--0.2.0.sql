@@ -1495,36 +1495,9 @@ CREATE OR REPLACE FUNCTION crm.loyalty_downgrade_tiers(at timestamptz) RETURNS b
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-	n bigint;
-	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
 BEGIN
-	-- Policy (crm.tier_held): a tier held at least tier_hold_months drops to
-	-- the highest tier that the rolling 12-month spend at "at" still
-	-- reaches.  Only lowers.  The tier_since filter only spares the lock on
-	-- accounts whose tier is protected anyway.
-	WITH cand AS (
-		-- the account's own spend (crm.qualifying_spend would read a merged record's golden)
-		SELECT a.customer_id, a.tier AS old_tier, cur.rank AS old_rank,
-		       crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2) AS spend,
-		       crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, at) AS new_tier
-		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
-		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
-		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
-		ORDER BY a.customer_id FOR UPDATE OF a),
-	down AS (
-		SELECT t.customer_id, t.old_tier, t.spend, t.new_tier FROM cand t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
-		JOIN crm.tier ot ON ot.tier OPERATOR(pg_catalog.=) t.old_tier
-		WHERE nt.rank OPERATOR(pg_catalog.<) ot.rank),
-	h AS (
-		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
-		SELECT d.customer_id, d.old_tier, d.new_tier, at, 'downgrade', d.spend FROM down d),
-	u AS (
-		UPDATE crm.loyalty_account a SET tier = d.new_tier, tier_since = at, updated_at = pg_catalog.now()
-		FROM down d WHERE a.customer_id OPERATOR(pg_catalog.=) d.customer_id
-		RETURNING 1)
-	SELECT pg_catalog.count(*) INTO n FROM u;
-	RETURN n;
+	RETURN crm.loyalty_each_account('crm.loyalty_downgrade_account(timestamptz,bigint)',
+		'a.tier OPERATOR(pg_catalog.<>) (SELECT t.tier FROM crm.tier t ORDER BY t.rank LIMIT 1)', at);
 END
 $$;
 COMMENT ON FUNCTION crm.loyalty_downgrade_tiers(timestamptz) IS
@@ -2752,7 +2725,6 @@ AS $$
 DECLARE
 	t record;
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.tick()');
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
 			USING ERRCODE = 'invalid_parameter_value';
@@ -2967,6 +2939,128 @@ COMMENT ON FUNCTION crm.rebuild_customer_stats_on_shard(regclass, bigint[], time
 
 -- crm.loyalty_unmerge finds the records of a side with crm.records_under
 DROP FUNCTION crm.loyalty_golden(bigint);
+
+CREATE OR REPLACE FUNCTION crm.loyalty_expire_points(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN crm.loyalty_each_account('crm.loyalty_expire_account(timestamptz,bigint)',
+		'crm.ledger_next_expiry(a.ledger) OPERATOR(pg_catalog.<=) $1', at);
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_expire_points(timestamptz) IS
+	'crm.tick task: journals and removes every lot that expired by "at"; returns the number of accounts changed';
+
+
+CREATE OR REPLACE FUNCTION crm.loyalty_expire_account(at timestamptz, customer bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+-- (Custom plans: with a customer, Citus routes the statement to its shard.)
+-- Not STRICT: customer NULL is every account.
+DECLARE
+	n bigint;
+BEGIN
+	-- Lock in customer order (as redemptions do), then journal and remove
+	-- every lot that expired by "at".  Idempotent: nothing is left to expire.
+	WITH locked AS (
+		SELECT a.customer_id, a.ledger FROM crm.loyalty_account a
+		WHERE crm.ledger_next_expiry(a.ledger) OPERATOR(pg_catalog.<=) at
+		  AND (customer IS NULL OR a.customer_id OPERATOR(pg_catalog.=) customer)
+		ORDER BY a.customer_id FOR UPDATE),
+	gone AS (
+		SELECT l.customer_id, l.ledger, l.ledger OPERATOR(crm.-) crm.ledger_expire(l.ledger, at) AS lots
+		FROM locked l
+		WHERE crm.ledger_next_expiry(l.ledger) OPERATOR(pg_catalog.<=) at),
+	j AS (
+		INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, lots, reason, at)
+		SELECT g.customer_id, g.customer_id, 'expire', - crm.ledger_total(g.lots), g.lots, 'expired', at FROM gone g),
+	u AS (
+		UPDATE crm.loyalty_account a SET ledger = crm.ledger_expire(g.ledger, at), updated_at = pg_catalog.now()
+		FROM gone g WHERE a.customer_id OPERATOR(pg_catalog.=) g.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_expire_account(timestamptz, bigint) IS
+	'Internal: crm.loyalty_expire_points for one customer''s account (NULL: every account); returns the accounts changed';
+
+
+CREATE OR REPLACE FUNCTION crm.loyalty_downgrade_account(at timestamptz, customer bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+-- (Custom plans: with a customer, Citus routes the statement to its shard.)
+-- Not STRICT: customer NULL is every account.
+DECLARE
+	n bigint;
+	hold integer := (SELECT p.tier_hold_months FROM crm.loyalty_program p);
+BEGIN
+	-- Policy (crm.tier_held): a tier held at least tier_hold_months drops to
+	-- the highest tier that the rolling 12-month spend at "at" still
+	-- reaches.  Only lowers.  The tier_since filter only spares the lock on
+	-- accounts whose tier is protected anyway.
+	WITH cand AS (
+		-- the account's own spend (crm.qualifying_spend would read a merged record's golden)
+		SELECT a.customer_id, a.tier AS old_tier, cur.rank AS old_rank,
+		       crm.spend_buckets_total(a.spend_month, a.spend_cents, at)::pg_catalog.numeric(20,2) AS spend,
+		       crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, at) AS new_tier
+		FROM crm.loyalty_account a JOIN crm.tier cur ON cur.tier OPERATOR(pg_catalog.=) a.tier
+		WHERE cur.rank OPERATOR(pg_catalog.>) (SELECT pg_catalog.min(t.rank) FROM crm.tier t)
+		  AND a.tier_since OPERATOR(pg_catalog.<=) (at OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => hold))
+		  AND (customer IS NULL OR a.customer_id OPERATOR(pg_catalog.=) customer)
+		ORDER BY a.customer_id FOR UPDATE OF a),
+	down AS (
+		SELECT t.customer_id, t.old_tier, t.spend, t.new_tier FROM cand t JOIN crm.tier nt ON nt.tier OPERATOR(pg_catalog.=) t.new_tier
+		JOIN crm.tier ot ON ot.tier OPERATOR(pg_catalog.=) t.old_tier
+		WHERE nt.rank OPERATOR(pg_catalog.<) ot.rank),
+	h AS (
+		INSERT INTO crm.tier_history (customer_id, from_tier, to_tier, changed_at, reason, qualifying_spend)
+		SELECT d.customer_id, d.old_tier, d.new_tier, at, 'downgrade', d.spend FROM down d),
+	u AS (
+		UPDATE crm.loyalty_account a SET tier = d.new_tier, tier_since = at, updated_at = pg_catalog.now()
+		FROM down d WHERE a.customer_id OPERATOR(pg_catalog.=) d.customer_id
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM u;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_downgrade_account(timestamptz, bigint) IS
+	'Internal: crm.loyalty_downgrade_tiers for one customer''s account (NULL: every account); returns the tiers lowered';
+
+
+CREATE OR REPLACE FUNCTION crm.loyalty_each_account(fn regprocedure, cond text, at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint := 0;
+	k bigint;
+	c bigint;
+BEGIN
+	IF NOT crm.on_citus() THEN
+		EXECUTE pg_catalog.format('SELECT %s($1, NULL)', fn::oid::regproc) INTO n USING at;
+		RETURN n;
+	END IF;
+	FOR c IN EXECUTE pg_catalog.format('SELECT a.customer_id FROM crm.loyalty_account a WHERE %s ORDER BY 1', cond) USING at LOOP
+		EXECUTE pg_catalog.format('SELECT %s($1, $2)', fn::oid::regproc) INTO k USING at, c;
+		n := n OPERATOR(pg_catalog.+) k;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.loyalty_each_account(regprocedure, text, timestamptz) IS
+	'Internal: runs a loyalty tick task fn(at, customer): once for every account on one node, account by account (those matching cond) on Citus; returns the sum';
+
+
+CREATE FUNCTION crm.segmentation_tick_on_shard(shard regclass, at timestamptz) RETURNS bigint
+	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_segmentation_tick_on_shard';
+COMMENT ON FUNCTION crm.segmentation_tick_on_shard(regclass, timestamptz) IS
+	'Internal (Citus): crm.segmentation_tick of the customers on the shard group of shard, run on its worker; 22023 when shard is not a shard of a distributed crm table';
 
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
