@@ -325,6 +325,7 @@ WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p
                                                'crm.distribute_ddl(text)', 'crm.distribute_id_ranges()',
                                                'crm.set_local_on_cluster(text,text)',
                                                'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)',
-                                               'crm.segmentation_tick_on_shard(regclass,timestamptz)']::pg_catalog.regprocedure[])
+                                               'crm.segmentation_tick_on_shard(regclass,timestamptz)',
+                                               'crm.stitch_strays_by_record()', 'crm.stitch_move_by_merged()']::pg_catalog.regprocedure[])
 ORDER BY 1;
 ROLLBACK;

@@ -707,7 +707,11 @@ DECLARE
 	h bigint;
 	n integer := 0;
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.stitch_identity()');
+	-- Citus plans a statement on a distributed table for its values (a
+	-- generic plan cannot route it): custom plans there.
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
 	SELECT * INTO r FROM crm.identity i WHERE i.identity_id = stitch_identity.identity_id;
 	IF NOT FOUND THEN
 		RETURN 0;
@@ -719,7 +723,8 @@ BEGIN
 	g := crm.golden_customer(r.customer_id);
 	IF g <> r.customer_id AND NOT EXISTS (SELECT 1 FROM crm.identity d
 	                                      WHERE d.kind = r.kind AND d.value = r.value AND d.customer_id = g) THEN
-		UPDATE crm.identity i SET customer_id = g WHERE i.identity_id = r.identity_id;
+		PERFORM crm.move_customer_rows('crm.identity', g, 't.identity_id = $2[1] AND t.customer_id = $3[1]',
+		                               ARRAY[r.identity_id], ARRAY[r.customer_id]);
 	END IF;
 	-- The link policy (blocklist, weak kinds' limit, strong kinds' hubs) is
 	-- crm.identity_may_link's; a hub's holders go to review instead.
@@ -1642,6 +1647,7 @@ DECLARE
 	s bigint;
 	m bigint;
 	mem bigint[];
+	survivor_records bigint[];
 	chained bigint[];
 	middle bigint;
 	conflict text;
@@ -1714,24 +1720,29 @@ BEGIN
 	ORDER BY c.created_at, c.customer_id LIMIT 1;
 	m := CASE WHEN s = ga THEN gb ELSE ga END;
 
+	-- The merged golden and every record under it (all of them point at m;
+	-- records chained below one of them by an older release too) move
+	-- under the survivor, so no record ends up merged into a merged one.
+	mem := crm.records_under(m);
 	IF source <> 'manual' THEN
 		-- A pair a person kept apart (or an unmerge separated) stays apart:
 		-- any record of one golden against any record of the other.
+		survivor_records := crm.records_under(s);
 		IF EXISTS (SELECT 1 FROM crm.identity_review r
-		           JOIN crm.customer ca ON ca.customer_id = r.customer_a
-		           JOIN crm.customer cb ON cb.customer_id = r.customer_b
 		           WHERE r.resolution = 'kept_apart'
-		             AND ((COALESCE(ca.merged_into, ca.customer_id) = s AND COALESCE(cb.merged_into, cb.customer_id) = m)
-		               OR (COALESCE(ca.merged_into, ca.customer_id) = m AND COALESCE(cb.merged_into, cb.customer_id) = s))) THEN
+		             AND ((r.customer_a = ANY (survivor_records) AND r.customer_b = ANY (mem))
+		               OR (r.customer_a = ANY (mem) AND r.customer_b = ANY (survivor_records)))) THEN
 			RETURN NULL;
 		END IF;
-		-- Two different values of a single-valued kind mean two people.
-		SELECT i1.kind INTO conflict
-		FROM crm.identity i1
-		JOIN crm.identity_kind k ON k.kind = i1.kind AND k.single_valued
-		JOIN crm.identity i2 ON i2.kind = i1.kind AND i2.customer_id = m AND i2.value <> i1.value
-		WHERE i1.customer_id = s
-		ORDER BY i1.kind LIMIT 1;
+		-- Two different values of a single-valued kind mean two people: a
+		-- kind both hold with more than one value between them.
+		SELECT x.kind INTO conflict
+		FROM (SELECT i.kind, i.value, i.customer_id FROM crm.identity i WHERE i.customer_id IN (s, m)) x
+		JOIN crm.identity_kind k ON k.kind = x.kind AND k.single_valued
+		GROUP BY x.kind
+		HAVING pg_catalog.bool_or(x.customer_id = s) AND pg_catalog.bool_or(x.customer_id = m)
+		   AND pg_catalog.count(DISTINCT x.value) > 1
+		ORDER BY x.kind LIMIT 1;
 		IF conflict IS NOT NULL THEN
 			SELECT i.kind INTO via_kind FROM crm.identity i WHERE i.identity_id = via_identity_id;
 			INSERT INTO crm.identity_review (customer_a, customer_b, conflict_kind, via_kind, source)
@@ -1741,10 +1752,6 @@ BEGIN
 		END IF;
 	END IF;
 
-	-- The merged golden and every record under it (all of them point at m;
-	-- records chained below one of them by an older release too) move
-	-- under the survivor, so no record ends up merged into a merged one.
-	mem := crm.records_under(m);
 	-- Members other records were merged into (only a chain left by an older
 	-- release has them): their points, stats and tags follow below.
 	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
@@ -1816,8 +1823,9 @@ DECLARE
 	n bigint;
 	chained bigint[];
 	strays bigint[];
+	g bigint;
+	citus boolean := crm.on_citus();
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.stitch_identities()');
 	merges := 0;
 	rows_redirected := 0;
 	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
@@ -1828,21 +1836,22 @@ BEGIN
 	-- follow with the strays below, then the merge hooks move the points,
 	-- stats and tags they still hold to the golden.
 	chained := ARRAY(SELECT DISTINCT c.merged_into FROM crm.customer c
-	                 JOIN crm.customer p ON p.customer_id = c.merged_into
-	                 WHERE c.merged_into IS NOT NULL AND p.merged_into IS NOT NULL
+	                 WHERE c.merged_into IN (SELECT p.customer_id FROM crm.customer p WHERE p.merged_into IS NOT NULL)
 	                 ORDER BY 1);
 	IF chained <> '{}' THEN
-		PERFORM 1 FROM crm.customer c
-		WHERE c.customer_id IN (SELECT u.id FROM pg_catalog.unnest(chained) u(id)
-		                        UNION SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id))
-		ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
-		UPDATE crm.customer c SET merged_into = crm.golden_customer(c.customer_id)
-		WHERE c.merged_into = ANY (chained);
+		PERFORM crm.lock_customers(chained || ARRAY(SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id)));
+		FOREACH h IN ARRAY chained LOOP
+			g := crm.golden_customer(h);
+			UPDATE crm.customer c SET merged_into = g WHERE c.merged_into = h;
+		END LOOP;
 	END IF;
 
 	-- Rows left on records that were merged away (loaded with the origin
 	-- trigger off) go to their golden; the merge hooks below move what
 	-- they brought (points, stats, tags), as for the middle records.
+	IF citus THEN
+		SELECT x.moved, x.records INTO rows_redirected, strays FROM crm.stitch_strays_by_record() x;
+	ELSE
 	WITH u AS (UPDATE crm.orders o SET customer_id = c.merged_into
 	           FROM crm.customer c WHERE c.merged_into IS NOT NULL AND o.customer_id = c.customer_id
 	           RETURNING c.customer_id AS rec)
@@ -1870,39 +1879,15 @@ BEGIN
 	WHERE i.identity_id = x.identity_id AND x.rn = 1;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	rows_redirected := rows_redirected + n;
+	END IF;
 	-- the middle records of chains and the records whose strays moved
 	chained := ARRAY(SELECT DISTINCT x.id FROM pg_catalog.unnest(chained || strays) x(id) ORDER BY 1);
 	PERFORM crm.run_merge_hooks(ARRAY(SELECT crm.golden_customer(u.h) FROM pg_catalog.unnest(chained) WITH ORDINALITY u(h, i) ORDER BY u.i),
 	                               chained);
 
 	graph := crm.identity_graph();
-	-- Hubs link nobody in the graph: their holders go to review.
-	PERFORM crm.identity_review_hub(h.kind, h.value, 'batch')
-	FROM (SELECT i.kind, i.value FROM crm.identity i GROUP BY i.kind, i.value
-	      HAVING pg_catalog.count(*) > 2 AND crm.identity_is_hub(i.kind, i.value, pg_catalog.count(*))) h
-	ORDER BY h.kind, h.value;
-
-	-- Every component with more than one golden customer: one row per
-	-- golden, the oldest (created_at, id) first.  The graph links records;
-	-- merges made meanwhile (by hand, say) link them too: two components
-	-- whose records share a golden customer are one component, so each
-	-- golden is in exactly one and is merged at most once, into the
-	-- survivor of the whole, never into a golden merged in the same pass.
-	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS
-	WITH rg AS MATERIALIZED (
-		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
-		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
-	), g AS (
-		SELECT DISTINCT j.golden AS comp, rg.cust
-		FROM crm.id_merge_groups((SELECT crm.id_merge_agg(r.comp, r.cust) FROM rg r)) j
-		JOIN rg ON rg.cust = j.member
-	)
-	SELECT g.comp, g.cust,
-	       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
-	       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
-	FROM g JOIN crm.customer c ON c.customer_id = g.cust
-	WHERE c.forgotten_at IS NULL;
-	DELETE FROM crm_stitch_golden x WHERE x.ngold = 1;
+	PERFORM crm.stitch_review_hubs();
+	CREATE TEMP TABLE crm_stitch_golden ON COMMIT DROP AS SELECT * FROM crm.stitch_goldens(graph);
 	ANALYZE crm_stitch_golden;
 
 	-- Components that need the careful path, merge by merge: a single-valued
@@ -1917,12 +1902,9 @@ BEGIN
 		JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
 		GROUP BY x.comp, i.kind HAVING pg_catalog.count(DISTINCT i.value) > 1
 		UNION
-		SELECT x.comp FROM crm.identity_review r
-		JOIN crm.customer ca ON ca.customer_id = r.customer_a
-		JOIN crm.customer cb ON cb.customer_id = r.customer_b
-		JOIN crm_stitch_golden x ON x.cust = COALESCE(ca.merged_into, ca.customer_id)
-		JOIN crm_stitch_golden y ON y.cust = COALESCE(cb.merged_into, cb.customer_id) AND y.comp = x.comp
-		WHERE r.resolution = 'kept_apart');
+		SELECT x.comp FROM crm.kept_apart_goldens() r
+		JOIN crm_stitch_golden x ON x.cust = r.golden_a
+		JOIN crm_stitch_golden y ON y.cust = r.golden_b AND y.comp = x.comp);
 	-- The careful components are decided as merging their goldens one by
 	-- one would decide (crm.stitch_plan_component), then merged with the
 	-- others in one step; their reviews are written once they are locked.
@@ -1941,9 +1923,7 @@ BEGIN
 	-- The fast path, set-based: lock every golden involved in id order,
 	-- drop components a concurrent merge changed meanwhile (the careful
 	-- path takes them), then move everything in one statement per table.
-	PERFORM 1 FROM crm.customer c
-	WHERE c.customer_id IN (SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p)
-	ORDER BY c.customer_id FOR NO KEY UPDATE OF c;
+	PERFORM crm.lock_customers(ARRAY(SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p));
 	WITH changed AS (
 		DELETE FROM crm_stitch_pair p WHERE p.comp IN (
 			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
@@ -1965,6 +1945,10 @@ BEGIN
 	ANALYZE crm_stitch_member;
 
 	UPDATE crm.customer c SET merged_into = m.survivor FROM crm_stitch_member m WHERE c.customer_id = m.member;
+	IF citus THEN
+		-- rows change shards: moved merged golden by merged golden
+		INSERT INTO crm_stitch_count SELECT * FROM crm.stitch_move_by_merged();
+	ELSE
 	WITH u AS (UPDATE crm.orders o SET customer_id = m.survivor FROM crm_stitch_member m
 	           WHERE o.customer_id = m.member RETURNING m.merged)
 	INSERT INTO crm_stitch_count SELECT 'orders', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
@@ -1985,6 +1969,7 @@ BEGIN
 		WHERE i.identity_id = c.identity_id AND c.rn = 1 RETURNING c.merged
 	)
 	INSERT INTO crm_stitch_count SELECT 'identities', u.merged, pg_catalog.count(*) FROM u GROUP BY u.merged;
+	END IF;
 	INSERT INTO crm_stitch_count
 	SELECT 'parked', i.customer_id, pg_catalog.count(*) FROM crm.identity i
 	WHERE i.customer_id IN (SELECT p.merged FROM crm_stitch_pair p) GROUP BY i.customer_id;
@@ -2053,7 +2038,6 @@ DECLARE
 	who bigint[];
 	g bigint;
 	sub bigint[];
-	golden bigint;
 BEGIN
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
@@ -2128,14 +2112,7 @@ BEGIN
 	-- the same value, from a record that just went to the other side, moves
 	-- up to its golden now (the lowest identity_id of a value; the rest stay
 	-- parked), as batch stitching moves stray identities.
-	FOREACH golden IN ARRAY ARRAY[g, l.merged] LOOP
-		PERFORM crm.move_customer_rows('crm.identity', golden, 't.identity_id = ANY ($2)',
-			ARRAY(SELECT DISTINCT ON (i.kind, i.value) i.identity_id
-			      FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
-			      WHERE c.merged_into = golden
-			        AND (i.kind, i.value) NOT IN (SELECT d.kind, d.value FROM crm.identity d WHERE d.customer_id = golden)
-			      ORDER BY i.kind, i.value, i.identity_id));
-	END LOOP;
+	PERFORM crm.identities_to_golden(g), crm.identities_to_golden(l.merged);
 
 	UPDATE crm.merge_log x SET undone_at = pg_catalog.now(), undone_by = CURRENT_USER
 	WHERE x.merge_id = l.merge_id;
@@ -2240,14 +2217,12 @@ BEGIN
 	SELECT pg_catalog.array_agg(i.kind), pg_catalog.array_agg(i.value) INTO held_kind, held_value
 	FROM crm.identity i JOIN crm.identity_kind k ON k.kind = i.kind AND k.single_valued
 	WHERE i.customer_id = goldens[1];
-	SELECT pg_catalog.array_agg(x.ga), pg_catalog.array_agg(x.gb) INTO kept_a, kept_b
-	FROM (SELECT COALESCE(ca.merged_into, ca.customer_id) AS ga, COALESCE(cb.merged_into, cb.customer_id) AS gb
-	      FROM crm.identity_review r
-	      JOIN crm.customer ca ON ca.customer_id = r.customer_a
-	      JOIN crm.customer cb ON cb.customer_id = r.customer_b
-	      WHERE r.resolution = 'kept_apart') x
-	JOIN pg_catalog.unnest(goldens) a(id) ON a.id = x.ga
-	JOIN pg_catalog.unnest(goldens) b(id) ON b.id = x.gb;
+	IF crm.on_citus() THEN
+		PERFORM pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', true);
+	END IF;
+	SELECT pg_catalog.array_agg(x.golden_a), pg_catalog.array_agg(x.golden_b) INTO kept_a, kept_b
+	FROM crm.kept_apart_goldens() x
+	WHERE x.golden_a = ANY (goldens) AND x.golden_b = ANY (goldens);
 	FOREACH h IN ARRAY goldens[2:] LOOP
 		golden := h;
 		conflict_kind := NULL;
@@ -3061,6 +3036,179 @@ CREATE FUNCTION crm.segmentation_tick_on_shard(shard regclass, at timestamptz) R
 	LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'crm_segmentation_tick_on_shard';
 COMMENT ON FUNCTION crm.segmentation_tick_on_shard(regclass, timestamptz) IS
 	'Internal (Citus): crm.segmentation_tick of the customers on the shard group of shard, run on its worker; 22023 when shard is not a shard of a distributed crm table';
+
+CREATE OR REPLACE FUNCTION crm.lock_customers(ids bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	IF NOT crm.on_citus() THEN
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = ANY (ids) ORDER BY c.customer_id FOR NO KEY UPDATE;
+		RETURN;
+	END IF;
+	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
+		PERFORM 1 FROM crm.customer c WHERE c.customer_id = id FOR NO KEY UPDATE;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.lock_customers(bigint[]) IS
+	'Internal: locks the customer records ids FOR NO KEY UPDATE in id order';
+
+
+CREATE OR REPLACE FUNCTION crm.identities_to_golden(golden bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN crm.move_customer_rows('crm.identity', golden, 't.identity_id = ANY ($2)',
+		ARRAY(SELECT DISTINCT ON (i.kind, i.value) i.identity_id
+		      FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+		      WHERE c.merged_into = golden
+		        AND (i.kind, i.value) NOT IN (SELECT d.kind, d.value FROM crm.identity d WHERE d.customer_id = golden)
+		      ORDER BY i.kind, i.value, i.identity_id));
+END
+$$;
+COMMENT ON FUNCTION crm.identities_to_golden(bigint) IS
+	'Internal: moves identifiers parked on the records under golden that golden does not hold up to it (the lowest identity_id of a value); returns how many moved';
+
+
+CREATE OR REPLACE FUNCTION crm.kept_apart_goldens() RETURNS TABLE (golden_a bigint, golden_b bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH a AS MATERIALIZED (
+		SELECT COALESCE(c.merged_into, c.customer_id) AS ga, r.customer_b
+		FROM crm.identity_review r JOIN crm.customer c ON c.customer_id = r.customer_a
+		WHERE r.resolution = 'kept_apart')
+	SELECT a.ga, COALESCE(c.merged_into, c.customer_id)
+	FROM a JOIN crm.customer c ON c.customer_id = a.customer_b;
+END;
+COMMENT ON FUNCTION crm.kept_apart_goldens() IS
+	'Internal (stitching): the pairs kept apart, as the golden customers of their two records now';
+
+
+CREATE OR REPLACE FUNCTION crm.stitch_review_hubs() RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM crm.identity_review_hub(h.kind, h.value, 'batch')
+	FROM (SELECT i.kind, i.value FROM crm.identity i GROUP BY i.kind, i.value
+	      HAVING pg_catalog.count(*) > 2 AND crm.identity_is_hub(i.kind, i.value, pg_catalog.count(*))) h
+	ORDER BY h.kind, h.value;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_review_hubs() IS
+	'Internal (batch stitching): sends the holders of every hub identifier to review';
+
+
+CREATE OR REPLACE FUNCTION crm.stitch_goldens(graph crm.id_merge)
+RETURNS TABLE (comp bigint, cust bigint, rn bigint, ngold bigint)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+BEGIN
+	RETURN QUERY
+	WITH rg AS MATERIALIZED (
+		SELECT DISTINCT m.golden AS comp, COALESCE(c.merged_into, c.customer_id) AS cust
+		FROM crm.id_merge_groups(graph) m JOIN crm.customer c ON c.customer_id = m.member
+	), g AS (
+		SELECT DISTINCT j.golden AS comp, rg.cust
+		FROM crm.id_merge_groups((SELECT crm.id_merge_agg(r.comp, r.cust) FROM rg r)) j
+		JOIN rg ON rg.cust = j.member
+	), ranked AS (
+		SELECT g.comp, g.cust,
+		       pg_catalog.row_number() OVER (PARTITION BY g.comp ORDER BY c.created_at, c.customer_id) AS rn,
+		       pg_catalog.count(*) OVER (PARTITION BY g.comp) AS ngold
+		FROM g JOIN crm.customer c ON c.customer_id = g.cust
+		WHERE c.forgotten_at IS NULL)
+	SELECT r.comp, r.cust, r.rn, r.ngold FROM ranked r WHERE r.ngold > 1;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_goldens(crm.id_merge) IS
+	'Internal (batch stitching): the golden customers of each component of graph with more than one, oldest first (rn), forgotten ones left out';
+
+
+CREATE OR REPLACE FUNCTION crm.stitch_strays_by_record(OUT moved bigint, OUT records bigint[])
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+	r record;
+BEGIN
+	moved := 0;
+	records := '{}';
+	FOR r IN SELECT 'crm.orders'::regclass AS tbl, x.rec, x.golden
+	         FROM (SELECT DISTINCT o.customer_id AS rec, c.merged_into AS golden
+	               FROM crm.orders o JOIN crm.customer c ON c.customer_id = o.customer_id
+	               WHERE c.merged_into IS NOT NULL) x
+	         UNION ALL
+	         SELECT 'crm.event'::regclass, x.rec, x.golden
+	         FROM (SELECT DISTINCT e.customer_id AS rec, c.merged_into AS golden
+	               FROM crm.event e JOIN crm.customer c ON c.customer_id = e.customer_id
+	               WHERE c.merged_into IS NOT NULL) x
+	         ORDER BY 1, 2 LOOP
+		moved := moved + crm.move_customer_rows(r.tbl, r.golden, 't.customer_id = $2[1]', ARRAY[r.rec]);
+		records := records || r.rec;
+	END LOOP;
+	FOR r IN SELECT DISTINCT c.merged_into AS golden
+	         FROM crm.identity i JOIN crm.customer c ON c.customer_id = i.customer_id
+	         WHERE c.merged_into IS NOT NULL ORDER BY 1 LOOP
+		moved := moved + crm.identities_to_golden(r.golden);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_strays_by_record() IS
+	'Internal (batch stitching on Citus): moves the rows left on merged records to their golden, record by record; returns the rows moved and the records whose orders or events moved';
+
+
+CREATE OR REPLACE FUNCTION crm.stitch_move_by_merged() RETURNS TABLE (what text, merged bigint, cnt bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+	p record;
+BEGIN
+	FOR p IN SELECT m.survivor, m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
+	         FROM pg_temp.crm_stitch_member m GROUP BY m.survivor, m.merged ORDER BY m.merged LOOP
+		what := 'orders';
+		merged := p.merged;
+		cnt := crm.move_customer_rows('crm.orders', p.survivor, 't.customer_id = ANY ($2)', p.members);
+		RETURN NEXT;
+		what := 'events';
+		cnt := crm.move_customer_rows('crm.event', p.survivor, 't.customer_id = ANY ($2)', p.members);
+		RETURN NEXT;
+	END LOOP;
+	-- (the identifiers of the pass's goldens read first, each set in a
+	-- query of its own: Citus joins a distributed table with a local one
+	-- only on the distribution column)
+	CREATE TEMP TABLE crm_stitch_idmove ON COMMIT DROP AS
+	WITH held AS MATERIALIZED (
+		SELECT d.kind, d.value, d.customer_id FROM crm.identity d
+		WHERE d.customer_id IN (SELECT v.survivor FROM pg_temp.crm_stitch_pair v)),
+	cand AS MATERIALIZED (
+		SELECT i.identity_id, i.kind, i.value, i.customer_id FROM crm.identity i
+		WHERE i.customer_id IN (SELECT q.merged FROM pg_temp.crm_stitch_pair q))
+	SELECT DISTINCT ON (i.kind, i.value, q.survivor) i.identity_id, q.survivor, q.merged
+	FROM cand i JOIN pg_temp.crm_stitch_pair q ON i.customer_id = q.merged
+	WHERE (i.kind, i.value, q.survivor) NOT IN (SELECT h.kind, h.value, h.customer_id FROM held h)
+	ORDER BY i.kind, i.value, q.survivor, i.identity_id;
+	FOR p IN SELECT x.survivor, pg_catalog.array_agg(x.identity_id) AS ids
+	         FROM pg_temp.crm_stitch_idmove x GROUP BY x.survivor ORDER BY x.survivor LOOP
+		PERFORM crm.move_customer_rows('crm.identity', p.survivor, 't.identity_id = ANY ($2)', p.ids);
+	END LOOP;
+	RETURN QUERY SELECT 'identities', x.merged, pg_catalog.count(*) FROM pg_temp.crm_stitch_idmove x GROUP BY x.merged;
+	DROP TABLE pg_temp.crm_stitch_idmove;
+END
+$$;
+COMMENT ON FUNCTION crm.stitch_move_by_merged() IS
+	'Internal (batch stitching on Citus): moves each merged golden''s orders, events and identifiers to its survivor; returns the counts per merged golden';
+
 
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).

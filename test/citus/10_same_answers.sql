@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(60);
+SELECT plan(67);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -223,7 +223,27 @@ SELECT is((SELECT pg_catalog.sum(changed)::int FROM crm.tick(:'as_of'::timestamp
 	'a second tick at the same time changes nothing');
 SELECT is_empty($$SELECT * FROM crm.verify_ledgers()$$, 'the ledgers match the journal after the tick');
 
--- 9. What a distributed crm_ext refuses.
+-- 9. Stitching.  Batch: the identity graph is built on the coordinator
+-- (the shards group the identifiers), and every component's goldens are
+-- merged into its oldest, merge by merge, in the order one node logs them.
+SELECT results_eq($$SELECT * FROM crm.stitch_identities()$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT * FROM crm.stitch_identities()') AS s(merges bigint, reviews bigint, rows_redirected bigint)$$,
+	'stitch_identities: as many merges and reviews');
+SELECT ok((SELECT pg_catalog.count(*) FROM crm.merge_log WHERE source = 'batch') >= 10, 'batch stitching merged customers');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after batch stitching: the same golden customers, rows, points, stats, tags and merge log');
+SELECT results_eq($$SELECT * FROM crm.stitch_identities()$$, $$VALUES (0::bigint, 0::bigint, 0::bigint)$$, 'a second run merges nothing');
+-- Online: on one node the insert's trigger stitches; on a cluster the
+-- trigger runs on a shard, which cannot merge, and the application calls
+-- crm.stitch_identity(identity_id) after inserting (a no-op on one node now).
+SELECT pg_temp.both($$INSERT INTO crm.identity (identity_id, kind, value, customer_id) VALUES
+	(900001, 'email', 'shared-900@example.com', 101), (900002, 'email', 'shared-900@example.com', 150)$$);
+SELECT is(crm.stitch_identity(900002),
+	(SELECT n FROM dblink(pg_temp.single(), 'SELECT crm.stitch_identity(900001) + crm.stitch_identity(900002)') AS s(n int)) + 1,
+	'stitch_identity merges the two customers on the cluster (the trigger did on one node)');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after online stitching: the same');
+SELECT is_empty($$SELECT * FROM crm.verify_ledgers()$$, 'the ledgers match the journal after stitching');
+
+-- 10. What a distributed crm_ext refuses.
 SELECT throws_ok($$INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount, customer_id) VALUES (900001, 9, 'X', 'fresh', 1, 1.00, 8)$$,
 	'23503', NULL, 'a line with another customer than its order''s: 23503');
 INSERT INTO crm.store (store_id, name) VALUES (51, 'new');
