@@ -8,6 +8,11 @@
 #            its customer_id), from a staging table on the coordinator
 #   pgbench  -c 2 -j 2 -T BENCH_PGBENCH_SECONDS (default 30): one pos order
 #            with 2 lines per transaction, for a random customer
+#   refresh_rfm, clv_fit  over every customer, from the coordinator
+#   stitching  crm.stitch_identities() over the sample's identifiers: the
+#            records are loaded unmerged (the sample stitched them; each
+#            order, line and identifier on its origin record), so stitching
+#            merges the same components again, moving rows between shards
 # Each is a row of the floor table with the cluster as the side and one node
 # as the "floor" (cluster/one node > 1: the cluster takes longer, or for TPS
 # does more).  The rows per worker are printed.  Skipped, saying so, where
@@ -22,8 +27,9 @@ else
 	# The sample's rows, once, as binary COPY files.
 	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT * FROM crm.store ORDER BY store_id) TO '$ct_tmp/store' (FORMAT binary)"
 	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT * FROM crm.customer ORDER BY customer_id) TO '$ct_tmp/customer' (FORMAT binary)"
-	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT $ct_ocols FROM crm.orders ORDER BY order_id) TO '$ct_tmp/orders' (FORMAT binary)"
-	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT l.order_id, l.line_no, l.sku, l.category, l.qty, l.amount, o.customer_id FROM crm.order_line l JOIN crm.orders o USING (order_id) ORDER BY 1, 2) TO '$ct_tmp/lines' (FORMAT binary)"
+	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT ${ct_ocols/customer_id, origin_customer_id/origin_customer_id, origin_customer_id} FROM crm.orders ORDER BY order_id) TO '$ct_tmp/orders' (FORMAT binary)"
+	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT l.order_id, l.line_no, l.sku, l.category, l.qty, l.amount, o.origin_customer_id FROM crm.order_line l JOIN crm.orders o USING (order_id) ORDER BY 1, 2) TO '$ct_tmp/lines' (FORMAT binary)"
+	psql -X -q -v ON_ERROR_STOP=1 -c "\\copy (SELECT identity_id, kind, value, origin_customer_id, origin_customer_id FROM crm.identity ORDER BY identity_id) TO '$ct_tmp/identities' (FORMAT binary)"
 	ct_customers=$(psql -X -At -c "SELECT max(customer_id) FROM crm.customer")
 	ct_stores=$(psql -X -At -c "SELECT max(store_id) FROM crm.store")
 	bench_sql_text "$CRM_ROOT/bench/sql/order_path.pgbench" CUSTOMERS="$ct_customers" STORES="$ct_stores" \
@@ -39,6 +45,10 @@ else
 		for t in store customer; do
 			psql -X -q -v ON_ERROR_STOP=1 -d "$1" -c "\\copy crm.$t FROM '$ct_tmp/$t' (FORMAT binary)"
 		done
+		# every record its own customer again; its identifiers on it, not stitched
+		PGDATABASE=$1 bench_sql "UPDATE crm.customer SET merged_into = NULL WHERE merged_into IS NOT NULL"
+		PGOPTIONS='-c crm.stitch_on_insert=off' psql -X -q -v ON_ERROR_STOP=1 -d "$1" \
+			-c "\\copy crm.identity (identity_id, kind, value, customer_id, origin_customer_id) FROM '$ct_tmp/identities' (FORMAT binary)"
 		psql -X -q -v ON_ERROR_STOP=1 -d "$1" -c "\\copy ct_orders FROM '$ct_tmp/orders' (FORMAT binary)"
 		psql -X -q -v ON_ERROR_STOP=1 -d "$1" -c "\\copy ct_lines FROM '$ct_tmp/lines' (FORMAT binary)"
 		# (only the staging tables: crm's stay never analyzed on both sides, as
@@ -53,6 +63,7 @@ else
 	# (every row written) and a BG/NBD fit, on the loaded orders.
 	ct_rfm="SELECT crm.refresh_rfm(crm.sample_as_of())"
 	ct_clv="SELECT crm.clv_fit('bgnbd', crm.sample_as_of())"
+	ct_stitch="SELECT merges FROM crm.stitch_identities()"
 
 	# One node.
 	psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE crm_one" >/dev/null
@@ -64,6 +75,8 @@ else
 	PGDATABASE=crm_one bench_sql "$ct_after"
 	one_rfm=$(PGDATABASE=crm_one bench_time "$ct_rfm")
 	one_clv=$(PGDATABASE=crm_one bench_time "$ct_clv")
+	one_stitch=$(PGDATABASE=crm_one bench_time "$ct_stitch")
+	one_merges=$(PGDATABASE=crm_one psql -X -At -c "SELECT count(*) FROM crm.merge_log")
 	one_tps=$(bench_tps crm_one "$ct_tmp/order.pgbench" "$ct_secs")
 	psql -X -q -d postgres -c "DROP DATABASE crm_one" >/dev/null
 
@@ -83,6 +96,8 @@ else
 		bench_sql "$ct_after"
 		c_rfm=$(bench_time "$ct_rfm")
 		c_clv=$(bench_time "$ct_clv")
+		c_stitch=$(bench_time "$ct_stitch")
+		c_merges=$(psql -X -At -c "SELECT count(*) FROM crm.merge_log")
 		c_tps=$(bench_tps postgres "$ct_tmp/order.pgbench" "$ct_secs")
 		rows=$(psql -X -At -c "WITH placement AS (
 				SELECT s.shardid, pg_catalog.regexp_replace(n.nodename, '^.*/', '') AS node
@@ -98,6 +113,8 @@ else
 		bench_floor_row "citus, pgbench order + 2 lines, 2 clients: cluster (side) vs one node (floor)" tps "$c_tps" "$one_tps"
 		bench_floor_row "citus, refresh_rfm of every customer: cluster (side) vs one node (floor)" s "$c_rfm" "$one_rfm"
 		bench_floor_row "citus, clv_fit bgnbd: cluster (side) vs one node (floor)" s "$c_clv" "$one_clv"
+		bench_floor_row "citus, stitch_identities of the sample: cluster (side) vs one node (floor)" s "$c_stitch" "$one_stitch" \
+			"merges: $c_merges on the cluster, $one_merges on one node"
 	)
 	rm -rf "$ct_tmp"
 fi
