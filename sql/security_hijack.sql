@@ -326,6 +326,7 @@ WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p
                                                'crm.set_local_on_cluster(text,text)',
                                                'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)',
                                                'crm.segmentation_tick_on_shard(regclass,timestamptz)',
-                                               'crm.stitch_strays_by_record()', 'crm.stitch_move_by_merged()']::pg_catalog.regprocedure[])
+                                               'crm.stitch_strays_by_record()', 'crm.stitch_move_by_merged()',
+                                               'crm.move_rows_on_citus(regclass,text,text,bigint[],bigint[],bigint)']::pg_catalog.regprocedure[])
 ORDER BY 1;
 ROLLBACK;

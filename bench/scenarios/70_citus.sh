@@ -75,9 +75,10 @@ else
 	PGDATABASE=crm_one bench_sql "$ct_after"
 	one_rfm=$(PGDATABASE=crm_one bench_time "$ct_rfm")
 	one_clv=$(PGDATABASE=crm_one bench_time "$ct_clv")
+	one_tps=$(bench_tps crm_one "$ct_tmp/order.pgbench" "$ct_secs")
+	# (after pgbench, whose random customers are the unmerged records)
 	one_stitch=$(PGDATABASE=crm_one bench_time "$ct_stitch")
 	one_merges=$(PGDATABASE=crm_one psql -X -At -c "SELECT count(*) FROM crm.merge_log")
-	one_tps=$(bench_tps crm_one "$ct_tmp/order.pgbench" "$ct_secs")
 	psql -X -q -d postgres -c "DROP DATABASE crm_one" >/dev/null
 
 	# The cluster, in a subshell: its PG* settings and its removal stay there.
@@ -96,9 +97,9 @@ else
 		bench_sql "$ct_after"
 		c_rfm=$(bench_time "$ct_rfm")
 		c_clv=$(bench_time "$ct_clv")
+		c_tps=$(bench_tps postgres "$ct_tmp/order.pgbench" "$ct_secs")
 		c_stitch=$(bench_time "$ct_stitch")
 		c_merges=$(psql -X -At -c "SELECT count(*) FROM crm.merge_log")
-		c_tps=$(bench_tps postgres "$ct_tmp/order.pgbench" "$ct_secs")
 		rows=$(psql -X -At -c "WITH placement AS (
 				SELECT s.shardid, pg_catalog.regexp_replace(n.nodename, '^.*/', '') AS node
 				FROM pg_catalog.pg_dist_shard s JOIN pg_catalog.pg_dist_placement p USING (shardid)

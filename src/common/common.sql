@@ -54,13 +54,9 @@ COMMENT ON FUNCTION crm.set_local_on_cluster(text, text) IS
 -- merges, unmerges and the loyalty hooks change a row's customer_id.  On one
 -- node it is an UPDATE, and crm's triggers see the move as before (an
 -- order's lines follow it).  On Citus a row's customer_id places it on a
--- shard and cannot be updated: the rows are deleted and inserted again with
--- the new customer, on its shard, in one statement of the same distributed
--- transaction, with crm's triggers held back on every node (what they
--- would do for an UPDATE of customer_id: lines follow, done here; stats and
--- points, which the merge and unmerge hooks rebuild).  Holding triggers back
--- takes the right to set session_replication_role (a superuser, or GRANT SET
--- ON PARAMETER session_replication_role).  Returns the rows moved.
+-- shard and cannot be updated: crm.move_rows_on_citus deletes the rows and
+-- inserts them again with the new customer, on its shard.  Returns the rows
+-- moved.
 CREATE FUNCTION crm.move_customer_rows(tbl regclass, to_customer bigint, cond text,
                                        a bigint[] DEFAULT NULL, b bigint[] DEFAULT NULL)
 RETURNS bigint
@@ -69,9 +65,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	n bigint;
-	cols text;
-	vals text;
-	held text := pg_catalog.current_setting('session_replication_role');
 	moved_orders bigint[];
 	moved_from bigint[];
 BEGIN
@@ -80,32 +73,87 @@ BEGIN
 		GET DIAGNOSTICS n = ROW_COUNT;
 		RETURN n;
 	END IF;
+	IF tbl = 'crm.orders'::regclass THEN
+		-- an order's lines go with it (on one node orders_lines_follow moves them)
+		EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.order_id), pg_catalog.array_agg(DISTINCT t.customer_id) FROM crm.orders t WHERE %s', cond)
+		INTO moved_orders, moved_from USING to_customer, a, b;
+	END IF;
+	SELECT pg_catalog.sum(x.moved) INTO n FROM crm.move_rows_on_citus(tbl, 'WHERE ' || cond, '$1', a, b, to_customer) x;
+	IF moved_orders IS NOT NULL THEN
+		PERFORM crm.move_customer_rows('crm.order_line', to_customer,
+		                               't.order_id = ANY ($2) AND t.customer_id = ANY ($3)', moved_orders, moved_from);
+	END IF;
+	RETURN coalesce(n, 0);
+END
+$$;
+COMMENT ON FUNCTION crm.move_customer_rows(regclass, bigint, text, bigint[], bigint[]) IS
+	'Internal: moves the rows of tbl matching cond (alias t; $1 to_customer, $2 a, $3 b) to customer to_customer: an UPDATE on one node; on Citus a delete and insert on the new customer''s shard with crm''s triggers held back (an order''s lines follow it); returns the rows moved';
+
+-- Every row of tbl of customer froms[i] goes to customer tos[i], for many
+-- customers in one statement (batch stitching and its merge hooks on
+-- Citus); as crm.move_customer_rows does for one.  Returns the rows moved
+-- per customer they left.
+CREATE FUNCTION crm.move_customers(tbl regclass, froms bigint[], tos bigint[])
+RETURNS TABLE (from_customer bigint, moved bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT crm.on_citus() THEN
+		RETURN QUERY EXECUTE pg_catalog.format(
+			'WITH u AS (UPDATE %s t SET customer_id = m.t2 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) m(f, t2) '
+			'WHERE t.customer_id OPERATOR(pg_catalog.=) m.f RETURNING m.f) '
+			'SELECT u.f, pg_catalog.count(*) FROM u GROUP BY u.f', tbl) USING froms, tos;
+		RETURN;
+	END IF;
+	RETURN QUERY SELECT * FROM crm.move_rows_on_citus(tbl,
+		'USING ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) m(f, t2) WHERE t.customer_id OPERATOR(pg_catalog.=) m.f',
+		'm.t2', froms, tos, NULL);
+	IF tbl = 'crm.orders'::regclass THEN
+		-- (all of these customers' orders moved: all their lines follow)
+		PERFORM crm.move_customers('crm.order_line', froms, tos);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.move_customers(regclass, bigint[], bigint[]) IS
+	'Internal: moves every row of tbl of customer froms[i] to customer tos[i] (an order''s lines with it), as crm.move_customer_rows does for one; returns the rows moved per customer they left';
+
+-- The move on Citus: the rows of tbl that from_clause picks (alias t:
+-- "WHERE ..." or "USING ... WHERE ...") are deleted and inserted again with
+-- customer to_expr, on its shard, in one statement of the distributed
+-- transaction, with crm's triggers held back on every node (what they would
+-- do for an UPDATE of customer_id the callers do: lines follow their order,
+-- the merge and unmerge hooks move points and rebuild stats).  $1 is c, $2
+-- and $3 are a and b.  Holding triggers back takes the right to set
+-- session_replication_role (a superuser, or GRANT SET ON PARAMETER
+-- session_replication_role).  Returns the rows moved per customer they left.
+CREATE FUNCTION crm.move_rows_on_citus(tbl regclass, from_clause text, to_expr text, a bigint[], b bigint[], c bigint)
+RETURNS TABLE (from_customer bigint, moved bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cols text;
+	vals text;
+	held text := pg_catalog.current_setting('session_replication_role');
+BEGIN
 	SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x.attname), ', ' ORDER BY x.attnum),
 	       pg_catalog.string_agg(CASE WHEN x.attname = 'customer_id' THEN 'g.crm_to' ELSE 'g.' || pg_catalog.quote_ident(x.attname) END,
 	                             ', ' ORDER BY x.attnum)
 	INTO cols, vals
 	FROM pg_catalog.pg_attribute x
 	WHERE x.attrelid = tbl AND x.attnum > 0 AND NOT x.attisdropped AND x.attgenerated = '';
-	IF tbl = 'crm.orders'::regclass THEN
-		-- an order's lines go with it (on one node orders_lines_follow moves them)
-		EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.order_id), pg_catalog.array_agg(DISTINCT t.customer_id) FROM crm.orders t WHERE %s', cond)
-		INTO moved_orders, moved_from USING to_customer, a, b;
-	END IF;
 	PERFORM crm.set_local_on_cluster('session_replication_role', 'replica');
-	EXECUTE pg_catalog.format('WITH gone AS (DELETE FROM %1$s t WHERE %2$s RETURNING t.*, $1 AS crm_to), '
-	                          'put AS (INSERT INTO %1$s (%3$s) SELECT %4$s FROM gone g RETURNING 1) '
-	                          'SELECT pg_catalog.count(*) FROM put', tbl, cond, cols, vals)
-	INTO n USING to_customer, a, b;
+	RETURN QUERY EXECUTE pg_catalog.format(
+		'WITH gone AS (DELETE FROM %1$s t %2$s RETURNING t.*, %3$s AS crm_to), '
+		'put AS (INSERT INTO %1$s (%4$s) SELECT %5$s FROM gone g RETURNING 1) '
+		'SELECT g.customer_id, pg_catalog.count(*) FROM gone g GROUP BY g.customer_id', tbl, from_clause, to_expr, cols, vals)
+	USING c, a, b;
 	PERFORM crm.set_local_on_cluster('session_replication_role', held);
-	IF moved_orders IS NOT NULL THEN
-		PERFORM crm.move_customer_rows('crm.order_line', to_customer,
-		                               't.order_id = ANY ($2) AND t.customer_id = ANY ($3)', moved_orders, moved_from);
-	END IF;
-	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION crm.move_customer_rows(regclass, bigint, text, bigint[], bigint[]) IS
-	'Internal: moves the rows of tbl matching cond (alias t; $1 to_customer, $2 a, $3 b) to customer to_customer: an UPDATE on one node; on Citus a delete and insert on the new customer''s shard with crm''s triggers held back (an order''s lines follow it); returns the rows moved';
+COMMENT ON FUNCTION crm.move_rows_on_citus(regclass, text, text, bigint[], bigint[], bigint) IS
+	'Internal (Citus): deletes the rows of tbl from_clause picks and inserts them again with customer to_expr, on its shard, crm''s triggers held back on every node; returns the rows moved per customer they left';
 
 -- Work that spans customers refuses to run on a distributed crm_ext until it
 -- has been made to (src/common/shard.c; README, "Scaling out with Citus").

@@ -854,7 +854,8 @@ $$;
 COMMENT ON FUNCTION crm.stitch_strays_by_record() IS
 	'Internal (batch stitching on Citus): moves the rows left on merged records to their golden, record by record; returns the rows moved and the records whose orders or events moved';
 
--- The fast path's moves on Citus: each merged golden's orders, events and
+-- The fast path's moves on Citus, one statement per table for the whole
+-- pass: each merged golden's orders, events (its records' too) and
 -- identifiers (the lowest identity_id of each value its survivor does not
 -- hold, among all the goldens merged into it in this pass) go to its
 -- survivor; reads the pass's pg_temp.crm_stitch_pair and crm_stitch_member.
@@ -865,18 +866,22 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-	p record;
+	members bigint[];
+	survivors bigint[];
 BEGIN
-	FOR p IN SELECT m.survivor, m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
-	         FROM pg_temp.crm_stitch_member m GROUP BY m.survivor, m.merged ORDER BY m.merged LOOP
-		what := 'orders';
-		merged := p.merged;
-		cnt := crm.move_customer_rows('crm.orders', p.survivor, 't.customer_id = ANY ($2)', p.members);
-		RETURN NEXT;
-		what := 'events';
-		cnt := crm.move_customer_rows('crm.event', p.survivor, 't.customer_id = ANY ($2)', p.members);
-		RETURN NEXT;
-	END LOOP;
+	SELECT pg_catalog.array_agg(m.member ORDER BY m.member), pg_catalog.array_agg(m.survivor ORDER BY m.member)
+	INTO members, survivors FROM pg_temp.crm_stitch_member m;
+	IF members IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+	SELECT 'orders', m.merged, pg_catalog.sum(x.moved)::bigint
+	FROM crm.move_customers('crm.orders', members, survivors) x JOIN pg_temp.crm_stitch_member m ON m.member = x.from_customer
+	GROUP BY m.merged;
+	RETURN QUERY
+	SELECT 'events', m.merged, pg_catalog.sum(x.moved)::bigint
+	FROM crm.move_customers('crm.event', members, survivors) x JOIN pg_temp.crm_stitch_member m ON m.member = x.from_customer
+	GROUP BY m.merged;
 	-- (the identifiers of the pass's goldens read first, each set in a
 	-- query of its own: Citus joins a distributed table with a local one
 	-- only on the distribution column)
@@ -891,10 +896,11 @@ BEGIN
 	FROM cand i JOIN pg_temp.crm_stitch_pair q ON i.customer_id = q.merged
 	WHERE (i.kind, i.value, q.survivor) NOT IN (SELECT h.kind, h.value, h.customer_id FROM held h)
 	ORDER BY i.kind, i.value, q.survivor, i.identity_id;
-	FOR p IN SELECT x.survivor, pg_catalog.array_agg(x.identity_id) AS ids
-	         FROM pg_temp.crm_stitch_idmove x GROUP BY x.survivor ORDER BY x.survivor LOOP
-		PERFORM crm.move_customer_rows('crm.identity', p.survivor, 't.identity_id = ANY ($2)', p.ids);
-	END LOOP;
+	PERFORM crm.move_rows_on_citus('crm.identity',
+		'USING ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) m(id, t2) WHERE t.identity_id OPERATOR(pg_catalog.=) m.id',
+		'm.t2',
+		ARRAY(SELECT x.identity_id FROM pg_temp.crm_stitch_idmove x ORDER BY x.identity_id),
+		ARRAY(SELECT x.survivor FROM pg_temp.crm_stitch_idmove x ORDER BY x.identity_id), NULL);
 	RETURN QUERY SELECT 'identities', x.merged, pg_catalog.count(*) FROM pg_temp.crm_stitch_idmove x GROUP BY x.merged;
 	DROP TABLE pg_temp.crm_stitch_idmove;
 END

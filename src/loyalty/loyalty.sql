@@ -1004,16 +1004,8 @@ BEGIN
 	END IF;
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
-	IF crm.on_citus() THEN
-		FOR r IN SELECT p.s, pg_catalog.array_agg(p.m) AS ms
-		         FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) GROUP BY p.s ORDER BY p.s LOOP
-			PERFORM crm.move_customer_rows('crm.points_journal', r.s, 't.customer_id OPERATOR(pg_catalog.=) ANY ($2)', r.ms);
-		END LOOP;
-	ELSE
-		-- (one statement for thousands of merges: batch stitching)
-		UPDATE crm.points_journal j SET customer_id = p.s
-		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
-	END IF;
+	-- (one statement for thousands of merges: batch stitching)
+	PERFORM crm.move_customers('crm.points_journal', ms, ss);
 	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
 	SELECT p.s, p.m, 'merge', 0,
 	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),

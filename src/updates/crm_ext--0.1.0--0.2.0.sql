@@ -1206,16 +1206,8 @@ BEGIN
 	END IF;
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
-	IF crm.on_citus() THEN
-		FOR r IN SELECT p.s, pg_catalog.array_agg(p.m) AS ms
-		         FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) GROUP BY p.s ORDER BY p.s LOOP
-			PERFORM crm.move_customer_rows('crm.points_journal', r.s, 't.customer_id OPERATOR(pg_catalog.=) ANY ($2)', r.ms);
-		END LOOP;
-	ELSE
-		-- (one statement for thousands of merges: batch stitching)
-		UPDATE crm.points_journal j SET customer_id = p.s
-		FROM ROWS FROM (pg_catalog.unnest(ss), pg_catalog.unnest(ms)) p(s, m) WHERE j.customer_id OPERATOR(pg_catalog.=) p.m;
-	END IF;
+	-- (one statement for thousands of merges: batch stitching)
+	PERFORM crm.move_customers('crm.points_journal', ms, ss);
 	INSERT INTO crm.points_journal (customer_id, origin_customer_id, kind, points, reason, at)
 	SELECT p.s, p.m, 'merge', 0,
 	       pg_catalog.format('merged customer %s into %s: %s points, %s debt moved', p.m, p.s, crm.ledger_total(p.l), p.d),
@@ -2838,9 +2830,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	n bigint;
-	cols text;
-	vals text;
-	held text := pg_catalog.current_setting('session_replication_role');
 	moved_orders bigint[];
 	moved_from bigint[];
 BEGIN
@@ -2849,28 +2838,17 @@ BEGIN
 		GET DIAGNOSTICS n = ROW_COUNT;
 		RETURN n;
 	END IF;
-	SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x.attname), ', ' ORDER BY x.attnum),
-	       pg_catalog.string_agg(CASE WHEN x.attname = 'customer_id' THEN 'g.crm_to' ELSE 'g.' || pg_catalog.quote_ident(x.attname) END,
-	                             ', ' ORDER BY x.attnum)
-	INTO cols, vals
-	FROM pg_catalog.pg_attribute x
-	WHERE x.attrelid = tbl AND x.attnum > 0 AND NOT x.attisdropped AND x.attgenerated = '';
 	IF tbl = 'crm.orders'::regclass THEN
 		-- an order's lines go with it (on one node orders_lines_follow moves them)
 		EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.order_id), pg_catalog.array_agg(DISTINCT t.customer_id) FROM crm.orders t WHERE %s', cond)
 		INTO moved_orders, moved_from USING to_customer, a, b;
 	END IF;
-	PERFORM crm.set_local_on_cluster('session_replication_role', 'replica');
-	EXECUTE pg_catalog.format('WITH gone AS (DELETE FROM %1$s t WHERE %2$s RETURNING t.*, $1 AS crm_to), '
-	                          'put AS (INSERT INTO %1$s (%3$s) SELECT %4$s FROM gone g RETURNING 1) '
-	                          'SELECT pg_catalog.count(*) FROM put', tbl, cond, cols, vals)
-	INTO n USING to_customer, a, b;
-	PERFORM crm.set_local_on_cluster('session_replication_role', held);
+	SELECT pg_catalog.sum(x.moved) INTO n FROM crm.move_rows_on_citus(tbl, 'WHERE ' || cond, '$1', a, b, to_customer) x;
 	IF moved_orders IS NOT NULL THEN
 		PERFORM crm.move_customer_rows('crm.order_line', to_customer,
 		                               't.order_id = ANY ($2) AND t.customer_id = ANY ($3)', moved_orders, moved_from);
 	END IF;
-	RETURN n;
+	RETURN coalesce(n, 0);
 END
 $$;
 COMMENT ON FUNCTION crm.move_customer_rows(regclass, bigint, text, bigint[], bigint[]) IS
@@ -3172,18 +3150,22 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-	p record;
+	members bigint[];
+	survivors bigint[];
 BEGIN
-	FOR p IN SELECT m.survivor, m.merged, pg_catalog.array_agg(m.member ORDER BY m.member) AS members
-	         FROM pg_temp.crm_stitch_member m GROUP BY m.survivor, m.merged ORDER BY m.merged LOOP
-		what := 'orders';
-		merged := p.merged;
-		cnt := crm.move_customer_rows('crm.orders', p.survivor, 't.customer_id = ANY ($2)', p.members);
-		RETURN NEXT;
-		what := 'events';
-		cnt := crm.move_customer_rows('crm.event', p.survivor, 't.customer_id = ANY ($2)', p.members);
-		RETURN NEXT;
-	END LOOP;
+	SELECT pg_catalog.array_agg(m.member ORDER BY m.member), pg_catalog.array_agg(m.survivor ORDER BY m.member)
+	INTO members, survivors FROM pg_temp.crm_stitch_member m;
+	IF members IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+	SELECT 'orders', m.merged, pg_catalog.sum(x.moved)::bigint
+	FROM crm.move_customers('crm.orders', members, survivors) x JOIN pg_temp.crm_stitch_member m ON m.member = x.from_customer
+	GROUP BY m.merged;
+	RETURN QUERY
+	SELECT 'events', m.merged, pg_catalog.sum(x.moved)::bigint
+	FROM crm.move_customers('crm.event', members, survivors) x JOIN pg_temp.crm_stitch_member m ON m.member = x.from_customer
+	GROUP BY m.merged;
 	-- (the identifiers of the pass's goldens read first, each set in a
 	-- query of its own: Citus joins a distributed table with a local one
 	-- only on the distribution column)
@@ -3198,16 +3180,72 @@ BEGIN
 	FROM cand i JOIN pg_temp.crm_stitch_pair q ON i.customer_id = q.merged
 	WHERE (i.kind, i.value, q.survivor) NOT IN (SELECT h.kind, h.value, h.customer_id FROM held h)
 	ORDER BY i.kind, i.value, q.survivor, i.identity_id;
-	FOR p IN SELECT x.survivor, pg_catalog.array_agg(x.identity_id) AS ids
-	         FROM pg_temp.crm_stitch_idmove x GROUP BY x.survivor ORDER BY x.survivor LOOP
-		PERFORM crm.move_customer_rows('crm.identity', p.survivor, 't.identity_id = ANY ($2)', p.ids);
-	END LOOP;
+	PERFORM crm.move_rows_on_citus('crm.identity',
+		'USING ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) m(id, t2) WHERE t.identity_id OPERATOR(pg_catalog.=) m.id',
+		'm.t2',
+		ARRAY(SELECT x.identity_id FROM pg_temp.crm_stitch_idmove x ORDER BY x.identity_id),
+		ARRAY(SELECT x.survivor FROM pg_temp.crm_stitch_idmove x ORDER BY x.identity_id), NULL);
 	RETURN QUERY SELECT 'identities', x.merged, pg_catalog.count(*) FROM pg_temp.crm_stitch_idmove x GROUP BY x.merged;
 	DROP TABLE pg_temp.crm_stitch_idmove;
 END
 $$;
 COMMENT ON FUNCTION crm.stitch_move_by_merged() IS
 	'Internal (batch stitching on Citus): moves each merged golden''s orders, events and identifiers to its survivor; returns the counts per merged golden';
+
+
+CREATE OR REPLACE FUNCTION crm.move_customers(tbl regclass, froms bigint[], tos bigint[])
+RETURNS TABLE (from_customer bigint, moved bigint)
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT crm.on_citus() THEN
+		RETURN QUERY EXECUTE pg_catalog.format(
+			'WITH u AS (UPDATE %s t SET customer_id = m.t2 FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) m(f, t2) '
+			'WHERE t.customer_id OPERATOR(pg_catalog.=) m.f RETURNING m.f) '
+			'SELECT u.f, pg_catalog.count(*) FROM u GROUP BY u.f', tbl) USING froms, tos;
+		RETURN;
+	END IF;
+	RETURN QUERY SELECT * FROM crm.move_rows_on_citus(tbl,
+		'USING ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) m(f, t2) WHERE t.customer_id OPERATOR(pg_catalog.=) m.f',
+		'm.t2', froms, tos, NULL);
+	IF tbl = 'crm.orders'::regclass THEN
+		-- (all of these customers' orders moved: all their lines follow)
+		PERFORM crm.move_customers('crm.order_line', froms, tos);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.move_customers(regclass, bigint[], bigint[]) IS
+	'Internal: moves every row of tbl of customer froms[i] to customer tos[i] (an order''s lines with it), as crm.move_customer_rows does for one; returns the rows moved per customer they left';
+
+
+CREATE OR REPLACE FUNCTION crm.move_rows_on_citus(tbl regclass, from_clause text, to_expr text, a bigint[], b bigint[], c bigint)
+RETURNS TABLE (from_customer bigint, moved bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cols text;
+	vals text;
+	held text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+	SELECT pg_catalog.string_agg(pg_catalog.quote_ident(x.attname), ', ' ORDER BY x.attnum),
+	       pg_catalog.string_agg(CASE WHEN x.attname = 'customer_id' THEN 'g.crm_to' ELSE 'g.' || pg_catalog.quote_ident(x.attname) END,
+	                             ', ' ORDER BY x.attnum)
+	INTO cols, vals
+	FROM pg_catalog.pg_attribute x
+	WHERE x.attrelid = tbl AND x.attnum > 0 AND NOT x.attisdropped AND x.attgenerated = '';
+	PERFORM crm.set_local_on_cluster('session_replication_role', 'replica');
+	RETURN QUERY EXECUTE pg_catalog.format(
+		'WITH gone AS (DELETE FROM %1$s t %2$s RETURNING t.*, %3$s AS crm_to), '
+		'put AS (INSERT INTO %1$s (%4$s) SELECT %5$s FROM gone g RETURNING 1) '
+		'SELECT g.customer_id, pg_catalog.count(*) FROM gone g GROUP BY g.customer_id', tbl, from_clause, to_expr, cols, vals)
+	USING c, a, b;
+	PERFORM crm.set_local_on_cluster('session_replication_role', held);
+END
+$$;
+COMMENT ON FUNCTION crm.move_rows_on_citus(regclass, text, text, bigint[], bigint[], bigint) IS
+	'Internal (Citus): deletes the rows of tbl from_clause picks and inserts them again with customer to_expr, on its shard, crm''s triggers held back on every node; returns the rows moved per customer they left';
 
 
 -- ===========================================================================
