@@ -322,7 +322,7 @@ WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_aggregate a WHERE p.oid OPERATOR(pg_catalog.=) ANY (ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn]::pg_catalog.oid[]))
   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_xact_user_functions s WHERE s.funcid OPERATOR(pg_catalog.=) p.oid)
   AND p.oid OPERATOR(pg_catalog.<>) ALL (ARRAY['crm.distribute(integer)', 'crm.distribute_tables(integer)',
-                                               'crm.distribute_ddl(text)', 'crm.distribute_id_ranges()',
+                                               'crm.distribute_ddl(text)', 'crm.distribute_id_ranges()', 'crm.distribute_functions()',
                                                'crm.set_local_on_cluster(text,text)',
                                                'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)',
                                                'crm.segmentation_tick_on_shard(regclass,timestamptz)',

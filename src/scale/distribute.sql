@@ -43,6 +43,7 @@ BEGIN
 				HINT = 'SELECT citus_add_node(host, port) for each worker first.';
 		END IF;
 		PERFORM crm.distribute_tables(shard_count);
+		PERFORM crm.distribute_functions();
 	ELSE
 		RAISE NOTICE 'crm_ext is distributed already: only the workers'' id ranges are checked';
 	END IF;
@@ -178,6 +179,30 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION crm.distribute_tables(integer) IS
 	'The work of crm.distribute(): per-customer keys, reference and distributed tables, the foreign keys Citus keeps';
+
+-- The entry points that take a customer id run on the worker that holds
+-- the customer when called on their own (SELECT crm.redeem_points(7, ...)):
+-- Citus sends the call there, co-located with crm.customer by their
+-- customer_id argument, so its statements run on local shards, one round
+-- trip instead of one per statement.  Inside a transaction block Citus runs
+-- them on the coordinator as before.  A merged record's id goes to the
+-- record's worker, which reaches the golden customer's shard through Citus.
+CREATE FUNCTION crm.distribute_functions()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOREACH f IN ARRAY ARRAY['crm.redeem_points(bigint,bigint,text,timestamptz)', 'crm.adjust_points(bigint,bigint,text,text,timestamptz)',
+	                         'crm.points_balance(bigint,timestamptz)', 'crm.points_expiring(bigint,interval,timestamptz)',
+	                         'crm.qualifying_spend(bigint,timestamptz)']::regprocedure[] LOOP
+		PERFORM pg_catalog.create_distributed_function(f, 'customer_id', colocate_with => 'crm.customer');
+	END LOOP;
+END $$;
+COMMENT ON FUNCTION crm.distribute_functions() IS
+	'crm.distribute(): the entry points that take a customer id run on the worker that holds the customer when called on their own (Citus function call delegation)';
 
 -- The statements that give a per-customer table's primary key and unique
 -- constraints and indexes without customer_id that column as their last.

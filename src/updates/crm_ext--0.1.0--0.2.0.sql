@@ -3248,6 +3248,24 @@ COMMENT ON FUNCTION crm.move_rows_on_citus(regclass, text, text, bigint[], bigin
 	'Internal (Citus): deletes the rows of tbl from_clause picks and inserts them again with customer to_expr, on its shard, crm''s triggers held back on every node; returns the rows moved per customer they left';
 
 
+CREATE OR REPLACE FUNCTION crm.distribute_functions()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	f regprocedure;
+BEGIN
+	FOREACH f IN ARRAY ARRAY['crm.redeem_points(bigint,bigint,text,timestamptz)', 'crm.adjust_points(bigint,bigint,text,text,timestamptz)',
+	                         'crm.points_balance(bigint,timestamptz)', 'crm.points_expiring(bigint,interval,timestamptz)',
+	                         'crm.qualifying_spend(bigint,timestamptz)']::regprocedure[] LOOP
+		PERFORM pg_catalog.create_distributed_function(f, 'customer_id', colocate_with => 'crm.customer');
+	END LOOP;
+END $$;
+COMMENT ON FUNCTION crm.distribute_functions() IS
+	'crm.distribute(): the entry points that take a customer id run on the worker that holds the customer when called on their own (Citus function call delegation)';
+
+
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
 --
@@ -3292,6 +3310,7 @@ BEGIN
 				HINT = 'SELECT citus_add_node(host, port) for each worker first.';
 		END IF;
 		PERFORM crm.distribute_tables(shard_count);
+		PERFORM crm.distribute_functions();
 	ELSE
 		RAISE NOTICE 'crm_ext is distributed already: only the workers'' id ranges are checked';
 	END IF;

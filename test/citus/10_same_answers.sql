@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(67);
+SELECT plan(71);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -198,6 +198,19 @@ SELECT pg_temp.both($$INSERT INTO crm.orders (order_id, customer_id, channel, or
 SELECT is(crm.redeem_points(7, 50, 'c-red-m', '2026-06-27'),
 	(SELECT b FROM dblink(pg_temp.single(), $$SELECT crm.redeem_points(7, 50, 'c-red-m', '2026-06-27')$$) AS s(b bigint)),
 	'the merged customer redeems: the same balance');
+-- Entry points that take a customer id, called on their own, run on the
+-- worker of the id they are given (Citus delegates the call), also for a
+-- merged record whose golden is on another shard.
+SELECT is((SELECT pg_catalog.count(*)::int FROM pg_catalog.pg_dist_object o
+	WHERE o.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND o.distribution_argument_index = 0), 5,
+	'five entry points run on the customer''s worker');
+SELECT crm.adjust_points(13, 250, 'goodwill', 'c-adj-dlg', '2026-06-27') AS delegated \gset
+SELECT is(:delegated::bigint,
+	(SELECT b FROM dblink(pg_temp.single(), $$SELECT crm.adjust_points(13, 250, 'goodwill', 'c-adj-dlg', '2026-06-27')$$) AS s(b bigint)),
+	'adjust_points for merged record 13, called on its own: the same balance');
+SELECT results_eq($$SELECT customer_id, journal_id >= (1::bigint << 48) FROM crm.points_journal WHERE idempotency_key = 'c-adj-dlg'$$,
+	$$SELECT crm.golden_customer(13), true$$, 'written once, on the golden customer, by a worker (its id range)');
+SELECT is_empty($$SELECT * FROM pg_temp.differences()$$, 'after the delegated adjustment: the same journal and ledgers');
 SELECT is(crm.unmerge(1),
 	(SELECT n FROM dblink(pg_temp.single(), 'SELECT crm.unmerge(1)') AS s(n bigint)),
 	'unmerge undoes one merge');
