@@ -33,6 +33,22 @@ CREATE FUNCTION crm.on_citus() RETURNS boolean
 COMMENT ON FUNCTION crm.on_citus() IS
 	'Internal: true when crm_ext is distributed with Citus (crm.distribute()) and this runs on the coordinator, not on a shard';
 
+-- The join of order lines (alias l) to their orders (alias o) for dynamic
+-- SQL: by order_id; on Citus also by customer_id, so that each shard joins
+-- its own lines and orders (a line's customer_id is its order's there; on
+-- one node it may be NULL).
+CREATE FUNCTION crm.line_join(l text, o text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN pg_catalog.format('%1$I.order_id OPERATOR(pg_catalog.=) %2$I.order_id', l, o)
+	    || CASE WHEN crm.on_citus() THEN pg_catalog.format(' AND %1$I.customer_id OPERATOR(pg_catalog.=) %2$I.customer_id', l, o) ELSE '' END;
+END
+$$;
+COMMENT ON FUNCTION crm.line_join(text, text) IS
+	'Internal: the join condition of order lines (alias l) to their orders (alias o): by order_id, and on Citus by customer_id too';
+
 -- SET LOCAL setting = value here and on the Citus workers this transaction
 -- uses (Citus passes a SET LOCAL on from a statement run inside a function
 -- call, which PERFORM of this makes it, and not from one run at a PL/pgSQL

@@ -51,17 +51,21 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+	-- first: an unknown customer is an error, not no rows
+	golden bigint := crm.resolve_customer(recommend.customer_id);
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.recommend()');
-	RETURN QUERY
+	-- (On Citus a line is joined to its order on customer_id too, so that
+	-- the customer's shard joins its own: crm.line_join.)
+	RETURN QUERY EXECUTE $q$
 	WITH bought AS (
 		SELECT l.sku, pg_catalog.max(o.ordered_at) AS last_at
 		FROM crm.orders o
-		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
-		WHERE o.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(recommend.customer_id)
+		JOIN crm.order_line l ON $q$ || crm.line_join('l', 'o') || $q$
+		WHERE o.customer_id OPERATOR(pg_catalog.=) $1
 		  AND o.status OPERATOR(pg_catalog.=) 'paid'
-		  AND o.ordered_at OPERATOR(pg_catalog.<=) recommend.as_of
-		  AND o.ordered_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.history)
+		  AND o.ordered_at OPERATOR(pg_catalog.<=) $2
+		  AND o.ordered_at OPERATOR(pg_catalog.>) ($2 OPERATOR(pg_catalog.-) $5)
 		GROUP BY l.sku
 	), candidates AS (
 		SELECT DISTINCT ON (r.consequent) r.consequent, r.confidence, r.lift, r.antecedent
@@ -70,15 +74,13 @@ BEGIN
 		WHERE r.lift OPERATOR(pg_catalog.>) 1
 		  AND NOT EXISTS (SELECT 1 FROM bought x
 		                  WHERE x.sku OPERATOR(pg_catalog.=) r.consequent
-		                    AND x.last_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.recent))
+		                    AND x.last_at OPERATOR(pg_catalog.>) ($2 OPERATOR(pg_catalog.-) $4))
 		ORDER BY r.consequent, r.confidence DESC, r.lift DESC, r.antecedent
 	)
 	SELECT c.consequent, c.confidence, c.lift, c.antecedent
 	FROM candidates c
-	-- evaluated once, first: an unknown customer is an error, not no rows
-	WHERE crm.resolve_customer(recommend.customer_id) IS NOT NULL
 	ORDER BY c.confidence DESC, c.lift DESC, c.consequent
-	LIMIT GREATEST(recommend.n, 0);
+	LIMIT GREATEST($3, 0)$q$ USING golden, recommend.as_of, recommend.n, recommend.recent, recommend.history;
 END $$;
 COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
 	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';

@@ -47,7 +47,6 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.replenishment()');
 	IF NOT pg_catalog.isfinite(as_of) THEN
 		RAISE EXCEPTION 'as_of must be a finite time' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -55,29 +54,32 @@ BEGIN
 		RAISE EXCEPTION 'a purchase cycle needs at least 2 purchases'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	RETURN QUERY
+	-- (On Citus a line is joined to its order on customer_id too, so that
+	-- each shard joins its own: crm.line_join; as_of and the minimums are
+	-- $1 to $3.)
+	RETURN QUERY EXECUTE $q$
 	WITH bought AS (
 		SELECT o.customer_id AS cid, l.category AS cat, l.sku AS item, o.ordered_at::date AS day
 		FROM crm.orders o
-		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
+		JOIN crm.order_line l ON $q$ || crm.line_join('l', 'o') || $q$
 		JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id
 		WHERE c.merged_into IS NULL
 		  AND o.status OPERATOR(pg_catalog.=) 'paid'
-		  AND o.ordered_at OPERATOR(pg_catalog.<=) as_of
+		  AND o.ordered_at OPERATOR(pg_catalog.<=) $1
 	), cycles AS (
 		SELECT b.cid, b.cat, NULL::text AS item, crm.purchase_days(b.day) AS n,
 		       crm.purchase_interval(b.day) AS gap, pg_catalog.max(b.day) AS last_day
 		FROM bought b GROUP BY b.cid, b.cat
-		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) min_purchases
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) $2
 		UNION ALL
 		SELECT b.cid, b.cat, b.item, crm.purchase_days(b.day),
 		       crm.purchase_interval(b.day), pg_catalog.max(b.day)
 		FROM bought b GROUP BY b.cid, b.cat, b.item
-		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) sku_min_purchases
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) $3
 	)
 	SELECT y.cid, y.cat, y.item, y.n, y.gap, y.last_day,
 	       y.last_day OPERATOR(pg_catalog.+) pg_catalog.round(y.gap)::integer
-	FROM cycles y;
+	FROM cycles y$q$ USING as_of, min_purchases, sku_min_purchases;
 END
 $$;
 COMMENT ON FUNCTION crm.replenishment(timestamptz, integer, integer) IS

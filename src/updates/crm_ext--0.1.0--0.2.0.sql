@@ -1590,17 +1590,21 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+	-- first: an unknown customer is an error, not no rows
+	golden bigint := crm.resolve_customer(recommend.customer_id);
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.recommend()');
-	RETURN QUERY
+	-- (On Citus a line is joined to its order on customer_id too, so that
+	-- the customer's shard joins its own: crm.line_join.)
+	RETURN QUERY EXECUTE $q$
 	WITH bought AS (
 		SELECT l.sku, pg_catalog.max(o.ordered_at) AS last_at
 		FROM crm.orders o
-		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
-		WHERE o.customer_id OPERATOR(pg_catalog.=) crm.resolve_customer(recommend.customer_id)
+		JOIN crm.order_line l ON $q$ || crm.line_join('l', 'o') || $q$
+		WHERE o.customer_id OPERATOR(pg_catalog.=) $1
 		  AND o.status OPERATOR(pg_catalog.=) 'paid'
-		  AND o.ordered_at OPERATOR(pg_catalog.<=) recommend.as_of
-		  AND o.ordered_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.history)
+		  AND o.ordered_at OPERATOR(pg_catalog.<=) $2
+		  AND o.ordered_at OPERATOR(pg_catalog.>) ($2 OPERATOR(pg_catalog.-) $5)
 		GROUP BY l.sku
 	), candidates AS (
 		SELECT DISTINCT ON (r.consequent) r.consequent, r.confidence, r.lift, r.antecedent
@@ -1609,15 +1613,13 @@ BEGIN
 		WHERE r.lift OPERATOR(pg_catalog.>) 1
 		  AND NOT EXISTS (SELECT 1 FROM bought x
 		                  WHERE x.sku OPERATOR(pg_catalog.=) r.consequent
-		                    AND x.last_at OPERATOR(pg_catalog.>) (recommend.as_of OPERATOR(pg_catalog.-) recommend.recent))
+		                    AND x.last_at OPERATOR(pg_catalog.>) ($2 OPERATOR(pg_catalog.-) $4))
 		ORDER BY r.consequent, r.confidence DESC, r.lift DESC, r.antecedent
 	)
 	SELECT c.consequent, c.confidence, c.lift, c.antecedent
 	FROM candidates c
-	-- evaluated once, first: an unknown customer is an error, not no rows
-	WHERE crm.resolve_customer(recommend.customer_id) IS NOT NULL
 	ORDER BY c.confidence DESC, c.lift DESC, c.consequent
-	LIMIT GREATEST(recommend.n, 0);
+	LIMIT GREATEST($3, 0)$q$ USING golden, recommend.as_of, recommend.n, recommend.recent, recommend.history;
 END $$;
 COMMENT ON FUNCTION crm.recommend(bigint, integer, timestamptz, interval, interval) IS
 	'Up to n skus to suggest to a customer (a merged record''s id means its golden customer; 23503 for an unknown id): consequents of rules whose antecedent the customer bought within history before as_of, leaving out skus bought within recent; with the rule (because_of) that suggested each';
@@ -2765,7 +2767,6 @@ LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM crm.refuse_on_citus('crm.replenishment()');
 	IF NOT pg_catalog.isfinite(as_of) THEN
 		RAISE EXCEPTION 'as_of must be a finite time' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -2773,29 +2774,32 @@ BEGIN
 		RAISE EXCEPTION 'a purchase cycle needs at least 2 purchases'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	RETURN QUERY
+	-- (On Citus a line is joined to its order on customer_id too, so that
+	-- each shard joins its own: crm.line_join; as_of and the minimums are
+	-- $1 to $3.)
+	RETURN QUERY EXECUTE $q$
 	WITH bought AS (
 		SELECT o.customer_id AS cid, l.category AS cat, l.sku AS item, o.ordered_at::date AS day
 		FROM crm.orders o
-		JOIN crm.order_line l ON l.order_id OPERATOR(pg_catalog.=) o.order_id
+		JOIN crm.order_line l ON $q$ || crm.line_join('l', 'o') || $q$
 		JOIN crm.customer c ON c.customer_id OPERATOR(pg_catalog.=) o.customer_id
 		WHERE c.merged_into IS NULL
 		  AND o.status OPERATOR(pg_catalog.=) 'paid'
-		  AND o.ordered_at OPERATOR(pg_catalog.<=) as_of
+		  AND o.ordered_at OPERATOR(pg_catalog.<=) $1
 	), cycles AS (
 		SELECT b.cid, b.cat, NULL::text AS item, crm.purchase_days(b.day) AS n,
 		       crm.purchase_interval(b.day) AS gap, pg_catalog.max(b.day) AS last_day
 		FROM bought b GROUP BY b.cid, b.cat
-		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) min_purchases
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) $2
 		UNION ALL
 		SELECT b.cid, b.cat, b.item, crm.purchase_days(b.day),
 		       crm.purchase_interval(b.day), pg_catalog.max(b.day)
 		FROM bought b GROUP BY b.cid, b.cat, b.item
-		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) sku_min_purchases
+		HAVING crm.purchase_days(b.day) OPERATOR(pg_catalog.>=) $3
 	)
 	SELECT y.cid, y.cat, y.item, y.n, y.gap, y.last_day,
 	       y.last_day OPERATOR(pg_catalog.+) pg_catalog.round(y.gap)::integer
-	FROM cycles y;
+	FROM cycles y$q$ USING as_of, min_purchases, sku_min_purchases;
 END
 $$;
 COMMENT ON FUNCTION crm.replenishment(timestamptz, integer, integer) IS
@@ -3264,6 +3268,19 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION crm.distribute_functions() IS
 	'crm.distribute(): the entry points that take a customer id run on the worker that holds the customer when called on their own (Citus function call delegation)';
+
+
+CREATE OR REPLACE FUNCTION crm.line_join(l text, o text) RETURNS text
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN pg_catalog.format('%1$I.order_id OPERATOR(pg_catalog.=) %2$I.order_id', l, o)
+	    || CASE WHEN crm.on_citus() THEN pg_catalog.format(' AND %1$I.customer_id OPERATOR(pg_catalog.=) %2$I.customer_id', l, o) ELSE '' END;
+END
+$$;
+COMMENT ON FUNCTION crm.line_join(text, text) IS
+	'Internal: the join condition of order lines (alias l) to their orders (alias o): by order_id, and on Citus by customer_id too';
 
 
 -- ===========================================================================

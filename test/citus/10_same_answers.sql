@@ -11,7 +11,7 @@
 \set ON_ERROR_STOP 1
 SET client_min_messages = error;
 CREATE EXTENSION dblink;
-SELECT plan(71);
+SELECT plan(73);
 
 -- The one node, and what both compare: every row of each table, ids of
 -- generated history rows and wall-clock columns left out.
@@ -174,6 +174,13 @@ SELECT results_eq($$SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, '|' ORD
 	FROM (SELECT antecedent, consequent, baskets, support, confidence, lift FROM crm.association_rule) r$$,
 	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, ''|'' ORDER BY r.antecedent, r.consequent)) FROM (SELECT antecedent, consequent, baskets, support, confidence, lift FROM crm.association_rule) r') AS s(d text)$$,
 	'the same rules, counts, support, confidence and lift');
+SELECT results_eq($$SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, '|' ORDER BY r::text)) FROM crm.replenishment('2026-06-30') r$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT pg_catalog.md5(pg_catalog.string_agg(r::text, ''|'' ORDER BY r::text)) FROM crm.replenishment(''2026-06-30'') r') AS s(d text)$$,
+	'crm.replenishment: the same purchase cycles (each shard joins its lines and orders)');
+SELECT results_eq($$SELECT c, r.* FROM pg_catalog.generate_series(1, 200, 9) c, crm.recommend(c, 3, '2026-06-30') r ORDER BY 1, 2$$,
+	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT c, r.* FROM pg_catalog.generate_series(1, 200, 9) c, crm.recommend(c, 3, ''2026-06-30'') r ORDER BY 1, 2')
+	  AS s(c int, sku text, confidence float8, lift float8, because_of text)$$,
+	'crm.recommend: the same suggestions for every ninth customer');
 SELECT results_eq($$SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2$$,
 	$$SELECT * FROM dblink(pg_temp.single(), 'SELECT kind, name, customers FROM crm.v_segment_sizes ORDER BY 1, 2') AS s(kind text, name text, customers bigint)$$,
 	'crm.v_segment_sizes: the same segments, tags, RFM segments and stages');
