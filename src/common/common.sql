@@ -65,6 +65,35 @@ $$;
 COMMENT ON FUNCTION crm.set_local_on_cluster(text, text) IS
 	'Internal (Citus): SET LOCAL setting = value on the coordinator and on the workers of this transaction';
 
+-- Locks the rows of customers ids in per-customer table tbl FOR strength
+-- (UPDATE, NO KEY UPDATE, SHARE), in customer_id order (DEVELOPER.md, "Lock
+-- order"): one statement on one node, one per customer on Citus, which
+-- locks rows of one shard per statement.
+CREATE FUNCTION crm.lock_rows(tbl regclass, ids bigint[], strength text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	IF strength NOT IN ('UPDATE', 'NO KEY UPDATE', 'SHARE') THEN
+		RAISE EXCEPTION 'lock strength must be UPDATE, NO KEY UPDATE or SHARE, not %', strength
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT crm.on_citus() THEN
+		EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %s t WHERE t.customer_id OPERATOR(pg_catalog.=) ANY ($1) '
+		                          'ORDER BY t.customer_id FOR %s) x', tbl, strength) USING ids;
+		RETURN;
+	END IF;
+	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
+		EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %s t WHERE t.customer_id OPERATOR(pg_catalog.=) $1 FOR %s) x',
+		                          tbl, strength) USING id;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.lock_rows(regclass, bigint[], text) IS
+	'Internal: locks the rows of customers ids in tbl FOR strength (UPDATE, NO KEY UPDATE, SHARE) in customer_id order';
+
 -- Moves the rows of table tbl that match cond (SQL over alias t; $1 is
 -- to_customer, $2 and $3 are a and b) to customer to_customer: the one way
 -- merges, unmerges and the loyalty hooks change a row's customer_id.  On one

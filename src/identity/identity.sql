@@ -213,28 +213,6 @@ $$;
 COMMENT ON FUNCTION crm.records_under(bigint) IS
 	'Internal: a golden record and every record merged into it, also along a chain an older release left, sorted';
 
--- Locks customer records FOR NO KEY UPDATE in id order (DEVELOPER.md,
--- "Lock order"): one statement on one node, one per record on Citus
--- (which locks the rows of one shard per statement).
-CREATE FUNCTION crm.lock_customers(ids bigint[]) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	id bigint;
-BEGIN
-	IF NOT crm.on_citus() THEN
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = ANY (ids) ORDER BY c.customer_id FOR NO KEY UPDATE;
-		RETURN;
-	END IF;
-	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = id FOR NO KEY UPDATE;
-	END LOOP;
-END
-$$;
-COMMENT ON FUNCTION crm.lock_customers(bigint[]) IS
-	'Internal: locks the customer records ids FOR NO KEY UPDATE in id order';
-
 -- Identifiers parked on the records under a golden customer (a value the
 -- golden held already when their record was merged) that the golden does
 -- not hold now move up to it: of each value, the lowest identity_id; the
@@ -320,9 +298,7 @@ BEGIN
 		-- rolls back: a lock kept on a customer that is no longer golden
 		-- would take the next ones out of order) and both sides resolve again.
 		BEGIN
-			-- (one statement per row: Citus locks rows of one shard at a time)
-			PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
-			PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
+			PERFORM crm.lock_rows('crm.customer', ARRAY[ga, gb], 'NO KEY UPDATE');
 			IF crm.golden_customer(a) = ga AND crm.golden_customer(b) = gb THEN
 				EXIT;
 			END IF;
@@ -939,7 +915,7 @@ BEGIN
 	                 WHERE c.merged_into IN (SELECT p.customer_id FROM crm.customer p WHERE p.merged_into IS NOT NULL)
 	                 ORDER BY 1);
 	IF chained <> '{}' THEN
-		PERFORM crm.lock_customers(chained || ARRAY(SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id)));
+		PERFORM crm.lock_rows('crm.customer', chained || ARRAY(SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id)), 'NO KEY UPDATE');
 		FOREACH h IN ARRAY chained LOOP
 			g := crm.golden_customer(h);
 			UPDATE crm.customer c SET merged_into = g WHERE c.merged_into = h;
@@ -1023,7 +999,7 @@ BEGIN
 	-- The fast path, set-based: lock every golden involved in id order,
 	-- drop components a concurrent merge changed meanwhile (the careful
 	-- path takes them), then move everything in one statement per table.
-	PERFORM crm.lock_customers(ARRAY(SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p));
+	PERFORM crm.lock_rows('crm.customer', ARRAY(SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p), 'NO KEY UPDATE');
 	WITH changed AS (
 		DELETE FROM crm_stitch_pair p WHERE p.comp IN (
 			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL

@@ -885,8 +885,7 @@ DECLARE
 BEGIN
 	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
 	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) LEAST(survivor, restored) FOR UPDATE;
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) GREATEST(survivor, restored) FOR UPDATE;
+	PERFORM crm.lock_rows('crm.loyalty_account', ARRAY[survivor, restored], 'UPDATE');
 	-- When the merge moved points it left a note on the survivor: the
 	-- survivor's tier changes since then came with the merged spend.
 	SELECT pg_catalog.max(p.at) INTO merged_at FROM crm.points_journal p
@@ -989,19 +988,8 @@ BEGIN
 	END IF;
 	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
 	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
-	-- Lock every account involved in customer-id order.  (Joins, not
-	-- = ANY: a generic plan does not hash a large array parameter.)
-	-- (On Citus one at a time: it locks rows of one shard per statement.)
-	IF crm.on_citus() THEN
-		FOR r IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id) ORDER BY 1 LOOP
-			PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.id FOR UPDATE;
-		END LOOP;
-	ELSE
-		PERFORM 1 FROM crm.loyalty_account a
-		JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
-		  ON a.customer_id OPERATOR(pg_catalog.=) x.id
-		ORDER BY a.customer_id FOR UPDATE OF a;
-	END IF;
+	-- Lock every account involved in customer-id order.
+	PERFORM crm.lock_rows('crm.loyalty_account', ss OPERATOR(pg_catalog.||) ms, 'UPDATE');
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
 	-- (one statement for thousands of merges: batch stitching)

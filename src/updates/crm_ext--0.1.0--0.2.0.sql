@@ -945,8 +945,7 @@ DECLARE
 BEGIN
 	PERFORM crm.loyalty_ensure_account(survivor, pg_catalog.now());
 	PERFORM crm.loyalty_ensure_account(restored, pg_catalog.now());
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) LEAST(survivor, restored) FOR UPDATE;
-	PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) GREATEST(survivor, restored) FOR UPDATE;
+	PERFORM crm.lock_rows('crm.loyalty_account', ARRAY[survivor, restored], 'UPDATE');
 	-- When the merge moved points it left a note on the survivor: the
 	-- survivor's tier changes since then came with the merged spend.
 	SELECT pg_catalog.max(p.at) INTO merged_at FROM crm.points_journal p
@@ -1191,19 +1190,8 @@ BEGIN
 	END IF;
 	PERFORM crm.loyalty_ensure_account(x.s, pg_catalog.now())
 	FROM (SELECT DISTINCT u.s FROM pg_catalog.unnest(ss) u(s)) x;
-	-- Lock every account involved in customer-id order.  (Joins, not
-	-- = ANY: a generic plan does not hash a large array parameter.)
-	-- (On Citus one at a time: it locks rows of one shard per statement.)
-	IF crm.on_citus() THEN
-		FOR r IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id) ORDER BY 1 LOOP
-			PERFORM 1 FROM crm.loyalty_account a WHERE a.customer_id OPERATOR(pg_catalog.=) r.id FOR UPDATE;
-		END LOOP;
-	ELSE
-		PERFORM 1 FROM crm.loyalty_account a
-		JOIN (SELECT DISTINCT u.id FROM pg_catalog.unnest(ss OPERATOR(pg_catalog.||) ms) u(id)) x
-		  ON a.customer_id OPERATOR(pg_catalog.=) x.id
-		ORDER BY a.customer_id FOR UPDATE OF a;
-	END IF;
+	-- Lock every account involved in customer-id order.
+	PERFORM crm.lock_rows('crm.loyalty_account', ss OPERATOR(pg_catalog.||) ms, 'UPDATE');
 	SELECT pg_catalog.array_agg(a.ledger ORDER BY p.i), pg_catalog.array_agg(a.debt ORDER BY p.i) INTO ledgers, debts
 	FROM pg_catalog.unnest(ms) WITH ORDINALITY p(m, i) JOIN crm.loyalty_account a ON a.customer_id OPERATOR(pg_catalog.=) p.m;
 	-- (one statement for thousands of merges: batch stitching)
@@ -1689,9 +1677,7 @@ BEGIN
 		-- rolls back: a lock kept on a customer that is no longer golden
 		-- would take the next ones out of order) and both sides resolve again.
 		BEGIN
-			-- (one statement per row: Citus locks rows of one shard at a time)
-			PERFORM 1 FROM crm.customer c WHERE c.customer_id = LEAST(ga, gb) FOR NO KEY UPDATE;
-			PERFORM 1 FROM crm.customer c WHERE c.customer_id = GREATEST(ga, gb) FOR NO KEY UPDATE;
+			PERFORM crm.lock_rows('crm.customer', ARRAY[ga, gb], 'NO KEY UPDATE');
 			IF crm.golden_customer(a) = ga AND crm.golden_customer(b) = gb THEN
 				EXIT;
 			END IF;
@@ -1833,7 +1819,7 @@ BEGIN
 	                 WHERE c.merged_into IN (SELECT p.customer_id FROM crm.customer p WHERE p.merged_into IS NOT NULL)
 	                 ORDER BY 1);
 	IF chained <> '{}' THEN
-		PERFORM crm.lock_customers(chained || ARRAY(SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id)));
+		PERFORM crm.lock_rows('crm.customer', chained || ARRAY(SELECT crm.golden_customer(u.id) FROM pg_catalog.unnest(chained) u(id)), 'NO KEY UPDATE');
 		FOREACH h IN ARRAY chained LOOP
 			g := crm.golden_customer(h);
 			UPDATE crm.customer c SET merged_into = g WHERE c.merged_into = h;
@@ -1917,7 +1903,7 @@ BEGIN
 	-- The fast path, set-based: lock every golden involved in id order,
 	-- drop components a concurrent merge changed meanwhile (the careful
 	-- path takes them), then move everything in one statement per table.
-	PERFORM crm.lock_customers(ARRAY(SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p));
+	PERFORM crm.lock_rows('crm.customer', ARRAY(SELECT p.survivor FROM crm_stitch_pair p UNION SELECT p.merged FROM crm_stitch_pair p), 'NO KEY UPDATE');
 	WITH changed AS (
 		DELETE FROM crm_stitch_pair p WHERE p.comp IN (
 			SELECT q.comp FROM crm_stitch_pair q JOIN crm.customer c ON c.customer_id = q.survivor WHERE c.merged_into IS NOT NULL
@@ -3019,24 +3005,6 @@ CREATE FUNCTION crm.segmentation_tick_on_shard(shard regclass, at timestamptz) R
 COMMENT ON FUNCTION crm.segmentation_tick_on_shard(regclass, timestamptz) IS
 	'Internal (Citus): crm.segmentation_tick of the customers on the shard group of shard, run on its worker; 22023 when shard is not a shard of a distributed crm table';
 
-CREATE OR REPLACE FUNCTION crm.lock_customers(ids bigint[]) RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	id bigint;
-BEGIN
-	IF NOT crm.on_citus() THEN
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = ANY (ids) ORDER BY c.customer_id FOR NO KEY UPDATE;
-		RETURN;
-	END IF;
-	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
-		PERFORM 1 FROM crm.customer c WHERE c.customer_id = id FOR NO KEY UPDATE;
-	END LOOP;
-END
-$$;
-COMMENT ON FUNCTION crm.lock_customers(bigint[]) IS
-	'Internal: locks the customer records ids FOR NO KEY UPDATE in id order';
 
 
 CREATE OR REPLACE FUNCTION crm.identities_to_golden(golden bigint) RETURNS bigint
@@ -3281,6 +3249,32 @@ END
 $$;
 COMMENT ON FUNCTION crm.line_join(text, text) IS
 	'Internal: the join condition of order lines (alias l) to their orders (alias o): by order_id, and on Citus by customer_id too';
+
+
+CREATE OR REPLACE FUNCTION crm.lock_rows(tbl regclass, ids bigint[], strength text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	IF strength NOT IN ('UPDATE', 'NO KEY UPDATE', 'SHARE') THEN
+		RAISE EXCEPTION 'lock strength must be UPDATE, NO KEY UPDATE or SHARE, not %', strength
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT crm.on_citus() THEN
+		EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %s t WHERE t.customer_id OPERATOR(pg_catalog.=) ANY ($1) '
+		                          'ORDER BY t.customer_id FOR %s) x', tbl, strength) USING ids;
+		RETURN;
+	END IF;
+	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
+		EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %s t WHERE t.customer_id OPERATOR(pg_catalog.=) $1 FOR %s) x',
+		                          tbl, strength) USING id;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION crm.lock_rows(regclass, bigint[], text) IS
+	'Internal: locks the rows of customers ids in tbl FOR strength (UPDATE, NO KEY UPDATE, SHARE) in customer_id order';
 
 
 -- ===========================================================================
