@@ -51,7 +51,9 @@ PREDICTION_OBJS = \
 	src/prediction/clv.o \
 	src/prediction/associations.o \
 	src/prediction/replenishment.o
-OBJS = $(COMMON_OBJS) $(CORE_OBJS) $(IDENTITY_OBJS) $(LOYALTY_OBJS) $(SEGMENTATION_OBJS) $(PREDICTION_OBJS)
+COUPONS_OBJS = \
+	src/coupons/coupon_code.o
+OBJS = $(COMMON_OBJS) $(CORE_OBJS) $(IDENTITY_OBJS) $(LOYALTY_OBJS) $(SEGMENTATION_OBJS) $(PREDICTION_OBJS) $(COUPONS_OBJS)
 
 # The install script is the concatenation of each feature's SQL, in
 # dependency order: the core schema first.
@@ -75,12 +77,14 @@ PREDICTION_SQL = \
 	src/prediction/clv.sql \
 	src/prediction/associations.sql \
 	src/prediction/replenishment.sql
+COUPONS_SQL = \
+	src/coupons/coupons.sql
 SCALE_SQL = \
 	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.
 VERIFY_SQL = \
 	src/verify/verify.sql
-SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(SCALE_SQL) $(VERIFY_SQL)
+SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(COUPONS_SQL) $(SCALE_SQL) $(VERIFY_SQL)
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*.sql)

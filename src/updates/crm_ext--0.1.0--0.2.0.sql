@@ -3278,6 +3278,556 @@ COMMENT ON FUNCTION crm.lock_rows(regclass, bigint[], text) IS
 
 
 -- ===========================================================================
+-- coupons/coupons.sql: coupon templates and coupons (issue 16, first part).
+--
+-- A template says what a coupon gives and under which rules; a coupon is
+-- one use of it issued to one customer, with an unguessable code
+-- (coupon_code.c).  At checkout a coupon is reserved for an order (it
+-- counts against the customer's limit until the reservation is released,
+-- redeemed or expires: crm.tick releases it), then redeemed on the order,
+-- exactly once: a retry on the same order returns the first result, any
+-- other use is refused.  Every change of a coupon is a row of
+-- crm.coupon_journal written in the same transaction.
+--
+-- Rejections have SQLSTATEs of their own (README, "Coupons"):
+--   CR301 unknown code    CR302 expired          CR303 not yet valid
+--   CR304 out of stock    CR305 customer limit   CR307 not eligible
+--   CR308 used or reserved for another order     CR309 not the customer's
+--
+-- Lock order (DEVELOPER.md): the golden customer FOR SHARE
+-- (crm.lock_customer), then the template row (issuing), then the coupon
+-- row, then the customer's usage row of the template (crm.coupon_usage).
+-- ===========================================================================
+
+CREATE TABLE crm.coupon_template (
+	template_id			integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name				text NOT NULL UNIQUE,
+	kind				text NOT NULL CONSTRAINT coupon_template_kind_valid
+		CHECK (kind IN ('amount_off', 'percent_off', 'free_delivery', 'gift_item')),
+	amount_off			numeric(14,2) CONSTRAINT coupon_template_amount_positive CHECK (amount_off > 0),
+	percent_off			numeric(5,2) CONSTRAINT coupon_template_percent_range CHECK (percent_off > 0 AND percent_off <= 100),
+	max_discount		numeric(14,2) CONSTRAINT coupon_template_cap_positive CHECK (max_discount > 0),
+	gift_sku			text,
+	min_spend			numeric(14,2) NOT NULL DEFAULT 0 CONSTRAINT coupon_template_min_spend_valid CHECK (min_spend >= 0),
+	valid_from			timestamptz,
+	valid_until			timestamptz,
+	valid_days			integer CONSTRAINT coupon_template_days_positive CHECK (valid_days > 0),
+	stock				bigint CONSTRAINT coupon_template_stock_valid CHECK (stock >= 0),
+	issued				bigint NOT NULL DEFAULT 0,
+	per_customer_limit	integer CONSTRAINT coupon_template_limit_positive CHECK (per_customer_limit > 0),
+	enabled				boolean NOT NULL DEFAULT true,
+	CONSTRAINT coupon_template_kind_fields CHECK (CASE kind
+		WHEN 'amount_off' THEN amount_off IS NOT NULL AND percent_off IS NULL AND gift_sku IS NULL
+		WHEN 'percent_off' THEN percent_off IS NOT NULL AND amount_off IS NULL AND gift_sku IS NULL
+		WHEN 'gift_item' THEN gift_sku IS NOT NULL AND amount_off IS NULL AND percent_off IS NULL
+		ELSE amount_off IS NULL AND percent_off IS NULL AND gift_sku IS NULL END),
+	CONSTRAINT coupon_template_cap_percent CHECK (max_discount IS NULL OR kind = 'percent_off'),
+	CONSTRAINT coupon_template_validity CHECK ((valid_until IS NULL) <> (valid_days IS NULL)),
+	CONSTRAINT coupon_template_window CHECK (valid_from IS NULL OR valid_until IS NULL OR valid_from < valid_until),
+	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock)
+);
+COMMENT ON TABLE crm.coupon_template IS
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed)';
+COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
+
+CREATE SEQUENCE crm.coupon_id_seq;
+CREATE TABLE crm.coupon (
+	coupon_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.coupon_id_seq'),
+	code				text NOT NULL CONSTRAINT coupon_code_unique UNIQUE,
+	template_id			integer NOT NULL REFERENCES crm.coupon_template (template_id),
+	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	issued_at			timestamptz NOT NULL,
+	valid_from			timestamptz NOT NULL,
+	valid_until			timestamptz NOT NULL,
+	status				text NOT NULL DEFAULT 'issued' CONSTRAINT coupon_status_valid
+		CHECK (status IN ('issued', 'reserved', 'redeemed', 'expired')),
+	order_ref			text,
+	reserved_until		timestamptz,
+	order_id			bigint,
+	discount			numeric(14,2),
+	redeemed_at			timestamptz,
+	issue_key			text,
+	CONSTRAINT coupon_reserved_fields CHECK ((status = 'reserved') = (reserved_until IS NOT NULL)),
+	CONSTRAINT coupon_redeemed_fields CHECK ((status = 'redeemed') = (order_id IS NOT NULL AND redeemed_at IS NOT NULL AND discount IS NOT NULL))
+);
+CREATE INDEX coupon_customer_idx ON crm.coupon (customer_id, template_id);
+CREATE INDEX coupon_reserved_idx ON crm.coupon (reserved_until) WHERE status = 'reserved';
+CREATE INDEX coupon_valid_until_idx ON crm.coupon (valid_until) WHERE status IN ('issued', 'reserved');
+CREATE UNIQUE INDEX coupon_issue_key_unique ON crm.coupon (issue_key) WHERE issue_key IS NOT NULL;
+COMMENT ON TABLE crm.coupon IS
+	'Coupons issued to customers: code (crm.coupon_code: random, with a check character), validity, and where the coupon stands: issued, reserved for an order (order_ref, until reserved_until), redeemed on an order (order_id, the discount given), or expired';
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_id_seq', '');
+
+-- How many coupons of a template a golden customer holds reserved or
+-- redeemed: the row crm.coupon_take_use locks and counts against the
+-- template's per_customer_limit, so that two checkouts at once cannot both
+-- take the last use.
+CREATE TABLE crm.coupon_usage (
+	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	template_id			integer NOT NULL REFERENCES crm.coupon_template (template_id),
+	used				integer NOT NULL CONSTRAINT coupon_usage_not_negative CHECK (used >= 0),
+	PRIMARY KEY (customer_id, template_id)
+);
+COMMENT ON TABLE crm.coupon_usage IS 'Coupons of a template each golden customer holds reserved or redeemed (counted against per_customer_limit)';
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_usage', '');
+
+CREATE SEQUENCE crm.coupon_journal_id_seq;
+CREATE TABLE crm.coupon_journal (
+	entry_id			bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.coupon_journal_id_seq'),
+	coupon_id			bigint NOT NULL,
+	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
+	change				text NOT NULL CONSTRAINT coupon_journal_change_valid
+		CHECK (change IN ('issue', 'reserve', 'release', 'redeem', 'expire')),
+	order_ref			text,
+	order_id			bigint,
+	discount			numeric(14,2),
+	at					timestamptz NOT NULL,
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX coupon_journal_coupon_idx ON crm.coupon_journal (coupon_id);
+COMMENT ON TABLE crm.coupon_journal IS 'Every change of a coupon (issue, reserve, release, redeem, expire), written in the transaction that made it';
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_journal', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_journal_id_seq', '');
+
+CREATE FUNCTION crm.coupon_code() RETURNS text
+	LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'crm_coupon_code';
+COMMENT ON FUNCTION crm.coupon_code() IS
+	'A new coupon code: 20 random Crockford base-32 characters (100 bits) and a check character';
+
+CREATE FUNCTION crm.coupon_code_normal(typed text) RETURNS text
+	LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'crm_coupon_code_normal';
+COMMENT ON FUNCTION crm.coupon_code_normal(text) IS
+	'A typed coupon code as stored (upper case, I/L read as 1 and O as 0, hyphens and spaces dropped) when its check character matches; NULL when it is not a well-formed code';
+
+-- ---------------------------------------------------------------------------
+-- Issuing
+-- ---------------------------------------------------------------------------
+
+-- Takes n coupons of a template's stock (the template row locked until the
+-- transaction ends) and returns the template; refuses a disabled template
+-- (CR307), one whose fixed window has ended (CR302) and one with fewer than
+-- n left (CR304).
+CREATE FUNCTION crm.coupon_take_stock(template integer, n bigint, at timestamptz)
+RETURNS crm.coupon_template
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t crm.coupon_template;
+BEGIN
+	SELECT * INTO t FROM crm.coupon_template x WHERE x.template_id = template FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'coupon template % does not exist', template
+			USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	IF NOT t.enabled THEN
+		RAISE EXCEPTION 'coupon template "%" is disabled', t.name
+			USING ERRCODE = 'CR307', HINT = 'UPDATE crm.coupon_template SET enabled = true to issue it again.';
+	END IF;
+	IF t.valid_until IS NOT NULL AND t.valid_until <= at THEN
+		RAISE EXCEPTION 'coupon template "%" ended at %', t.name, t.valid_until
+			USING ERRCODE = 'CR302';
+	END IF;
+	IF t.stock IS NOT NULL AND t.issued + n > t.stock THEN
+		RAISE EXCEPTION 'coupon template "%" has % coupons left, % asked for', t.name, t.stock - t.issued, n
+			USING ERRCODE = 'CR304';
+	END IF;
+	UPDATE crm.coupon_template x SET issued = x.issued + n WHERE x.template_id = template;
+	t.issued := t.issued + n;
+	RETURN t;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_take_stock(integer, bigint, timestamptz) IS
+	'Internal: takes n coupons of the template''s stock (row locked); CR307 disabled, CR302 ended, CR304 not enough left, 23503 unknown template';
+
+-- The coupons of template t for customers (golden ids), issued at "at", in
+-- one statement; journaled.  Returns them.
+CREATE FUNCTION crm.coupon_insert(t crm.coupon_template, customers bigint[], issue_key text, at timestamptz)
+RETURNS SETOF crm.coupon
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN QUERY
+	WITH made AS (
+		INSERT INTO crm.coupon (code, template_id, customer_id, issued_at, valid_from, valid_until, issue_key)
+		SELECT crm.coupon_code(), t.template_id, u.c, at, GREATEST(COALESCE(t.valid_from, at), at),
+		       COALESCE(t.valid_until, at + pg_catalog.make_interval(days => t.valid_days)), issue_key
+		FROM pg_catalog.unnest(customers) u(c)
+		RETURNING *),
+	j AS (
+		INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, at)
+		SELECT m.coupon_id, m.customer_id, 'issue', at FROM made m)
+	SELECT * FROM made;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_insert(crm.coupon_template, bigint[], text, timestamptz) IS
+	'Internal: inserts and journals the coupons of a template for golden customers';
+
+CREATE FUNCTION crm.issue_coupon(template integer, customer_id bigint, issue_key text DEFAULT NULL,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: issue_key may be NULL; other NULLs are errors.
+DECLARE
+	g bigint;
+	c crm.coupon;
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.issue_coupon()');
+	IF template IS NULL OR customer_id IS NULL OR at IS NULL OR NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'crm.issue_coupon needs a template, a customer and a finite time'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	g := crm.lock_customer(customer_id);
+	IF issue_key IS NOT NULL THEN
+		-- exactly once per key: a retry returns the first code
+		SELECT * INTO c FROM crm.coupon x WHERE x.issue_key = issue_coupon.issue_key;
+		IF FOUND THEN
+			IF c.template_id <> template OR crm.golden_customer(c.customer_id) <> g THEN
+				RAISE EXCEPTION 'issue key "%" was used for another coupon', issue_key
+					USING ERRCODE = 'CR002', HINT = 'An issue key names one coupon of one template for one customer.';
+			END IF;
+			RETURN c.code;
+		END IF;
+	END IF;
+	BEGIN
+		SELECT * INTO c FROM crm.coupon_insert(crm.coupon_take_stock(template, 1, at), ARRAY[g], issue_key, at);
+	EXCEPTION WHEN unique_violation THEN
+		-- a concurrent issue with the same key committed first: its coupon
+		-- (the stock this one took is given back with the subtransaction)
+		SELECT * INTO c FROM crm.coupon x WHERE x.issue_key = issue_coupon.issue_key;
+		IF NOT FOUND THEN
+			RAISE;
+		END IF;
+		IF c.template_id <> template OR crm.golden_customer(c.customer_id) <> g THEN
+			RAISE EXCEPTION 'issue key "%" was used for another coupon', issue_key
+				USING ERRCODE = 'CR002', HINT = 'An issue key names one coupon of one template for one customer.';
+		END IF;
+	END;
+	RETURN c.code;
+END
+$$;
+COMMENT ON FUNCTION crm.issue_coupon(integer, bigint, text, timestamptz) IS
+	'Issues one coupon of a template to a customer (its golden customer) and returns the code; exactly once per issue_key (a retry returns the first code, CR002 for another template or customer); CR307 disabled template, CR302 ended, CR304 out of stock, 23503 unknown customer or template';
+
+CREATE FUNCTION crm.issue_coupons(template integer, customers bigint[], at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- One coupon for each golden customer of the given records (a record and
+-- its golden, or two records of one golden, get one), in one statement:
+-- all or none (CR304 when the stock cannot cover them all).
+DECLARE
+	goldens bigint[];
+BEGIN
+	PERFORM crm.refuse_on_citus('crm.issue_coupons()');
+	IF NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'at must be a finite time' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	goldens := ARRAY(SELECT DISTINCT crm.resolve_customer(u.c) FROM pg_catalog.unnest(customers) u(c) ORDER BY 1);
+	IF pg_catalog.array_position(goldens, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'customers must not hold NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM crm.lock_rows('crm.customer', goldens, 'SHARE');
+	RETURN (SELECT pg_catalog.count(*) FROM crm.coupon_insert(
+		crm.coupon_take_stock(template, pg_catalog.cardinality(goldens), at), goldens, NULL, at));
+END
+$$;
+COMMENT ON FUNCTION crm.issue_coupons(integer, bigint[], timestamptz) IS
+	'Issues one coupon of a template to the golden customer of each given record, all in one statement, and returns how many; CR304 when the stock cannot cover them all (none issued), CR307 disabled, CR302 ended, 23503 an unknown customer or template';
+
+-- ---------------------------------------------------------------------------
+-- Reserving and redeeming
+-- ---------------------------------------------------------------------------
+
+-- The coupon golden customer presents, locked (the caller locked the
+-- customer first, crm.lock_customer): the code checked (CR301 for a
+-- mistyped or unknown one), and the coupon the customer's (CR309).
+CREATE FUNCTION crm.coupon_of(code text, golden bigint) RETURNS crm.coupon
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	normal text;
+	c crm.coupon;
+BEGIN
+	PERFORM crm.refuse_on_citus('coupons');
+	IF code IS NULL OR golden IS NULL THEN
+		RAISE EXCEPTION 'a coupon code and a customer are needed' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	normal := crm.coupon_code_normal(code);
+	IF normal IS NULL THEN
+		RAISE EXCEPTION 'coupon code "%" is not a valid code', code
+			USING ERRCODE = 'CR301', HINT = 'A code has 21 characters, the last a check character; check for a typing error.';
+	END IF;
+	SELECT * INTO c FROM crm.coupon x WHERE x.code = normal FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'coupon % does not exist', normal USING ERRCODE = 'CR301';
+	END IF;
+	IF crm.golden_customer(c.customer_id) <> golden THEN
+		RAISE EXCEPTION 'coupon % belongs to another customer', normal USING ERRCODE = 'CR309';
+	END IF;
+	RETURN c;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_of(text, bigint) IS
+	'Internal: the coupon with a typed code, locked, presented by a golden customer the caller locked; CR301 unknown or mistyped code, CR309 another customer''s';
+
+-- Counts one more use of the coupon's template against the golden
+-- customer's limit (CR305 when none is left), or one fewer (used < 0).
+CREATE FUNCTION crm.coupon_take_use(golden bigint, template integer, delta integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t crm.coupon_template;
+BEGIN
+	SELECT * INTO t FROM crm.coupon_template x WHERE x.template_id = template;
+	INSERT INTO crm.coupon_usage AS u (customer_id, template_id, used)
+	VALUES (golden, template, GREATEST(delta, 0))
+	ON CONFLICT (customer_id, template_id) DO UPDATE SET used = u.used + excluded.used + LEAST(delta, 0);
+	IF delta > 0 AND t.per_customer_limit IS NOT NULL
+	   AND (SELECT u.used FROM crm.coupon_usage u WHERE u.customer_id = golden AND u.template_id = template) > t.per_customer_limit THEN
+		RAISE EXCEPTION 'customer % has used % coupons of template "%" already, its limit', golden, t.per_customer_limit, t.name
+			USING ERRCODE = 'CR305', HINT = 'Coupons reserved for an order count until they are released or their reservation lapses.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_take_use(bigint, integer, integer) IS
+	'Internal: counts delta uses of a template for a golden customer (the usage row locked); CR305 past the template''s per_customer_limit';
+
+-- A reservation that has expired is released where it is found (the same
+-- as crm.tick would), so that the coupon can be used.
+CREATE FUNCTION crm.coupon_release_row(c crm.coupon, at timestamptz) RETURNS crm.coupon
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE crm.coupon x SET status = 'issued', order_ref = NULL, reserved_until = NULL
+	WHERE x.coupon_id = c.coupon_id AND x.customer_id = c.customer_id
+	RETURNING * INTO c;
+	PERFORM crm.coupon_take_use(crm.golden_customer(c.customer_id), c.template_id, -1);
+	INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_ref, at)
+	VALUES (c.coupon_id, c.customer_id, 'release', NULL, at);
+	RETURN c;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_release_row(crm.coupon, timestamptz) IS
+	'Internal: releases a reserved coupon (locked by the caller): issued again, its use given back, journaled';
+
+-- Refuses a coupon that cannot be used at "at": expired (CR302), not yet
+-- valid (CR303), used or reserved for another order (CR308).
+CREATE FUNCTION crm.coupon_check_usable(c crm.coupon, at timestamptz) RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF c.status = 'redeemed' THEN
+		RAISE EXCEPTION 'coupon % was used on order %', c.code, c.order_id USING ERRCODE = 'CR308';
+	END IF;
+	IF c.status = 'reserved' THEN
+		RAISE EXCEPTION 'coupon % is reserved for order "%" until %', c.code, c.order_ref, c.reserved_until
+			USING ERRCODE = 'CR308', HINT = 'crm.release_coupon gives it back; the reservation also lapses by itself.';
+	END IF;
+	IF c.status = 'expired' OR c.valid_until <= at THEN
+		RAISE EXCEPTION 'coupon % expired at %', c.code, c.valid_until USING ERRCODE = 'CR302';
+	END IF;
+	IF c.valid_from > at THEN
+		RAISE EXCEPTION 'coupon % is valid from %', c.code, c.valid_from USING ERRCODE = 'CR303';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_check_usable(crm.coupon, timestamptz) IS
+	'Internal: CR302 expired, CR303 not yet valid, CR308 used or reserved, for a coupon at a time';
+
+CREATE FUNCTION crm.reserve_coupon(code text, customer_id bigint, order_ref text,
+	ttl interval DEFAULT '15 minutes', at timestamptz DEFAULT pg_catalog.now())
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULLs are errors.  Returns until when the coupon is held.
+DECLARE
+	c crm.coupon;
+	g bigint;
+BEGIN
+	IF order_ref IS NULL OR ttl IS NULL OR ttl <= '0'::interval OR at IS NULL OR NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'a reservation needs an order reference, a positive ttl and a finite time'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	g := crm.lock_customer(customer_id);
+	c := crm.coupon_of(code, g);
+	IF c.status = 'reserved' AND c.reserved_until > at AND c.order_ref = reserve_coupon.order_ref THEN
+		RETURN c.reserved_until;		-- a retry: the first reservation stands
+	END IF;
+	IF c.status = 'reserved' AND c.reserved_until <= at THEN
+		c := crm.coupon_release_row(c, at);
+	END IF;
+	PERFORM crm.coupon_check_usable(c, at);
+	PERFORM crm.coupon_take_use(g, c.template_id, 1);
+	UPDATE crm.coupon x SET status = 'reserved', order_ref = reserve_coupon.order_ref, reserved_until = at + ttl
+	WHERE x.coupon_id = c.coupon_id;
+	INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_ref, at)
+	VALUES (c.coupon_id, c.customer_id, 'reserve', reserve_coupon.order_ref, at);
+	RETURN at + ttl;
+END
+$$;
+COMMENT ON FUNCTION crm.reserve_coupon(text, bigint, text, interval, timestamptz) IS
+	'Holds a coupon for an order at checkout until at + ttl (counted against the customer''s limit meanwhile) and returns that time; a retry for the same order returns the first reservation; CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR308 used or reserved for another order, CR309 another customer''s';
+
+CREATE FUNCTION crm.release_coupon(code text, customer_id bigint, order_ref text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULLs are errors.  False when the coupon was not reserved
+-- for this order (released already, say): releasing is safe to retry.
+DECLARE
+	c crm.coupon;
+BEGIN
+	IF order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'releasing needs the order reference it was reserved for'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	c := crm.coupon_of(code, crm.lock_customer(customer_id));
+	IF c.status <> 'reserved' OR c.order_ref <> release_coupon.order_ref THEN
+		RETURN false;
+	END IF;
+	PERFORM crm.coupon_release_row(c, at);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION crm.release_coupon(text, bigint, text, timestamptz) IS
+	'Gives back a coupon reserved for an order (checkout abandoned); false when it was not reserved for that order';
+
+-- The discount a coupon of template t gives on an order of this amount.
+CREATE FUNCTION crm.coupon_discount(t crm.coupon_template, amount numeric) RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE t.kind
+	WHEN 'amount_off' THEN LEAST(t.amount_off, amount)
+	WHEN 'percent_off' THEN LEAST(pg_catalog.round(amount * t.percent_off / 100, 2), COALESCE(t.max_discount, amount))
+	ELSE 0 END;
+COMMENT ON FUNCTION crm.coupon_discount(crm.coupon_template, numeric) IS
+	'The discount a coupon of a template gives on an order amount: amount_off up to the amount, percent_off rounded to cents up to max_discount; 0 for free delivery and gift items';
+
+CREATE FUNCTION crm.redeem_coupon(code text, customer_id bigint, order_id bigint, at timestamptz DEFAULT pg_catalog.now())
+RETURNS numeric
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULLs are errors.  Returns the discount given.
+DECLARE
+	c crm.coupon;
+	g bigint;
+	o crm.orders;
+	t crm.coupon_template;
+	d numeric;
+BEGIN
+	IF order_id IS NULL OR at IS NULL OR NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'redeeming needs an order and a finite time' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	g := crm.lock_customer(customer_id);
+	c := crm.coupon_of(code, g);
+	IF c.status = 'redeemed' AND c.order_id = redeem_coupon.order_id THEN
+		RETURN c.discount;				-- a retry on the same order: the first result
+	END IF;
+	SELECT * INTO o FROM crm.orders x WHERE x.order_id = redeem_coupon.order_id;
+	IF NOT FOUND OR o.customer_id <> g THEN
+		RAISE EXCEPTION 'order % is not an order of customer %', order_id, customer_id
+			USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	-- A live reservation for this order (its reference, or the order id) is
+	-- consumed; a lapsed one is released first; any other is refused.
+	IF c.status = 'reserved' AND c.reserved_until <= at THEN
+		c := crm.coupon_release_row(c, at);
+	END IF;
+	IF c.status = 'reserved' AND c.order_ref IN (o.external_ref, o.order_id::text) THEN
+		PERFORM 1;						-- its use is counted already
+	ELSE
+		PERFORM crm.coupon_check_usable(c, at);
+		PERFORM crm.coupon_take_use(g, c.template_id, 1);
+	END IF;
+	SELECT * INTO t FROM crm.coupon_template x WHERE x.template_id = c.template_id;
+	IF o.status <> 'paid' OR o.net_amount < t.min_spend THEN
+		RAISE EXCEPTION 'order % does not qualify for coupon %: % spent, % needed', order_id, c.code, o.net_amount, t.min_spend
+			USING ERRCODE = 'CR307';
+	END IF;
+	d := crm.coupon_discount(t, o.net_amount);
+	UPDATE crm.coupon x SET status = 'redeemed', order_id = o.order_id, discount = d, redeemed_at = at,
+		order_ref = COALESCE(x.order_ref, o.external_ref), reserved_until = NULL
+	WHERE x.coupon_id = c.coupon_id;
+	INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_ref, order_id, discount, at)
+	VALUES (c.coupon_id, c.customer_id, 'redeem', o.external_ref, o.order_id, d, at);
+	RETURN d;
+END
+$$;
+COMMENT ON FUNCTION crm.redeem_coupon(text, bigint, bigint, timestamptz) IS
+	'Uses a coupon on a paid order of the customer and returns the discount, exactly once: a retry on the same order returns the first result; consumes a reservation for the order (its external_ref or order id); CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 order below min_spend or not paid, CR308 used or reserved for another order, CR309 another customer''s, 23503 an order not the customer''s';
+
+-- ---------------------------------------------------------------------------
+-- Time: reservations lapse, coupons expire (crm.tick)
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION crm.coupons_expire(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	c crm.coupon;
+	n bigint := 0;
+BEGIN
+	-- Lapsed reservations give their use back, coupon by coupon in id
+	-- order, each locked as a checkout would lock it (one being used now
+	-- is left to its checkout, which releases or redeems it).
+	FOR r IN SELECT x.coupon_id, x.customer_id FROM crm.coupon x
+	         WHERE x.status = 'reserved' AND x.reserved_until <= at ORDER BY x.coupon_id LOOP
+		SELECT * INTO c FROM crm.coupon x
+		WHERE x.coupon_id = r.coupon_id AND x.customer_id = r.customer_id
+		  AND x.status = 'reserved' AND x.reserved_until <= at
+		FOR UPDATE SKIP LOCKED;
+		IF FOUND THEN
+			PERFORM crm.coupon_release_row(c, at);
+			n := n + 1;
+		END IF;
+	END LOOP;
+	-- Coupons past their validity that nobody holds expire.
+	WITH gone AS (
+		UPDATE crm.coupon x SET status = 'expired'
+		WHERE x.status = 'issued' AND x.valid_until <= at
+		RETURNING x.coupon_id, x.customer_id),
+	j AS (
+		INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, at)
+		SELECT g.coupon_id, g.customer_id, 'expire', at FROM gone g)
+	SELECT n + pg_catalog.count(*) INTO n FROM gone;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.coupons_expire(timestamptz) IS
+	'crm.tick task: releases reservations that lapsed by "at" (their use given back) and expires unused coupons past valid_until; returns how many changed; idempotent';
+INSERT INTO crm.tick_task (task, run_order, fn, builtin)
+	VALUES ('coupons_expire', 120, 'crm.coupons_expire(timestamptz)'::regprocedure, true);
+
+CREATE FUNCTION crm.coupons_expiring(within interval DEFAULT '7 days', at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (coupon_id bigint, code text, customer_id bigint, template text, valid_until timestamptz)
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT c.coupon_id, c.code, c.customer_id, t.name, c.valid_until
+	FROM crm.coupon c JOIN crm.coupon_template t ON t.template_id = c.template_id
+	WHERE c.status = 'issued' AND c.valid_until > at AND c.valid_until <= at + within
+	ORDER BY c.valid_until, c.coupon_id;
+END;
+COMMENT ON FUNCTION crm.coupons_expiring(interval, timestamptz) IS
+	'Unused coupons that expire within the interval after "at" (a reminder campaign''s audience), soonest first';
+
+-- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
 --
 -- crm.distribute() turns an installed crm_ext on a Citus coordinator into a

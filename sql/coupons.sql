@@ -1,0 +1,114 @@
+-- Coupons (issue 16, first part): templates, issuing, reserving at
+-- checkout, redeeming on an order exactly once, releasing, lapsing and
+-- expiring through crm.tick, and every rejection with its own SQLSTATE.
+-- Times are fixed (no output depends on the wall clock); codes are random,
+-- so the output shows what is checked about them, not the codes.
+\i sql/include/expect_error.sql
+-- (codes are random: an error's message shows <code> for one)
+CREATE FUNCTION pg_temp.coupon_error(sql text) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_catalog.regexp_replace(pg_temp.expect_error(sql), '[0-9A-HJKMNP-TV-Z]{20}[0-9A-HJKMNP-TV-Z*~$=U]', '<code>', 'g')
+$$;
+SET TimeZone = 'UTC';
+BEGIN;
+INSERT INTO crm.customer (customer_id, name, created_at) VALUES
+	(1, 'ann', '2026-01-01'), (2, 'bob', '2026-01-02'), (3, 'cy', '2026-01-03');
+INSERT INTO crm.store (store_id, name) VALUES (1, 'main street');
+INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
+	(10, 1, 1, 'pos', '2026-03-01 10:00+00', 80.00, 'r-10'), (11, 1, NULL, 'web', '2026-03-02 10:00+00', 30.00, 'r-11'),
+	(12, 1, 1, 'pos', '2026-03-03 10:00+00', 250.00, 'r-12'), (20, 2, 1, 'pos', '2026-03-01 11:00+00', 90.00, 'r-20');
+INSERT INTO crm.coupon_template (name, kind, amount_off, percent_off, max_discount, min_spend, valid_from, valid_until, valid_days, stock, per_customer_limit)
+VALUES ('ten off fifty', 'amount_off', 10.00, NULL, NULL, 50.00, NULL, NULL, 30, 5, 2),
+       ('spring 20%', 'percent_off', NULL, 20.00, 25.00, 0, '2026-03-01', '2026-04-01', NULL, NULL, NULL),
+       ('ended', 'free_delivery', NULL, NULL, NULL, 0, NULL, '2026-01-01', NULL, NULL, NULL);
+
+-- 1. A template's fields must fit its kind, and its validity is a window
+--    or a number of days.
+SELECT pg_temp.coupon_error($$INSERT INTO crm.coupon_template (name, kind, percent_off, valid_days) VALUES ('x', 'amount_off', 5, 1)$$) AS wrong_kind_fields;
+SELECT pg_temp.coupon_error($$INSERT INTO crm.coupon_template (name, kind, amount_off) VALUES ('y', 'amount_off', 5)$$) AS no_validity;
+SELECT pg_temp.coupon_error($$INSERT INTO crm.coupon_template (name, kind, percent_off, valid_days) VALUES ('z', 'percent_off', 120, 1)$$) AS percent_over_100;
+
+-- 2. Codes: 21 characters, the last a check character; a typed code is
+--    read in any case, with hyphens, and the look-alikes I, L and O.
+SELECT pg_catalog.length(crm.coupon_code()) AS code_length,
+       crm.coupon_code() ~ '^[0-9A-HJKMNP-TV-Z]{20}[0-9A-HJKMNP-TV-Z*~$=U]$' AS code_alphabet,
+       (SELECT pg_catalog.count(DISTINCT crm.coupon_code()) FROM pg_catalog.generate_series(1, 10000)) AS distinct_of_10000;
+SELECT crm.coupon_code_normal(c) = c AS reads_back, crm.coupon_code_normal(pg_catalog.lower(c)) = c AS lower_case,
+       crm.coupon_code_normal(pg_catalog.substr(c, 1, 5) || '-' || pg_catalog.substr(c, 6)) = c AS hyphen,
+       crm.coupon_code_normal(overlay(c placing (CASE WHEN pg_catalog.substr(c, 3, 1) = '7' THEN '8' ELSE '7' END) from 3 for 1)) IS NULL AS one_typo_caught,
+       crm.coupon_code_normal(pg_catalog.substr(c, 1, 20)) IS NULL AS check_missing
+FROM (SELECT crm.coupon_code() AS c) x;
+SELECT crm.coupon_code_normal('0000000000000000000O' || '0') AS zeros_with_an_o;
+
+-- 3. Issuing: one coupon to a customer (its golden), exactly once per key;
+--    stock counted; a disabled or ended template refused.
+SELECT crm.issue_coupon(1, 1, 'welcome-1', '2026-03-01 09:00+00') AS code \gset
+SELECT crm.issue_coupon(1, 1, 'welcome-1', '2026-03-01 09:00+00') = :'code' AS retry_same_code;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupon(1, 2, 'welcome-1')$$) AS key_for_another_customer;
+SELECT template_id, customer_id, status, issued_at, valid_from, valid_until FROM crm.coupon WHERE code = :'code';
+SELECT crm.issue_coupons(1, ARRAY[1, 2, 3, 2], '2026-03-01 09:00+00') AS issued_to_three;
+SELECT name, issued, stock FROM crm.coupon_template WHERE template_id = 1;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupons(1, ARRAY[1, 2], '2026-03-01 09:00+00')$$) AS over_stock;
+SELECT issued FROM crm.coupon_template WHERE template_id = 1;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupon(3, 1)$$) AS ended_template;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupon(99, 1)$$) AS unknown_template;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupon(1, -5)$$) AS unknown_customer;
+UPDATE crm.coupon_template SET enabled = false WHERE template_id = 2;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupon(2, 1)$$) AS disabled_template;
+UPDATE crm.coupon_template SET enabled = true WHERE template_id = 2;
+SELECT crm.issue_coupon(2, 1, NULL, '2026-02-01 00:00+00') AS spring \gset
+SELECT valid_from, valid_until FROM crm.coupon WHERE code = :'spring';
+
+-- 4. Reserving at checkout: held for the order until the ttl, a retry for
+--    the same order keeps the first reservation, another order is refused.
+SELECT crm.reserve_coupon(:'code', 1, 'r-10', '15 minutes', '2026-03-01 10:00+00') AS held_until;
+SELECT crm.reserve_coupon(:'code', 1, 'r-10', '15 minutes', '2026-03-01 10:05+00') AS retry_held_until;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 1, 'r-11', '15 minutes', '2026-03-01 10:06+00')$$, :'code')) AS other_order;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 2, 'r-20', '15 minutes', '2026-03-01 10:06+00')$$, :'code')) AS not_yours;
+SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon('NOT-A-CODE', 1, 'r-10')$$) AS mistyped;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 1, 'r-10', '15 minutes', '2026-02-01 00:00+00')$$, :'spring')) AS not_yet_valid;
+SELECT customer_id, template_id, used FROM crm.coupon_usage ORDER BY 1, 2;
+
+-- 5. Redeeming consumes the reservation: the discount, exactly once; a
+--    retry on the same order returns it again; another order is refused.
+SELECT crm.redeem_coupon(:'code', 1, 10, '2026-03-01 10:10+00') AS discount;
+SELECT crm.redeem_coupon(:'code', 1, 10, '2026-03-01 10:20+00') AS retry_discount;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 12, '2026-03-03 10:10+00')$$, :'code')) AS used_twice;
+SELECT status, order_id, discount, order_ref, reserved_until FROM crm.coupon WHERE code = :'code';
+SELECT change, order_ref, order_id, discount, at FROM crm.coupon_journal
+WHERE coupon_id = (SELECT coupon_id FROM crm.coupon WHERE code = :'code') ORDER BY entry_id;
+
+-- 6. Without a reservation: the order must reach min_spend and be the
+--    customer's; the per-customer limit (2 of template 1) holds.
+SELECT code AS second FROM crm.coupon WHERE customer_id = 1 AND template_id = 1 AND status = 'issued' ORDER BY coupon_id LIMIT 1 \gset
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 11, '2026-03-02 10:10+00')$$, :'second')) AS below_min_spend;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 20, '2026-03-02 10:10+00')$$, :'second')) AS order_of_another;
+SELECT crm.redeem_coupon(:'second', 1, 12, '2026-03-03 10:10+00') AS ten_off_250;
+SELECT crm.issue_coupon(1, 1, NULL, '2026-03-03 09:00+00') AS third \gset
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 1, 'r-99', '15 minutes', '2026-03-03 11:00+00')$$, :'third')) AS customer_limit;
+-- percent off with a cap: 20% of 250 is 50, capped at 25
+SELECT crm.redeem_coupon(:'spring', 1, 12, '2026-03-03 10:30+00') AS spring_on_250;
+
+-- 7. Releasing gives the use back; a lapsed reservation is released by
+--    crm.tick, or by the next checkout that finds it; coupons past their
+--    validity expire.
+SELECT code AS bobs FROM crm.coupon WHERE customer_id = 2 ORDER BY coupon_id LIMIT 1 \gset
+SELECT crm.reserve_coupon(:'bobs', 2, 'r-20', '10 minutes', '2026-03-01 11:00+00') IS NOT NULL AS reserved;
+SELECT crm.release_coupon(:'bobs', 2, 'r-20', '2026-03-01 11:01+00') AS released, crm.release_coupon(:'bobs', 2, 'r-20', '2026-03-01 11:02+00') AS again;
+SELECT used FROM crm.coupon_usage WHERE customer_id = 2;
+SELECT crm.reserve_coupon(:'bobs', 2, 'r-20', '10 minutes', '2026-03-01 11:05+00') IS NOT NULL AS reserved_again;
+SELECT * FROM crm.tick('2026-03-01 11:20+00') WHERE task = 'coupons_expire';
+SELECT status, reserved_until FROM crm.coupon WHERE code = :'bobs';
+SELECT used FROM crm.coupon_usage WHERE customer_id = 2;
+SELECT coupon_id IS NOT NULL AS found, template, valid_until FROM crm.coupons_expiring('7 days', '2026-03-28 00:00+00') WHERE customer_id = 2;
+SELECT * FROM crm.tick('2026-06-01 00:00+00') WHERE task = 'coupons_expire';
+SELECT * FROM crm.tick('2026-06-01 00:00+00') WHERE task = 'coupons_expire';
+SELECT status, pg_catalog.count(*) FROM crm.coupon GROUP BY 1 ORDER BY 1;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 2, 'r-20', '10 minutes', '2026-06-02 00:00+00')$$, :'bobs')) AS expired;
+SELECT change, pg_catalog.count(*) FROM crm.coupon_journal GROUP BY 1 ORDER BY 1;
+
+-- 8. Bad input: a clear error, never a silent NULL.
+SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon(NULL, 1, 'r-1')$$) AS null_code;
+SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon('X', 1, 'r-1', '-1 minute')$$) AS negative_ttl;
+SELECT pg_temp.coupon_error($$SELECT crm.redeem_coupon('X', 1, NULL)$$) AS null_order;
+SELECT pg_temp.coupon_error($$SELECT crm.issue_coupon(1, NULL)$$) AS null_customer;
+ROLLBACK;
