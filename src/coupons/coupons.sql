@@ -52,6 +52,7 @@ COMMENT ON TABLE crm.coupon_template IS
 	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
 
 CREATE SEQUENCE crm.coupon_id_seq;
 CREATE TABLE crm.coupon (

@@ -70,6 +70,15 @@ INSERT INTO crm.customer_hook (event, hook, run_order, fn)
 	VALUES ('merge', 'restore_test', 900, 'public.restore_test_hook(bigint, bigint)');
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('loyalty_card', 'LC-1', 11);
 INSERT INTO crm.event (customer_id, kind, at, channel) VALUES (12, 'wishlist', '2026-06-30 10:00+00', 'app');
+-- coupons: a template, coupons issued, one reserved, one redeemed
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, per_customer_limit) VALUES ('restore five', 'amount_off', 5.00, 60, 2);
+SELECT crm.issue_coupons(1, ARRAY(SELECT generate_series(1, 40)::bigint), crm.sample_as_of());
+SELECT crm.reserve_coupon(c.code, c.customer_id, 'restore-r', '1 day', crm.sample_as_of())
+FROM crm.coupon c ORDER BY c.coupon_id LIMIT 1;
+SELECT crm.redeem_coupon(c.code, c.customer_id, o.order_id, crm.sample_as_of())
+FROM crm.coupon c JOIN LATERAL (SELECT o.order_id FROM crm.orders o WHERE o.customer_id = c.customer_id AND o.status = 'paid'
+                                ORDER BY o.order_id DESC LIMIT 1) o ON true
+WHERE c.status = 'issued' ORDER BY c.coupon_id LIMIT 1;
 -- identity, loyalty, segmentation and prediction at work
 SELECT * FROM crm.stitch_identities();
 SELECT count(crm.redeem_points(a.customer_id, 10, 'restore-test-' || a.customer_id, crm.sample_as_of()))
