@@ -106,7 +106,24 @@ SELECT status, pg_catalog.count(*) FROM crm.coupon GROUP BY 1 ORDER BY 1;
 SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 2, 'r-20', '10 minutes', '2026-06-02 00:00+00')$$, :'bobs')) AS expired;
 SELECT change, pg_catalog.count(*) FROM crm.coupon_journal GROUP BY 1 ORDER BY 1;
 
--- 8. Bad input: a clear error, never a silent NULL.
+-- 8. Limits count on the golden customer: a merge adds both sides' uses,
+--    an unmerge gives each side its own back.
+INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
+	(21, 2, 1, 'pos', '2026-06-02 10:00+00', 60.00, 'r-21'), (30, 3, 1, 'pos', '2026-06-02 11:00+00', 70.00, 'r-30');
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, per_customer_limit) VALUES ('two per shopper', 'amount_off', 3.00, 30, 2)
+RETURNING template_id AS two \gset
+SELECT crm.redeem_coupon(crm.issue_coupon(:two, 2, NULL, '2026-06-02 09:00+00'), 2, 21, '2026-06-02 10:30+00') AS bob_uses_one,
+       crm.redeem_coupon(crm.issue_coupon(:two, 3, NULL, '2026-06-02 09:00+00'), 3, 30, '2026-06-02 11:30+00') AS cy_uses_one;
+SELECT crm.merge_customers(2, 3, 'same shopper') AS merge_id \gset
+SELECT customer_id, used FROM crm.coupon_usage WHERE template_id = :two ORDER BY 1;
+SELECT crm.issue_coupon(:two, 3, NULL, '2026-06-03 09:00+00') AS third_for_cy \gset
+SELECT customer_id FROM crm.coupon WHERE code = :'third_for_cy';
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 3, 'r-x', '15 minutes', '2026-06-03 10:00+00')$$, :'third_for_cy')) AS merged_limit;
+SELECT crm.unmerge(:merge_id) AS undone;
+SELECT customer_id, used FROM crm.coupon_usage WHERE template_id = :two ORDER BY 1;
+SELECT crm.reserve_coupon(:'third_for_cy', 2, 'r-x', '15 minutes', '2026-06-03 10:00+00') AS bob_may_again;
+
+-- 9. Bad input: a clear error, never a silent NULL.
 SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon(NULL, 1, 'r-1')$$) AS null_code;
 SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon('X', 1, 'r-1', '-1 minute')$$) AS negative_ttl;
 SELECT pg_temp.coupon_error($$SELECT crm.redeem_coupon('X', 1, NULL)$$) AS null_order;

@@ -3828,6 +3828,62 @@ END;
 COMMENT ON FUNCTION crm.coupons_expiring(interval, timestamptz) IS
 	'Unused coupons that expire within the interval after "at" (a reminder campaign''s audience), soonest first';
 
+-- ---------------------------------------------------------------------------
+-- Merges: a customer's limits count on the golden customer
+-- ---------------------------------------------------------------------------
+
+-- The usage rows (coupons reserved or redeemed, per template) of golden
+-- customers, recounted from their records' coupons: after a merge the
+-- survivor holds both sides' uses, after an unmerge each side its own.  The
+-- coupons are locked first (FOR SHARE, after the customers the merge
+-- locked), so a tick releasing one of them decides before or after.
+CREATE FUNCTION crm.coupon_recount(goldens bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	records bigint[] := ARRAY(SELECT c.customer_id FROM crm.customer c
+	                          WHERE c.customer_id = ANY (goldens) OR c.merged_into = ANY (goldens) ORDER BY 1);
+BEGIN
+	PERFORM crm.lock_rows('crm.coupon', records, 'SHARE');
+	DELETE FROM crm.coupon_usage u WHERE u.customer_id = ANY (records);
+	INSERT INTO crm.coupon_usage (customer_id, template_id, used)
+	SELECT COALESCE(r.merged_into, r.customer_id), k.template_id, pg_catalog.count(*)
+	FROM crm.customer r JOIN crm.coupon k ON k.customer_id = r.customer_id
+	WHERE r.customer_id = ANY (records) AND k.status IN ('reserved', 'redeemed')
+	GROUP BY 1, 2;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_recount(bigint[]) IS
+	'Internal: recounts the coupon uses (reserved or redeemed, per template) of golden customers from their records'' coupons';
+
+CREATE FUNCTION crm.coupons_on_merge(survivor bigint, merged bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM crm.coupon_recount(ARRAY[survivor, merged]);
+END
+$$;
+COMMENT ON FUNCTION crm.coupons_on_merge(bigint, bigint) IS
+	'Customer hook (merge, unmerge): the coupon uses of both customers recounted, so per-customer limits count on the golden customer';
+
+CREATE FUNCTION crm.coupons_on_merge_set(survivors bigint[], merged bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM crm.coupon_recount(survivors || merged);
+END
+$$;
+COMMENT ON FUNCTION crm.coupons_on_merge_set(bigint[], bigint[]) IS
+	'Customer hook (merge, set_fn): crm.coupons_on_merge for many merges at once';
+
+INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin, set_fn) VALUES
+	('merge', 'coupons', 200, 'crm.coupons_on_merge(bigint, bigint)'::regprocedure, true,
+	 'crm.coupons_on_merge_set(bigint[], bigint[])'::regprocedure),
+	('unmerge', 'coupons', 200, 'crm.coupons_on_merge(bigint, bigint)'::regprocedure, true, NULL);
+
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
 --
