@@ -123,6 +123,22 @@ SELECT crm.unmerge(:merge_id) AS undone;
 SELECT customer_id, used FROM crm.coupon_usage WHERE template_id = :two ORDER BY 1;
 SELECT crm.reserve_coupon(:'third_for_cy', 2, 'r-x', '15 minutes', '2026-06-03 10:00+00') AS bob_may_again;
 
+-- A template for some tiers only: the customer's golden tier decides.
+INSERT INTO crm.coupon_template (name, kind, percent_off, valid_days, eligible_tiers)
+VALUES ('gold treat', 'percent_off', 10.00, 30, '{gold,platinum}') RETURNING template_id AS gold \gset
+SELECT crm.issue_coupon(:gold, 2, NULL, '2026-06-03 09:00+00') AS treat \gset
+SELECT a.tier FROM crm.loyalty_account a WHERE a.customer_id = 2;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 2, 'r-y', '15 minutes', '2026-06-03 10:00+00')$$, :'treat')) AS not_gold;
+UPDATE crm.loyalty_account SET tier = 'gold' WHERE customer_id = 2;
+SELECT crm.redeem_coupon(:'treat', 2, 21, '2026-06-03 10:00+00') AS gold_discount;
+
+-- every cross-feature invariant holds, the coupons' included
+SELECT * FROM crm.verify();
+-- and a usage row out of step with the coupons is reported
+UPDATE crm.coupon_usage SET used = used + 1 WHERE customer_id = 3 AND template_id = :two;
+SELECT invariant, customer_id, detail FROM crm.verify() WHERE invariant LIKE 'coupon%';
+UPDATE crm.coupon_usage SET used = used - 1 WHERE customer_id = 3 AND template_id = :two;
+
 -- 9. Bad input: a clear error, never a silent NULL.
 SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon(NULL, 1, 'r-1')$$) AS null_code;
 SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon('X', 1, 'r-1', '-1 minute')$$) AS negative_ttl;

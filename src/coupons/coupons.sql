@@ -37,6 +37,7 @@ CREATE TABLE crm.coupon_template (
 	stock				bigint CONSTRAINT coupon_template_stock_valid CHECK (stock >= 0),
 	issued				bigint NOT NULL DEFAULT 0,
 	per_customer_limit	integer CONSTRAINT coupon_template_limit_positive CHECK (per_customer_limit > 0),
+	eligible_tiers		text[] CONSTRAINT coupon_template_tiers_given CHECK (pg_catalog.cardinality(eligible_tiers) > 0),
 	enabled				boolean NOT NULL DEFAULT true,
 	CONSTRAINT coupon_template_kind_fields CHECK (CASE kind
 		WHEN 'amount_off' THEN amount_off IS NOT NULL AND percent_off IS NULL AND gift_sku IS NULL
@@ -49,7 +50,7 @@ CREATE TABLE crm.coupon_template (
 	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock)
 );
 COMMENT ON TABLE crm.coupon_template IS
-	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed)';
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
@@ -369,6 +370,31 @@ $$;
 COMMENT ON FUNCTION crm.coupon_check_usable(crm.coupon, timestamptz) IS
 	'Internal: CR302 expired, CR303 not yet valid, CR308 used or reserved, for a coupon at a time';
 
+-- Refuses a coupon of template t to a golden customer outside its
+-- eligible tiers (CR307; a customer without an account is at the lowest
+-- tier), when the template names any.
+CREATE FUNCTION crm.coupon_check_eligible(t crm.coupon_template, golden bigint) RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tier text;
+BEGIN
+	IF t.eligible_tiers IS NULL THEN
+		RETURN;
+	END IF;
+	tier := COALESCE((SELECT a.tier FROM crm.loyalty_account a WHERE a.customer_id = golden),
+	                 (SELECT x.tier FROM crm.tier x ORDER BY x.rank LIMIT 1));
+	IF tier IS NULL OR NOT tier = ANY (t.eligible_tiers) THEN
+		RAISE EXCEPTION 'coupons of template "%" are for tiers %, customer % is %', t.name,
+			pg_catalog.array_to_string(t.eligible_tiers, ', '), golden, tier
+			USING ERRCODE = 'CR307';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_check_eligible(crm.coupon_template, bigint) IS
+	'Internal: CR307 when a golden customer''s tier is not among the template''s eligible_tiers';
+
 CREATE FUNCTION crm.reserve_coupon(code text, customer_id bigint, order_ref text,
 	ttl interval DEFAULT '15 minutes', at timestamptz DEFAULT pg_catalog.now())
 RETURNS timestamptz
@@ -393,6 +419,7 @@ BEGIN
 		c := crm.coupon_release_row(c, at);
 	END IF;
 	PERFORM crm.coupon_check_usable(c, at);
+	PERFORM crm.coupon_check_eligible(x, g) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
 	PERFORM crm.coupon_take_use(g, c.template_id, 1);
 	UPDATE crm.coupon x SET status = 'reserved', order_ref = reserve_coupon.order_ref, reserved_until = at + ttl
 	WHERE x.coupon_id = c.coupon_id;
@@ -402,7 +429,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.reserve_coupon(text, bigint, text, interval, timestamptz) IS
-	'Holds a coupon for an order at checkout until at + ttl (counted against the customer''s limit meanwhile) and returns that time; a retry for the same order returns the first reservation; CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR308 used or reserved for another order, CR309 another customer''s';
+	'Holds a coupon for an order at checkout until at + ttl (counted against the customer''s limit meanwhile) and returns that time; a retry for the same order returns the first reservation; CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 tier not eligible, CR308 used or reserved for another order, CR309 another customer''s';
 
 CREATE FUNCTION crm.release_coupon(code text, customer_id bigint, order_ref text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS boolean
@@ -475,6 +502,7 @@ BEGIN
 		PERFORM 1;						-- its use is counted already
 	ELSE
 		PERFORM crm.coupon_check_usable(c, at);
+		PERFORM crm.coupon_check_eligible(x, g) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
 		PERFORM crm.coupon_take_use(g, c.template_id, 1);
 	END IF;
 	SELECT * INTO t FROM crm.coupon_template x WHERE x.template_id = c.template_id;

@@ -2488,11 +2488,34 @@ JOIN crm.tier t ON t.tier = a.tier
 JOIN crm.tier r ON r.tier = crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, verify.at)
 WHERE verify.at IS NOT NULL AND r.rank < t.rank
 
+-- Coupons: each golden customer's uses of a template (crm.coupon_usage,
+-- what the per-customer limit counts) are its records' coupons reserved or
+-- redeemed; each coupon stands where its last journal row put it.
+UNION ALL
+SELECT 'coupon uses match coupons', COALESCE(u.customer_id, k.golden),
+       format('template %s: %s counted, %s coupons reserved or redeemed', COALESCE(u.template_id, k.template_id),
+              COALESCE(u.used, 0), COALESCE(k.n, 0))
+FROM (SELECT x.customer_id, x.template_id, x.used FROM crm.coupon_usage x WHERE x.used > 0) u
+FULL JOIN (SELECT COALESCE(r.merged_into, r.customer_id) AS golden, c.template_id, count(*) AS n
+           FROM crm.coupon c JOIN crm.customer r ON r.customer_id = c.customer_id
+           WHERE c.status IN ('reserved', 'redeemed') GROUP BY 1, 2) k
+  ON k.golden = u.customer_id AND k.template_id = u.template_id
+WHERE COALESCE(u.used, 0) <> COALESCE(k.n, 0)
+UNION ALL
+SELECT 'coupon matches its journal', c.customer_id,
+       format('coupon %s is %s, its last journal row says %s', c.coupon_id, c.status, COALESCE(j.change, 'nothing'))
+FROM crm.coupon c
+LEFT JOIN LATERAL (SELECT x.change, x.discount FROM crm.coupon_journal x WHERE x.coupon_id = c.coupon_id
+                   ORDER BY x.entry_id DESC LIMIT 1) j ON true
+WHERE j.change IS NULL
+   OR c.status <> CASE j.change WHEN 'reserve' THEN 'reserved' WHEN 'redeem' THEN 'redeemed' WHEN 'expire' THEN 'expired' ELSE 'issued' END
+   OR (c.status = 'redeemed' AND c.discount IS DISTINCT FROM j.discount)
+
 ORDER BY 1, 2, 3;
 END
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
-	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
+	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend, coupon uses vs coupons and coupons vs their journal; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
 
 -- ---------------------------------------------------------------------------
 -- Issue 13, defect 5: crm.reassign_order moves an order recorded for the
@@ -3315,6 +3338,7 @@ CREATE TABLE crm.coupon_template (
 	stock				bigint CONSTRAINT coupon_template_stock_valid CHECK (stock >= 0),
 	issued				bigint NOT NULL DEFAULT 0,
 	per_customer_limit	integer CONSTRAINT coupon_template_limit_positive CHECK (per_customer_limit > 0),
+	eligible_tiers		text[] CONSTRAINT coupon_template_tiers_given CHECK (pg_catalog.cardinality(eligible_tiers) > 0),
 	enabled				boolean NOT NULL DEFAULT true,
 	CONSTRAINT coupon_template_kind_fields CHECK (CASE kind
 		WHEN 'amount_off' THEN amount_off IS NOT NULL AND percent_off IS NULL AND gift_sku IS NULL
@@ -3327,7 +3351,7 @@ CREATE TABLE crm.coupon_template (
 	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock)
 );
 COMMENT ON TABLE crm.coupon_template IS
-	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed)';
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
@@ -3647,6 +3671,31 @@ $$;
 COMMENT ON FUNCTION crm.coupon_check_usable(crm.coupon, timestamptz) IS
 	'Internal: CR302 expired, CR303 not yet valid, CR308 used or reserved, for a coupon at a time';
 
+-- Refuses a coupon of template t to a golden customer outside its
+-- eligible tiers (CR307; a customer without an account is at the lowest
+-- tier), when the template names any.
+CREATE FUNCTION crm.coupon_check_eligible(t crm.coupon_template, golden bigint) RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tier text;
+BEGIN
+	IF t.eligible_tiers IS NULL THEN
+		RETURN;
+	END IF;
+	tier := COALESCE((SELECT a.tier FROM crm.loyalty_account a WHERE a.customer_id = golden),
+	                 (SELECT x.tier FROM crm.tier x ORDER BY x.rank LIMIT 1));
+	IF tier IS NULL OR NOT tier = ANY (t.eligible_tiers) THEN
+		RAISE EXCEPTION 'coupons of template "%" are for tiers %, customer % is %', t.name,
+			pg_catalog.array_to_string(t.eligible_tiers, ', '), golden, tier
+			USING ERRCODE = 'CR307';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_check_eligible(crm.coupon_template, bigint) IS
+	'Internal: CR307 when a golden customer''s tier is not among the template''s eligible_tiers';
+
 CREATE FUNCTION crm.reserve_coupon(code text, customer_id bigint, order_ref text,
 	ttl interval DEFAULT '15 minutes', at timestamptz DEFAULT pg_catalog.now())
 RETURNS timestamptz
@@ -3671,6 +3720,7 @@ BEGIN
 		c := crm.coupon_release_row(c, at);
 	END IF;
 	PERFORM crm.coupon_check_usable(c, at);
+	PERFORM crm.coupon_check_eligible(x, g) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
 	PERFORM crm.coupon_take_use(g, c.template_id, 1);
 	UPDATE crm.coupon x SET status = 'reserved', order_ref = reserve_coupon.order_ref, reserved_until = at + ttl
 	WHERE x.coupon_id = c.coupon_id;
@@ -3680,7 +3730,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.reserve_coupon(text, bigint, text, interval, timestamptz) IS
-	'Holds a coupon for an order at checkout until at + ttl (counted against the customer''s limit meanwhile) and returns that time; a retry for the same order returns the first reservation; CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR308 used or reserved for another order, CR309 another customer''s';
+	'Holds a coupon for an order at checkout until at + ttl (counted against the customer''s limit meanwhile) and returns that time; a retry for the same order returns the first reservation; CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 tier not eligible, CR308 used or reserved for another order, CR309 another customer''s';
 
 CREATE FUNCTION crm.release_coupon(code text, customer_id bigint, order_ref text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS boolean
@@ -3753,6 +3803,7 @@ BEGIN
 		PERFORM 1;						-- its use is counted already
 	ELSE
 		PERFORM crm.coupon_check_usable(c, at);
+		PERFORM crm.coupon_check_eligible(x, g) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
 		PERFORM crm.coupon_take_use(g, c.template_id, 1);
 	END IF;
 	SELECT * INTO t FROM crm.coupon_template x WHERE x.template_id = c.template_id;

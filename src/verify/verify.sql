@@ -226,8 +226,31 @@ JOIN crm.tier t ON t.tier = a.tier
 JOIN crm.tier r ON r.tier = crm.tier_held(a.tier, a.tier_since, a.spend_month, a.spend_cents, verify.at)
 WHERE verify.at IS NOT NULL AND r.rank < t.rank
 
+-- Coupons: each golden customer's uses of a template (crm.coupon_usage,
+-- what the per-customer limit counts) are its records' coupons reserved or
+-- redeemed; each coupon stands where its last journal row put it.
+UNION ALL
+SELECT 'coupon uses match coupons', COALESCE(u.customer_id, k.golden),
+       format('template %s: %s counted, %s coupons reserved or redeemed', COALESCE(u.template_id, k.template_id),
+              COALESCE(u.used, 0), COALESCE(k.n, 0))
+FROM (SELECT x.customer_id, x.template_id, x.used FROM crm.coupon_usage x WHERE x.used > 0) u
+FULL JOIN (SELECT COALESCE(r.merged_into, r.customer_id) AS golden, c.template_id, count(*) AS n
+           FROM crm.coupon c JOIN crm.customer r ON r.customer_id = c.customer_id
+           WHERE c.status IN ('reserved', 'redeemed') GROUP BY 1, 2) k
+  ON k.golden = u.customer_id AND k.template_id = u.template_id
+WHERE COALESCE(u.used, 0) <> COALESCE(k.n, 0)
+UNION ALL
+SELECT 'coupon matches its journal', c.customer_id,
+       format('coupon %s is %s, its last journal row says %s', c.coupon_id, c.status, COALESCE(j.change, 'nothing'))
+FROM crm.coupon c
+LEFT JOIN LATERAL (SELECT x.change, x.discount FROM crm.coupon_journal x WHERE x.coupon_id = c.coupon_id
+                   ORDER BY x.entry_id DESC LIMIT 1) j ON true
+WHERE j.change IS NULL
+   OR c.status <> CASE j.change WHEN 'reserve' THEN 'reserved' WHEN 'redeem' THEN 'redeemed' WHEN 'expire' THEN 'expired' ELSE 'issued' END
+   OR (c.status = 'redeemed' AND c.discount IS DISTINCT FROM j.discount)
+
 ORDER BY 1, 2, 3;
 END
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
-	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
+	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend, coupon uses vs coupons and coupons vs their journal; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
