@@ -132,6 +132,24 @@ SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 2,
 UPDATE crm.loyalty_account SET tier = 'gold' WHERE customer_id = 2;
 SELECT crm.redeem_coupon(:'treat', 2, 21, '2026-06-03 10:00+00') AS gold_discount;
 
+-- A fully refunded order gives its coupon back when the template says so
+-- and the coupon is still valid; a partial refund does not, nor does a
+-- template without restore_on_refund.
+INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
+	(13, 1, 1, 'pos', '2026-06-04 10:00+00', 40.00, 'r-13'), (14, 1, 1, 'pos', '2026-06-04 11:00+00', 40.00, 'r-14');
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_from, valid_until, restore_on_refund)
+VALUES ('comes back', 'amount_off', 4.00, '2026-01-01', '2036-01-01', true) RETURNING template_id AS back \gset
+SELECT crm.issue_coupon(:back, 1, NULL, '2026-06-04 09:00+00') AS back_code, crm.issue_coupon(2, 1, NULL, '2026-03-05 09:00+00') AS gone_code \gset
+SELECT crm.redeem_coupon(:'back_code', 1, 13, '2026-06-04 10:05+00') AS back_discount,
+       crm.redeem_coupon(:'gone_code', 1, 14, '2026-03-05 11:05+00') AS gone_discount;
+UPDATE crm.orders SET refunded_amount = 10.00 WHERE order_id = 13;
+SELECT status FROM crm.coupon WHERE code = :'back_code';
+UPDATE crm.orders SET status = 'refunded' WHERE order_id IN (13, 14);
+SELECT t.name, c.status, c.order_id, c.discount FROM crm.coupon c JOIN crm.coupon_template t USING (template_id)
+WHERE c.code IN (:'back_code', :'gone_code') ORDER BY 1;
+SELECT change, order_id FROM crm.coupon_journal WHERE coupon_id = (SELECT coupon_id FROM crm.coupon WHERE code = :'back_code') ORDER BY entry_id;
+SELECT crm.redeem_coupon(:'back_code', 1, 12, '2026-06-05 10:00+00') AS used_again;
+
 -- every cross-feature invariant holds, the coupons' included
 SELECT * FROM crm.verify();
 -- and a usage row out of step with the coupons is reported

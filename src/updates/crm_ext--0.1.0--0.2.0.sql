@@ -3339,6 +3339,7 @@ CREATE TABLE crm.coupon_template (
 	issued				bigint NOT NULL DEFAULT 0,
 	per_customer_limit	integer CONSTRAINT coupon_template_limit_positive CHECK (per_customer_limit > 0),
 	eligible_tiers		text[] CONSTRAINT coupon_template_tiers_given CHECK (pg_catalog.cardinality(eligible_tiers) > 0),
+	restore_on_refund	boolean NOT NULL DEFAULT false,
 	enabled				boolean NOT NULL DEFAULT true,
 	CONSTRAINT coupon_template_kind_fields CHECK (CASE kind
 		WHEN 'amount_off' THEN amount_off IS NOT NULL AND percent_off IS NULL AND gift_sku IS NULL
@@ -3351,7 +3352,7 @@ CREATE TABLE crm.coupon_template (
 	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock)
 );
 COMMENT ON TABLE crm.coupon_template IS
-	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier)';
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
@@ -3380,6 +3381,7 @@ CREATE INDEX coupon_customer_idx ON crm.coupon (customer_id, template_id);
 CREATE INDEX coupon_reserved_idx ON crm.coupon (reserved_until) WHERE status = 'reserved';
 CREATE INDEX coupon_valid_until_idx ON crm.coupon (valid_until) WHERE status IN ('issued', 'reserved');
 CREATE UNIQUE INDEX coupon_issue_key_unique ON crm.coupon (issue_key) WHERE issue_key IS NOT NULL;
+CREATE INDEX coupon_order_idx ON crm.coupon (order_id) WHERE order_id IS NOT NULL;
 COMMENT ON TABLE crm.coupon IS
 	'Coupons issued to customers: code (crm.coupon_code: random, with a check character), validity, and where the coupon stands: issued, reserved for an order (order_ref, until reserved_until), redeemed on an order (order_id, the discount given), or expired';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon', '');
@@ -3404,7 +3406,7 @@ CREATE TABLE crm.coupon_journal (
 	coupon_id			bigint NOT NULL,
 	customer_id			bigint NOT NULL REFERENCES crm.customer (customer_id),
 	change				text NOT NULL CONSTRAINT coupon_journal_change_valid
-		CHECK (change IN ('issue', 'reserve', 'release', 'redeem', 'expire')),
+		CHECK (change IN ('issue', 'reserve', 'release', 'redeem', 'restore', 'expire')),
 	order_ref			text,
 	order_id			bigint,
 	discount			numeric(14,2),
@@ -3412,7 +3414,7 @@ CREATE TABLE crm.coupon_journal (
 	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 CREATE INDEX coupon_journal_coupon_idx ON crm.coupon_journal (coupon_id);
-COMMENT ON TABLE crm.coupon_journal IS 'Every change of a coupon (issue, reserve, release, redeem, expire), written in the transaction that made it';
+COMMENT ON TABLE crm.coupon_journal IS 'Every change of a coupon (issue, reserve, release, redeem, restore after a refund, expire), written in the transaction that made it';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_journal', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_journal_id_seq', '');
 
@@ -3822,6 +3824,50 @@ END
 $$;
 COMMENT ON FUNCTION crm.redeem_coupon(text, bigint, bigint, timestamptz) IS
 	'Uses a coupon on a paid order of the customer and returns the discount, exactly once: a retry on the same order returns the first result; consumes a reservation for the order (its external_ref or order id); CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 order below min_spend or not paid, CR308 used or reserved for another order, CR309 another customer''s, 23503 an order not the customer''s';
+
+-- ---------------------------------------------------------------------------
+-- Refunds: a fully refunded order gives its coupon back
+-- ---------------------------------------------------------------------------
+
+-- AFTER UPDATE statement trigger on crm.orders: the coupons redeemed on
+-- orders this statement fully refunded come back (issued again, their use
+-- given back, journaled 'restore') when their template says so
+-- (restore_on_refund) and they are still valid; the others stay used.  On
+-- a Citus shard it does nothing (coupons do not run on a cluster yet).
+CREATE FUNCTION crm.coupons_on_refund() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c crm.coupon;
+BEGIN
+	IF crm.on_citus() THEN
+		RETURN NULL;
+	END IF;
+	FOR c IN
+		SELECT k.* FROM crm_new n
+		JOIN crm_old o ON o.order_id = n.order_id
+		JOIN crm.coupon k ON k.order_id = n.order_id AND k.status = 'redeemed'
+		JOIN crm.coupon_template t ON t.template_id = k.template_id
+		WHERE n.status = 'refunded' AND o.status <> 'refunded'
+		  AND t.restore_on_refund AND k.valid_until > pg_catalog.now()
+		ORDER BY k.coupon_id
+		FOR UPDATE OF k
+	LOOP
+		UPDATE crm.coupon x SET status = 'issued', order_id = NULL, discount = NULL, redeemed_at = NULL, order_ref = NULL
+		WHERE x.coupon_id = c.coupon_id AND x.customer_id = c.customer_id;
+		PERFORM crm.coupon_take_use(crm.golden_customer(c.customer_id), c.template_id, -1);
+		INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_id, at)
+		VALUES (c.coupon_id, c.customer_id, 'restore', c.order_id, pg_catalog.now());
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.coupons_on_refund() IS
+	'Trigger: the coupons redeemed on orders an UPDATE fully refunded come back when their template has restore_on_refund and they are still valid (journaled restore, use given back)';
+CREATE TRIGGER orders_coupons_refund AFTER UPDATE ON crm.orders
+	REFERENCING OLD TABLE AS crm_old NEW TABLE AS crm_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.coupons_on_refund();
 
 -- ---------------------------------------------------------------------------
 -- Time: reservations lapse, coupons expire (crm.tick)
