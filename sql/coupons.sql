@@ -150,6 +150,10 @@ WHERE c.code IN (:'back_code', :'gone_code') ORDER BY 1;
 SELECT change, order_id FROM crm.coupon_journal WHERE coupon_id = (SELECT coupon_id FROM crm.coupon WHERE code = :'back_code') ORDER BY entry_id;
 SELECT crm.redeem_coupon(:'back_code', 1, 12, '2026-06-05 10:00+00') AS used_again;
 
+-- The report per template.
+SELECT name, kind, issued, stock, open, reserved, redeemed, expired, redemption_rate, discount_given
+FROM crm.v_coupon_templates ORDER BY template_id;
+
 -- every cross-feature invariant holds, the coupons' included
 SELECT * FROM crm.verify();
 -- and a usage row out of step with the coupons is reported

@@ -679,3 +679,21 @@ INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin, set_fn) VALU
 	('merge', 'coupons', 200, 'crm.coupons_on_merge(bigint, bigint)'::regprocedure, true,
 	 'crm.coupons_on_merge_set(bigint[], bigint[])'::regprocedure),
 	('unmerge', 'coupons', 200, 'crm.coupons_on_merge(bigint, bigint)'::regprocedure, true, NULL);
+
+-- ---------------------------------------------------------------------------
+-- Reports
+-- ---------------------------------------------------------------------------
+CREATE VIEW crm.v_coupon_templates AS
+SELECT t.template_id, t.name, t.kind, t.issued, t.stock,
+       pg_catalog.count(c.coupon_id) FILTER (WHERE c.status = 'issued') AS open,
+       pg_catalog.count(c.coupon_id) FILTER (WHERE c.status = 'reserved') AS reserved,
+       pg_catalog.count(c.coupon_id) FILTER (WHERE c.status = 'redeemed') AS redeemed,
+       pg_catalog.count(c.coupon_id) FILTER (WHERE c.status = 'expired') AS expired,
+       pg_catalog.round(pg_catalog.count(c.coupon_id) FILTER (WHERE c.status = 'redeemed')::numeric
+                        / NULLIF(pg_catalog.count(c.coupon_id), 0), 4) AS redemption_rate,
+       COALESCE(pg_catalog.sum(c.discount) FILTER (WHERE c.status = 'redeemed'), 0) AS discount_given
+FROM crm.coupon_template t
+LEFT JOIN crm.coupon c ON c.template_id = t.template_id
+GROUP BY t.template_id;
+COMMENT ON VIEW crm.v_coupon_templates IS
+	'Per coupon template: coupons issued (and stock), open, reserved, redeemed and expired now, the redemption rate (redeemed / issued) and the discount given';
