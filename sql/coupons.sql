@@ -16,10 +16,10 @@ INSERT INTO crm.store (store_id, name) VALUES (1, 'main street');
 INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
 	(10, 1, 1, 'pos', '2026-03-01 10:00+00', 80.00, 'r-10'), (11, 1, NULL, 'web', '2026-03-02 10:00+00', 30.00, 'r-11'),
 	(12, 1, 1, 'pos', '2026-03-03 10:00+00', 250.00, 'r-12'), (20, 2, 1, 'pos', '2026-03-01 11:00+00', 90.00, 'r-20');
-INSERT INTO crm.coupon_template (name, kind, amount_off, percent_off, max_discount, min_spend, valid_from, valid_until, valid_days, stock, per_customer_limit)
-VALUES ('ten off fifty', 'amount_off', 10.00, NULL, NULL, 50.00, NULL, NULL, 30, 5, 2),
-       ('spring 20%', 'percent_off', NULL, 20.00, 25.00, 0, '2026-03-01', '2026-04-01', NULL, NULL, NULL),
-       ('ended', 'free_delivery', NULL, NULL, NULL, 0, NULL, '2026-01-01', NULL, NULL, NULL);
+INSERT INTO crm.coupon_template (name, kind, amount_off, percent_off, max_discount, min_spend, valid_from, valid_until, valid_days, stock, per_customer_limit, stacking)
+VALUES ('ten off fifty', 'amount_off', 10.00, NULL, NULL, 50.00, NULL, NULL, 30, 5, 2, 'combinable'),
+       ('spring 20%', 'percent_off', NULL, 20.00, 25.00, 0, '2026-03-01', '2026-04-01', NULL, NULL, NULL, 'combinable'),
+       ('ended', 'free_delivery', NULL, NULL, NULL, 0, NULL, '2026-01-01', NULL, NULL, NULL, 'exclusive');
 
 -- 1. A template's fields must fit its kind, and its validity is a window
 --    or a number of days.
@@ -110,7 +110,7 @@ SELECT change, pg_catalog.count(*) FROM crm.coupon_journal GROUP BY 1 ORDER BY 1
 --    an unmerge gives each side its own back.
 INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
 	(21, 2, 1, 'pos', '2026-06-02 10:00+00', 60.00, 'r-21'), (30, 3, 1, 'pos', '2026-06-02 11:00+00', 70.00, 'r-30');
-INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, per_customer_limit) VALUES ('two per shopper', 'amount_off', 3.00, 30, 2)
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, per_customer_limit, stacking) VALUES ('two per shopper', 'amount_off', 3.00, 30, 2, 'combinable')
 RETURNING template_id AS two \gset
 SELECT crm.redeem_coupon(crm.issue_coupon(:two, 2, NULL, '2026-06-02 09:00+00'), 2, 21, '2026-06-02 10:30+00') AS bob_uses_one,
        crm.redeem_coupon(crm.issue_coupon(:two, 3, NULL, '2026-06-02 09:00+00'), 3, 30, '2026-06-02 11:30+00') AS cy_uses_one;
@@ -124,8 +124,8 @@ SELECT customer_id, used FROM crm.coupon_usage WHERE template_id = :two ORDER BY
 SELECT crm.reserve_coupon(:'third_for_cy', 2, 'r-x', '15 minutes', '2026-06-03 10:00+00') AS bob_may_again;
 
 -- A template for some tiers only: the customer's golden tier decides.
-INSERT INTO crm.coupon_template (name, kind, percent_off, valid_days, eligible_tiers)
-VALUES ('gold treat', 'percent_off', 10.00, 30, '{gold,platinum}') RETURNING template_id AS gold \gset
+INSERT INTO crm.coupon_template (name, kind, percent_off, valid_days, eligible_tiers, stacking)
+VALUES ('gold treat', 'percent_off', 10.00, 30, '{gold,platinum}', 'combinable') RETURNING template_id AS gold \gset
 SELECT crm.issue_coupon(:gold, 2, NULL, '2026-06-03 09:00+00') AS treat \gset
 SELECT a.tier FROM crm.loyalty_account a WHERE a.customer_id = 2;
 SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.reserve_coupon(%L, 2, 'r-y', '15 minutes', '2026-06-03 10:00+00')$$, :'treat')) AS not_gold;
@@ -137,8 +137,8 @@ SELECT crm.redeem_coupon(:'treat', 2, 21, '2026-06-03 10:00+00') AS gold_discoun
 -- template without restore_on_refund.
 INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
 	(13, 1, 1, 'pos', '2026-06-04 10:00+00', 40.00, 'r-13'), (14, 1, 1, 'pos', '2026-06-04 11:00+00', 40.00, 'r-14');
-INSERT INTO crm.coupon_template (name, kind, amount_off, valid_from, valid_until, restore_on_refund)
-VALUES ('comes back', 'amount_off', 4.00, '2026-01-01', '2036-01-01', true) RETURNING template_id AS back \gset
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_from, valid_until, restore_on_refund, stacking)
+VALUES ('comes back', 'amount_off', 4.00, '2026-01-01', '2036-01-01', true, 'combinable') RETURNING template_id AS back \gset
 SELECT crm.issue_coupon(:back, 1, NULL, '2026-06-04 09:00+00') AS back_code, crm.issue_coupon(2, 1, NULL, '2026-03-05 09:00+00') AS gone_code \gset
 SELECT crm.redeem_coupon(:'back_code', 1, 13, '2026-06-04 10:05+00') AS back_discount,
        crm.redeem_coupon(:'gone_code', 1, 14, '2026-03-05 11:05+00') AS gone_discount;
@@ -149,6 +149,22 @@ SELECT t.name, c.status, c.order_id, c.discount FROM crm.coupon c JOIN crm.coupo
 WHERE c.code IN (:'back_code', :'gone_code') ORDER BY 1;
 SELECT change, order_id FROM crm.coupon_journal WHERE coupon_id = (SELECT coupon_id FROM crm.coupon WHERE code = :'back_code') ORDER BY entry_id;
 SELECT crm.redeem_coupon(:'back_code', 1, 12, '2026-06-05 10:00+00') AS used_again;
+
+-- Stacking: order 12 carries three combinable coupons by now; an exclusive
+-- one is refused there, and so is a second of a template used there; a
+-- percent "after discounts" is taken of what is left.
+INSERT INTO crm.coupon_template (name, kind, amount_off, percent_off, valid_days, stacking, percent_base) VALUES
+	('solo', 'amount_off', 1.00, NULL, 30, 'exclusive', 'before_discounts'),
+	('after', 'percent_off', NULL, 10.00, 30, 'combinable', 'after_discounts');
+SELECT crm.issue_coupon(t.template_id, 1, NULL, '2026-06-05 09:00+00') AS solo FROM crm.coupon_template t WHERE t.name = 'solo' \gset
+SELECT crm.issue_coupon(t.template_id, 1, NULL, '2026-06-05 09:00+00') AS after FROM crm.coupon_template t WHERE t.name = 'after' \gset
+SELECT crm.issue_coupon(t.template_id, 1, NULL, '2026-06-05 09:00+00') AS back2 FROM crm.coupon_template t WHERE t.name = 'comes back' \gset
+SELECT pg_catalog.string_agg(t.name || ' ' || c.discount, ', ' ORDER BY c.coupon_id) AS on_order_12
+FROM crm.coupon c JOIN crm.coupon_template t USING (template_id) WHERE c.order_id = 12;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 12, '2026-06-05 10:00+00')$$, :'solo')) AS exclusive_refused;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 12, '2026-06-05 10:00+00')$$, :'back2')) AS same_template_refused;
+SELECT crm.redeem_coupon(:'after', 1, 12, '2026-06-05 10:00+00') AS ten_percent_of_211;
+SELECT crm.redeem_coupon(:'solo', 1, 11, '2026-06-05 10:00+00') AS solo_on_a_bare_order;
 
 -- The report per template.
 SELECT name, kind, issued, stock, open, reserved, redeemed, expired, redemption_rate, discount_given

@@ -3316,6 +3316,7 @@ COMMENT ON FUNCTION crm.lock_rows(regclass, bigint[], text) IS
 --   CR301 unknown code    CR302 expired          CR303 not yet valid
 --   CR304 out of stock    CR305 customer limit   CR307 not eligible
 --   CR308 used or reserved for another order     CR309 not the customer's
+--   CR310 does not stack with a coupon used on the order
 --
 -- Lock order (DEVELOPER.md): the golden customer FOR SHARE
 -- (crm.lock_customer), then the template row (issuing), then the coupon
@@ -3340,6 +3341,10 @@ CREATE TABLE crm.coupon_template (
 	per_customer_limit	integer CONSTRAINT coupon_template_limit_positive CHECK (per_customer_limit > 0),
 	eligible_tiers		text[] CONSTRAINT coupon_template_tiers_given CHECK (pg_catalog.cardinality(eligible_tiers) > 0),
 	restore_on_refund	boolean NOT NULL DEFAULT false,
+	stacking			text NOT NULL DEFAULT 'exclusive' CONSTRAINT coupon_template_stacking_valid
+		CHECK (stacking IN ('exclusive', 'combinable')),
+	percent_base		text NOT NULL DEFAULT 'before_discounts' CONSTRAINT coupon_template_percent_base_valid
+		CHECK (percent_base IN ('before_discounts', 'after_discounts')),
 	enabled				boolean NOT NULL DEFAULT true,
 	CONSTRAINT coupon_template_kind_fields CHECK (CASE kind
 		WHEN 'amount_off' THEN amount_off IS NOT NULL AND percent_off IS NULL AND gift_sku IS NULL
@@ -3352,7 +3357,7 @@ CREATE TABLE crm.coupon_template (
 	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock)
 );
 COMMENT ON TABLE crm.coupon_template IS
-	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid)';
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid), stacking (exclusive: alone on an order; combinable: with other combinable coupons of other templates), percent_base (a percent off the order''s amount before or after the discounts of the coupons used on it before)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
@@ -3770,6 +3775,30 @@ RETURN CASE t.kind
 COMMENT ON FUNCTION crm.coupon_discount(crm.coupon_template, numeric) IS
 	'The discount a coupon of a template gives on an order amount: amount_off up to the amount, percent_off rounded to cents up to max_discount; 0 for free delivery and gift items';
 
+-- Refuses a coupon of template t on an order that has coupons already
+-- (CR310) unless all of them and t are combinable and none is of t.
+CREATE FUNCTION crm.coupon_check_stacking(t crm.coupon_template, order_id bigint) RETURNS void
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	other record;
+BEGIN
+	SELECT k.code, x.name, x.stacking, x.template_id INTO other
+	FROM crm.coupon k JOIN crm.coupon_template x ON x.template_id = k.template_id
+	WHERE k.order_id = coupon_check_stacking.order_id AND k.status = 'redeemed'
+	  AND (t.stacking = 'exclusive' OR x.stacking = 'exclusive' OR x.template_id = t.template_id)
+	ORDER BY k.coupon_id LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'order % has a coupon of template "%" already, which does not stack with one of "%"', order_id, other.name, t.name
+			USING ERRCODE = 'CR310',
+			      HINT = 'Only combinable coupons of different templates are used together on one order.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_check_stacking(crm.coupon_template, bigint) IS
+	'Internal: CR310 when an order has a coupon already that a coupon of template t may not join (either exclusive, or the same template)';
+
 CREATE FUNCTION crm.redeem_coupon(code text, customer_id bigint, order_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
 LANGUAGE plpgsql VOLATILE
@@ -3786,15 +3815,17 @@ BEGIN
 	IF order_id IS NULL OR at IS NULL OR NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'redeeming needs an order and a finite time' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	-- Lock order: the customer, the order (so that coupons used on one
+	-- order are decided one at a time: stacking), the coupon.
 	g := crm.lock_customer(customer_id);
-	c := crm.coupon_of(code, g);
-	IF c.status = 'redeemed' AND c.order_id = redeem_coupon.order_id THEN
-		RETURN c.discount;				-- a retry on the same order: the first result
-	END IF;
-	SELECT * INTO o FROM crm.orders x WHERE x.order_id = redeem_coupon.order_id;
+	SELECT * INTO o FROM crm.orders x WHERE x.order_id = redeem_coupon.order_id FOR NO KEY UPDATE;
 	IF NOT FOUND OR o.customer_id <> g THEN
 		RAISE EXCEPTION 'order % is not an order of customer %', order_id, customer_id
 			USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	c := crm.coupon_of(code, g);
+	IF c.status = 'redeemed' AND c.order_id = redeem_coupon.order_id THEN
+		RETURN c.discount;				-- a retry on the same order: the first result
 	END IF;
 	-- A live reservation for this order (its reference, or the order id) is
 	-- consumed; a lapsed one is released first; any other is refused.
@@ -3813,7 +3844,10 @@ BEGIN
 		RAISE EXCEPTION 'order % does not qualify for coupon %: % spent, % needed', order_id, c.code, o.net_amount, t.min_spend
 			USING ERRCODE = 'CR307';
 	END IF;
-	d := crm.coupon_discount(t, o.net_amount);
+	PERFORM crm.coupon_check_stacking(t, o.order_id);
+	d := crm.coupon_discount(t, o.net_amount - CASE WHEN t.percent_base = 'after_discounts'
+		THEN (SELECT COALESCE(pg_catalog.sum(k.discount), 0) FROM crm.coupon k WHERE k.order_id = o.order_id AND k.status = 'redeemed')
+		ELSE 0 END);
 	UPDATE crm.coupon x SET status = 'redeemed', order_id = o.order_id, discount = d, redeemed_at = at,
 		order_ref = COALESCE(x.order_ref, o.external_ref), reserved_until = NULL
 	WHERE x.coupon_id = c.coupon_id;
@@ -3823,7 +3857,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.redeem_coupon(text, bigint, bigint, timestamptz) IS
-	'Uses a coupon on a paid order of the customer and returns the discount, exactly once: a retry on the same order returns the first result; consumes a reservation for the order (its external_ref or order id); CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 order below min_spend or not paid, CR308 used or reserved for another order, CR309 another customer''s, 23503 an order not the customer''s';
+	'Uses a coupon on a paid order of the customer and returns the discount, exactly once: a retry on the same order returns the first result; consumes a reservation for the order (its external_ref or order id); CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 order below min_spend or not paid, CR308 used or reserved for another order, CR309 another customer''s, CR310 does not stack with a coupon used on the order, 23503 an order not the customer''s';
 
 -- ---------------------------------------------------------------------------
 -- Refunds: a fully refunded order gives its coupon back
