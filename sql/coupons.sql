@@ -166,6 +166,30 @@ SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 
 SELECT crm.redeem_coupon(:'after', 1, 12, '2026-06-05 10:00+00') AS ten_percent_of_211;
 SELECT crm.redeem_coupon(:'solo', 1, 11, '2026-06-05 10:00+00') AS solo_on_a_bare_order;
 
+-- Budgets: one redemption a day of "daily one", 12.00 of discount in all
+-- of "twelve"; a refund that restores a coupon gives its budget back.
+INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
+	(15, 1, 1, 'pos', '2026-06-06 10:00+00', 50.00, 'r-15'), (16, 1, 1, 'pos', '2026-06-06 11:00+00', 50.00, 'r-16'),
+	(17, 1, 1, 'pos', '2026-06-07 10:00+00', 50.00, 'r-17');
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_from, valid_until, budget_count, budget_value, budget_period, stacking, restore_on_refund) VALUES
+	('daily one', 'amount_off', 1.00, NULL, '2036-01-01', 1, NULL, 'day', 'combinable', false),
+	('twelve', 'amount_off', 10.00, NULL, '2036-01-01', NULL, 12.00, NULL, 'combinable', true);
+SELECT pg_temp.coupon_error($$INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, budget_period) VALUES ('cap?', 'amount_off', 1, 1, 'day')$$) AS period_without_cap;
+CREATE TEMP TABLE budget_codes AS
+SELECT t.name, g.n, crm.issue_coupon(t.template_id, 1, NULL, '2026-06-06 09:00+00') AS code
+FROM crm.coupon_template t, pg_catalog.generate_series(1, 3) g(n) WHERE t.name IN ('daily one', 'twelve');
+SELECT crm.redeem_coupon((SELECT code FROM budget_codes WHERE name = 'daily one' AND n = 1), 1, 15, '2026-06-06 10:00+00') AS first_today;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 16, '2026-06-06 11:00+00')$$,
+	(SELECT code FROM budget_codes WHERE name = 'daily one' AND n = 2))) AS second_today;
+SELECT crm.redeem_coupon((SELECT code FROM budget_codes WHERE name = 'daily one' AND n = 2), 1, 17, '2026-06-07 10:00+00') AS tomorrow;
+SELECT crm.redeem_coupon((SELECT code FROM budget_codes WHERE name = 'twelve' AND n = 1), 1, 16, '2026-06-06 11:00+00') AS first_ten;
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 17, '2026-06-07 10:05+00')$$,
+	(SELECT code FROM budget_codes WHERE name = 'twelve' AND n = 2))) AS over_twelve;
+SELECT t.name, b.period_start, b.redeemed, b.discount FROM crm.coupon_budget b JOIN crm.coupon_template t USING (template_id) ORDER BY 1, 2;
+UPDATE crm.orders SET status = 'refunded' WHERE order_id = 16;
+SELECT b.redeemed, b.discount FROM crm.coupon_budget b JOIN crm.coupon_template t USING (template_id) WHERE t.name = 'twelve';
+SELECT crm.redeem_coupon((SELECT code FROM budget_codes WHERE name = 'twelve' AND n = 2), 1, 17, '2026-06-07 10:05+00') AS after_the_refund;
+
 -- The report per template.
 SELECT name, kind, issued, stock, open, reserved, redeemed, expired, redemption_rate, discount_given
 FROM crm.v_coupon_templates ORDER BY template_id;
@@ -176,6 +200,10 @@ SELECT * FROM crm.verify();
 UPDATE crm.coupon_usage SET used = used + 1 WHERE customer_id = 3 AND template_id = :two;
 SELECT invariant, customer_id, detail FROM crm.verify() WHERE invariant LIKE 'coupon%';
 UPDATE crm.coupon_usage SET used = used - 1 WHERE customer_id = 3 AND template_id = :two;
+UPDATE crm.coupon_budget SET redeemed = redeemed + 1 WHERE period_start = '-infinity';
+SELECT invariant, customer_id, detail FROM crm.verify() WHERE invariant LIKE 'coupon%';
+UPDATE crm.coupon_budget SET redeemed = redeemed - 1 WHERE period_start = '-infinity';
+SELECT pg_catalog.count(*) AS problems FROM crm.verify();
 
 -- 9. Bad input: a clear error, never a silent NULL.
 SELECT pg_temp.coupon_error($$SELECT crm.reserve_coupon(NULL, 1, 'r-1')$$) AS null_code;

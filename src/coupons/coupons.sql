@@ -13,7 +13,8 @@
 --
 -- Rejections have SQLSTATEs of their own (README, "Coupons"):
 --   CR301 unknown code    CR302 expired          CR303 not yet valid
---   CR304 out of stock    CR305 customer limit   CR307 not eligible
+--   CR304 out of stock    CR305 customer limit   CR306 budget spent
+--   CR307 not eligible
 --   CR308 used or reserved for another order     CR309 not the customer's
 --   CR310 does not stack with a coupon used on the order
 --
@@ -44,6 +45,9 @@ CREATE TABLE crm.coupon_template (
 		CHECK (stacking IN ('exclusive', 'combinable')),
 	percent_base		text NOT NULL DEFAULT 'before_discounts' CONSTRAINT coupon_template_percent_base_valid
 		CHECK (percent_base IN ('before_discounts', 'after_discounts')),
+	budget_count		bigint CONSTRAINT coupon_template_budget_count_positive CHECK (budget_count > 0),
+	budget_value		numeric(14,2) CONSTRAINT coupon_template_budget_value_positive CHECK (budget_value > 0),
+	budget_period		text CONSTRAINT coupon_template_budget_period_valid CHECK (budget_period IN ('day', 'week', 'month')),
 	enabled				boolean NOT NULL DEFAULT true,
 	CONSTRAINT coupon_template_kind_fields CHECK (CASE kind
 		WHEN 'amount_off' THEN amount_off IS NOT NULL AND percent_off IS NULL AND gift_sku IS NULL
@@ -53,10 +57,11 @@ CREATE TABLE crm.coupon_template (
 	CONSTRAINT coupon_template_cap_percent CHECK (max_discount IS NULL OR kind = 'percent_off'),
 	CONSTRAINT coupon_template_validity CHECK ((valid_until IS NULL) <> (valid_days IS NULL)),
 	CONSTRAINT coupon_template_window CHECK (valid_from IS NULL OR valid_until IS NULL OR valid_from < valid_until),
-	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock)
+	CONSTRAINT coupon_template_stock_held CHECK (stock IS NULL OR issued <= stock),
+	CONSTRAINT coupon_template_budget_has_cap CHECK (budget_period IS NULL OR budget_count IS NOT NULL OR budget_value IS NOT NULL)
 );
 COMMENT ON TABLE crm.coupon_template IS
-	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid), stacking (exclusive: alone on an order; combinable: with other combinable coupons of other templates), percent_base (a percent off the order''s amount before or after the discounts of the coupons used on it before)';
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid), stacking (exclusive: alone on an order; combinable: with other combinable coupons of other templates), percent_base (a percent off the order''s amount before or after the discounts of the coupons used on it before), budget_count and budget_value (redemptions and discount given per budget_period: day, week or month in the programme''s time zone; NULL: over the template''s life)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
@@ -103,6 +108,18 @@ CREATE TABLE crm.coupon_usage (
 );
 COMMENT ON TABLE crm.coupon_usage IS 'Coupons of a template each golden customer holds reserved or redeemed (counted against per_customer_limit)';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_usage', '');
+
+-- What each template's budget has spent per period (crm.coupon_take_budget
+-- locks the row): redemptions and the discount they gave.
+CREATE TABLE crm.coupon_budget (
+	template_id			integer NOT NULL REFERENCES crm.coupon_template (template_id),
+	period_start		timestamptz NOT NULL,
+	redeemed			bigint NOT NULL CONSTRAINT coupon_budget_redeemed_not_negative CHECK (redeemed >= 0),
+	discount			numeric(14,2) NOT NULL CONSTRAINT coupon_budget_discount_not_negative CHECK (discount >= 0),
+	PRIMARY KEY (template_id, period_start)
+);
+COMMENT ON TABLE crm.coupon_budget IS 'Redemptions and discount given per coupon template and budget period (period_start -infinity: the template''s whole life)';
+SELECT pg_catalog.pg_extension_config_dump('crm.coupon_budget', '');
 
 CREATE SEQUENCE crm.coupon_journal_id_seq;
 CREATE TABLE crm.coupon_journal (
@@ -498,6 +515,51 @@ $$;
 COMMENT ON FUNCTION crm.coupon_check_stacking(crm.coupon_template, bigint) IS
 	'Internal: CR310 when an order has a coupon already that a coupon of template t may not join (either exclusive, or the same template)';
 
+-- The start of the budget period of template t that time "at" falls in:
+-- the day, week or month in the loyalty programme's time zone, or
+-- -infinity for a budget over the template's whole life.
+CREATE FUNCTION crm.coupon_budget_period(t crm.coupon_template, at timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN t.budget_period IS NULL THEN '-infinity'::timestamptz
+            ELSE pg_catalog.date_trunc(t.budget_period, at, (SELECT p.time_zone FROM crm.loyalty_program p)) END;
+COMMENT ON FUNCTION crm.coupon_budget_period(crm.coupon_template, timestamptz) IS
+	'Internal: the start of the budget period of a coupon template that a time falls in (-infinity without a budget_period)';
+
+-- Counts n redemptions giving value against the budget of template t in
+-- the period of "at" (the budget row locked); CR306 past budget_count or
+-- budget_value.  n = -1 gives a redemption back (a restored coupon).
+CREATE FUNCTION crm.coupon_take_budget(t crm.coupon_template, at timestamptz, n integer, value numeric) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b crm.coupon_budget;
+BEGIN
+	IF t.budget_count IS NULL AND t.budget_value IS NULL THEN
+		RETURN;
+	END IF;
+	IF n < 0 THEN
+		-- (the row exists: the redemption given back was counted in it)
+		UPDATE crm.coupon_budget x SET redeemed = x.redeemed + n, discount = x.discount + n * value
+		WHERE x.template_id = t.template_id AND x.period_start = crm.coupon_budget_period(t, at);
+		RETURN;
+	END IF;
+	INSERT INTO crm.coupon_budget AS x (template_id, period_start, redeemed, discount)
+	VALUES (t.template_id, crm.coupon_budget_period(t, at), n, n * value)
+	ON CONFLICT (template_id, period_start) DO UPDATE SET redeemed = x.redeemed + excluded.redeemed, discount = x.discount + excluded.discount
+	RETURNING * INTO b;
+	IF b.redeemed > t.budget_count OR b.discount > t.budget_value THEN
+		RAISE EXCEPTION 'the budget of coupon template "%" is spent%: % redemptions (cap %), % of discount given (cap %)', t.name,
+			CASE WHEN t.budget_period IS NULL THEN '' ELSE ' for this ' || t.budget_period END,
+			b.redeemed - 1, COALESCE(t.budget_count::text, 'none'), b.discount - value, COALESCE(t.budget_value::text, 'none')
+			USING ERRCODE = 'CR306';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.coupon_take_budget(crm.coupon_template, timestamptz, integer, numeric) IS
+	'Internal: counts redemptions and their discount against a coupon template''s budget for the period (row locked); CR306 past budget_count or budget_value';
+
 CREATE FUNCTION crm.redeem_coupon(code text, customer_id bigint, order_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
 LANGUAGE plpgsql VOLATILE
@@ -547,6 +609,7 @@ BEGIN
 	d := crm.coupon_discount(t, o.net_amount - CASE WHEN t.percent_base = 'after_discounts'
 		THEN (SELECT COALESCE(pg_catalog.sum(k.discount), 0) FROM crm.coupon k WHERE k.order_id = o.order_id AND k.status = 'redeemed')
 		ELSE 0 END);
+	PERFORM crm.coupon_take_budget(t, at, 1, d);
 	UPDATE crm.coupon x SET status = 'redeemed', order_id = o.order_id, discount = d, redeemed_at = at,
 		order_ref = COALESCE(x.order_ref, o.external_ref), reserved_until = NULL
 	WHERE x.coupon_id = c.coupon_id;
@@ -556,7 +619,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.redeem_coupon(text, bigint, bigint, timestamptz) IS
-	'Uses a coupon on a paid order of the customer and returns the discount, exactly once: a retry on the same order returns the first result; consumes a reservation for the order (its external_ref or order id); CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR307 order below min_spend or not paid, CR308 used or reserved for another order, CR309 another customer''s, CR310 does not stack with a coupon used on the order, 23503 an order not the customer''s';
+	'Uses a coupon on a paid order of the customer and returns the discount, exactly once: a retry on the same order returns the first result; consumes a reservation for the order (its external_ref or order id); CR301 unknown code, CR302 expired, CR303 not yet valid, CR305 customer limit, CR306 budget spent, CR307 order below min_spend or not paid, CR308 used or reserved for another order, CR309 another customer''s, CR310 does not stack with a coupon used on the order, 23503 an order not the customer''s';
 
 -- ---------------------------------------------------------------------------
 -- Refunds: a fully refunded order gives its coupon back
@@ -590,6 +653,7 @@ BEGIN
 		UPDATE crm.coupon x SET status = 'issued', order_id = NULL, discount = NULL, redeemed_at = NULL, order_ref = NULL
 		WHERE x.coupon_id = c.coupon_id AND x.customer_id = c.customer_id;
 		PERFORM crm.coupon_take_use(crm.golden_customer(c.customer_id), c.template_id, -1);
+		PERFORM crm.coupon_take_budget(x, c.redeemed_at, -1, c.discount) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
 		INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_id, at)
 		VALUES (c.coupon_id, c.customer_id, 'restore', c.order_id, pg_catalog.now());
 	END LOOP;

@@ -240,6 +240,17 @@ FULL JOIN (SELECT COALESCE(r.merged_into, r.customer_id) AS golden, c.template_i
   ON k.golden = u.customer_id AND k.template_id = u.template_id
 WHERE COALESCE(u.used, 0) <> COALESCE(k.n, 0)
 UNION ALL
+SELECT 'coupon budget matches redemptions', NULL::bigint,
+       format('template %s, period from %s: %s redemptions and %s counted, %s and %s redeemed', COALESCE(b.template_id, k.template_id),
+              COALESCE(b.period_start, k.period_start), COALESCE(b.redeemed, 0), COALESCE(b.discount, 0), COALESCE(k.n, 0), COALESCE(k.d, 0))
+FROM (SELECT x.* FROM crm.coupon_budget x WHERE x.redeemed <> 0 OR x.discount <> 0) b
+FULL JOIN (SELECT c.template_id, crm.coupon_budget_period(t, c.redeemed_at) AS period_start, count(*) AS n, sum(c.discount) AS d
+           FROM crm.coupon c JOIN crm.coupon_template t ON t.template_id = c.template_id
+           WHERE c.status = 'redeemed' AND (t.budget_count IS NOT NULL OR t.budget_value IS NOT NULL)
+           GROUP BY 1, 2) k
+  ON k.template_id = b.template_id AND k.period_start = b.period_start
+WHERE COALESCE(b.redeemed, 0) <> COALESCE(k.n, 0) OR COALESCE(b.discount, 0) <> COALESCE(k.d, 0)
+UNION ALL
 SELECT 'coupon matches its journal', c.customer_id,
        format('coupon %s is %s, its last journal row says %s', c.coupon_id, c.status, COALESCE(j.change, 'nothing'))
 FROM crm.coupon c
@@ -253,4 +264,4 @@ ORDER BY 1, 2, 3;
 END
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
-	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend, coupon uses vs coupons and coupons vs their journal; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
+	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend, coupon uses vs coupons, coupon budgets vs redemptions and coupons vs their journal; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
