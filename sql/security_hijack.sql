@@ -293,7 +293,7 @@ INSERT INTO crm.event (customer_id, kind, at) VALUES (3, 'sign_in', '2026-06-21 
 SELECT crm.adjust_points(3, 500, 'goodwill', 'hj-adj-3', '2026-06-22') IS NOT NULL;
 SELECT crm.redeem_points(3, 100, 'hj-red-3', '2026-06-23') IS NOT NULL;
 SELECT crm.points_balance(3, '2026-06-24') IS NOT NULL, crm.qualifying_spend(3, '2026-06-24') IS NOT NULL;
-INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, per_customer_limit) VALUES ('hj coupon', 'amount_off', 5.00, 30, 3);
+INSERT INTO crm.coupon_template (name, kind, amount_off, valid_days, per_customer_limit, budget_count, budget_period) VALUES ('hj coupon', 'amount_off', 5.00, 30, 3, 100, 'day');
 SELECT crm.issue_coupon(t.template_id, 3, 'hj-cp-1', '2026-06-20') AS hj_code FROM crm.coupon_template t WHERE t.name OPERATOR(pg_catalog.=) 'hj coupon' \gset
 SELECT crm.issue_coupons(t.template_id, ARRAY[3, 4]::bigint[], '2026-06-20') FROM crm.coupon_template t WHERE t.name OPERATOR(pg_catalog.=) 'hj coupon';
 SELECT crm.reserve_coupon(:'hj_code', 3, 'hj-11', '15 minutes', '2026-06-20 10:00+00') IS NOT NULL AS reserved,
