@@ -190,6 +190,19 @@ UPDATE crm.orders SET status = 'refunded' WHERE order_id = 16;
 SELECT b.redeemed, b.discount FROM crm.coupon_budget b JOIN crm.coupon_template t USING (template_id) WHERE t.name = 'twelve';
 SELECT crm.redeem_coupon((SELECT code FROM budget_codes WHERE name = 'twelve' AND n = 2), 1, 17, '2026-06-07 10:05+00') AS after_the_refund;
 
+-- Eligible categories: min_spend and the discount count the order's
+-- fresh and dairy lines only (60.00 of 100.00 here).
+INSERT INTO crm.orders (order_id, customer_id, store_id, channel, ordered_at, amount, external_ref) VALUES
+	(18, 1, 1, 'pos', '2026-06-08 10:00+00', 100.00, 'r-18'), (19, 1, 1, 'pos', '2026-06-08 11:00+00', 30.00, 'r-19');
+INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount) VALUES
+	(18, 1, 'FRE-1', 'fresh', 1, 40.00), (18, 2, 'DAI-1', 'dairy', 1, 20.00), (18, 3, 'TOY-1', 'toys', 1, 40.00),
+	(19, 1, 'TOY-2', 'toys', 1, 30.00);
+INSERT INTO crm.coupon_template (name, kind, percent_off, min_spend, valid_days, eligible_categories) VALUES
+	('fresh week', 'percent_off', 50.00, 50.00, 30, '{fresh,dairy}');
+SELECT crm.issue_coupon(t.template_id, 1, NULL, '2026-06-08 09:00+00') AS fresh FROM crm.coupon_template t WHERE t.name = 'fresh week' \gset
+SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 19, '2026-06-08 11:30+00')$$, :'fresh')) AS only_toys;
+SELECT crm.redeem_coupon(:'fresh', 1, 18, '2026-06-08 10:30+00') AS half_of_60;
+
 -- The report per template.
 SELECT name, kind, issued, stock, open, reserved, redeemed, expired, redemption_rate, discount_given
 FROM crm.v_coupon_templates ORDER BY template_id;

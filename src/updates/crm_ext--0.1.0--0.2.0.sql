@@ -3352,6 +3352,8 @@ CREATE TABLE crm.coupon_template (
 	issued				bigint NOT NULL DEFAULT 0,
 	per_customer_limit	integer CONSTRAINT coupon_template_limit_positive CHECK (per_customer_limit > 0),
 	eligible_tiers		text[] CONSTRAINT coupon_template_tiers_given CHECK (pg_catalog.cardinality(eligible_tiers) > 0),
+	eligible_categories	text[] CONSTRAINT coupon_template_categories_given CHECK (pg_catalog.cardinality(eligible_categories) > 0),
+	eligible_skus		text[] CONSTRAINT coupon_template_skus_given CHECK (pg_catalog.cardinality(eligible_skus) > 0),
 	restore_on_refund	boolean NOT NULL DEFAULT false,
 	stacking			text NOT NULL DEFAULT 'exclusive' CONSTRAINT coupon_template_stacking_valid
 		CHECK (stacking IN ('exclusive', 'combinable')),
@@ -3373,7 +3375,7 @@ CREATE TABLE crm.coupon_template (
 	CONSTRAINT coupon_template_budget_has_cap CHECK (budget_period IS NULL OR budget_count IS NOT NULL OR budget_value IS NOT NULL)
 );
 COMMENT ON TABLE crm.coupon_template IS
-	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid), stacking (exclusive: alone on an order; combinable: with other combinable coupons of other templates), percent_base (a percent off the order''s amount before or after the discounts of the coupons used on it before), budget_count and budget_value (redemptions and discount given per budget_period: day, week or month in the programme''s time zone; NULL: over the template''s life)';
+	'What a coupon gives (kind: amount_off, percent_off with an optional max_discount, free_delivery, gift_item) and its rules: min_spend of the order, validity (a fixed window ending at valid_until, or valid_days from issue), stock (coupons that may be issued; issued counts them), per_customer_limit (coupons of the template a golden customer may hold reserved or redeemed), eligible_tiers (NULL: every tier), eligible_categories and eligible_skus (the coupon applies to the order''s lines of these: min_spend and the discount count them only; NULL: the whole order), restore_on_refund (a fully refunded order gives its coupon back while the coupon is valid), stacking (exclusive: alone on an order; combinable: with other combinable coupons of other templates), percent_base (a percent off the order''s amount before or after the discounts of the coupons used on it before), budget_count and budget_value (redemptions and discount given per budget_period: day, week or month in the programme''s time zone; NULL: over the template''s life)';
 COMMENT ON COLUMN crm.coupon_template.issued IS 'Coupons issued so far; never more than stock';
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.coupon_template_template_id_seq', '');
@@ -3872,6 +3874,21 @@ $$;
 COMMENT ON FUNCTION crm.coupon_take_budget(crm.coupon_template, timestamptz, integer, numeric) IS
 	'Internal: counts redemptions and their discount against a coupon template''s budget for the period (row locked); CR306 past budget_count or budget_value';
 
+-- What of order o a coupon of template t applies to: the order's net
+-- amount, or with eligible categories or skus the amount of its lines of
+-- those (scaled down as the order was partly refunded).
+CREATE FUNCTION crm.coupon_eligible_amount(t crm.coupon_template, o crm.orders) RETURNS numeric
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN t.eligible_categories IS NULL AND t.eligible_skus IS NULL THEN o.net_amount
+            WHEN o.amount = 0 THEN 0
+            ELSE pg_catalog.round(COALESCE((SELECT pg_catalog.sum(l.amount) FROM crm.order_line l
+                                             WHERE l.order_id = o.order_id
+                                               AND (l.category = ANY (t.eligible_categories) OR l.sku = ANY (t.eligible_skus))), 0)
+                                  * o.net_amount / o.amount, 2) END;
+COMMENT ON FUNCTION crm.coupon_eligible_amount(crm.coupon_template, crm.orders) IS
+	'Internal: the amount of an order a coupon of a template applies to: its net amount, or the amount of its lines in the eligible categories or skus (scaled as the order was refunded)';
+
 CREATE FUNCTION crm.redeem_coupon(code text, customer_id bigint, order_id bigint, at timestamptz DEFAULT pg_catalog.now())
 RETURNS numeric
 LANGUAGE plpgsql VOLATILE
@@ -3884,6 +3901,7 @@ DECLARE
 	o crm.orders;
 	t crm.coupon_template;
 	d numeric;
+	base numeric;
 BEGIN
 	IF order_id IS NULL OR at IS NULL OR NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'redeeming needs an order and a finite time' USING ERRCODE = 'null_value_not_allowed';
@@ -3913,14 +3931,17 @@ BEGIN
 		PERFORM crm.coupon_take_use(g, c.template_id, 1);
 	END IF;
 	SELECT * INTO t FROM crm.coupon_template x WHERE x.template_id = c.template_id;
-	IF o.status <> 'paid' OR o.net_amount < t.min_spend THEN
-		RAISE EXCEPTION 'order % does not qualify for coupon %: % spent, % needed', order_id, c.code, o.net_amount, t.min_spend
+	base := crm.coupon_eligible_amount(t, o);
+	IF o.status <> 'paid' OR base < t.min_spend OR base = 0 THEN
+		RAISE EXCEPTION 'order % does not qualify for coupon %: % spent%, % needed', order_id, c.code, base,
+			CASE WHEN t.eligible_categories IS NULL AND t.eligible_skus IS NULL THEN '' ELSE ' on eligible lines' END,
+			GREATEST(t.min_spend, 0.01)
 			USING ERRCODE = 'CR307';
 	END IF;
 	PERFORM crm.coupon_check_stacking(t, o.order_id);
-	d := crm.coupon_discount(t, o.net_amount - CASE WHEN t.percent_base = 'after_discounts'
+	d := crm.coupon_discount(t, GREATEST(base - CASE WHEN t.percent_base = 'after_discounts'
 		THEN (SELECT COALESCE(pg_catalog.sum(k.discount), 0) FROM crm.coupon k WHERE k.order_id = o.order_id AND k.status = 'redeemed')
-		ELSE 0 END);
+		ELSE 0 END, 0));
 	PERFORM crm.coupon_take_budget(t, at, 1, d);
 	UPDATE crm.coupon x SET status = 'redeemed', order_id = o.order_id, discount = d, redeemed_at = at,
 		order_ref = COALESCE(x.order_ref, o.external_ref), reserved_until = NULL
