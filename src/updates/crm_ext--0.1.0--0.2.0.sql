@@ -3331,8 +3331,9 @@ COMMENT ON FUNCTION crm.lock_rows(regclass, bigint[], text) IS
 --   CR310 does not stack with a coupon used on the order
 --
 -- Lock order (DEVELOPER.md): the golden customer FOR SHARE
--- (crm.lock_customer), then the template row (issuing), then the coupon
--- row, then the customer's usage row of the template (crm.coupon_usage).
+-- (crm.lock_customer), a redemption's order, the template row (issuing),
+-- the coupon row, the customer's usage row of the template
+-- (crm.coupon_usage), the template's budget row (crm.coupon_budget).
 -- ===========================================================================
 
 CREATE TABLE crm.coupon_template (
