@@ -203,6 +203,23 @@ SELECT crm.issue_coupon(t.template_id, 1, NULL, '2026-06-08 09:00+00') AS fresh 
 SELECT pg_temp.coupon_error(pg_catalog.format($$SELECT crm.redeem_coupon(%L, 1, 19, '2026-06-08 11:30+00')$$, :'fresh')) AS only_toys;
 SELECT crm.redeem_coupon(:'fresh', 1, 18, '2026-06-08 10:30+00') AS half_of_60;
 
+-- Tier benefits as coupons: gold and black members get a free-delivery
+-- coupon every month, silver and up a birthday gift in their birthday
+-- month; a second tick in the same period issues nothing.
+INSERT INTO crm.coupon_template (name, kind, valid_days) VALUES ('free delivery', 'free_delivery', 31);
+INSERT INTO crm.coupon_template (name, kind, gift_sku, valid_days) VALUES ('birthday gift', 'gift_item', 'GIFT-1', 30);
+INSERT INTO crm.tier_benefit_coupon (benefit, template_id, every)
+SELECT 'free_delivery', template_id, 'month' FROM crm.coupon_template WHERE name = 'free delivery'
+UNION ALL SELECT 'birthday_gift', template_id, 'birthday' FROM crm.coupon_template WHERE name = 'birthday gift';
+UPDATE crm.customer SET birthday = '1990-07-15' WHERE customer_id IN (1, 3);
+UPDATE crm.loyalty_account SET tier = 'silver' WHERE customer_id = 1;
+SELECT customer_id, tier FROM crm.loyalty_account ORDER BY 1;
+SELECT * FROM crm.tick('2026-07-02 00:00+00') WHERE task = 'tier_benefits';
+SELECT * FROM crm.tick('2026-07-20 00:00+00') WHERE task = 'tier_benefits';
+SELECT t.name, c.customer_id, c.issue_key FROM crm.coupon c JOIN crm.coupon_template t USING (template_id)
+WHERE c.issue_key LIKE 'benefit:%' ORDER BY 1, 2;
+SELECT * FROM crm.tick('2026-08-02 00:00+00') WHERE task = 'tier_benefits';
+
 -- The report per template.
 SELECT name, kind, issued, stock, open, reserved, redeemed, expired, redemption_rate, discount_given
 FROM crm.v_coupon_templates ORDER BY template_id;

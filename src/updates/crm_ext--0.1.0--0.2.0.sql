@@ -4113,6 +4113,78 @@ INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin, set_fn) VALU
 	('unmerge', 'coupons', 200, 'crm.coupons_on_merge(bigint, bigint)'::regprocedure, true, NULL);
 
 -- ---------------------------------------------------------------------------
+-- Tier benefits: crm.tier.benefits that come as coupons, issued by crm.tick
+-- ---------------------------------------------------------------------------
+
+-- Which coupon template a benefit of crm.tier.benefits gives, and how often:
+-- every month, or once a year in the customer's birthday month.  A benefit
+-- no row names (concierge, say) is a service, not a coupon.
+CREATE TABLE crm.tier_benefit_coupon (
+	benefit				text PRIMARY KEY CONSTRAINT tier_benefit_coupon_name_format CHECK (benefit ~ '^[a-z][a-z0-9_]{0,39}$'),
+	template_id			integer NOT NULL REFERENCES crm.coupon_template (template_id),
+	every				text NOT NULL CONSTRAINT tier_benefit_coupon_every_valid CHECK (every IN ('month', 'birthday'))
+);
+COMMENT ON TABLE crm.tier_benefit_coupon IS
+	'The tier benefits (keys of crm.tier.benefits set to true) that come as a coupon of template_id: every month, or every year in the member''s birthday month (every = birthday); issued by the tick task tier_benefits, once per member and period';
+SELECT pg_catalog.pg_extension_config_dump('crm.tier_benefit_coupon', '');
+
+CREATE FUNCTION crm.tier_benefits(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
+AS $$
+-- For each benefit that comes as a coupon, one coupon to every golden
+-- member whose tier has it (and, yearly, whose birthday month it is in the
+-- programme's time zone), once per period: the period is in the coupon's
+-- issue key (benefit:<benefit>:<period>:<customer>), which is unique, so a
+-- second tick in the same period issues nothing.  Returns the coupons issued.
+DECLARE
+	b record;
+	tz text := (SELECT p.time_zone FROM crm.loyalty_program p);
+	period text;
+	members bigint[];
+	n bigint := 0;
+BEGIN
+	IF crm.on_citus() THEN
+		RETURN 0;		-- coupons do not run on a cluster yet
+	END IF;
+	FOR b IN SELECT * FROM crm.tier_benefit_coupon x ORDER BY x.benefit LOOP
+		period := pg_catalog.to_char(at AT TIME ZONE tz, CASE b.every WHEN 'month' THEN 'YYYY-MM' ELSE 'YYYY' END);
+		members := ARRAY(
+			SELECT a.customer_id
+			FROM crm.loyalty_account a
+			JOIN crm.tier t ON t.tier = a.tier AND (t.benefits ->> b.benefit) = 'true'
+			JOIN crm.customer c ON c.customer_id = a.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL
+			WHERE (b.every = 'month' OR pg_catalog.date_part('month', c.birthday) = pg_catalog.date_part('month', at AT TIME ZONE tz))
+			  AND NOT EXISTS (SELECT 1 FROM crm.coupon k
+			                  WHERE k.issue_key = pg_catalog.format('benefit:%s:%s:%s', b.benefit, period, a.customer_id))
+			ORDER BY 1);
+		IF members = '{}' THEN
+			CONTINUE;
+		END IF;
+		PERFORM crm.lock_rows('crm.customer', members, 'SHARE');
+		WITH t AS (SELECT crm.coupon_take_stock(b.template_id, pg_catalog.cardinality(members), at) AS t),
+		made AS (
+			INSERT INTO crm.coupon (code, template_id, customer_id, issued_at, valid_from, valid_until, issue_key)
+			SELECT crm.coupon_code(), (t.t).template_id, u.c, at, GREATEST(COALESCE((t.t).valid_from, at), at),
+			       COALESCE((t.t).valid_until, at + pg_catalog.make_interval(days => (t.t).valid_days)),
+			       pg_catalog.format('benefit:%s:%s:%s', b.benefit, period, u.c)
+			FROM t, pg_catalog.unnest(members) u(c)
+			RETURNING coupon_id, customer_id),
+		j AS (
+			INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, at)
+			SELECT m.coupon_id, m.customer_id, 'issue', at FROM made m)
+		SELECT n + pg_catalog.count(*) INTO n FROM made;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.tier_benefits(timestamptz) IS
+	'crm.tick task: issues the coupons of the tier benefits in crm.tier_benefit_coupon to every golden member whose tier has them (yearly ones in the birthday month), once per member and period (the period is in the issue key); returns how many; idempotent';
+INSERT INTO crm.tick_task (task, run_order, fn, builtin)
+	VALUES ('tier_benefits', 130, 'crm.tier_benefits(timestamptz)'::regprocedure, true);
+
+-- ---------------------------------------------------------------------------
 -- Reports
 -- ---------------------------------------------------------------------------
 CREATE VIEW crm.v_coupon_templates AS
