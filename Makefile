@@ -78,7 +78,8 @@ PREDICTION_SQL = \
 	src/prediction/associations.sql \
 	src/prediction/replenishment.sql
 COUPONS_SQL = \
-	src/coupons/coupons.sql
+	src/coupons/coupons.sql \
+	src/rewards/rewards.sql
 SCALE_SQL = \
 	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.

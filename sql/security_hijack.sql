@@ -300,6 +300,10 @@ SELECT crm.reserve_coupon(:'hj_code', 3, 'hj-11', '15 minutes', '2026-06-20 10:0
        crm.release_coupon(:'hj_code', 3, 'hj-11', '2026-06-20 10:01+00') AS released,
        crm.redeem_coupon(:'hj_code', 3, 900011, '2026-06-20 10:05+00') AS discount;
 SELECT pg_catalog.count(*) FROM crm.coupons_expiring('30 days', '2026-06-25');
+INSERT INTO crm.reward (name, kind, points_price, template_id, stock, per_customer_limit, eligible_tiers)
+SELECT 'hj reward', 'goods', 10, t.template_id, 5, 2, ARRAY(SELECT x.tier FROM crm.tier x) FROM crm.coupon_template t WHERE t.name OPERATOR(pg_catalog.=) 'hj coupon';
+SELECT pg_catalog.cardinality(crm.exchange_points(3, r.reward_id, 1, 'hj-ex-1', '2026-06-24')) FROM crm.reward r WHERE r.name OPERATOR(pg_catalog.=) 'hj reward';
+SELECT name, exchanged FROM crm.v_rewards;
 SELECT crm.reassign_order(900011, 4, 'hijack test: wrong card') IS NOT NULL;
 INSERT INTO crm.customer (customer_id, name) VALUES (900021, 'hj d'), (900022, 'hj e');
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('email', 'hj-other@example.com', 900021);

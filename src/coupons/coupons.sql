@@ -410,8 +410,7 @@ BEGIN
 	IF t.eligible_tiers IS NULL THEN
 		RETURN;
 	END IF;
-	tier := COALESCE((SELECT a.tier FROM crm.loyalty_account a WHERE a.customer_id = golden),
-	                 (SELECT x.tier FROM crm.tier x ORDER BY x.rank LIMIT 1));
+	tier := crm.customer_tier(golden);
 	IF tier IS NULL OR NOT tier = ANY (t.eligible_tiers) THEN
 		RAISE EXCEPTION 'coupons of template "%" are for tiers %, customer % is %', t.name,
 			pg_catalog.array_to_string(t.eligible_tiers, ', '), golden, tier

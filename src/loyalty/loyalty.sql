@@ -745,6 +745,16 @@ $$;
 COMMENT ON FUNCTION crm.loyalty_recompute_spend(bigint) IS
 	'Internal: rebuilds an account''s monthly qualifying-spend buckets from its orders (after merges): crm.loyalty_recompute_spends for one';
 
+-- A golden customer's tier: its account's, or the lowest tier for a
+-- customer without an account (one who has earned nothing yet).
+CREATE FUNCTION crm.customer_tier(golden bigint) RETURNS text
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN COALESCE((SELECT a.tier FROM crm.loyalty_account a WHERE a.customer_id = golden),
+                (SELECT x.tier FROM crm.tier x ORDER BY x.rank LIMIT 1));
+COMMENT ON FUNCTION crm.customer_tier(bigint) IS
+	'The tier of a golden customer: its loyalty account''s, or the lowest tier without an account';
+
 CREATE FUNCTION crm.loyalty_ensure_account(customer_id bigint, at timestamptz) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
