@@ -71,3 +71,29 @@ cp_bad=$(psql -X -At -c "SELECT count(*) FROM bench_storm_try t JOIN bench_storm
 bench_row "coupons: storm of $cp_tx redemptions of 1,000 coupons ($cp_tps TPS)" \
 	"$(awk -v a="$cp_t0" -v b="$cp_t1" 'BEGIN { printf "%.3f", b - a }')" "-" "$cp_note; $cp_bad accepted on a losing order"
 bench_sql "DROP FUNCTION bench_redeem(int, boolean); DROP TABLE bench_storm, bench_storm_try"
+
+# Exchanges: 2 pgbench clients exchange points for a reward (unlimited
+# stock) for random members with enough points now, each with a new key; the
+# TPS, against crm.redeem_points of the same points for the same members
+# (the points half alone: the exchange adds the reward row and the coupon).
+bench_sql "INSERT INTO crm.coupon_template (name, kind, gift_sku, valid_days) VALUES ('bench gift', 'gift_item', 'GIFT-B', 30);
+	INSERT INTO crm.reward (name, kind, points_price, template_id)
+	SELECT 'bench gift', 'goods', 1, template_id FROM crm.coupon_template WHERE name = 'bench gift';
+	CREATE TABLE bench_rich AS SELECT row_number() OVER (ORDER BY customer_id) AS k, customer_id FROM crm.loyalty_account
+	WHERE crm.ledger_balance(ledger, now()) >= 1000;
+	CREATE UNIQUE INDEX ON bench_rich (k)"
+cp_rich=$(psql -X -At -c "SELECT count(*) FROM bench_rich")
+cp_r=$(psql -X -At -c "SELECT reward_id FROM crm.reward WHERE name = 'bench gift'")
+cat >"$BENCH_OUT/exchange.pgbench" <<EOS
+\\set k random(1, $cp_rich)
+SELECT crm.exchange_points(customer_id, $cp_r, 1, 'bx-' || :client_id || '-' || nextval('crm.reward_exchange_id_seq') || '-' || :k) FROM bench_rich WHERE k = :k;
+EOS
+cat >"$BENCH_OUT/redeem.pgbench" <<EOS
+\\set k random(1, $cp_rich)
+SELECT crm.redeem_points(customer_id, 1, 'br-' || :client_id || '-' || nextval('crm.reward_exchange_id_seq') || '-' || :k) FROM bench_rich WHERE k = :k;
+EOS
+cp_ex=$(bench_tps "$PGDATABASE" "$BENCH_OUT/exchange.pgbench" "${BENCH_PGBENCH_SECONDS:-30}")
+cp_rd=$(bench_tps "$PGDATABASE" "$BENCH_OUT/redeem.pgbench" "${BENCH_PGBENCH_SECONDS:-30}")
+bench_floor_row "rewards: exchange_points (1 point, 1 coupon) vs redeem_points of the points alone, 2 clients" tps "$cp_ex" "$cp_rd" \
+	"$cp_rich members with 1,000 points or more"
+bench_sql "DROP TABLE bench_rich"
