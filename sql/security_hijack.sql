@@ -338,6 +338,7 @@ WHERE p.pronamespace OPERATOR(pg_catalog.=) 'crm'::pg_catalog.regnamespace AND p
                                                'crm.rebuild_customer_stats_on_shard(regclass,bigint[],timestamptz)',
                                                'crm.segmentation_tick_on_shard(regclass,timestamptz)',
                                                'crm.stitch_strays_by_record()', 'crm.stitch_move_by_merged()',
-                                               'crm.move_rows_on_citus(regclass,text,text,bigint[],bigint[],bigint)']::pg_catalog.regprocedure[])
+                                               'crm.move_rows_on_citus(regclass,text,text,bigint[],bigint[],bigint)',
+                                               'crm.citus_one_connection_per_worker()']::pg_catalog.regprocedure[])
 ORDER BY 1;
 ROLLBACK;

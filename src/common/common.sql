@@ -65,6 +65,23 @@ $$;
 COMMENT ON FUNCTION crm.set_local_on_cluster(text, text) IS
 	'Internal (Citus): SET LOCAL setting = value on the coordinator and on the workers of this transaction';
 
+-- For the rest of the transaction, Citus runs a statement over several
+-- shards through one connection per worker, the one that already holds this
+-- transaction's row locks there: a second connection of the same
+-- transaction waiting for a row lock the first holds waits for itself
+-- (Citus then cancels it as a distributed deadlock).  Merges, unmerges and
+-- stitching lock customers row by row and then move rows over all shards.
+CREATE FUNCTION crm.citus_one_connection_per_worker() RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+END
+$$;
+COMMENT ON FUNCTION crm.citus_one_connection_per_worker() IS
+	'Internal (Citus): multi-shard statements of this transaction run over one connection per worker, the one holding its row locks';
+
 -- Locks the rows of customers ids in per-customer table tbl FOR strength
 -- (UPDATE, NO KEY UPDATE, SHARE), in customer_id order (DEVELOPER.md, "Lock
 -- order"): one statement on one node, one per customer on Citus, which
@@ -85,6 +102,7 @@ BEGIN
 		                          'ORDER BY t.customer_id FOR %s) x', tbl, strength) USING ids;
 		RETURN;
 	END IF;
+	PERFORM crm.citus_one_connection_per_worker();
 	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
 		EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %s t WHERE t.customer_id OPERATOR(pg_catalog.=) $1 FOR %s) x',
 		                          tbl, strength) USING id;
@@ -188,6 +206,7 @@ BEGIN
 	INTO cols, vals
 	FROM pg_catalog.pg_attribute x
 	WHERE x.attrelid = tbl AND x.attnum > 0 AND NOT x.attisdropped AND x.attgenerated = '';
+	PERFORM crm.citus_one_connection_per_worker();
 	PERFORM crm.set_local_on_cluster('session_replication_role', 'replica');
 	RETURN QUERY EXECUTE pg_catalog.format(
 		'WITH gone AS (DELETE FROM %1$s t %2$s RETURNING t.*, %3$s AS crm_to), '

@@ -3241,6 +3241,7 @@ BEGIN
 	INTO cols, vals
 	FROM pg_catalog.pg_attribute x
 	WHERE x.attrelid = tbl AND x.attnum > 0 AND NOT x.attisdropped AND x.attgenerated = '';
+	PERFORM crm.citus_one_connection_per_worker();
 	PERFORM crm.set_local_on_cluster('session_replication_role', 'replica');
 	RETURN QUERY EXECUTE pg_catalog.format(
 		'WITH gone AS (DELETE FROM %1$s t %2$s RETURNING t.*, %3$s AS crm_to), '
@@ -3301,6 +3302,7 @@ BEGIN
 		                          'ORDER BY t.customer_id FOR %s) x', tbl, strength) USING ids;
 		RETURN;
 	END IF;
+	PERFORM crm.citus_one_connection_per_worker();
 	FOR id IN SELECT DISTINCT u.id FROM pg_catalog.unnest(ids) u(id) ORDER BY 1 LOOP
 		EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM (SELECT 1 FROM %s t WHERE t.customer_id OPERATOR(pg_catalog.=) $1 FOR %s) x',
 		                          tbl, strength) USING id;
@@ -4358,6 +4360,18 @@ SELECT r.reward_id, r.name, r.kind, r.points_price, r.stock, r.exchanged,
 FROM crm.reward r LEFT JOIN crm.reward_exchange e ON e.reward_id = r.reward_id
 GROUP BY r.reward_id;
 COMMENT ON VIEW crm.v_rewards IS 'Per reward: stock, units exchanged, exchanges, points spent and members who took it';
+
+CREATE OR REPLACE FUNCTION crm.citus_one_connection_per_worker() RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+END
+$$;
+COMMENT ON FUNCTION crm.citus_one_connection_per_worker() IS
+	'Internal (Citus): multi-shard statements of this transaction run over one connection per worker, the one holding its row locks';
+
 
 -- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
