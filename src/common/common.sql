@@ -65,18 +65,20 @@ $$;
 COMMENT ON FUNCTION crm.set_local_on_cluster(text, text) IS
 	'Internal (Citus): SET LOCAL setting = value on the coordinator and on the workers of this transaction';
 
--- For the rest of the transaction, Citus runs a statement over several
--- shards through one connection per worker, the one that already holds this
--- transaction's row locks there: a second connection of the same
--- transaction waiting for a row lock the first holds waits for itself
--- (Citus then cancels it as a distributed deadlock).  Merges, unmerges and
--- stitching lock customers row by row and then move rows over all shards.
+-- For the rest of the transaction, Citus reaches each worker through one
+-- connection, the one that already holds this transaction's row locks and
+-- writes there: a placement written over two connections cannot be read by
+-- a later query over several shards ("modified over multiple
+-- connections"), and a second connection waiting for a row lock the first
+-- holds waits for itself.  Merges, unmerges, stitching and the tick call
+-- this first: they write row by row and then read and write over all shards.
 CREATE FUNCTION crm.citus_one_connection_per_worker() RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	PERFORM pg_catalog.set_config('citus.max_adaptive_executor_pool_size', '1', true);
 END
 $$;
 COMMENT ON FUNCTION crm.citus_one_connection_per_worker() IS

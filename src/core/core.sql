@@ -466,6 +466,9 @@ AS $$
 DECLARE
 	t record;
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
 			USING ERRCODE = 'invalid_parameter_value';

@@ -261,6 +261,9 @@ DECLARE
 	n_parked bigint;
 	mid bigint;
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	-- Citus plans a statement on a distributed table for its values (a
 	-- generic plan cannot route it): custom plans there.
 	IF crm.on_citus() THEN
@@ -430,6 +433,9 @@ DECLARE
 	g bigint;
 	sub bigint[];
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -576,6 +582,9 @@ DECLARE
 	h bigint;
 	n integer := 0;
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	-- Citus plans a statement on a distributed table for its values (a
 	-- generic plan cannot route it): custom plans there.
 	IF crm.on_citus() THEN
@@ -902,6 +911,9 @@ DECLARE
 	g bigint;
 	citus boolean := crm.on_citus();
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	merges := 0;
 	rows_redirected := 0;
 	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;

@@ -707,6 +707,9 @@ DECLARE
 	h bigint;
 	n integer := 0;
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	-- Citus plans a statement on a distributed table for its values (a
 	-- generic plan cannot route it): custom plans there.
 	IF crm.on_citus() THEN
@@ -1640,6 +1643,9 @@ DECLARE
 	n_parked bigint;
 	mid bigint;
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	-- Citus plans a statement on a distributed table for its values (a
 	-- generic plan cannot route it): custom plans there.
 	IF crm.on_citus() THEN
@@ -1806,6 +1812,9 @@ DECLARE
 	g bigint;
 	citus boolean := crm.on_citus();
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	merges := 0;
 	rows_redirected := 0;
 	SELECT pg_catalog.count(*) INTO reviews_before FROM crm.identity_review;
@@ -2019,6 +2028,9 @@ DECLARE
 	g bigint;
 	sub bigint[];
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	IF merge_id IS NULL THEN
 		RAISE EXCEPTION 'crm.unmerge needs a merge_id'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -2714,6 +2726,9 @@ AS $$
 DECLARE
 	t record;
 BEGIN
+	IF crm.on_citus() THEN
+		PERFORM crm.citus_one_connection_per_worker();
+	END IF;
 	IF NOT pg_catalog.isfinite(at) THEN
 		RAISE EXCEPTION 'crm.tick needs a finite time, not %', at
 			USING ERRCODE = 'invalid_parameter_value';
@@ -4367,6 +4382,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	PERFORM pg_catalog.set_config('citus.max_adaptive_executor_pool_size', '1', true);
 END
 $$;
 COMMENT ON FUNCTION crm.citus_one_connection_per_worker() IS
