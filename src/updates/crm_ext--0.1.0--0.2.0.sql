@@ -3533,8 +3533,9 @@ COMMENT ON FUNCTION crm.coupon_take_stock(integer, bigint, timestamptz) IS
 	'Internal: takes n coupons of the template''s stock (row locked); CR307 disabled, CR302 ended, CR304 not enough left, 23503 unknown template';
 
 -- The coupons of template t for customers (golden ids), issued at "at", in
--- one statement; journaled.  Returns them.
-CREATE FUNCTION crm.coupon_insert(t crm.coupon_template, customers bigint[], issue_key text, at timestamptz)
+-- one statement; journaled.  issue_keys, when given, holds each one's key
+-- (same order).  Returns them.
+CREATE FUNCTION crm.coupon_insert(t crm.coupon_template, customers bigint[], issue_keys text[], at timestamptz)
 RETURNS SETOF crm.coupon
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -3544,8 +3545,8 @@ BEGIN
 	WITH made AS (
 		INSERT INTO crm.coupon (code, template_id, customer_id, issued_at, valid_from, valid_until, issue_key)
 		SELECT crm.coupon_code(), t.template_id, u.c, at, GREATEST(COALESCE(t.valid_from, at), at),
-		       COALESCE(t.valid_until, at + pg_catalog.make_interval(days => t.valid_days)), issue_key
-		FROM pg_catalog.unnest(customers) u(c)
+		       COALESCE(t.valid_until, at + pg_catalog.make_interval(days => t.valid_days)), u.k
+		FROM ROWS FROM (pg_catalog.unnest(customers), pg_catalog.unnest(issue_keys)) u(c, k)
 		RETURNING *),
 	j AS (
 		INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, at)
@@ -3553,8 +3554,8 @@ BEGIN
 	SELECT * FROM made;
 END
 $$;
-COMMENT ON FUNCTION crm.coupon_insert(crm.coupon_template, bigint[], text, timestamptz) IS
-	'Internal: inserts and journals the coupons of a template for golden customers';
+COMMENT ON FUNCTION crm.coupon_insert(crm.coupon_template, bigint[], text[], timestamptz) IS
+	'Internal: inserts and journals the coupons of a template for golden customers (with their issue keys, when given)';
 
 CREATE FUNCTION crm.issue_coupon(template integer, customer_id bigint, issue_key text DEFAULT NULL,
 	at timestamptz DEFAULT pg_catalog.now())
@@ -3585,7 +3586,7 @@ BEGIN
 		END IF;
 	END IF;
 	BEGIN
-		SELECT * INTO c FROM crm.coupon_insert(crm.coupon_take_stock(template, 1, at), ARRAY[g], issue_key, at);
+		SELECT * INTO c FROM crm.coupon_insert(crm.coupon_take_stock(template, 1, at), ARRAY[g], ARRAY[issue_key], at);
 	EXCEPTION WHEN unique_violation THEN
 		-- a concurrent issue with the same key committed first: its coupon
 		-- (the stock this one took is given back with the subtransaction)
@@ -3692,24 +3693,32 @@ $$;
 COMMENT ON FUNCTION crm.coupon_take_use(bigint, integer, integer) IS
 	'Internal: counts delta uses of a template for a golden customer (the usage row locked); CR305 past the template''s per_customer_limit';
 
--- A reservation that has expired is released where it is found (the same
--- as crm.tick would), so that the coupon can be used.
-CREATE FUNCTION crm.coupon_release_row(c crm.coupon, at timestamptz) RETURNS crm.coupon
+-- A coupon (locked by the caller) back to issued, its use given back and
+-- the change journaled: a reservation released ('release', also one that
+-- lapsed, found by the tick or the next checkout), or a redemption undone
+-- by a refund ('restore', the budget's share given back too).
+CREATE FUNCTION crm.coupon_give_back(c crm.coupon, change text, at timestamptz) RETURNS crm.coupon
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	was crm.coupon := c;
 BEGIN
-	UPDATE crm.coupon x SET status = 'issued', order_ref = NULL, reserved_until = NULL
+	UPDATE crm.coupon x SET status = 'issued', order_ref = NULL, reserved_until = NULL,
+		order_id = NULL, discount = NULL, redeemed_at = NULL
 	WHERE x.coupon_id = c.coupon_id AND x.customer_id = c.customer_id
 	RETURNING * INTO c;
 	PERFORM crm.coupon_take_use(crm.golden_customer(c.customer_id), c.template_id, -1);
-	INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_ref, at)
-	VALUES (c.coupon_id, c.customer_id, 'release', NULL, at);
+	IF was.status = 'redeemed' THEN
+		PERFORM crm.coupon_take_budget(x, was.redeemed_at, -1, was.discount) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
+	END IF;
+	INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_id, at)
+	VALUES (c.coupon_id, c.customer_id, change, was.order_id, at);
 	RETURN c;
 END
 $$;
-COMMENT ON FUNCTION crm.coupon_release_row(crm.coupon, timestamptz) IS
-	'Internal: releases a reserved coupon (locked by the caller): issued again, its use given back, journaled';
+COMMENT ON FUNCTION crm.coupon_give_back(crm.coupon, text, timestamptz) IS
+	'Internal: a reserved or redeemed coupon (locked by the caller) issued again, its use (and a redemption''s budget share) given back, journaled as change (release or restore)';
 
 -- Refuses a coupon that cannot be used at "at": expired (CR302), not yet
 -- valid (CR303), used or reserved for another order (CR308).
@@ -3781,7 +3790,7 @@ BEGIN
 		RETURN c.reserved_until;		-- a retry: the first reservation stands
 	END IF;
 	IF c.status = 'reserved' AND c.reserved_until <= at THEN
-		c := crm.coupon_release_row(c, at);
+		c := crm.coupon_give_back(c, 'release', at);
 	END IF;
 	PERFORM crm.coupon_check_usable(c, at);
 	PERFORM crm.coupon_check_eligible(x, g) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
@@ -3814,7 +3823,7 @@ BEGIN
 	IF c.status <> 'reserved' OR c.order_ref <> release_coupon.order_ref THEN
 		RETURN false;
 	END IF;
-	PERFORM crm.coupon_release_row(c, at);
+	PERFORM crm.coupon_give_back(c, 'release', at);
 	RETURN true;
 END
 $$;
@@ -3948,7 +3957,7 @@ BEGIN
 	-- A live reservation for this order (its reference, or the order id) is
 	-- consumed; a lapsed one is released first; any other is refused.
 	IF c.status = 'reserved' AND c.reserved_until <= at THEN
-		c := crm.coupon_release_row(c, at);
+		c := crm.coupon_give_back(c, 'release', at);
 	END IF;
 	IF c.status = 'reserved' AND c.order_ref IN (o.external_ref, o.order_id::text) THEN
 		PERFORM 1;						-- its use is counted already
@@ -4010,12 +4019,7 @@ BEGIN
 		ORDER BY k.coupon_id
 		FOR UPDATE OF k
 	LOOP
-		UPDATE crm.coupon x SET status = 'issued', order_id = NULL, discount = NULL, redeemed_at = NULL, order_ref = NULL
-		WHERE x.coupon_id = c.coupon_id AND x.customer_id = c.customer_id;
-		PERFORM crm.coupon_take_use(crm.golden_customer(c.customer_id), c.template_id, -1);
-		PERFORM crm.coupon_take_budget(x, c.redeemed_at, -1, c.discount) FROM crm.coupon_template x WHERE x.template_id = c.template_id;
-		INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, order_id, at)
-		VALUES (c.coupon_id, c.customer_id, 'restore', c.order_id, pg_catalog.now());
+		PERFORM crm.coupon_give_back(c, 'restore', pg_catalog.now());
 	END LOOP;
 	RETURN NULL;
 END
@@ -4048,7 +4052,7 @@ BEGIN
 		  AND x.status = 'reserved' AND x.reserved_until <= at
 		FOR UPDATE SKIP LOCKED;
 		IF FOUND THEN
-			PERFORM crm.coupon_release_row(c, at);
+			PERFORM crm.coupon_give_back(c, 'release', at);
 			n := n + 1;
 		END IF;
 	END LOOP;
@@ -4189,18 +4193,10 @@ BEGIN
 			CONTINUE;
 		END IF;
 		PERFORM crm.lock_rows('crm.customer', members, 'SHARE');
-		WITH t AS (SELECT crm.coupon_take_stock(b.template_id, pg_catalog.cardinality(members), at) AS t),
-		made AS (
-			INSERT INTO crm.coupon (code, template_id, customer_id, issued_at, valid_from, valid_until, issue_key)
-			SELECT crm.coupon_code(), (t.t).template_id, u.c, at, GREATEST(COALESCE((t.t).valid_from, at), at),
-			       COALESCE((t.t).valid_until, at + pg_catalog.make_interval(days => (t.t).valid_days)),
-			       pg_catalog.format('benefit:%s:%s:%s', b.benefit, period, u.c)
-			FROM t, pg_catalog.unnest(members) u(c)
-			RETURNING coupon_id, customer_id),
-		j AS (
-			INSERT INTO crm.coupon_journal (coupon_id, customer_id, change, at)
-			SELECT m.coupon_id, m.customer_id, 'issue', at FROM made m)
-		SELECT n + pg_catalog.count(*) INTO n FROM made;
+		n := n + (SELECT pg_catalog.count(*) FROM crm.coupon_insert(
+			crm.coupon_take_stock(b.template_id, pg_catalog.cardinality(members), at), members,
+			ARRAY(SELECT pg_catalog.format('benefit:%s:%s:%s', b.benefit, period, u.c) FROM pg_catalog.unnest(members) WITH ORDINALITY u(c, i) ORDER BY u.i),
+			at));
 	END LOOP;
 	RETURN n;
 END
