@@ -80,12 +80,19 @@ PREDICTION_SQL = \
 COUPONS_SQL = \
 	src/coupons/coupons.sql \
 	src/rewards/rewards.sql
+WALLET_SQL = \
+	src/wallet/wallet.sql
 SCALE_SQL = \
 	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.
 VERIFY_SQL = \
 	src/verify/verify.sql
-SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(COUPONS_SQL) $(SCALE_SQL) $(VERIFY_SQL)
+SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(COUPONS_SQL) $(WALLET_SQL) $(SCALE_SQL) $(VERIFY_SQL)
+# crm.generate_sample_activity calls every feature (coupons, rewards,
+# loyalty), so it comes after all of them.
+SAMPLE_ACTIVITY_SQL = \
+	src/core/sample_activity.sql
+SQL_SOURCES += $(SAMPLE_ACTIVITY_SQL)
 
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(wildcard src/updates/$(EXTENSION)--*.sql)

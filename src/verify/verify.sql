@@ -260,8 +260,12 @@ WHERE j.change IS NULL
    OR c.status <> CASE j.change WHEN 'reserve' THEN 'reserved' WHEN 'redeem' THEN 'redeemed' WHEN 'expire' THEN 'expired' ELSE 'issued' END
    OR (c.status = 'redeemed' AND c.discount IS DISTINCT FROM j.discount)
 
+-- Stored value: every wallet equals its journal, every transaction balances.
+UNION ALL
+SELECT w.invariant, w.customer_id, w.detail FROM crm.verify_wallets() w
+
 ORDER BY 1, 2, 3;
 END
 $$;
 COMMENT ON FUNCTION crm.verify(timestamptz) IS
-	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend, coupon uses vs coupons, coupon budgets vs redemptions and coupons vs their journal; with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
+	'Every violated cross-feature invariant, one row each (invariant, customer, detail): ledgers vs journal, customer_stats vs a rebuild, rule tags vs their rules, rows on their origin''s golden customer, the order path''s references, no merge chains, nothing on merged records, accounts for paid orders, rolling spend vs orders, tier vs rolling spend, coupon uses vs coupons, coupon budgets vs redemptions, coupons vs their journal and the stored-value ledger (crm.verify_wallets); with "at", also what crm.tick(at) leaves (stages, time-dependent tags, tiers lowered after the hold).  Empty when all is well';
