@@ -304,6 +304,17 @@ INSERT INTO crm.reward (name, kind, points_price, template_id, stock, per_custom
 SELECT 'hj reward', 'goods', 10, t.template_id, 5, 2, ARRAY(SELECT x.tier FROM crm.tier x) FROM crm.coupon_template t WHERE t.name OPERATOR(pg_catalog.=) 'hj coupon';
 SELECT pg_catalog.cardinality(crm.exchange_points(3, r.reward_id, 1, 'hj-ex-1', '2026-06-24')) FROM crm.reward r WHERE r.name OPERATOR(pg_catalog.=) 'hj reward';
 SELECT name, exchanged FROM crm.v_rewards;
+SELECT crm.wallet_top_up(3, 50.00, 'hj-top-3', bonus => 5.00, at => '2026-06-24') IS NOT NULL AS topped_up,
+       crm.wallet_pay(3, 12.00, 'hj-pay-3', order_id => 900011, at => '2026-06-24 01:00+00') IS NOT NULL AS paid,
+       crm.wallet_hold(3, 10.00, 'hj-hold-3', 'hj-pos', at => '2026-06-24 02:00+00') IS NOT NULL AS held,
+       crm.wallet_capture('hj-hold-3', 7.50, at => '2026-06-24 02:05+00') IS NOT NULL AS captured,
+       crm.wallet_hold(3, 1.00, 'hj-hold-4', 'hj-pos', at => '2026-06-24 03:00+00') IS NOT NULL AS held_again,
+       crm.wallet_release('hj-hold-4', '2026-06-24 03:01+00') IS NOT NULL AS released,
+       crm.wallet_refund('hj-pay-3', 2.00, 'hj-refund-3', 'original', '2026-06-25') IS NOT NULL AS refunded;
+SELECT cash, bonus, held, spendable FROM crm.wallet_balance(3, '2026-06-25');
+SELECT account, balance FROM crm.v_wallet_accounts ORDER BY account;
+SELECT pg_catalog.count(*) FROM crm.v_wallet_liability;
+DO $$ BEGIN DELETE FROM crm.wallet_journal; EXCEPTION WHEN object_not_in_prerequisite_state THEN NULL; END $$;
 SELECT crm.reassign_order(900011, 4, 'hijack test: wrong card') IS NOT NULL;
 INSERT INTO crm.customer (customer_id, name) VALUES (900021, 'hj d'), (900022, 'hj e');
 INSERT INTO crm.identity (kind, value, customer_id) VALUES ('email', 'hj-other@example.com', 900021);
