@@ -189,6 +189,7 @@ DELETE FROM hijack.ran;
 --    (every insert trigger), then every entry point.
 SET LOCAL search_path = hijack, pg_catalog;
 SELECT relation, rows FROM crm.generate_sample(300, 5) ORDER BY relation;
+SELECT relation, rows FROM crm.generate_sample_activity(5) ORDER BY relation;
 SELECT merges, reviews FROM crm.stitch_identities();
 SELECT crm.tick('2026-07-01 00:00+00');
 SELECT crm.refresh_rfm('2026-07-01 00:00+00');
@@ -303,7 +304,7 @@ SELECT pg_catalog.count(*) FROM crm.coupons_expiring('30 days', '2026-06-25');
 INSERT INTO crm.reward (name, kind, points_price, template_id, stock, per_customer_limit, eligible_tiers)
 SELECT 'hj reward', 'goods', 10, t.template_id, 5, 2, ARRAY(SELECT x.tier FROM crm.tier x) FROM crm.coupon_template t WHERE t.name OPERATOR(pg_catalog.=) 'hj coupon';
 SELECT pg_catalog.cardinality(crm.exchange_points(3, r.reward_id, 1, 'hj-ex-1', '2026-06-24')) FROM crm.reward r WHERE r.name OPERATOR(pg_catalog.=) 'hj reward';
-SELECT name, exchanged FROM crm.v_rewards;
+SELECT name, exchanged FROM crm.v_rewards ORDER BY reward_id;
 SELECT crm.wallet_top_up(3, 50.00, 'hj-top-3', bonus => 5.00, at => '2026-06-24') IS NOT NULL AS topped_up,
        crm.wallet_pay(3, 12.00, 'hj-pay-3', order_id => 900011, at => '2026-06-24 01:00+00') IS NOT NULL AS paid,
        crm.wallet_hold(3, 10.00, 'hj-hold-3', 'hj-pos', at => '2026-06-24 02:00+00') IS NOT NULL AS held,
