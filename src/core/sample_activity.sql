@@ -204,9 +204,9 @@ BEGIN
 
 	-- Rewards exchanged --------------------------------------------------------------
 	-- A tenth of the members with 150 points or more left take one reward in
-	-- the catalogue's month: the thermos (500) if they can and want it, while
-	-- it lasts (first come, first served; later ones take a tote bag), the
-	-- cinema coupon (800, silver and up), tote bags (300), or coffees (150).
+	-- the catalogue's month: the cinema coupon (800, silver and up), the
+	-- thermos (500) while it lasts (first come, first served; later ones take
+	-- a tote bag), tote bags (300), or coffees (150), as they can pay.
 	UPDATE pg_temp.crm_activity_member m
 	SET balance = crm.ledger_balance(a.ledger, at)
 	FROM crm.loyalty_account a
@@ -227,8 +227,8 @@ BEGIN
 				SELECT m.customer_id, m.balance,
 				       GREATEST(s.from_at, pg_catalog.date_trunc('second', s.from_at + pg_catalog.date_part('epoch', at - s.from_at)
 				                                              * crm.sample_uniform(seed, 210, m.customer_id) * interval '1 second', 'UTC')) AS ex_at,
-				       CASE WHEN m.balance >= 500 AND crm.sample_uniform(seed, 206, m.customer_id) < 0.8 THEN 'thermos'
-				            WHEN m.balance >= 800 AND m.tier = ANY ('{silver,gold,black}'::text[]) AND crm.sample_uniform(seed, 207, m.customer_id) < 0.5 THEN 'cinema'
+				       CASE WHEN m.balance >= 800 AND m.tier = ANY ('{silver,gold,black}'::text[]) AND crm.sample_uniform(seed, 207, m.customer_id) < 0.5 THEN 'cinema'
+				            WHEN m.balance >= 500 AND crm.sample_uniform(seed, 206, m.customer_id) < 0.8 THEN 'thermos'
 				            WHEN m.balance >= 300 AND crm.sample_uniform(seed, 208, m.customer_id) < 0.7 THEN 'tote'
 				            ELSE 'coffee' END AS choice
 				FROM pg_temp.crm_activity_member m
