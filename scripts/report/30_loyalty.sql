@@ -12,17 +12,28 @@ FROM crm.loyalty_account a JOIN crm.tier t USING (tier)
 JOIN crm.customer c ON c.customer_id = a.customer_id AND c.merged_into IS NULL
 GROUP BY a.tier, t.rank, t.threshold, t.multiplier ORDER BY t.rank;
 
-\echo 'Points: earned, clawed back and outstanding; what expires next:'
+\echo 'Points: earned, spent (at the till and on rewards), expired, clawed back on refunds, outstanding; what expires next:'
 SELECT to_char(sum(points) FILTER (WHERE kind = 'earn'), 'FM999,999,999,990') AS earned,
-       to_char(coalesce(- sum(points) FILTER (WHERE kind = 'clawback'), 0), 'FM999,999,999,990') AS clawed_back_on_refunds,
-       to_char(coalesce(- sum(points) FILTER (WHERE kind IN ('spend', 'expire')), 0), 'FM999,999,999,990') AS spent_or_expired,
+       to_char(coalesce(- sum(points) FILTER (WHERE kind = 'spend'), 0), 'FM999,999,999,990') AS spent,
+       to_char(coalesce(- sum(points) FILTER (WHERE kind = 'expire'), 0), 'FM999,999,999,990') AS expired,
+       to_char(coalesce(sum(debt - points) FILTER (WHERE kind = 'clawback' AND reason IS DISTINCT FROM 'debt repayment'), 0),
+               'FM999,999,999,990') AS clawed_back_on_refunds,
        (SELECT to_char(sum(crm.ledger_balance(a.ledger, crm.sample_as_of())), 'FM999,999,999,990') FROM crm.loyalty_account a) AS outstanding,
        (SELECT to_char(sum(crm.ledger_total(a.ledger) - crm.ledger_balance(a.ledger, crm.sample_as_of())), 'FM999,999,999,990')
         FROM crm.loyalty_account a) AS expired_awaiting_tick,
        (SELECT to_char(sum(crm.ledger_expiring(a.ledger, crm.sample_as_of(), '1 month')), 'FM999,999,999,990')
-        FROM crm.loyalty_account a) AS expiring_within_a_month,
-       (SELECT sum(a.debt) FROM crm.loyalty_account a) AS debt
+        FROM crm.loyalty_account a) AS expiring_within_a_month
 FROM crm.points_journal;
+
+\echo 'Debt: points clawed back by refunds after they were spent, repaid from the next points earned:'
+SELECT count(*) FILTER (WHERE j.kind = 'clawback' AND j.reason IS DISTINCT FROM 'debt repayment') AS refunds_clawed_back,
+       count(*) FILTER (WHERE j.kind = 'clawback' AND j.debt > 0) AS that_left_debt,
+       coalesce(sum(j.debt) FILTER (WHERE j.kind = 'clawback' AND j.debt > 0), 0) AS debt_incurred,
+       coalesce(- sum(j.debt) FILTER (WHERE j.kind = 'clawback' AND j.reason = 'debt repayment'), 0) AS debt_repaid,
+       (SELECT count(*) FROM crm.loyalty_account a JOIN crm.customer c ON c.customer_id = a.customer_id AND c.merged_into IS NULL
+        WHERE a.debt > 0) AS members_in_debt,
+       (SELECT coalesce(sum(a.debt), 0) FROM crm.loyalty_account a) AS debt_now
+FROM crm.points_journal j;
 
 \echo 'Outstanding points by month of expiry (next six months):'
 SELECT to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS expires, count(DISTINCT a.customer_id) AS members,
