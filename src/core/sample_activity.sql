@@ -9,10 +9,10 @@
 -- redemptions, coupons issued to audiences and redeemed on orders, reward
 -- exchanges, and refunds after all of these, so that clawback, debt and
 -- restored coupons have something to show.  Every choice is a pure function
--- of (seed, stream, key) as in crm.generate_sample (streams 200-229 here),
+-- of (seed, stream, key) as in crm.generate_sample (streams 200-212 here),
 -- so the same sample and seed give the same activity; only coupon codes
--- (random by design) and the times crm stamps refunds with (the
--- transaction's) differ from run to run.
+-- (random by design), ids from sequences and the times crm stamps a
+-- refund's effects with (the transaction's) differ from run to run.
 -- ===========================================================================
 
 CREATE FUNCTION crm.generate_sample_activity(seed integer DEFAULT 1, at timestamptz DEFAULT crm.sample_as_of())
