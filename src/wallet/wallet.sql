@@ -168,6 +168,9 @@ CREATE TRIGGER wallet_journal_no_truncate BEFORE TRUNCATE ON crm.wallet_journal
 CREATE FUNCTION crm.wallet_apply(txn bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+-- (every call runs the same statements on a few rows: a generic plan is
+-- the right one, and planning each call cost as much as running it)
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
 	total numeric;
@@ -246,11 +249,13 @@ COMMENT ON FUNCTION crm.wallet_check_args(text, bigint, numeric, text, timestamp
 -- customer_id order (records without a wallet have nothing to lock: only a
 -- top-up creates a wallet).
 CREATE FUNCTION crm.wallet_lock(pockets bigint[]) RETURNS void
-LANGUAGE sql VOLATILE STRICT
+LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-	SELECT pg_catalog.count(*) FROM (SELECT 1 FROM crm.wallet w WHERE w.customer_id = ANY (pockets) ORDER BY w.customer_id FOR UPDATE) x;
-END;
+AS $$
+BEGIN
+	PERFORM 1 FROM crm.wallet w WHERE w.customer_id = ANY (pockets) ORDER BY w.customer_id FOR UPDATE;
+END
+$$;
 COMMENT ON FUNCTION crm.wallet_lock(bigint[]) IS
 	'Internal: locks the wallet rows of customer records FOR UPDATE in customer_id order';
 
@@ -311,20 +316,19 @@ BEGIN
 			HINT = 'Top up with cash, a card or another outside payment.';
 	END IF;
 	g := crm.lock_customer(customer_id);
-	-- A retry returns the first result; the check is repeated under the
-	-- wallet's lock, where a concurrent call with the same key is decided.
+	IF order_id IS NOT NULL THEN
+		PERFORM 1 FROM crm.orders x WHERE x.order_id = wallet_top_up.order_id FOR NO KEY UPDATE;
+	END IF;
+	INSERT INTO crm.wallet (customer_id) VALUES (customer_id) ON CONFLICT DO NOTHING;
+	PERFORM crm.wallet_lock(ARRAY[customer_id]);
+	-- A retry returns the first result: checked under the wallet's lock,
+	-- where a concurrent call with the same key is decided.
 	t := crm.wallet_retry(idempotency_key, 'top_up', g, amount);
 	IF t.txn_id IS NOT NULL THEN
 		RETURN t.txn_id;
 	END IF;
 	IF order_id IS NOT NULL THEN
 		PERFORM crm.wallet_lock_order(order_id, g, ARRAY['pay', 'hold']);
-	END IF;
-	INSERT INTO crm.wallet (customer_id) VALUES (customer_id) ON CONFLICT DO NOTHING;
-	PERFORM crm.wallet_lock(ARRAY[customer_id]);
-	t := crm.wallet_retry(idempotency_key, 'top_up', g, amount);
-	IF t.txn_id IS NOT NULL THEN
-		RETURN t.txn_id;
 	END IF;
 	INSERT INTO crm.wallet_txn (kind, customer_id, amount, bonus, idempotency_key, order_id, paid_with, at)
 	VALUES ('top_up', customer_id, amount, bonus, idempotency_key, order_id, paid_with, at)
@@ -361,6 +365,8 @@ CREATE FUNCTION crm.wallet_draw(txn bigint, g bigint, pockets bigint[], amount n
 RETURNS void
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
+-- (a custom plan for the draw took three times as long as running it)
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
 	taken numeric;
@@ -376,17 +382,19 @@ BEGIN
 		SELECT s.*, pg_catalog.row_number() OVER w AS n, pg_catalog.sum(s.avail) OVER w - s.avail AS before
 		FROM source s WINDOW w AS (ORDER BY s.pass, s.own_last, s.expires_at, s.tie ROWS UNBOUNDED PRECEDING)),
 	draw AS (
-		SELECT r.customer_id, r.lot_id, r.n, LEAST(r.avail, amount - r.before) AS take FROM running r WHERE r.before < amount)
+		SELECT r.customer_id, r.lot_id, r.n, LEAST(r.avail, amount - r.before) AS take FROM running r WHERE r.before < amount),
 	-- The entries in the order drawn (a capture spends a hold in that order):
 	-- out of the buckets, then, for a hold, into the held buckets.
-	INSERT INTO crm.wallet_journal (txn_id, account, customer_id, bucket, lot_id, amount)
-	SELECT txn, 'wallet', d.customer_id,
-	       CASE WHEN k.into_held THEN 'held_' ELSE '' END || CASE WHEN d.lot_id IS NULL THEN 'cash' ELSE 'bonus' END,
-	       d.lot_id, CASE WHEN k.into_held THEN d.take ELSE -d.take END
-	FROM draw d CROSS JOIN (VALUES (false), (true)) k(into_held)
-	WHERE NOT k.into_held OR held
-	ORDER BY k.into_held, d.n;
-	SELECT COALESCE(-pg_catalog.sum(j.amount), 0) INTO taken FROM crm.wallet_journal j WHERE j.txn_id = txn AND j.amount < 0;
+	entries AS (
+		INSERT INTO crm.wallet_journal (txn_id, account, customer_id, bucket, lot_id, amount)
+		SELECT txn, 'wallet', d.customer_id,
+		       CASE WHEN k.into_held THEN 'held_' ELSE '' END || CASE WHEN d.lot_id IS NULL THEN 'cash' ELSE 'bonus' END,
+		       d.lot_id, CASE WHEN k.into_held THEN d.take ELSE -d.take END
+		FROM draw d CROSS JOIN (VALUES (false), (true)) k(into_held)
+		WHERE NOT k.into_held OR held
+		ORDER BY k.into_held, d.n
+		RETURNING wallet_journal.amount AS moved)
+	SELECT COALESCE(-pg_catalog.sum(e.moved) FILTER (WHERE e.moved < 0), 0) INTO taken FROM entries e;
 	IF taken < amount THEN
 		RAISE EXCEPTION 'customer % has % in the wallet, % needed', g, taken, amount
 			USING ERRCODE = 'CR401', HINT = 'Held and expired value cannot be spent; see crm.wallet_balance().';
@@ -412,20 +420,19 @@ BEGIN
 	PERFORM crm.refuse_on_citus(pg_catalog.format('crm.wallet_%s()', kind));
 	PERFORM crm.wallet_check_args(CASE kind WHEN 'pay' THEN 'a wallet payment' ELSE 'a hold' END, customer_id, amount, idempotency_key, at);
 	g := crm.lock_customer(customer_id);
-	-- A retry returns the first result; the check is repeated under the
-	-- wallets' lock, where a concurrent call with the same key is decided.
+	IF order_id IS NOT NULL THEN
+		PERFORM 1 FROM crm.orders x WHERE x.order_id = wallet_spend.order_id FOR NO KEY UPDATE;
+	END IF;
+	pockets := crm.records_under(g);
+	PERFORM crm.wallet_lock(pockets);
+	-- A retry returns the first result: checked under the wallets' lock,
+	-- where a concurrent call with the same key is decided.
 	t := crm.wallet_retry(idempotency_key, kind, g, amount);
 	IF t.txn_id IS NOT NULL THEN
 		RETURN t;
 	END IF;
 	IF order_id IS NOT NULL THEN
 		PERFORM crm.wallet_lock_order(order_id, g, ARRAY['top_up']);
-	END IF;
-	pockets := crm.records_under(g);
-	PERFORM crm.wallet_lock(pockets);
-	t := crm.wallet_retry(idempotency_key, kind, g, amount);
-	IF t.txn_id IS NOT NULL THEN
-		RETURN t;
 	END IF;
 	INSERT INTO crm.wallet_txn (kind, customer_id, amount, idempotency_key, order_id, order_ref, expires_at, at)
 	VALUES (kind, customer_id, amount, idempotency_key, order_id, order_ref, hold_until, at)
@@ -444,23 +451,28 @@ COMMENT ON FUNCTION crm.wallet_spend(text, bigint, numeric, text, bigint, text, 
 CREATE FUNCTION crm.wallet_pay(customer_id bigint, amount numeric, idempotency_key text,
 	order_id bigint DEFAULT NULL, order_ref text DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-	SELECT (crm.wallet_spend('pay', customer_id, amount, idempotency_key, order_id, order_ref, at, NULL)).txn_id;
-END;
+AS $$
+-- (PL/pgSQL, not SQL: a SQL function is planned again on every call)
+BEGIN
+	RETURN (crm.wallet_spend('pay', customer_id, amount, idempotency_key, order_id, order_ref, at, NULL)).txn_id;
+END
+$$;
 COMMENT ON FUNCTION crm.wallet_pay(bigint, numeric, text, bigint, text, timestamptz) IS
 	'Pays amount from the customer''s stored value (a merged record''s id means its golden customer; all its records'' wallets, its own first; cash before bonus, bonus by expiry), exactly once per idempotency key; returns the transaction id.  CR401 too little in the wallet, CR403 the order tops up the wallet, CR002 key reused, 22023 bad amount or refunded order, 23503 unknown customer or another customer''s order';
 
 CREATE FUNCTION crm.wallet_hold(customer_id bigint, amount numeric, idempotency_key text,
 	order_ref text DEFAULT NULL, ttl interval DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-	SELECT (crm.wallet_spend('hold', customer_id, amount, idempotency_key, NULL, order_ref, at,
+AS $$
+BEGIN
+	RETURN (crm.wallet_spend('hold', customer_id, amount, idempotency_key, NULL, order_ref, at,
 		at + COALESCE(ttl, (SELECT p.hold_ttl FROM crm.wallet_program p)))).txn_id;
-END;
+END
+$$;
 COMMENT ON FUNCTION crm.wallet_hold(bigint, numeric, text, text, interval, timestamptz) IS
 	'Holds amount of the customer''s stored value for an open order (order_ref) until crm.wallet_capture or crm.wallet_release, or until ttl (default wallet_program.hold_ttl) passes and crm.tick releases it; held value cannot be spent elsewhere; exactly once per idempotency key; returns the hold''s transaction id.  CR401 too little, CR002 key reused';
 
