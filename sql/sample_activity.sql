@@ -1,6 +1,7 @@
 -- crm.generate_sample_activity: what members do with the sample's points
 -- and coupons (points redeemed, coupons issued to audiences and redeemed,
--- rewards exchanged, orders refunded after all that), the same for the same
+-- rewards exchanged, stored value topped up and spent, orders refunded
+-- after all that), the same for the same
 -- sample and seed, refused a second time.
 \i sql/include/expect_error.sql
 -- A checksum over what the activity made and changed, without what differs
@@ -41,6 +42,13 @@ CREATE FUNCTION pg_temp.activity_checksum() RETURNS text LANGUAGE sql AS $$
 		FROM crm.reward_exchange e JOIN crm.reward r USING (reward_id)
 		UNION ALL
 		SELECT pg_catalog.format('o|%s|%s|%s', order_id, status, net_amount) FROM crm.orders WHERE status = 'refunded'
+		UNION ALL
+		SELECT pg_catalog.format('w|%s|%s|%s|%s|%s|%s|%s', t.kind, t.customer_id, t.amount, t.bonus,
+		                         CASE WHEN t.idempotency_key LIKE 'order-refund:%' THEN 'order-refund:' || p.idempotency_key ELSE t.idempotency_key END,
+		                         t.order_id, CASE WHEN t.kind <> 'refund' THEN EXTRACT(epoch FROM t.at) END)
+		FROM crm.wallet_txn t LEFT JOIN crm.wallet_txn p ON p.txn_id = t.ref_txn_id
+		UNION ALL
+		SELECT pg_catalog.format('W|%s|%s|%s|%s|%s', customer_id, cash, bonus, held_cash, held_bonus) FROM crm.wallet
 	) AS rows(t)
 $$;
 SET TimeZone = 'UTC';
@@ -120,6 +128,18 @@ FROM crm.reward_exchange e LEFT JOIN crm.points_journal j ON j.idempotency_key =
 SELECT pg_temp.expect_error(format($$SELECT crm.exchange_points(%s, %s, 1, 'one-more-thermos', '2026-06-30 12:00+00')$$,
 	(SELECT a.customer_id FROM crm.loyalty_account a ORDER BY crm.ledger_balance(a.ledger, crm.sample_as_of()) DESC, a.customer_id LIMIT 1),
 	(SELECT r.reward_id FROM crm.reward r WHERE r.name = 'limited-edition thermos'))) AS one_more_thermos;
+
+-- 4b. Stored value: top-ups (some with a bonus), payments and POS holds
+--     captured for orders, unfinished holds, refunds of orders paid with
+--     the wallet (back to the wallet, by the trigger); the tick at the
+--     sample's end releases the unfinished holds and expires old bonus.
+SELECT kind, count(*), sum(amount) AS amount, sum(bonus) AS bonus FROM crm.wallet_txn GROUP BY kind ORDER BY kind;
+SELECT count(*) AS wallets, sum(cash) AS cash, sum(bonus) AS bonus, sum(held_cash + held_bonus) AS held FROM crm.wallet;
+SELECT count(*) FILTER (WHERE t.kind IN ('pay', 'capture') AND o.status = 'refunded') AS wallet_paid_orders_refunded,
+       count(*) FILTER (WHERE t.kind IN ('pay', 'capture') AND t.amount > o.net_amount AND o.status = 'paid') AS paid_over_the_order
+FROM crm.wallet_txn t JOIN crm.orders o ON o.order_id = t.order_id;
+SELECT changed AS wallet_tick FROM crm.tick(crm.sample_as_of()) WHERE task = 'wallet_expire';
+SELECT account, balance FROM crm.v_wallet_accounts ORDER BY account;
 
 -- 5. Once per sample.
 SELECT pg_temp.expect_error($$SELECT * FROM crm.generate_sample_activity(1)$$) AS second_call;

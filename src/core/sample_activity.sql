@@ -15,6 +15,53 @@
 -- refund's effects with (the transaction's) differ from run to run.
 -- ===========================================================================
 
+-- One member's stored value in the sample (crm.generate_sample_activity):
+-- a top-up a day before first_at, then payments for up to three paid
+-- orders from first_at on while the wallet reaches (the first through a
+-- POS hold for a fifth of the members), and for one member in ten a hold
+-- two days before "at" that is never finished.  Draws: streams 214-216.
+CREATE FUNCTION crm.sample_wallet_member(seed integer, customer bigint, first_at timestamptz, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	u double precision := crm.sample_uniform(seed, 214, customer);
+	top_up_at timestamptz := first_at - interval '1 day';
+	o record;
+	left_over numeric;
+	pay numeric;
+	key text;
+BEGIN
+	PERFORM crm.wallet_top_up(customer, CASE WHEN u < 0.5 THEN 100.00 WHEN u < 0.85 THEN 200.00 ELSE 500.00 END,
+		'sample:wallet:top-up:' || customer, bonus => CASE WHEN u < 0.5 THEN 0 WHEN u < 0.85 THEN 10.00 ELSE 60.00 END,
+		paid_with => CASE WHEN u < 0.3 THEN 'cash' ELSE 'card' END, at => top_up_at,
+		bonus_expires_at => top_up_at + interval '90 days');
+	FOR o IN SELECT x.order_id, x.net_amount, x.ordered_at, pg_catalog.row_number() OVER (ORDER BY x.ordered_at, x.order_id) AS n
+	         FROM crm.orders x
+	         WHERE x.customer_id = customer AND x.status = 'paid' AND x.ordered_at >= first_at AND x.ordered_at < at
+	         ORDER BY x.ordered_at, x.order_id LIMIT 3 LOOP
+		left_over := (SELECT b.spendable FROM crm.wallet_balance(customer, o.ordered_at) b);
+		pay := LEAST(o.net_amount, left_over);
+		EXIT WHEN pay <= 0;
+		key := pg_catalog.format('sample:wallet:%s:%s', customer, o.order_id);
+		IF o.n = 1 AND crm.sample_uniform(seed, 215, customer) < 0.2 THEN
+			PERFORM crm.wallet_hold(customer, left_over, key || ':hold', 'pos:' || o.order_id, at => o.ordered_at - interval '5 minutes');
+			PERFORM crm.wallet_capture(key || ':hold', pay, o.order_id, o.ordered_at);
+		ELSE
+			PERFORM crm.wallet_pay(customer, pay, key, o.order_id, at => o.ordered_at);
+		END IF;
+	END LOOP;
+	left_over := (SELECT b.spendable FROM crm.wallet_balance(customer, at - interval '2 days') b);
+	IF left_over >= 20.00 AND crm.sample_uniform(seed, 216, customer) < 0.1 THEN
+		PERFORM crm.wallet_hold(customer, 20.00, 'sample:wallet:open:' || customer, 'pos:never-finished',
+			ttl => interval '1 hour', at => at - interval '2 days');
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.sample_wallet_member(integer, bigint, timestamptz, timestamptz) IS
+	'Internal (sample data): one member''s stored value for crm.generate_sample_activity: a top-up, payments and POS holds for orders, an unfinished hold';
+
 CREATE FUNCTION crm.generate_sample_activity(seed integer DEFAULT 1, at timestamptz DEFAULT crm.sample_as_of())
 RETURNS TABLE (relation text, rows bigint)
 LANGUAGE plpgsql VOLATILE STRICT
@@ -239,13 +286,31 @@ BEGIN
 		ORDER BY y.ex_at, y.customer_id
 	) z;
 
+	-- Stored value -----------------------------------------------------------------
+	-- One member in twenty who ordered in the half year before "at" tops up
+	-- 100, 200 (10 bonus) or 500 (60 bonus; bonus valid 90 days, so some
+	-- of it expires by "at") a day before that half year's first order,
+	-- then pays for up to three of the orders after it with the wallet, as
+	-- far as it reaches; a fifth of them pay the first at a POS that holds
+	-- the wallet and captures the order's amount; one in ten leaves a hold
+	-- of an order never finished two days before "at" (the tick releases
+	-- it).  Keys sample:wallet:...
+	PERFORM crm.sample_wallet_member(seed, m.customer_id, m.first_at, at)
+	FROM (SELECT x.customer_id, pg_catalog.min(o.ordered_at) AS first_at
+	      FROM pg_temp.crm_activity_member x
+	      JOIN crm.orders o ON o.customer_id = x.customer_id AND o.status = 'paid'
+	                       AND o.ordered_at >= at - interval '4380 hours' AND o.ordered_at < at
+	      WHERE crm.sample_uniform(seed, 213, x.customer_id) < 0.05
+	      GROUP BY 1 ORDER BY 1) m;
+
 	-- Refunds after all that -----------------------------------------------------------
 	-- A tenth of the members who spent points (at the till or for a reward)
 	-- return their biggest paid order of the year before they spent them:
 	-- the order's points are clawed back, as debt where they are spent
 	-- already.  Half the orders a member voucher was used on are
-	-- returned too: the voucher comes back (restore_on_refund).  One
-	-- statement, as a returns batch would be.
+	-- returned too: the voucher comes back (restore_on_refund); so is one
+	-- in ten orders paid with the wallet (its payment goes back to the
+	-- wallet).  One statement, as a returns batch would be.
 	UPDATE crm.orders o SET status = 'refunded'
 	WHERE o.order_id IN (
 		SELECT b.order_id
@@ -262,11 +327,13 @@ BEGIN
 		UNION
 		SELECT k.order_id FROM crm.coupon k
 		WHERE k.template_id = t_voucher AND k.status = 'redeemed'
-		  AND crm.sample_uniform(seed, 212, k.order_id) < 0.5)
+		  AND crm.sample_uniform(seed, 212, k.order_id) < 0.5
+		UNION
+		SELECT w.order_id FROM crm.wallet_txn w
+		WHERE w.kind IN ('pay', 'capture') AND w.idempotency_key LIKE 'sample:wallet:%'
+		  AND crm.sample_uniform(seed, 217, w.order_id) < 0.1)
 	  AND o.status = 'paid';
 	GET DIAGNOSTICS n_refunded = ROW_COUNT;
-
-	-- stored value (wallet top-ups, payments, refunds): added with src/wallet
 
 	DROP TABLE pg_temp.crm_activity_member;
 	RETURN QUERY
@@ -281,8 +348,10 @@ BEGIN
 		UNION ALL SELECT 'crm.reward_exchange', (SELECT pg_catalog.count(*) FROM crm.reward_exchange e JOIN crm.reward r ON r.reward_id = e.reward_id
 		                                         WHERE r.name = ANY (reward_names))
 		UNION ALL SELECT 'crm.points_journal', (SELECT pg_catalog.count(*) FROM crm.points_journal j WHERE j.journal_id > journal_from)
+		UNION ALL SELECT 'crm.wallet_txn', (SELECT pg_catalog.count(*) FROM crm.wallet_txn w WHERE w.idempotency_key LIKE 'sample:wallet:%'
+		                                      OR w.idempotency_key LIKE 'order-refund:%')
 		UNION ALL SELECT 'crm.orders refunded', n_refunded;
 END
 $$;
 COMMENT ON FUNCTION crm.generate_sample_activity(integer, timestamptz) IS
-	'Adds deterministic activity to sample data (after crm.generate_sample, once): coupon templates issued to audiences and redeemed on orders (win-back, member vouchers, "5 off 40", the free-delivery tier benefit), points redemptions, a rewards catalogue and exchanges (a limited reward sells out), then refunds of orders after those (points clawed back, debt, vouchers restored); returns rows added per relation (crm.orders: orders refunded). Moves crm.loyalty_now to "at" while it runs (superuser). CR005 when it ran already';
+	'Adds deterministic activity to sample data (after crm.generate_sample, once): coupon templates issued to audiences and redeemed on orders (win-back, member vouchers, "5 off 40", the free-delivery tier benefit), points redemptions, a rewards catalogue and exchanges (a limited reward sells out), wallet top-ups with bonus, payments and POS holds, then refunds of orders after those (points clawed back, debt, vouchers and wallet payments restored); returns rows added per relation (crm.orders: orders refunded). Moves crm.loyalty_now to "at" while it runs (superuser). CR005 when it ran already';
