@@ -476,25 +476,30 @@ $$;
 COMMENT ON FUNCTION crm.wallet_hold(bigint, numeric, text, text, interval, timestamptz) IS
 	'Holds amount of the customer''s stored value for an open order (order_ref) until crm.wallet_capture or crm.wallet_release, or until ttl (default wallet_program.hold_ttl) passes and crm.tick releases it; held value cannot be spent elsewhere; exactly once per idempotency key; returns the hold''s transaction id.  CR401 too little, CR002 key reused';
 
--- The hold under key with its customer and the wallets it holds locked
--- (CR405 when there is none), and the transaction that closed it (capture
--- or release; NULL while it is open).
-CREATE FUNCTION crm.wallet_lock_hold(hold_key text, OUT hold crm.wallet_txn, OUT closed crm.wallet_txn)
-LANGUAGE plpgsql VOLATILE STRICT
+-- The hold under key with its customer, the order it is captured for (when
+-- given) and the wallets it holds locked, in the lock order (CR405 when
+-- there is none), and the transaction that closed it (capture or release;
+-- NULL while it is open).
+CREATE FUNCTION crm.wallet_lock_hold(hold_key text, order_id bigint, OUT hold crm.wallet_txn, OUT closed crm.wallet_txn)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+-- Not STRICT: order_id may be NULL.
 BEGIN
 	SELECT * INTO hold FROM crm.wallet_txn x WHERE x.idempotency_key = hold_key AND x.kind = 'hold';
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'no wallet hold has the key "%"', hold_key USING ERRCODE = 'CR405';
 	END IF;
 	PERFORM crm.lock_customer(hold.customer_id);
+	IF order_id IS NOT NULL THEN
+		PERFORM 1 FROM crm.orders x WHERE x.order_id = wallet_lock_hold.order_id FOR NO KEY UPDATE;
+	END IF;
 	PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j WHERE j.txn_id = hold.txn_id));
 	SELECT * INTO closed FROM crm.wallet_txn x WHERE x.ref_txn_id = hold.txn_id AND x.kind IN ('capture', 'release');
 END
 $$;
-COMMENT ON FUNCTION crm.wallet_lock_hold(text) IS
-	'Internal: the wallet hold under a key, its customer and wallets locked, and the capture or release that closed it (NULL while open); CR405 unknown';
+COMMENT ON FUNCTION crm.wallet_lock_hold(text, bigint) IS
+	'Internal: the wallet hold under a key, its customer, the order it is captured for and its wallets locked, and the capture or release that closed it (NULL while open); CR405 unknown';
 
 -- Closes hold h: of what it holds, "captured" is spent (to sales: cash
 -- first, in the order it was drawn), the rest goes back to the buckets it
@@ -543,7 +548,7 @@ DECLARE
 BEGIN
 	PERFORM crm.refuse_on_citus('crm.wallet_capture()');
 	PERFORM crm.wallet_check_args('a capture', 0, amount, hold_key, at);
-	h := crm.wallet_lock_hold(hold_key);
+	h := crm.wallet_lock_hold(hold_key, order_id);
 	IF (h.closed).kind = 'capture' AND (h.closed).amount = amount THEN
 		RETURN (h.closed).txn_id;			-- a retry: the first result
 	ELSIF (h.closed).txn_id IS NOT NULL THEN
@@ -572,7 +577,7 @@ DECLARE
 	h record;
 BEGIN
 	PERFORM crm.refuse_on_citus('crm.wallet_release()');
-	h := crm.wallet_lock_hold(hold_key);
+	h := crm.wallet_lock_hold(hold_key, NULL);
 	IF (h.closed).kind = 'release' THEN
 		RETURN (h.closed).txn_id;			-- released already (a retry, or the tick)
 	ELSIF (h.closed).txn_id IS NOT NULL THEN
@@ -716,7 +721,9 @@ BEGIN
 		WHERE n.status = 'refunded' AND o.status <> 'refunded'
 		ORDER BY x.txn_id
 	LOOP
-		PERFORM crm.lock_customer(p.customer_id);
+		-- No customer lock: the UPDATE holds the order row (step 2 of the
+		-- lock order), which a merge waits for while holding its
+		-- customers; the wallets come after it.
 		PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j WHERE j.txn_id = p.txn_id AND j.account = 'wallet'));
 		SELECT COALESCE(pg_catalog.sum(u.amount), 0) INTO left_to_refund FROM crm.wallet_unrefunded(p.txn_id) u;
 		IF left_to_refund > 0 AND NOT EXISTS (SELECT 1 FROM crm.wallet_txn x WHERE x.idempotency_key = 'order-refund:' || p.txn_id) THEN
@@ -757,7 +764,7 @@ BEGIN
 	           AND NOT EXISTS (SELECT 1 FROM crm.wallet_txn c WHERE c.ref_txn_id = x.txn_id AND c.kind IN ('capture', 'release'))
 	         ORDER BY x.txn_id LOOP
 		-- locked as a capture locks it; one captured meanwhile stays captured
-		h := crm.wallet_lock_hold(r.idempotency_key);
+		h := crm.wallet_lock_hold(r.idempotency_key, NULL);
 		IF (h.closed).txn_id IS NULL THEN
 			PERFORM crm.wallet_close_hold(h.hold, 'release', 0, 'release:' || (h.hold).idempotency_key, at);
 			n := n + 1;
