@@ -5098,23 +5098,29 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	payments crm.wallet_txn[];
 	p crm.wallet_txn;
 	left_to_refund numeric;
 BEGIN
 	IF crm.on_citus() THEN
 		RETURN NULL;					-- stored value does not run on a cluster yet
 	END IF;
-	FOR p IN
-		SELECT x.* FROM crm_new n
+	payments := ARRAY(
+		SELECT x FROM crm_new n
 		JOIN crm_old o ON o.order_id = n.order_id
 		JOIN crm.wallet_txn x ON x.order_id = n.order_id AND x.kind IN ('pay', 'capture')
 		WHERE n.status = 'refunded' AND o.status <> 'refunded'
-		ORDER BY x.txn_id
-	LOOP
-		-- No customer lock: the UPDATE holds the order row (step 2 of the
-		-- lock order), which a merge waits for while holding its
-		-- customers; the wallets come after it.
-		PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j WHERE j.txn_id = p.txn_id AND j.account = 'wallet'));
+		ORDER BY x.txn_id);
+	IF payments = '{}' THEN
+		RETURN NULL;
+	END IF;
+	-- The wallets of all these payments at once, in customer_id order (one
+	-- payment's after another's could lock them out of order).  No customer
+	-- lock: the UPDATE holds the order rows (step 2 of the lock order),
+	-- which a merge waits for while holding its customers.
+	PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j
+	                              WHERE j.txn_id IN (SELECT u.txn_id FROM pg_catalog.unnest(payments) u) AND j.account = 'wallet'));
+	FOREACH p IN ARRAY payments LOOP
 		SELECT COALESCE(pg_catalog.sum(u.amount), 0) INTO left_to_refund FROM crm.wallet_unrefunded(p.txn_id) u;
 		IF left_to_refund > 0 AND NOT EXISTS (SELECT 1 FROM crm.wallet_txn x WHERE x.idempotency_key = 'order-refund:' || p.txn_id) THEN
 			PERFORM crm.wallet_refund_txn(p, left_to_refund, 'order-refund:' || p.txn_id,
