@@ -82,12 +82,15 @@ COUPONS_SQL = \
 	src/rewards/rewards.sql
 WALLET_SQL = \
 	src/wallet/wallet.sql
+ENGAGEMENT_SQL = \
+	src/engagement/consent.sql \
+	src/engagement/outbox.sql
 SCALE_SQL = \
 	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.
 VERIFY_SQL = \
 	src/verify/verify.sql
-SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(COUPONS_SQL) $(WALLET_SQL) $(SCALE_SQL) $(VERIFY_SQL)
+SQL_SOURCES = $(CORE_SQL) $(LOYALTY_SQL) $(IDENTITY_SQL) $(SEGMENTATION_SQL) $(PREDICTION_SQL) $(COUPONS_SQL) $(WALLET_SQL) $(ENGAGEMENT_SQL) $(SCALE_SQL) $(VERIFY_SQL)
 # crm.generate_sample_activity calls every feature (coupons, rewards,
 # loyalty), so it comes after all of them.
 SAMPLE_ACTIVITY_SQL = \

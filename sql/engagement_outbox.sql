@@ -1,0 +1,62 @@
+-- The outbox (issue 17): enqueue exactly once per dedupe key, consent at
+-- enqueue and again at claim, claim / ack / fail with retries and a dead
+-- letter, leases that run out and are claimed again (at least once), and
+-- the purge by crm.tick.
+\i sql/include/expect_error.sql
+SET TimeZone = 'UTC';
+BEGIN;
+INSERT INTO crm.customer (customer_id, name, created_at) VALUES (1, 'ann', '2026-01-01'), (2, 'bob', '2026-01-02');
+SELECT crm.set_consent(1, 'sms', 'marketing', true, 'app', now() - interval '1 day') IS NOT NULL AS ann_opted_in;
+CREATE FUNCTION pg_temp.box() RETURNS TABLE (dedupe_key text, customer_id bigint, status text, consumer text, attempts integer,
+	suppressed_reason text, last_error text) LANGUAGE sql AS $$
+	SELECT o.dedupe_key, o.customer_id, o.status, o.consumer, o.attempts, o.suppressed_reason, o.last_error FROM crm.outbox o ORDER BY o.message_id
+$$;
+
+-- 1. Enqueue: once per dedupe key; without consent the message is written
+--    suppressed (the occasion is decided, and counted).
+SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'welcome', '{"name": "ann"}', 'journey:welcome:1:1', source => 'journey:welcome') AS m1 \gset
+SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'welcome', '{"name": "ann", "again": true}', 'journey:welcome:1:1', source => 'journey:welcome') = :m1 AS same_message;
+SELECT pg_temp.expect_error($$SELECT crm.outbox_enqueue(2, 'sms', 'marketing', 'welcome', '{}', 'journey:welcome:1:1')$$) AS key_for_another_customer;
+SELECT crm.outbox_enqueue(2, 'sms', 'marketing', 'welcome', '{}', 'journey:welcome:2:1', source => 'journey:welcome') IS NOT NULL AS bob_without_consent;
+SELECT crm.outbox_enqueue(2, 'sms', 'service', 'order shipped', '{"order": 7}', 'order:7:shipped') IS NOT NULL AS bob_service;
+SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'later', '{}', 'campaign:later:1', now() + interval '1 hour', 'campaign:later') IS NOT NULL AS not_yet_due;
+SELECT * FROM pg_temp.box();
+SELECT pg_temp.expect_error($$SELECT crm.outbox_enqueue(1, 'fax', 'marketing', 'x', '{}', 'k')$$) AS unknown_channel;
+SELECT pg_temp.expect_error($$SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'x', '{}', NULL)$$) AS no_key;
+SELECT pg_temp.expect_error($$SELECT crm.outbox_enqueue(99, 'sms', 'service', 'x', '{}', 'k')$$) AS unknown_customer;
+
+-- 2. Claim, ack: the due messages, oldest first; a leased one is not due.
+SELECT dedupe_key, status, consumer, attempts, payload FROM crm.outbox_claim('gateway-a', 10, '1 minute') ORDER BY message_id;
+SELECT count(*) AS claimed_again FROM crm.outbox_claim('gateway-b', 10, '1 minute');
+SELECT crm.outbox_ack(:m1) AS acked, crm.outbox_ack(:m1) AS acked_twice;
+SELECT pg_temp.expect_error($$SELECT crm.outbox_claim('gateway-a', 0, '1 minute')$$) AS zero_messages;
+SELECT pg_temp.expect_error($$SELECT crm.outbox_claim('gateway-a', 10, '-1 minute')$$) AS negative_lease;
+
+-- 3. Fail: retried after the delay (doubling), dead after max_attempts.
+UPDATE crm.outbox_settings SET retry_after = '1 millisecond', max_attempts = 2;
+SELECT crm.outbox_fail(message_id, 'gateway timeout') AS first_failure FROM crm.outbox WHERE dedupe_key = 'order:7:shipped';
+SELECT pg_sleep(0.05);
+SELECT dedupe_key, attempts FROM crm.outbox_claim('gateway-a', 10, '1 minute');
+SELECT crm.outbox_fail(message_id, 'gateway timeout again') AS second_failure FROM crm.outbox WHERE dedupe_key = 'order:7:shipped';
+SELECT pg_temp.expect_error($$SELECT crm.outbox_fail(999999, 'x')$$) AS unknown_message;
+
+-- 4. A lease that runs out: the message is claimed again (at least once);
+--    the slow consumer's late ack still counts, once.
+SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'points expiring', '{}', 'journey:expiring:1:2026-11') AS m2 \gset
+SELECT count(*) AS claimed_by_slow FROM crm.outbox_claim('slow', 10, '1 millisecond');
+SELECT pg_sleep(0.05);
+SELECT consumer, attempts FROM crm.outbox_claim('fast', 10, '1 minute');
+SELECT crm.outbox_ack(:m2) AS slow_ack, crm.outbox_ack(:m2) AS fast_ack;
+
+-- 5. Consent revoked after enqueue: suppressed at claim, not delivered.
+SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'offer', '{}', 'campaign:offer:1', source => 'campaign:offer') IS NOT NULL AS queued;
+SELECT crm.set_consent(1, 'sms', 'marketing', false, 'sms STOP') IS NOT NULL AS revoked;
+SELECT count(*) AS claimed FROM crm.outbox_claim('gateway-a', 10, '1 minute');  -- the offer is suppressed, not returned
+SELECT * FROM pg_temp.box();
+SELECT source, channel, status, suppressed_reason, messages FROM crm.v_outbox_stats ORDER BY 1, 2, 3, 4;
+
+-- 6. Purge: finished messages past the retention go; open ones stay.
+SELECT crm.outbox_purge(now() + interval '1 day') AS within_retention, crm.outbox_purge(now() + interval '8 days') AS purged;
+SELECT dedupe_key, status FROM crm.outbox ORDER BY message_id;
+SELECT changed FROM crm.tick(now() + interval '8 days') WHERE task = 'outbox_purge';
+ROLLBACK;
