@@ -185,11 +185,13 @@ SET search_path = pg_catalog, pg_temp
 RETURN crm.outbox_ack(ARRAY[message_id]);
 COMMENT ON FUNCTION crm.outbox_ack(bigint) IS 'crm.outbox_ack for one message';
 
-CREATE FUNCTION crm.outbox_fail(message_id bigint, error text) RETURNS text
+CREATE FUNCTION crm.outbox_fail(message_id bigint, error text, consumer text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Not STRICT: error may be NULL.  Returns the message's status after it.
+-- Not STRICT: error and consumer may be NULL.  Returns the message's status
+-- after it.  With consumer, only that consumer's lease fails: a slow
+-- consumer whose lease ran out and went to another cannot undo it.
 DECLARE
 	s crm.outbox_settings;
 	status text;
@@ -203,6 +205,7 @@ BEGIN
 	    finished_at = CASE WHEN o.attempts >= s.max_attempts THEN t END,
 	    last_error = pg_catalog.left(error, 1000)
 	WHERE o.message_id = outbox_fail.message_id AND o.status = 'leased'
+	  AND (outbox_fail.consumer IS NULL OR o.consumer = outbox_fail.consumer)
 	RETURNING o.status INTO status;
 	IF status IS NULL THEN
 		SELECT x.status INTO status FROM crm.outbox x WHERE x.message_id = outbox_fail.message_id;
@@ -213,8 +216,8 @@ BEGIN
 	RETURN status;
 END
 $$;
-COMMENT ON FUNCTION crm.outbox_fail(bigint, text) IS
-	'A consumer could not deliver a leased message: it is retried after retry_after, doubling per attempt up to retry_max, or dead after max_attempts attempts; returns its status (a message not leased is left as it is); 23503 unknown message';
+COMMENT ON FUNCTION crm.outbox_fail(bigint, text, text) IS
+	'A consumer could not deliver a leased message: it is retried after retry_after, doubling per attempt up to retry_max, or dead after max_attempts attempts; returns its status (a message not leased, or, when consumer is given, leased to another consumer, is left as it is); 23503 unknown message';
 
 -- crm.tick task: finished messages past the retention period go, in
 -- batches of purge_batch rows (row locks only, on rows nobody uses).
