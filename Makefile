@@ -84,7 +84,8 @@ WALLET_SQL = \
 	src/wallet/wallet.sql
 ENGAGEMENT_SQL = \
 	src/engagement/consent.sql \
-	src/engagement/outbox.sql
+	src/engagement/outbox.sql \
+	src/engagement/journey.sql
 SCALE_SQL = \
 	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.

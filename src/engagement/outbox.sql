@@ -47,6 +47,7 @@ CREATE TABLE crm.outbox (
 	status			text NOT NULL DEFAULT 'pending' CONSTRAINT outbox_status_valid
 					CHECK (status IN ('pending', 'leased', 'delivered', 'dead', 'suppressed')),
 	available_at	timestamptz NOT NULL,
+	unless_ordered_after timestamptz,
 	due_at			timestamptz,
 	consumer		text,
 	attempts		integer NOT NULL DEFAULT 0,
@@ -63,17 +64,20 @@ CREATE INDEX outbox_finished_idx ON crm.outbox (finished_at) WHERE status IN ('d
 COMMENT ON TABLE crm.outbox IS
 	'Messages to deliver, one per dedupe key: pending until due_at (available_at, or a retry time), leased to a consumer until due_at (the lease''s end), then delivered, dead (max_attempts failures) or suppressed (no consent: suppressed_reason); purged by crm.tick after the retention period';
 COMMENT ON COLUMN crm.outbox.source IS 'What enqueued it: journey:<name>, campaign:<name>, api, ...; suppressions are counted per source (crm.v_outbox_stats)';
+COMMENT ON COLUMN crm.outbox.unless_ordered_after IS 'When set, the message is suppressed at claim (goal reached) if the customer has a paid order after this time: a win-back message is not sent to a customer who bought meanwhile, also when the order was in flight as the message was decided';
 COMMENT ON COLUMN crm.outbox.due_at IS 'When a pending message may be claimed, or when a leased one''s lease runs out and it may be claimed again; NULL once finished';
 SELECT pg_catalog.pg_extension_config_dump('crm.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.outbox_id_seq', '');
 
 CREATE FUNCTION crm.outbox_enqueue(customer_id bigint, channel text, purpose text, template text, payload jsonb,
-	dedupe_key text, available_at timestamptz DEFAULT pg_catalog.now(), source text DEFAULT 'api')
+	dedupe_key text, available_at timestamptz DEFAULT pg_catalog.now(), source text DEFAULT 'api',
+	unless_ordered_after timestamptz DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
--- Not STRICT: NULLs are errors.  The golden customer gets the message; a
+-- Not STRICT: NULLs are errors (unless_ordered_after may be NULL).  The
+-- golden customer gets the message; a
 -- dedupe key enqueued before returns that message (exactly once per key,
 -- also against a concurrent enqueue, which waits for the first to commit;
 -- CR002 when the key was used for another customer, channel or template).
@@ -92,9 +96,9 @@ BEGIN
 		RAISE EXCEPTION 'available_at must be a finite time' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	g := crm.lock_customer(customer_id);
-	INSERT INTO crm.outbox AS o (customer_id, channel, purpose, template, payload, source, dedupe_key, status, available_at, due_at,
-	                             suppressed_reason, finished_at)
-	SELECT g, channel, purpose, template, payload, source, dedupe_key, v.status, available_at,
+	INSERT INTO crm.outbox AS o (customer_id, channel, purpose, template, payload, source, dedupe_key, status, available_at,
+	                             unless_ordered_after, due_at, suppressed_reason, finished_at)
+	SELECT g, channel, purpose, template, payload, source, dedupe_key, v.status, available_at, unless_ordered_after,
 	       CASE WHEN v.status = 'pending' THEN available_at END,
 	       CASE WHEN v.status = 'suppressed' THEN 'no consent' END,
 	       CASE WHEN v.status = 'suppressed' THEN pg_catalog.now() END
@@ -117,8 +121,8 @@ BEGIN
 	RETURN id;
 END
 $$;
-COMMENT ON FUNCTION crm.outbox_enqueue(bigint, text, text, text, jsonb, text, timestamptz, text) IS
-	'Enqueues a message for a customer (its golden customer) on a channel, for a purpose, once per dedupe key (a second call returns the first message id; CR002 for another customer, channel or template); written suppressed (reason no consent) when the customer''s consent does not allow it; NOTIFY crm_outbox wakes consumers.  22023 unknown channel or purpose, 22004 a NULL, 23503 unknown customer';
+COMMENT ON FUNCTION crm.outbox_enqueue(bigint, text, text, text, jsonb, text, timestamptz, text, timestamptz) IS
+	'Enqueues a message for a customer (its golden customer) on a channel, for a purpose, once per dedupe key (unless_ordered_after: suppressed at claim, goal reached, if the customer has a paid order after it) (a second call returns the first message id; CR002 for another customer, channel or template); written suppressed (reason no consent) when the customer''s consent does not allow it; NOTIFY crm_outbox wakes consumers.  22023 unknown channel or purpose, 22004 a NULL, 23503 unknown customer';
 
 CREATE FUNCTION crm.outbox_claim(consumer text, n integer DEFAULT 100, lease interval DEFAULT '1 minute')
 RETURNS SETOF crm.outbox
@@ -144,16 +148,20 @@ BEGIN
 		LIMIT n
 		FOR UPDATE SKIP LOCKED),
 	decided AS (
-		SELECT x.message_id, crm.consent_allows(x.customer_id, x.channel, x.purpose, t) AS allowed
+		SELECT x.message_id,
+		       CASE WHEN NOT crm.consent_allows(x.customer_id, x.channel, x.purpose, t) THEN 'consent revoked'
+		            WHEN x.unless_ordered_after IS NOT NULL AND EXISTS (
+		                 SELECT 1 FROM crm.orders o WHERE o.customer_id = crm.golden_customer(x.customer_id)
+		                 AND o.status = 'paid' AND o.ordered_at > x.unless_ordered_after) THEN 'goal reached' END AS refused
 		FROM crm.outbox x JOIN due d ON d.message_id = x.message_id),
 	claimed AS (
 	UPDATE crm.outbox o
-	SET status = CASE WHEN d.allowed THEN 'leased' ELSE 'suppressed' END,
-	    consumer = CASE WHEN d.allowed THEN outbox_claim.consumer ELSE o.consumer END,
-	    attempts = o.attempts + CASE WHEN d.allowed THEN 1 ELSE 0 END,
-	    due_at = CASE WHEN d.allowed THEN t + lease END,
-	    suppressed_reason = CASE WHEN d.allowed THEN NULL ELSE 'consent revoked' END,
-	    finished_at = CASE WHEN d.allowed THEN NULL ELSE t END
+	SET status = CASE WHEN d.refused IS NULL THEN 'leased' ELSE 'suppressed' END,
+	    consumer = CASE WHEN d.refused IS NULL THEN outbox_claim.consumer ELSE o.consumer END,
+	    attempts = o.attempts + CASE WHEN d.refused IS NULL THEN 1 ELSE 0 END,
+	    due_at = CASE WHEN d.refused IS NULL THEN t + lease END,
+	    suppressed_reason = d.refused,
+	    finished_at = CASE WHEN d.refused IS NULL THEN NULL ELSE t END
 	FROM decided d
 	WHERE o.message_id = d.message_id
 	RETURNING o.*)
@@ -161,7 +169,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.outbox_claim(text, integer, interval) IS
-	'Claims up to n due messages for a consumer (FOR UPDATE SKIP LOCKED: consumers never get the same message at once) and leases them until clock_timestamp() + lease; a message whose customer''s consent no longer allows it is suppressed instead (consent revoked) and not returned; returns the leased messages.  A lease that runs out before crm.outbox_ack makes the message due again (at-least-once delivery)';
+	'Claims up to n due messages for a consumer (FOR UPDATE SKIP LOCKED: consumers never get the same message at once) and leases them until clock_timestamp() + lease; a message whose customer''s consent no longer allows it (consent revoked) or whose customer ordered after its unless_ordered_after (goal reached) is suppressed instead and not returned; returns the leased messages.  A lease that runs out before crm.outbox_ack makes the message due again (at-least-once delivery)';
 
 CREATE FUNCTION crm.outbox_ack(message_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
