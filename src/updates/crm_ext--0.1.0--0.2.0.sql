@@ -5642,6 +5642,849 @@ COMMENT ON FUNCTION crm.generate_sample_activity(integer, timestamptz) IS
 
 
 -- ===========================================================================
+-- engagement/consent.sql: consent per customer, channel and purpose
+-- (issue 17).
+--
+-- Every answer a customer gives (opt in, opt out) is a row of
+-- crm.consent_event, kept for good: the history is the record of consent a
+-- regulator asks for.  The answer in force is derived, never stored, so it
+-- cannot drift from the history and merges need no hook:
+--   * on one record, its latest answer;
+--   * on a golden customer, the latest answer over its records, where every
+--     answer given before the golden's latest merge counts as given at that
+--     merge and, between answers that tie, the stricter (no) wins: a merge
+--     of a record that said no into one that said yes says no, an answer
+--     given after the merge decides, and an unmerge gives each side back
+--     its own answers (the merge no longer counts).
+-- Without an answer, marketing and research are not allowed (an explicit
+-- opt-in is needed: PIPL-style separate consent) and service is (until the
+-- customer opts out).
+-- ===========================================================================
+
+CREATE SEQUENCE crm.consent_event_id_seq;
+CREATE TABLE crm.consent_event (
+	event_id		bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.consent_event_id_seq'),
+	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	channel			text NOT NULL CONSTRAINT consent_event_channel_valid
+					CHECK (channel IN ('sms', 'email', 'push', 'app_inbox', 'wechat', 'phone_call')),
+	purpose			text NOT NULL CONSTRAINT consent_event_purpose_valid CHECK (purpose IN ('marketing', 'service', 'research')),
+	granted			boolean NOT NULL,
+	source			text NOT NULL CONSTRAINT consent_event_source_given CHECK (pg_catalog.btrim(source) <> ''),
+	at				timestamptz NOT NULL CONSTRAINT consent_event_at_finite CHECK (pg_catalog.isfinite(at)),
+	recorded_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	recorded_by		name NOT NULL DEFAULT CURRENT_USER
+);
+CREATE INDEX consent_event_latest_idx ON crm.consent_event (customer_id, channel, purpose, at DESC, event_id DESC);
+COMMENT ON TABLE crm.consent_event IS
+	'Append-only history of consent: every opt-in (granted) and opt-out of a customer record for a channel and purpose, with its source (app, pos, web, a form, an agent) and time; crm.consent_allows and crm.v_consent derive the answer in force';
+SELECT pg_catalog.pg_extension_config_dump('crm.consent_event', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.consent_event_id_seq', '');
+
+CREATE FUNCTION crm.consent_refuse_edit() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION 'consent_event is append-only: % refused', TG_OP
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+		      HINT = 'Record a new answer with crm.set_consent(); the history keeps every answer.';
+END
+$$;
+COMMENT ON FUNCTION crm.consent_refuse_edit() IS 'Trigger: refuses UPDATE, DELETE and TRUNCATE on crm.consent_event (55000)';
+CREATE TRIGGER consent_event_append_only BEFORE UPDATE OR DELETE ON crm.consent_event
+	FOR EACH ROW EXECUTE FUNCTION crm.consent_refuse_edit();
+CREATE TRIGGER consent_event_no_truncate BEFORE TRUNCATE ON crm.consent_event
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.consent_refuse_edit();
+
+-- Refuses a channel or purpose consent does not know (22023).
+CREATE FUNCTION crm.consent_check_kind(channel text, purpose text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF channel IS NULL OR channel NOT IN ('sms', 'email', 'push', 'app_inbox', 'wechat', 'phone_call') THEN
+		RAISE EXCEPTION 'unknown channel "%"', channel USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Channels: sms, email, push, app_inbox, wechat, phone_call.';
+	END IF;
+	IF purpose IS NULL OR purpose NOT IN ('marketing', 'service', 'research') THEN
+		RAISE EXCEPTION 'unknown purpose "%"', purpose USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Purposes: marketing, service, research.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.consent_check_kind(text, text) IS 'Internal: 22023 for an unknown consent channel or purpose';
+
+CREATE FUNCTION crm.set_consent(customer_id bigint, channel text, purpose text, granted boolean, source text,
+	at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULLs are errors.  Records the answer on the record named
+-- (so that an unmerge gives it back to that record); returns its id.
+DECLARE
+	id bigint;
+BEGIN
+	IF customer_id IS NULL OR granted IS NULL OR source IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'consent needs a customer, an answer (granted true or false), a source and a time'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM crm.consent_check_kind(channel, purpose);
+	IF pg_catalog.btrim(source) = '' OR NOT pg_catalog.isfinite(at) THEN
+		RAISE EXCEPTION 'consent needs a source (app, pos, web, ...) and a finite time' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- the golden FOR SHARE, so that a merge or unmerge decides before or after
+	PERFORM crm.lock_customer(customer_id);
+	INSERT INTO crm.consent_event (customer_id, channel, purpose, granted, source, at)
+	VALUES (customer_id, channel, purpose, granted, source, at)
+	RETURNING event_id INTO id;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION crm.set_consent(bigint, text, text, boolean, text, timestamptz) IS
+	'Records a customer''s answer (granted: opt in; false: opt out) for a channel (sms, email, push, app_inbox, wechat, phone_call) and purpose (marketing, service, research), with its source and time; it takes effect at once (crm.outbox_claim checks it again); returns the event id.  22023 unknown channel or purpose, 22004 a NULL, 23503 unknown customer';
+
+-- The answer in force for golden customer g (and its records) at "at": the
+-- row of crm.consent_event that decides, or none.
+CREATE FUNCTION crm.consent_answer(g bigint, channel text, purpose text, at timestamptz)
+RETURNS crm.consent_event
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	records bigint[] := crm.records_under(g);
+	joined timestamptz;
+	e crm.consent_event;
+BEGIN
+	-- the golden's latest merge still in force
+	SELECT pg_catalog.max(m.merged_at) INTO joined FROM crm.merge_log m
+	WHERE m.merged = ANY (records) AND m.undone_at IS NULL AND m.merged_at <= at;
+	SELECT x.* INTO e
+	FROM pg_catalog.unnest(records) r(id)
+	CROSS JOIN LATERAL (
+		SELECT y.* FROM crm.consent_event y
+		WHERE y.customer_id = r.id AND y.channel = consent_answer.channel AND y.purpose = consent_answer.purpose AND y.at <= consent_answer.at
+		ORDER BY y.at DESC, y.event_id DESC LIMIT 1) x
+	ORDER BY GREATEST(x.at, joined) DESC, x.granted, x.at DESC, x.event_id DESC
+	LIMIT 1;
+	RETURN e;
+END
+$$;
+COMMENT ON FUNCTION crm.consent_answer(bigint, text, text, timestamptz) IS
+	'Internal: the consent event in force for a golden customer, channel and purpose at a time (the latest over its records, answers before its latest merge counting as given then, the stricter winning a tie); NULL without an answer';
+
+CREATE FUNCTION crm.consent_allows(customer_id bigint, channel text, purpose text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	g bigint;
+	e crm.consent_event;
+BEGIN
+	IF customer_id IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'consent_allows needs a customer and a time' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM crm.consent_check_kind(channel, purpose);
+	g := crm.golden_customer(customer_id);
+	IF g IS NULL THEN
+		RAISE EXCEPTION 'customer % does not exist', customer_id USING ERRCODE = 'foreign_key_violation';
+	END IF;
+	e := crm.consent_answer(g, channel, purpose, at);
+	RETURN COALESCE(e.granted, purpose = 'service');
+END
+$$;
+COMMENT ON FUNCTION crm.consent_allows(bigint, text, text, timestamptz) IS
+	'May the customer (a merged record''s id means its golden customer) be sent messages of a purpose on a channel at "at": the answer in force, or without one, false for marketing and research (explicit opt-in needed) and true for service (until an opt-out); 22023 unknown channel or purpose, 23503 unknown customer';
+
+CREATE VIEW crm.v_consent AS
+SELECT c.customer_id, k.channel, k.purpose, COALESCE(e.granted, k.purpose = 'service') AS allowed,
+       e.granted AS answer, e.source, e.at AS answered_at, e.customer_id AS answered_on
+FROM crm.customer c
+CROSS JOIN (SELECT ch, p FROM pg_catalog.unnest(ARRAY['sms', 'email', 'push', 'app_inbox', 'wechat', 'phone_call']) ch,
+                              pg_catalog.unnest(ARRAY['marketing', 'service', 'research']) p) k(channel, purpose)
+CROSS JOIN LATERAL crm.consent_answer(c.customer_id, k.channel, k.purpose, pg_catalog.now()) e
+WHERE c.merged_into IS NULL AND c.forgotten_at IS NULL
+  AND EXISTS (SELECT 1 FROM crm.consent_event x WHERE x.customer_id = ANY (crm.records_under(c.customer_id)));
+COMMENT ON VIEW crm.v_consent IS
+	'Consent in force now, per golden customer who ever answered, channel and purpose: allowed (the answer, or the default: service yes, marketing and research no), the deciding answer, its source, time and the record it was given on';
+-- (end of engagement/consent.sql)
+
+
+-- ===========================================================================
+-- engagement/outbox.sql: the outbox (issue 17).
+--
+-- Every message crm_ext wants delivered (a journey's step, a campaign, an
+-- escalation) is a row of crm.outbox, written in the transaction that
+-- decides it: enqueued exactly once per dedupe key (UNIQUE), never lost
+-- once committed.  Consumers (the SMS gateway, the mailer, the push
+-- service; scripts/outbox-consumer is a reference one) poll
+-- crm.outbox_claim(consumer, n, lease), deliver, and call crm.outbox_ack or
+-- crm.outbox_fail; NOTIFY crm_outbox only wakes them.  Delivery is at least
+-- once: a lease that runs out before the ack is claimed again.
+--
+-- A message is due when due_at has come: a pending one at its
+-- available_at (or its retry time), a leased one when its lease runs out.
+-- Consent is checked when the message is enqueued and again when it is
+-- claimed (revoked in between: suppressed, counted).  crm.tick purges
+-- finished messages after the retention period, in short batches.
+-- ===========================================================================
+
+CREATE TABLE crm.outbox_settings (
+	settings		text PRIMARY KEY DEFAULT 'default' CONSTRAINT outbox_settings_single CHECK (settings = 'default'),
+	max_attempts	integer NOT NULL DEFAULT 5 CONSTRAINT outbox_settings_attempts_range CHECK (max_attempts BETWEEN 1 AND 100),
+	retry_after		interval NOT NULL DEFAULT '30 seconds' CONSTRAINT outbox_settings_retry_positive CHECK (retry_after > interval '0'),
+	retry_max		interval NOT NULL DEFAULT '1 hour' CONSTRAINT outbox_settings_retry_max_positive CHECK (retry_max > interval '0'),
+	retention		interval NOT NULL DEFAULT '7 days' CONSTRAINT outbox_settings_retention_positive CHECK (retention > interval '0'),
+	purge_batch		integer NOT NULL DEFAULT 10000 CONSTRAINT outbox_settings_batch_range CHECK (purge_batch BETWEEN 100 AND 1000000),
+	builtin			boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE crm.outbox_settings IS
+	'Outbox settings (one row): attempts before a message is dead, the first retry delay (doubling up to retry_max), how long finished messages are kept, rows deleted per purge batch';
+INSERT INTO crm.outbox_settings (settings, builtin) VALUES ('default', true);
+SELECT pg_catalog.pg_extension_config_dump('crm.outbox_settings', 'WHERE NOT builtin');
+
+CREATE SEQUENCE crm.outbox_id_seq;
+CREATE TABLE crm.outbox (
+	message_id		bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.outbox_id_seq'),
+	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	channel			text NOT NULL CONSTRAINT outbox_channel_valid
+					CHECK (channel IN ('sms', 'email', 'push', 'app_inbox', 'wechat', 'phone_call')),
+	purpose			text NOT NULL CONSTRAINT outbox_purpose_valid CHECK (purpose IN ('marketing', 'service', 'research')),
+	template		text NOT NULL CONSTRAINT outbox_template_given CHECK (pg_catalog.btrim(template) <> ''),
+	payload			jsonb NOT NULL DEFAULT '{}'::jsonb,
+	source			text NOT NULL DEFAULT 'api',
+	dedupe_key		text NOT NULL CONSTRAINT outbox_dedupe_key_unique UNIQUE
+					CONSTRAINT outbox_dedupe_key_format CHECK (pg_catalog.length(dedupe_key) BETWEEN 1 AND 200 AND pg_catalog.btrim(dedupe_key) <> ''),
+	status			text NOT NULL DEFAULT 'pending' CONSTRAINT outbox_status_valid
+					CHECK (status IN ('pending', 'leased', 'delivered', 'dead', 'suppressed')),
+	available_at	timestamptz NOT NULL,
+	unless_ordered_after timestamptz,
+	due_at			timestamptz,
+	consumer		text,
+	attempts		integer NOT NULL DEFAULT 0,
+	last_error		text,
+	suppressed_reason text,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	finished_at		timestamptz,
+	CONSTRAINT outbox_due_while_open CHECK ((status IN ('pending', 'leased')) = (due_at IS NOT NULL)),
+	CONSTRAINT outbox_finished_when_closed CHECK ((status IN ('pending', 'leased')) = (finished_at IS NULL)),
+	CONSTRAINT outbox_suppressed_reason CHECK ((status = 'suppressed') = (suppressed_reason IS NOT NULL))
+);
+CREATE INDEX outbox_due_idx ON crm.outbox (due_at, message_id) WHERE status IN ('pending', 'leased');
+CREATE INDEX outbox_finished_idx ON crm.outbox (finished_at) WHERE status IN ('delivered', 'dead', 'suppressed');
+COMMENT ON TABLE crm.outbox IS
+	'Messages to deliver, one per dedupe key: pending until due_at (available_at, or a retry time), leased to a consumer until due_at (the lease''s end), then delivered, dead (max_attempts failures) or suppressed (no consent: suppressed_reason); purged by crm.tick after the retention period';
+COMMENT ON COLUMN crm.outbox.source IS 'What enqueued it: journey:<name>, campaign:<name>, api, ...; suppressions are counted per source (crm.v_outbox_stats)';
+COMMENT ON COLUMN crm.outbox.unless_ordered_after IS 'When set, the message is suppressed at claim (goal reached) if the customer has a paid order after this time: a win-back message is not sent to a customer who bought meanwhile, also when the order was in flight as the message was decided';
+COMMENT ON COLUMN crm.outbox.due_at IS 'When a pending message may be claimed, or when a leased one''s lease runs out and it may be claimed again; NULL once finished';
+SELECT pg_catalog.pg_extension_config_dump('crm.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.outbox_id_seq', '');
+
+CREATE FUNCTION crm.outbox_enqueue(customer_id bigint, channel text, purpose text, template text, payload jsonb,
+	dedupe_key text, available_at timestamptz DEFAULT pg_catalog.now(), source text DEFAULT 'api',
+	unless_ordered_after timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: NULLs are errors (unless_ordered_after may be NULL).  The
+-- golden customer gets the message; a
+-- dedupe key enqueued before returns that message (exactly once per key,
+-- also against a concurrent enqueue, which waits for the first to commit;
+-- CR002 when the key was used for another customer, channel or template).
+-- Without consent the message is written suppressed, so the occasion is
+-- decided and counted.  Returns the message id.
+DECLARE
+	g bigint;
+	id bigint;
+BEGIN
+	IF customer_id IS NULL OR template IS NULL OR payload IS NULL OR dedupe_key IS NULL OR available_at IS NULL OR source IS NULL THEN
+		RAISE EXCEPTION 'a message needs a customer, a template, a payload, a dedupe key and a time' USING ERRCODE = 'null_value_not_allowed',
+			HINT = 'The dedupe key names the occasion (journey:welcome:42:1): a second enqueue for it returns the first message.';
+	END IF;
+	PERFORM crm.consent_check_kind(channel, purpose);
+	IF NOT pg_catalog.isfinite(available_at) THEN
+		RAISE EXCEPTION 'available_at must be a finite time' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	g := crm.lock_customer(customer_id);
+	INSERT INTO crm.outbox AS o (customer_id, channel, purpose, template, payload, source, dedupe_key, status, available_at,
+	                             unless_ordered_after, due_at, suppressed_reason, finished_at)
+	SELECT g, channel, purpose, template, payload, source, dedupe_key, v.status, available_at, unless_ordered_after,
+	       CASE WHEN v.status = 'pending' THEN available_at END,
+	       CASE WHEN v.status = 'suppressed' THEN 'no consent' END,
+	       CASE WHEN v.status = 'suppressed' THEN pg_catalog.now() END
+	FROM (SELECT CASE WHEN crm.consent_allows(g, channel, purpose, pg_catalog.now()) THEN 'pending' ELSE 'suppressed' END AS status) v
+	ON CONFLICT ON CONSTRAINT outbox_dedupe_key_unique DO NOTHING
+	RETURNING o.message_id INTO id;
+	IF id IS NULL THEN
+		-- the occasion's message exists: the same one again is answered with
+		-- it, another (customer, channel, template) is a reused key
+		SELECT x.message_id INTO id FROM crm.outbox x
+		WHERE x.dedupe_key = outbox_enqueue.dedupe_key
+		  AND crm.golden_customer(x.customer_id) = g AND x.channel = outbox_enqueue.channel AND x.template = outbox_enqueue.template;
+		IF id IS NULL THEN
+			RAISE EXCEPTION 'dedupe key "%" was used for another message', dedupe_key USING ERRCODE = 'CR002',
+				HINT = 'Name the occasion in the key: source, customer and occasion (journey:welcome:42:1).';
+		END IF;
+	ELSE
+		PERFORM pg_catalog.pg_notify('crm_outbox', channel);	-- a wake-up; one per channel and transaction
+	END IF;
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION crm.outbox_enqueue(bigint, text, text, text, jsonb, text, timestamptz, text, timestamptz) IS
+	'Enqueues a message for a customer (its golden customer) on a channel, for a purpose, once per dedupe key (unless_ordered_after: suppressed at claim, goal reached, if the customer has a paid order after it) (a second call returns the first message id; CR002 for another customer, channel or template); written suppressed (reason no consent) when the customer''s consent does not allow it; NOTIFY crm_outbox wakes consumers.  22023 unknown channel or purpose, 22004 a NULL, 23503 unknown customer';
+
+CREATE FUNCTION crm.outbox_claim(consumer text, n integer DEFAULT 100, lease interval DEFAULT '1 minute')
+RETURNS SETOF crm.outbox
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- The due messages, oldest first, skipping those another consumer is
+-- claiming right now (SKIP LOCKED): each is leased to this consumer until
+-- the clock + lease, or, when consent no longer allows it, suppressed.
+-- Leases and retries run on the wall clock (clock_timestamp), not on the
+-- time the caller's transaction started.
+DECLARE
+	t timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+	IF n < 1 OR n > 10000 OR lease <= interval '0' OR pg_catalog.btrim(consumer) = '' THEN
+		RAISE EXCEPTION 'outbox_claim needs a consumer name, 1 to 10000 messages and a positive lease' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	WITH due AS (
+		SELECT x.message_id FROM crm.outbox x
+		WHERE x.status IN ('pending', 'leased') AND x.due_at <= t
+		ORDER BY x.due_at, x.message_id
+		LIMIT n
+		FOR UPDATE SKIP LOCKED),
+	decided AS (
+		SELECT x.message_id,
+		       CASE WHEN NOT crm.consent_allows(x.customer_id, x.channel, x.purpose, t) THEN 'consent revoked'
+		            WHEN x.unless_ordered_after IS NOT NULL AND EXISTS (
+		                 SELECT 1 FROM crm.orders o WHERE o.customer_id = crm.golden_customer(x.customer_id)
+		                 AND o.status = 'paid' AND o.ordered_at > x.unless_ordered_after) THEN 'goal reached' END AS refused
+		FROM crm.outbox x JOIN due d ON d.message_id = x.message_id),
+	claimed AS (
+	UPDATE crm.outbox o
+	SET status = CASE WHEN d.refused IS NULL THEN 'leased' ELSE 'suppressed' END,
+	    consumer = CASE WHEN d.refused IS NULL THEN outbox_claim.consumer ELSE o.consumer END,
+	    attempts = o.attempts + CASE WHEN d.refused IS NULL THEN 1 ELSE 0 END,
+	    due_at = CASE WHEN d.refused IS NULL THEN t + lease END,
+	    suppressed_reason = d.refused,
+	    finished_at = CASE WHEN d.refused IS NULL THEN NULL ELSE t END
+	FROM decided d
+	WHERE o.message_id = d.message_id
+	RETURNING o.*)
+	SELECT c.* FROM claimed c WHERE c.status = 'leased' ORDER BY c.due_at, c.message_id;
+END
+$$;
+COMMENT ON FUNCTION crm.outbox_claim(text, integer, interval) IS
+	'Claims up to n due messages for a consumer (FOR UPDATE SKIP LOCKED: consumers never get the same message at once) and leases them until clock_timestamp() + lease; a message whose customer''s consent no longer allows it (consent revoked) or whose customer ordered after its unless_ordered_after (goal reached) is suppressed instead and not returned; returns the leased messages.  A lease that runs out before crm.outbox_ack makes the message due again (at-least-once delivery)';
+
+CREATE FUNCTION crm.outbox_ack(message_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	UPDATE crm.outbox o SET status = 'delivered', due_at = NULL, finished_at = pg_catalog.clock_timestamp(), last_error = NULL
+	WHERE o.message_id = ANY (message_ids) AND o.status = 'leased';
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.outbox_ack(bigint[]) IS
+	'Marks leased messages delivered (also after their lease ran out, as long as nobody acked or failed them since); returns how many changed (an ack of a delivered message changes nothing)';
+
+CREATE FUNCTION crm.outbox_ack(message_id bigint) RETURNS bigint
+LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN crm.outbox_ack(ARRAY[message_id]);
+COMMENT ON FUNCTION crm.outbox_ack(bigint) IS 'crm.outbox_ack for one message';
+
+CREATE FUNCTION crm.outbox_fail(message_id bigint, error text, consumer text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Not STRICT: error and consumer may be NULL.  Returns the message's status
+-- after it.  With consumer, only that consumer's lease fails: a slow
+-- consumer whose lease ran out and went to another cannot undo it.
+DECLARE
+	s crm.outbox_settings;
+	status text;
+	t timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+	SELECT * INTO s FROM crm.outbox_settings x;
+	UPDATE crm.outbox o
+	SET status = CASE WHEN o.attempts >= s.max_attempts THEN 'dead' ELSE 'pending' END,
+	    due_at = CASE WHEN o.attempts >= s.max_attempts THEN NULL
+	                  ELSE t + LEAST(s.retry_after * pg_catalog.power(2, LEAST(o.attempts - 1, 20))::integer, s.retry_max) END,
+	    finished_at = CASE WHEN o.attempts >= s.max_attempts THEN t END,
+	    last_error = pg_catalog.left(error, 1000)
+	WHERE o.message_id = outbox_fail.message_id AND o.status = 'leased'
+	  AND (outbox_fail.consumer IS NULL OR o.consumer = outbox_fail.consumer)
+	RETURNING o.status INTO status;
+	IF status IS NULL THEN
+		SELECT x.status INTO status FROM crm.outbox x WHERE x.message_id = outbox_fail.message_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'no message %', message_id USING ERRCODE = 'foreign_key_violation';
+		END IF;
+	END IF;
+	RETURN status;
+END
+$$;
+COMMENT ON FUNCTION crm.outbox_fail(bigint, text, text) IS
+	'A consumer could not deliver a leased message: it is retried after retry_after, doubling per attempt up to retry_max, or dead after max_attempts attempts; returns its status (a message not leased, or, when consumer is given, leased to another consumer, is left as it is); 23503 unknown message';
+
+-- crm.tick task: finished messages past the retention period go, in
+-- batches of purge_batch rows (row locks only, on rows nobody uses).
+CREATE FUNCTION crm.outbox_purge(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s crm.outbox_settings;
+	n bigint := 0;
+	batch bigint;
+BEGIN
+	SELECT * INTO s FROM crm.outbox_settings x;
+	LOOP
+		DELETE FROM crm.outbox o
+		WHERE o.message_id IN (
+			SELECT x.message_id FROM crm.outbox x
+			WHERE x.status IN ('delivered', 'dead', 'suppressed') AND x.finished_at < at - s.retention
+			LIMIT s.purge_batch
+			FOR UPDATE SKIP LOCKED);
+		GET DIAGNOSTICS batch = ROW_COUNT;
+		n := n + batch;
+		EXIT WHEN batch < s.purge_batch;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.outbox_purge(timestamptz) IS
+	'crm.tick task: deletes delivered, dead and suppressed messages finished more than outbox_settings.retention before "at", purge_batch rows at a time; returns how many';
+INSERT INTO crm.tick_task (task, run_order, fn, builtin)
+	VALUES ('outbox_purge', 900, 'crm.outbox_purge(timestamptz)'::regprocedure, true);
+
+CREATE VIEW crm.v_outbox_stats AS
+SELECT o.source, o.channel, o.status, o.suppressed_reason, pg_catalog.count(*) AS messages,
+       pg_catalog.min(o.created_at) AS first_at, pg_catalog.max(o.created_at) AS last_at
+FROM crm.outbox o
+GROUP BY 1, 2, 3, 4;
+COMMENT ON VIEW crm.v_outbox_stats IS
+	'Messages per source (journey, campaign, ...), channel, status and suppression reason (no consent at enqueue, consent revoked before the claim), until purged';
+-- (end of engagement/outbox.sql)
+
+
+-- ===========================================================================
+-- engagement/journey.sql: journeys (issue 17).
+--
+-- A journey is an entry trigger, an optional audience (a tag expression),
+-- and numbered steps: send a message (to the outbox), issue a coupon, award
+-- points, wait, branch on "purchased since entry".  A customer enters once
+-- per occasion (crm.journey_enrollment is UNIQUE on journey, customer and
+-- occasion), so a journey cannot enter or send twice: every step's effect
+-- carries a key made of the enrollment and the step.
+--
+-- Entries:
+--   first_purchase   in the order's transaction (trigger on crm.orders)
+--   birthday         entry_days before the birthday (occasion: the year)
+--   points_expiring  points expire within entry_days (occasion: the month)
+--   dormant          no order for entry_days (occasion: the last order's time)
+--   cart_abandoned   a cart event without a checkout event or an order
+--                    within entry_hours (occasion: the cart event)
+-- the time-driven ones in crm.tick (task journeys), idempotently.  A
+-- purchase ends the active enrollments of journeys with exit_on_purchase
+-- in the purchase's own transaction.  The audience is checked when the
+-- enrollment's first step is due (time-driven entrants must be in it to
+-- enter at all); control_percent of the entrants, chosen by
+-- a hash of journey and golden customer, are held out (recorded, no step
+-- runs) so the journey's effect can be measured.
+-- ===========================================================================
+
+CREATE TABLE crm.journey (
+	journey_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL UNIQUE CONSTRAINT journey_name_format CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+	entry			text NOT NULL CONSTRAINT journey_entry_valid
+					CHECK (entry IN ('first_purchase', 'birthday', 'points_expiring', 'dormant', 'cart_abandoned')),
+	entry_days		integer CONSTRAINT journey_entry_days_range CHECK (entry_days BETWEEN 0 AND 3650),
+	entry_hours		integer CONSTRAINT journey_entry_hours_range CHECK (entry_hours BETWEEN 1 AND 720),
+	audience		text,
+	reentry_after	interval CONSTRAINT journey_reentry_positive CHECK (reentry_after > interval '0'),
+	exit_on_purchase boolean NOT NULL DEFAULT false,
+	control_percent	integer NOT NULL DEFAULT 0 CONSTRAINT journey_control_range CHECK (control_percent BETWEEN 0 AND 50),
+	enabled			boolean NOT NULL DEFAULT true,
+	CONSTRAINT journey_entry_params CHECK (
+		CASE entry WHEN 'first_purchase' THEN entry_days IS NULL AND entry_hours IS NULL
+		           WHEN 'cart_abandoned' THEN entry_hours IS NOT NULL AND entry_days IS NULL
+		           ELSE entry_days IS NOT NULL AND entry_hours IS NULL END)
+);
+COMMENT ON TABLE crm.journey IS
+	'Journeys: an entry trigger (first_purchase; birthday, points_expiring, dormant with entry_days; cart_abandoned with entry_hours), an audience (tag expression, NULL: everyone), re-entry (reentry_after; NULL: never again), exit_on_purchase, a control group (control_percent of entrants held out), and the steps in crm.journey_step';
+SELECT pg_catalog.pg_extension_config_dump('crm.journey', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.journey_journey_id_seq', '');
+
+CREATE TABLE crm.journey_step (
+	journey_id		integer NOT NULL REFERENCES crm.journey (journey_id) ON DELETE CASCADE,
+	step_no			integer NOT NULL CONSTRAINT journey_step_no_positive CHECK (step_no >= 1),
+	kind			text NOT NULL CONSTRAINT journey_step_kind_valid CHECK (kind IN ('send', 'coupon', 'points', 'wait', 'branch_purchased')),
+	channel			text CONSTRAINT journey_step_channel_valid CHECK (channel IN ('sms', 'email', 'push', 'app_inbox', 'wechat', 'phone_call')),
+	purpose			text NOT NULL DEFAULT 'marketing' CONSTRAINT journey_step_purpose_valid CHECK (purpose IN ('marketing', 'service', 'research')),
+	template		text,
+	coupon_template	integer REFERENCES crm.coupon_template (template_id),
+	points			bigint CONSTRAINT journey_step_points_positive CHECK (points > 0),
+	wait			interval CONSTRAINT journey_step_wait_positive CHECK (wait > interval '0'),
+	if_purchased_goto integer,
+	PRIMARY KEY (journey_id, step_no),
+	CONSTRAINT journey_step_fields CHECK (
+		CASE kind WHEN 'send' THEN channel IS NOT NULL AND template IS NOT NULL
+		          WHEN 'coupon' THEN coupon_template IS NOT NULL
+		          WHEN 'points' THEN points IS NOT NULL
+		          WHEN 'wait' THEN wait IS NOT NULL
+		          ELSE true END)
+);
+COMMENT ON TABLE crm.journey_step IS
+	'The steps of a journey in step_no order: send (channel, purpose, template: a message to the outbox), coupon (coupon_template), points (points awarded), wait (wait), branch_purchased (to if_purchased_goto when the customer bought since entering, NULL: the journey ends; else on to the next step)';
+SELECT pg_catalog.pg_extension_config_dump('crm.journey_step', '');
+
+CREATE SEQUENCE crm.journey_enrollment_id_seq;
+CREATE TABLE crm.journey_enrollment (
+	enrollment_id	bigint PRIMARY KEY DEFAULT pg_catalog.nextval('crm.journey_enrollment_id_seq'),
+	journey_id		integer NOT NULL REFERENCES crm.journey (journey_id),
+	customer_id		bigint NOT NULL REFERENCES crm.customer (customer_id),
+	occasion		text NOT NULL,
+	entered_at		timestamptz NOT NULL,
+	status			text NOT NULL CONSTRAINT journey_enrollment_status_valid CHECK (status IN ('active', 'done', 'exited', 'control')),
+	next_step		integer,
+	next_at			timestamptz,
+	ended_at		timestamptz,
+	end_reason		text,
+	CONSTRAINT journey_enrollment_once UNIQUE (journey_id, customer_id, occasion),
+	CONSTRAINT journey_enrollment_next CHECK ((status = 'active') = (next_step IS NOT NULL AND next_at IS NOT NULL))
+);
+CREATE INDEX journey_enrollment_due_idx ON crm.journey_enrollment (next_at) WHERE status = 'active';
+CREATE INDEX journey_enrollment_customer_idx ON crm.journey_enrollment (customer_id) WHERE status = 'active';
+COMMENT ON TABLE crm.journey_enrollment IS
+	'One row per journey, golden customer and occasion (the unique key: a journey cannot enter or send twice for one occasion): active with its next step and when it is due, done, exited (end_reason: purchase, not in audience, merged) or control (held out)';
+SELECT pg_catalog.pg_extension_config_dump('crm.journey_enrollment', '');
+SELECT pg_catalog.pg_extension_config_dump('crm.journey_enrollment_id_seq', '');
+
+-- Is golden customer g in journey j's control group: a stable hash of the
+-- journey and the customer, below control_percent of 100.
+CREATE FUNCTION crm.journey_in_control(j integer, g bigint, control_percent integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN control_percent > 0
+   AND pg_catalog.abs(pg_catalog.hashtextextended(j::text || ':' || g::text, 17)) % 100 < control_percent;
+COMMENT ON FUNCTION crm.journey_in_control(integer, bigint, integer) IS
+	'Internal: whether a golden customer is in a journey''s control group (a stable hash of journey and customer below control_percent of 100)';
+
+-- Enters golden customers (with their occasions) into journey j, each at
+-- its time: one row per occasion, and only if re-entry allows it (never
+-- again without reentry_after; else after that long since the last entry).
+-- Returns how many entered.
+CREATE FUNCTION crm.journey_enter(j crm.journey, customers bigint[], occasions text[], times timestamptz[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	INSERT INTO crm.journey_enrollment (journey_id, customer_id, occasion, entered_at, status, next_step, next_at, ended_at)
+	SELECT j.journey_id, u.c, u.o, u.t,
+	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN 'control' ELSE 'active' END,
+	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN NULL ELSE 1 END,
+	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN NULL ELSE u.t END,
+	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN u.t END
+	FROM ROWS FROM (pg_catalog.unnest(customers), pg_catalog.unnest(occasions), pg_catalog.unnest(times)) u(c, o, t)
+	WHERE NOT EXISTS (
+		SELECT 1 FROM crm.journey_enrollment e
+		WHERE e.journey_id = j.journey_id AND e.customer_id = u.c
+		  AND (j.reentry_after IS NULL OR e.entered_at > u.t - j.reentry_after))
+	ORDER BY u.c
+	ON CONFLICT ON CONSTRAINT journey_enrollment_once DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.journey_enter(crm.journey, bigint[], text[], timestamptz[]) IS
+	'Internal: enrolls golden customers in a journey for their occasions, once per occasion and as re-entry allows; control-group members are recorded as control; returns how many entered';
+
+-- The golden customers a time-driven journey's entry finds at "at", with
+-- their occasions.
+CREATE FUNCTION crm.journey_candidates(j crm.journey, at timestamptz)
+RETURNS TABLE (customer_id bigint, occasion text)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tz text := (SELECT p.time_zone FROM crm.loyalty_program p);
+	today date := (at AT TIME ZONE tz)::date;
+BEGIN
+	IF j.entry = 'birthday' THEN
+		-- this year's birthday (Feb 29 on Feb 28 in other years), or next
+		-- year's when this year's has passed, within entry_days
+		RETURN QUERY
+		SELECT c.customer_id, pg_catalog.to_char(b.next_birthday, 'YYYY')
+		FROM crm.customer c
+		CROSS JOIN LATERAL (
+			SELECT CASE WHEN t.this_year >= today THEN t.this_year ELSE t.next_year END AS next_birthday
+			FROM (SELECT (c.birthday + pg_catalog.make_interval(years => pg_catalog.date_part('year', today)::integer
+			                                                     - pg_catalog.date_part('year', c.birthday)::integer))::date AS this_year,
+			             (c.birthday + pg_catalog.make_interval(years => pg_catalog.date_part('year', today)::integer + 1
+			                                                     - pg_catalog.date_part('year', c.birthday)::integer))::date AS next_year) t) b
+		WHERE c.birthday IS NOT NULL AND c.merged_into IS NULL AND c.forgotten_at IS NULL
+		  AND b.next_birthday - today BETWEEN 0 AND j.entry_days;
+	ELSIF j.entry = 'points_expiring' THEN
+		RETURN QUERY
+		SELECT a.customer_id, pg_catalog.to_char(at AT TIME ZONE tz, 'YYYY-MM')
+		FROM crm.loyalty_account a
+		JOIN crm.customer c ON c.customer_id = a.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL
+		WHERE crm.points_expiring(a.customer_id, pg_catalog.make_interval(days => j.entry_days), at) > 0;
+	ELSIF j.entry = 'dormant' THEN
+		RETURN QUERY
+		SELECT s.customer_id, pg_catalog.to_char(s.last_order_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+		FROM crm.customer_stats s
+		JOIN crm.customer c ON c.customer_id = s.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL
+		WHERE s.last_order_at <= at - pg_catalog.make_interval(days => j.entry_days);
+	ELSIF j.entry = 'cart_abandoned' THEN
+		-- carts of the last 7 days older than entry_hours with neither a
+		-- checkout event nor an order of the customer after them
+		RETURN QUERY
+		SELECT DISTINCT ON (e.customer_id) e.customer_id, e.event_id::text
+		FROM crm.event e
+		JOIN crm.customer c ON c.customer_id = e.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL
+		WHERE e.kind = 'cart' AND e.at <= journey_candidates.at - pg_catalog.make_interval(hours => j.entry_hours)
+		  AND e.at > journey_candidates.at - pg_catalog.make_interval(hours => j.entry_hours) - interval '7 days'
+		  AND NOT EXISTS (SELECT 1 FROM crm.event k WHERE k.customer_id = e.customer_id AND k.kind = 'checkout'
+		                  AND k.at > e.at AND k.at <= journey_candidates.at)
+		  AND NOT EXISTS (SELECT 1 FROM crm.orders o WHERE o.customer_id = e.customer_id
+		                  AND o.ordered_at > e.at AND o.ordered_at <= journey_candidates.at)
+		ORDER BY e.customer_id, e.at DESC, e.event_id DESC;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION crm.journey_candidates(crm.journey, timestamptz) IS
+	'Internal: the golden customers a time-driven journey entry finds at a time, with their occasions (birthday: the year; points_expiring: the month; dormant: the last order''s time, UTC; cart_abandoned: the cart event)';
+
+-- Runs enrollment e's steps that are due at "at", up to the next wait or
+-- the end.  Returns how many steps ran.
+CREATE FUNCTION crm.journey_run(e crm.journey_enrollment, j crm.journey, at timestamptz) RETURNS integer
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s crm.journey_step;
+	step integer := e.next_step;
+	due timestamptz := e.next_at;
+	ran integer := 0;
+	key text;
+	ended text;
+BEGIN
+	-- The goal: a purchase since entering (one the order's trigger did not
+	-- see, being in flight when the enrollment was made), or for a win-back
+	-- any purchase after the last order that made the customer dormant.
+	IF j.exit_on_purchase AND EXISTS (
+		SELECT 1 FROM crm.orders o
+		WHERE o.customer_id = crm.golden_customer(e.customer_id) AND o.status = 'paid'
+		  AND (o.ordered_at > e.entered_at
+		       OR (j.entry = 'dormant' AND o.ordered_at > e.occasion::timestamptz))) THEN
+		ended := 'purchase';
+	END IF;
+	WHILE ended IS NULL AND due <= at LOOP
+		SELECT * INTO s FROM crm.journey_step x WHERE x.journey_id = j.journey_id AND x.step_no = step;
+		IF NOT FOUND THEN
+			ended := 'done';
+			EXIT;
+		END IF;
+		key := pg_catalog.format('journey:%s:%s:%s', j.name, e.enrollment_id, step);
+		step := step + 1;
+		CASE s.kind
+		WHEN 'send' THEN
+			-- a journey with a purchase goal sends nothing to who bought by the
+			-- time the message is claimed (the outbox checks it)
+			PERFORM crm.outbox_enqueue(e.customer_id, s.channel, s.purpose, s.template,
+				pg_catalog.jsonb_build_object('journey', j.name, 'occasion', e.occasion, 'step', s.step_no),
+				key, GREATEST(due, at), 'journey:' || j.name,
+				CASE WHEN j.exit_on_purchase THEN
+					CASE WHEN j.entry = 'dormant' THEN e.occasion::timestamptz ELSE e.entered_at END END);
+		WHEN 'coupon' THEN
+			PERFORM crm.issue_coupon(s.coupon_template, e.customer_id, key, at);
+		WHEN 'points' THEN
+			PERFORM crm.adjust_points(e.customer_id, s.points, 'journey ' || j.name, key, at);
+		WHEN 'wait' THEN
+			due := due + s.wait;
+		WHEN 'branch_purchased' THEN
+			IF EXISTS (SELECT 1 FROM crm.orders o WHERE o.customer_id = crm.golden_customer(e.customer_id)
+			           AND o.status = 'paid' AND o.ordered_at > e.entered_at AND o.ordered_at <= at) THEN
+				step := s.if_purchased_goto;
+				IF step IS NULL THEN
+					ended := 'done';
+				END IF;
+			END IF;
+		END CASE;
+		ran := ran + 1;
+	END LOOP;
+	IF ended IS NOT NULL THEN
+		UPDATE crm.journey_enrollment x
+		SET status = CASE ended WHEN 'done' THEN 'done' ELSE 'exited' END, next_step = NULL, next_at = NULL,
+		    ended_at = at, end_reason = CASE WHEN ended <> 'done' THEN ended END
+		WHERE x.enrollment_id = e.enrollment_id;
+	ELSE
+		UPDATE crm.journey_enrollment x SET next_step = step, next_at = due WHERE x.enrollment_id = e.enrollment_id;
+	END IF;
+	RETURN ran;
+END
+$$;
+COMMENT ON FUNCTION crm.journey_run(crm.journey_enrollment, crm.journey, timestamptz) IS
+	'Internal: runs an enrollment''s due steps up to the next wait or the end (each step''s effect keyed by journey, enrollment and step, so it happens once); checks the purchase goal before every run; returns how many steps ran';
+
+CREATE FUNCTION crm.journeys_tick(at timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+-- Time-driven entries of every enabled journey, then every active
+-- enrollment whose next step is due, oldest first.  Idempotent: entries are
+-- unique per occasion, steps keyed.  Returns entries plus steps run.
+DECLARE
+	j crm.journey;
+	e crm.journey_enrollment;
+	customers bigint[];
+	occasions text[];
+	n bigint := 0;
+BEGIN
+	IF crm.on_citus() THEN
+		RETURN 0;					-- engagement does not run on a cluster yet
+	END IF;
+	FOR j IN SELECT * FROM crm.journey x WHERE x.enabled ORDER BY x.journey_id LOOP
+		-- The audience, evaluated once per journey and tick: entrants of a
+		-- time-driven entry must be in it; an enrollment about to take its
+		-- first step (an order's first purchase) that is not ends here.
+		IF j.entry <> 'first_purchase' THEN
+			SELECT pg_catalog.array_agg(c.customer_id ORDER BY c.customer_id), pg_catalog.array_agg(c.occasion ORDER BY c.customer_id)
+			INTO customers, occasions
+			FROM crm.journey_candidates(j, at) c
+			WHERE j.audience IS NULL OR c.customer_id IN (SELECT m.customer_id FROM crm.audience_members(j.audience) m);
+			IF customers IS NOT NULL THEN
+				n := n + crm.journey_enter(j, customers, occasions, pg_catalog.array_fill(at, ARRAY[pg_catalog.cardinality(customers)]));
+			END IF;
+		END IF;
+		IF j.audience IS NOT NULL THEN
+			UPDATE crm.journey_enrollment x
+			SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = at, end_reason = 'not in audience'
+			WHERE x.journey_id = j.journey_id AND x.status = 'active' AND x.next_step = 1 AND x.next_at <= at
+			  AND crm.golden_customer(x.customer_id) NOT IN (SELECT m.customer_id FROM crm.audience_members(j.audience) m);
+		END IF;
+	END LOOP;
+	FOR e IN SELECT x.* FROM crm.journey_enrollment x
+	         WHERE x.status = 'active' AND x.next_at <= at
+	         ORDER BY x.next_at, x.enrollment_id
+	         FOR UPDATE SKIP LOCKED LOOP
+		SELECT * INTO j FROM crm.journey x WHERE x.journey_id = e.journey_id;
+		CONTINUE WHEN NOT j.enabled;
+		n := n + crm.journey_run(e, j, at);
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION crm.journeys_tick(timestamptz) IS
+	'crm.tick task: time-driven journey entries (birthday, points_expiring, dormant, cart_abandoned) and every due step of active enrollments; idempotent; returns entries plus steps run';
+INSERT INTO crm.tick_task (task, run_order, fn, builtin)
+	VALUES ('journeys', 150, 'crm.journeys_tick(timestamptz)'::regprocedure, true);
+
+-- AFTER INSERT statement trigger on crm.orders: a paid order ends its
+-- customer's active enrollments in journeys with exit_on_purchase, and a
+-- customer's first order enters first_purchase journeys, in the order's
+-- own transaction (their first step runs at the next tick).  Touches only
+-- the enrollments of the customers of the inserted orders.
+CREATE FUNCTION crm.journeys_on_order() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	j crm.journey;
+	firsts bigint[];
+	times timestamptz[];
+BEGIN
+	IF crm.on_citus() OR NOT EXISTS (SELECT 1 FROM crm.journey x WHERE x.enabled) THEN
+		RETURN NULL;
+	END IF;
+	UPDATE crm.journey_enrollment e
+	SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = n.ordered_at, end_reason = 'purchase'
+	FROM (SELECT x.customer_id, pg_catalog.min(x.ordered_at) AS ordered_at FROM crm_new x WHERE x.status = 'paid' GROUP BY 1) n,
+	     crm.journey j2
+	WHERE e.customer_id = n.customer_id AND e.status = 'active' AND e.entered_at < n.ordered_at
+	  AND j2.journey_id = e.journey_id AND j2.exit_on_purchase;
+	IF EXISTS (SELECT 1 FROM crm.journey x WHERE x.enabled AND x.entry = 'first_purchase') THEN
+		-- each customer enters at its first order's time
+		SELECT pg_catalog.array_agg(f.customer_id ORDER BY f.customer_id), pg_catalog.array_agg(f.first_at ORDER BY f.customer_id)
+		INTO firsts, times
+		FROM (SELECT n.customer_id, pg_catalog.min(n.ordered_at) AS first_at FROM crm_new n
+		      WHERE n.status = 'paid'
+		        AND NOT EXISTS (SELECT 1 FROM crm.orders o WHERE o.customer_id = n.customer_id
+		                        AND o.order_id NOT IN (SELECT y.order_id FROM crm_new y))
+		      GROUP BY 1) f;
+		IF firsts IS NOT NULL THEN
+			FOR j IN SELECT * FROM crm.journey x WHERE x.enabled AND x.entry = 'first_purchase' ORDER BY x.journey_id LOOP
+				PERFORM crm.journey_enter(j, firsts, pg_catalog.array_fill('first'::text, ARRAY[pg_catalog.cardinality(firsts)]), times);
+			END LOOP;
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION crm.journeys_on_order() IS
+	'Trigger: a paid order ends its customer''s active enrollments in journeys with exit_on_purchase (end_reason purchase) and a customer''s first paid order enters first_purchase journeys, in the order''s transaction';
+CREATE TRIGGER orders_journeys AFTER INSERT ON crm.orders
+	REFERENCING NEW TABLE AS crm_new
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.journeys_on_order();
+
+-- Merges: the merged customer's active enrollments go to the survivor,
+-- except where the survivor is already active in the same journey (then
+-- they end: merged), so one person is not sent a journey twice.
+CREATE FUNCTION crm.journeys_on_merge(survivor bigint, merged bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE crm.journey_enrollment e
+	SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = pg_catalog.now(), end_reason = 'merged'
+	WHERE e.customer_id = merged AND e.status = 'active'
+	  AND EXISTS (SELECT 1 FROM crm.journey_enrollment s WHERE s.customer_id = survivor AND s.journey_id = e.journey_id AND s.status = 'active');
+	UPDATE crm.journey_enrollment e SET customer_id = survivor
+	WHERE e.customer_id = merged AND e.status = 'active'
+	  AND NOT EXISTS (SELECT 1 FROM crm.journey_enrollment s
+	                  WHERE s.journey_id = e.journey_id AND s.customer_id = survivor AND s.occasion = e.occasion);
+END
+$$;
+COMMENT ON FUNCTION crm.journeys_on_merge(bigint, bigint) IS
+	'Customer hook (merge): the merged customer''s active journey enrollments go on with the survivor, or end (merged) where the survivor is active in the same journey';
+INSERT INTO crm.customer_hook (event, hook, run_order, fn, builtin) VALUES
+	('merge', 'journeys', 210, 'crm.journeys_on_merge(bigint, bigint)'::regprocedure, true);
+
+CREATE VIEW crm.v_journey_funnel AS
+SELECT j.journey_id, j.name, j.entry,
+       pg_catalog.count(e.enrollment_id) AS entered,
+       pg_catalog.count(e.enrollment_id) FILTER (WHERE e.status = 'control') AS control,
+       pg_catalog.count(e.enrollment_id) FILTER (WHERE e.status = 'active') AS active,
+       pg_catalog.count(e.enrollment_id) FILTER (WHERE e.status = 'done') AS done,
+       pg_catalog.count(e.enrollment_id) FILTER (WHERE e.status = 'exited' AND e.end_reason = 'purchase') AS exited_on_purchase,
+       pg_catalog.count(e.enrollment_id) FILTER (WHERE e.status = 'exited' AND e.end_reason <> 'purchase') AS exited_otherwise,
+       (SELECT pg_catalog.count(*) FROM crm.outbox o WHERE o.source = 'journey:' || j.name AND o.status <> 'suppressed') AS messages,
+       (SELECT pg_catalog.count(*) FROM crm.outbox o WHERE o.source = 'journey:' || j.name AND o.status = 'suppressed') AS suppressed
+FROM crm.journey j
+LEFT JOIN crm.journey_enrollment e ON e.journey_id = j.journey_id
+GROUP BY j.journey_id;
+COMMENT ON VIEW crm.v_journey_funnel IS
+	'Per journey: entered, held out (control), active, done, ended by a purchase, ended otherwise, messages queued and suppressed (until the outbox purges them)';
+-- (end of engagement/journey.sql)
+
+
+-- ===========================================================================
 -- scale/distribute.sql: crm_ext on a Citus cluster (issue 15).
 --
 -- crm.distribute() turns an installed crm_ext on a Citus coordinator into a
