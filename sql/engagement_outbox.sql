@@ -1,7 +1,8 @@
 -- The outbox (issue 17): enqueue exactly once per dedupe key, consent at
 -- enqueue and again at claim, claim / ack / fail with retries and a dead
--- letter, leases that run out and are claimed again (at least once), and
--- the purge by crm.tick.
+-- letter, leases that run out and are claimed again (at least once), guard
+-- rails (quiet hours and caps in the customer's time zone, across DST),
+-- and the purge by crm.tick.
 \i sql/include/expect_error.sql
 SET TimeZone = 'UTC';
 BEGIN;
@@ -54,6 +55,41 @@ SELECT crm.set_consent(1, 'sms', 'marketing', false, 'sms STOP') IS NOT NULL AS 
 SELECT count(*) AS claimed FROM crm.outbox_claim('gateway-a', 10, '1 minute');  -- the offer is suppressed, not returned
 SELECT * FROM pg_temp.box();
 SELECT source, channel, status, suppressed_reason, messages FROM crm.v_outbox_stats ORDER BY 1, 2, 3, 4;
+
+-- 7. Guard rails for marketing (service is exempt), in the customer's time
+--    zone (the home store's): quiet hours defer to their end, caps suppress.
+--    Claims at fixed times ("at" replaces the clock).
+UPDATE crm.outbox_settings SET quiet_from = '21:00', quiet_until = '09:00', cap_day = 2, cap_channel_day = 1, cap_7_days = 3;
+INSERT INTO crm.store (store_id, name, time_zone) VALUES (1, 'shanghai', 'Asia/Shanghai'), (2, 'berlin', 'Europe/Berlin');
+INSERT INTO crm.customer (customer_id, name, home_store_id, created_at) VALUES (3, 'cy', 1, '2026-01-01'), (4, 'dee', 2, '2026-01-01');
+SELECT crm.set_consent(c, ch, 'marketing', true, 'app', '2026-01-01') IS NOT NULL FROM (VALUES (3), (4)) a(c), (VALUES ('sms'), ('email')) b(ch);
+SELECT crm.outbox_enqueue(3, ch, purpose, tpl, '{}', 'guard:' || k, '2026-07-01 13:00+00', 'campaign:summer') IS NOT NULL
+FROM (VALUES (1, 'sms', 'marketing', 'summer sale'), (2, 'sms', 'marketing', 'summer sale 2'), (3, 'email', 'marketing', 'summer mail'),
+             (4, 'sms', 'service', 'order shipped')) v(k, ch, purpose, tpl);
+-- 22:00 in Shanghai: the marketing messages wait for 09:00; the service one goes
+SELECT array_agg(dedupe_key ORDER BY message_id) AS leased, crm.outbox_ack(array_agg(message_id)) AS delivered
+FROM crm.outbox_claim('gateway-a', 10, '1 minute', '2026-07-01 14:00+00') WHERE customer_id = 3;
+SELECT dedupe_key, status, due_at, deferrals FROM crm.outbox WHERE customer_id = 3 ORDER BY message_id;
+-- 09:30 there: one sms a day (the second is capped), two a day in all
+SELECT array_agg(dedupe_key ORDER BY message_id) AS leased, crm.outbox_ack(array_agg(message_id)) AS delivered
+FROM crm.outbox_claim('gateway-a', 10, '1 minute', '2026-07-02 01:30+00') WHERE customer_id = 3;
+SELECT dedupe_key, status, suppressed_reason FROM crm.outbox WHERE customer_id = 3 ORDER BY message_id;
+-- the next local day: three in 7 days, so one more goes and the next is capped
+SELECT crm.outbox_enqueue(3, 'sms', 'marketing', 'flash sale', '{}', 'guard:' || k, '2026-07-03 01:00+00', 'campaign:flash') IS NOT NULL
+FROM generate_series(5, 6) k;
+SELECT array_agg(dedupe_key ORDER BY message_id) AS leased, crm.outbox_ack(array_agg(message_id)) AS delivered
+FROM crm.outbox_claim('gateway-a', 10, '1 minute', '2026-07-03 02:00+00') WHERE customer_id = 3;
+SELECT dedupe_key, status, suppressed_reason FROM crm.outbox WHERE customer_id = 3 AND dedupe_key IN ('guard:5', 'guard:6') ORDER BY message_id;
+-- across daylight saving in Berlin: 21:30 CET on Saturday 28 March waits for
+-- 09:00 CEST on Sunday, which is 07:00 UTC (not 08:00)
+SELECT crm.outbox_enqueue(4, 'email', 'marketing', 'spring', '{}', 'guard:dst', '2026-03-28 20:00+00') IS NOT NULL;
+SELECT count(*) AS claimed FROM crm.outbox_claim('gateway-a', 10, '1 minute', '2026-03-28 20:30+00') WHERE customer_id = 4;
+SELECT status, due_at, deferrals FROM crm.outbox WHERE dedupe_key = 'guard:dst';
+SELECT count(*) AS claimed_at_6_59 FROM crm.outbox_claim('gateway-a', 10, '1 minute', '2026-03-29 06:59+00') WHERE customer_id = 4;
+SELECT count(*) AS claimed_at_7_00 FROM crm.outbox_claim('gateway-a', 10, '1 minute', '2026-03-29 07:00+00') WHERE customer_id = 4;
+SELECT source, status, suppressed_reason, messages, quiet_hours_deferrals FROM crm.v_outbox_stats
+WHERE source LIKE 'campaign:%' OR source = 'api' ORDER BY 1, 2, 3;
+UPDATE crm.outbox_settings SET quiet_from = NULL, quiet_until = NULL, cap_day = NULL, cap_channel_day = NULL, cap_7_days = NULL;
 
 -- 6. Purge: finished messages past the retention go; open ones stay.
 SELECT crm.outbox_purge(now() + interval '1 day') AS within_retention, crm.outbox_purge(now() + interval '8 days') AS purged;

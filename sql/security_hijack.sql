@@ -320,9 +320,11 @@ SELECT crm.set_consent(3, 'sms', 'marketing', true, 'hj app', '2026-06-01') IS N
 SELECT crm.consent_allows(3, 'sms', 'marketing', '2026-06-02') AS allowed, crm.consent_allows(4, 'email', 'marketing', '2026-06-02') AS not_allowed;
 SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 FROM crm.v_consent;
 DO $$ BEGIN DELETE FROM crm.consent_event; EXCEPTION WHEN object_not_in_prerequisite_state THEN NULL; END $$;
-SELECT crm.outbox_enqueue(3, 'sms', 'service', 'hj notice', '{}', 'hj:notice:1', pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 minute') IS NOT NULL AS queued,
-       crm.outbox_enqueue(3, 'sms', 'service', 'hj notice', '{}', 'hj:notice:2', pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 minute') IS NOT NULL AS queued_too;
-SELECT pg_catalog.count(*) FROM crm.outbox_claim('hj gateway', 10, '1 minute');
+SELECT crm.outbox_enqueue(3, 'sms', 'service', 'hj notice', '{}', 'hj:notice:1', '2026-06-01') IS NOT NULL AS queued,
+       crm.outbox_enqueue(3, 'sms', 'service', 'hj notice', '{}', 'hj:notice:2', '2026-06-01') IS NOT NULL AS queued_too,
+       crm.outbox_enqueue(3, 'sms', 'marketing', 'hj promo', '{}', 'hj:promo:1', '2026-06-01') IS NOT NULL AS promo_queued;
+UPDATE crm.outbox_settings SET quiet_from = '22:00', quiet_until = '08:00', cap_day = 3, cap_channel_day = 2, cap_7_days = 9;
+SELECT pg_catalog.count(*) FROM crm.outbox_claim('hj gateway', 10, '1 minute', '2026-06-02 12:00+00');
 SELECT crm.outbox_ack(m.message_id) FROM crm.outbox m WHERE m.dedupe_key OPERATOR(pg_catalog.=) 'hj:notice:1';
 SELECT crm.outbox_fail(m.message_id, 'hj timeout', 'hj gateway') FROM crm.outbox m WHERE m.dedupe_key OPERATOR(pg_catalog.=) 'hj:notice:2';
 INSERT INTO crm.journey (name, entry, entry_days, control_percent, audience, exit_on_purchase) VALUES ('hj_win_back', 'dormant', 1, 10, 'hj_manual or not hj_manual', true);

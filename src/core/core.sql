@@ -70,9 +70,11 @@ CREATE TABLE crm.store (
 	name		text NOT NULL CONSTRAINT store_name_not_blank CHECK (pg_catalog.btrim(name) <> ''),
 	city		text,
 	region		text,
-	opened_on	date
+	opened_on	date,
+	time_zone	text CONSTRAINT store_time_zone_valid CHECK (time_zone IS NULL OR pg_catalog.timezone(time_zone, '2000-01-01 00:00+00'::timestamptz) IS NOT NULL)
 );
 COMMENT ON TABLE crm.store IS 'Physical stores; POS orders and home stores refer to them (store-scoped roles see their own stores'' rows)';
+COMMENT ON COLUMN crm.store.time_zone IS 'The store''s time zone, in which its customers'' days and quiet hours are counted (NULL: the loyalty programme''s)';
 
 -- ---------------------------------------------------------------------------
 -- Customers: one row per customer record as it arrived from a channel

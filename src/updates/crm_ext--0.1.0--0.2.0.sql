@@ -5641,6 +5641,11 @@ COMMENT ON FUNCTION crm.generate_sample_activity(integer, timestamptz) IS
 	'Adds deterministic activity to sample data (after crm.generate_sample, once): coupon templates issued to audiences and redeemed on orders (win-back, member vouchers, "5 off 40", the free-delivery tier benefit), points redemptions, a rewards catalogue and exchanges (a limited reward sells out), wallet top-ups with bonus, payments and POS holds, then refunds of orders after those (points clawed back, debt, vouchers and wallet payments restored); returns rows added per relation (crm.orders: orders refunded). Moves crm.loyalty_now to "at" while it runs (superuser). CR005 when it ran already';
 
 
+-- Stores get a time zone (engagement: quiet hours and daily caps).
+ALTER TABLE crm.store ADD COLUMN time_zone text
+	CONSTRAINT store_time_zone_valid CHECK (time_zone IS NULL OR pg_catalog.timezone(time_zone, '2000-01-01 00:00+00'::timestamptz) IS NOT NULL);
+COMMENT ON COLUMN crm.store.time_zone IS 'The store''s time zone, in which its customers'' days and quiet hours are counted (NULL: the loyalty programme''s)';
+
 -- ===========================================================================
 -- engagement/consent.sql: consent per customer, channel and purpose
 -- (issue 17).
@@ -5837,10 +5842,19 @@ CREATE TABLE crm.outbox_settings (
 	retry_max		interval NOT NULL DEFAULT '1 hour' CONSTRAINT outbox_settings_retry_max_positive CHECK (retry_max > interval '0'),
 	retention		interval NOT NULL DEFAULT '7 days' CONSTRAINT outbox_settings_retention_positive CHECK (retention > interval '0'),
 	purge_batch		integer NOT NULL DEFAULT 10000 CONSTRAINT outbox_settings_batch_range CHECK (purge_batch BETWEEN 100 AND 1000000),
-	builtin			boolean NOT NULL DEFAULT false
+	quiet_from		time,
+	quiet_until		time,
+	cap_day			integer CONSTRAINT outbox_settings_cap_day_positive CHECK (cap_day >= 1),
+	cap_channel_day	integer CONSTRAINT outbox_settings_cap_channel_day_positive CHECK (cap_channel_day >= 1),
+	cap_7_days		integer CONSTRAINT outbox_settings_cap_7_days_positive CHECK (cap_7_days >= 1),
+	builtin			boolean NOT NULL DEFAULT false,
+	CONSTRAINT outbox_settings_quiet_both CHECK ((quiet_from IS NULL) = (quiet_until IS NULL) AND (quiet_from IS NULL OR quiet_from <> quiet_until))
 );
 COMMENT ON TABLE crm.outbox_settings IS
-	'Outbox settings (one row): attempts before a message is dead, the first retry delay (doubling up to retry_max), how long finished messages are kept, rows deleted per purge batch';
+	'Outbox settings (one row): attempts before a message is dead, the first retry delay (doubling up to retry_max), how long finished messages are kept, rows deleted per purge batch; guard rails for marketing and research messages (service ones are exempt): quiet hours [quiet_from, quiet_until) in the customer''s time zone, which defer a message to their end, and caps on messages claimed per customer per local day (cap_day), per channel and local day (cap_channel_day) and per rolling 7 days (cap_7_days), over which a message is suppressed (capped); NULL turns each off';
+-- Guard rails are off until set (UPDATE crm.outbox_settings SET quiet_from
+-- = '21:00', quiet_until = '09:00', cap_day = 2, ...): nothing is held back
+-- that the operator did not ask for.
 INSERT INTO crm.outbox_settings (settings, builtin) VALUES ('default', true);
 SELECT pg_catalog.pg_extension_config_dump('crm.outbox_settings', 'WHERE NOT builtin');
 
@@ -5863,6 +5877,8 @@ CREATE TABLE crm.outbox (
 	due_at			timestamptz,
 	consumer		text,
 	attempts		integer NOT NULL DEFAULT 0,
+	deferrals		integer NOT NULL DEFAULT 0,
+	claimed_at		timestamptz,
 	last_error		text,
 	suppressed_reason text,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -5873,13 +5889,28 @@ CREATE TABLE crm.outbox (
 );
 CREATE INDEX outbox_due_idx ON crm.outbox (due_at, message_id) WHERE status IN ('pending', 'leased');
 CREATE INDEX outbox_finished_idx ON crm.outbox (finished_at) WHERE status IN ('delivered', 'dead', 'suppressed');
+-- what the caps count: a customer's marketing and research messages claimed
+CREATE INDEX outbox_capped_idx ON crm.outbox (customer_id, claimed_at) WHERE purpose <> 'service' AND claimed_at IS NOT NULL;
 COMMENT ON TABLE crm.outbox IS
 	'Messages to deliver, one per dedupe key: pending until due_at (available_at, or a retry time), leased to a consumer until due_at (the lease''s end), then delivered, dead (max_attempts failures) or suppressed (no consent: suppressed_reason); purged by crm.tick after the retention period';
 COMMENT ON COLUMN crm.outbox.source IS 'What enqueued it: journey:<name>, campaign:<name>, api, ...; suppressions are counted per source (crm.v_outbox_stats)';
 COMMENT ON COLUMN crm.outbox.unless_ordered_after IS 'When set, the message is suppressed at claim (goal reached) if the customer has a paid order after this time: a win-back message is not sent to a customer who bought meanwhile, also when the order was in flight as the message was decided';
+COMMENT ON COLUMN crm.outbox.deferrals IS 'How often the message was deferred by quiet hours';
+COMMENT ON COLUMN crm.outbox.claimed_at IS 'When a consumer first claimed it (what the frequency caps count)';
 COMMENT ON COLUMN crm.outbox.due_at IS 'When a pending message may be claimed, or when a leased one''s lease runs out and it may be claimed again; NULL once finished';
 SELECT pg_catalog.pg_extension_config_dump('crm.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.outbox_id_seq', '');
+
+-- A customer's time zone for quiet hours and daily caps: the home store's,
+-- else the loyalty programme's.
+CREATE FUNCTION crm.customer_time_zone(customer_id bigint) RETURNS text
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+RETURN COALESCE((SELECT s.time_zone FROM crm.customer c JOIN crm.store s ON s.store_id = c.home_store_id
+                 WHERE c.customer_id = customer_time_zone.customer_id),
+                (SELECT p.time_zone FROM crm.loyalty_program p));
+COMMENT ON FUNCTION crm.customer_time_zone(bigint) IS
+	'The time zone a customer''s days and quiet hours are counted in: the home store''s (crm.store.time_zone), else the loyalty programme''s';
 
 CREATE FUNCTION crm.outbox_enqueue(customer_id bigint, channel text, purpose text, template text, payload jsonb,
 	dedupe_key text, available_at timestamptz DEFAULT pg_catalog.now(), source text DEFAULT 'api',
@@ -5936,52 +5967,123 @@ $$;
 COMMENT ON FUNCTION crm.outbox_enqueue(bigint, text, text, text, jsonb, text, timestamptz, text, timestamptz) IS
 	'Enqueues a message for a customer (its golden customer) on a channel, for a purpose, once per dedupe key (unless_ordered_after: suppressed at claim, goal reached, if the customer has a paid order after it) (a second call returns the first message id; CR002 for another customer, channel or template); written suppressed (reason no consent) when the customer''s consent does not allow it; NOTIFY crm_outbox wakes consumers.  22023 unknown channel or purpose, 22004 a NULL, 23503 unknown customer';
 
-CREATE FUNCTION crm.outbox_claim(consumer text, n integer DEFAULT 100, lease interval DEFAULT '1 minute')
+CREATE FUNCTION crm.outbox_claim(consumer text, n integer DEFAULT 100, lease interval DEFAULT '1 minute',
+	at timestamptz DEFAULT NULL)
 RETURNS SETOF crm.outbox
-LANGUAGE plpgsql VOLATILE STRICT
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- The due messages, oldest first, skipping those another consumer is
--- claiming right now (SKIP LOCKED): each is leased to this consumer until
--- the clock + lease, or, when consent no longer allows it, suppressed.
+-- claiming right now (SKIP LOCKED).  Each is, in this order of checks:
+--   suppressed (consent revoked) when consent no longer allows it,
+--   suppressed (goal reached) when its customer ordered after its
+--     unless_ordered_after,
+--   deferred to the end of the quiet hours when it is marketing or
+--     research and it is quiet time where the customer lives (pending
+--     again, deferrals counted),
+--   suppressed (capped) when it is marketing or research and would go over
+--     a frequency cap, counting what was claimed before and what this
+--     claim leased ahead of it (per golden customer, in due order),
+--   else leased to this consumer until the clock + lease.
 -- Leases and retries run on the wall clock (clock_timestamp), not on the
--- time the caller's transaction started.
+-- time the caller's transaction started; "at" replaces the clock (tests,
+-- replays).  Not STRICT: at may be NULL.
 DECLARE
-	t timestamptz := pg_catalog.clock_timestamp();
+	t timestamptz := COALESCE(at, pg_catalog.clock_timestamp());
+	s crm.outbox_settings;
+	r record;
+	taken jsonb := '{}';		-- leased in this claim: per golden, and per golden and channel
+	k_all text;
+	k_channel text;
+	leased bigint[] := '{}';
+	refused_ids bigint[] := '{}';
+	refused_why text[] := '{}';
+	deferred_ids bigint[] := '{}';
+	deferred_to timestamptz[] := '{}';
+	caps boolean;
 BEGIN
-	IF n < 1 OR n > 10000 OR lease <= interval '0' OR pg_catalog.btrim(consumer) = '' THEN
+	IF consumer IS NULL OR n IS NULL OR lease IS NULL OR n < 1 OR n > 10000 OR lease <= interval '0' OR pg_catalog.btrim(consumer) = '' THEN
 		RAISE EXCEPTION 'outbox_claim needs a consumer name, 1 to 10000 messages and a positive lease' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	SELECT * INTO s FROM crm.outbox_settings x;
+	caps := s.cap_day IS NOT NULL OR s.cap_channel_day IS NOT NULL OR s.cap_7_days IS NOT NULL;
+	FOR r IN
+		WITH due AS (
+			SELECT x.message_id FROM crm.outbox x
+			WHERE x.status IN ('pending', 'leased') AND x.due_at <= t
+			ORDER BY x.due_at, x.message_id
+			LIMIT n
+			FOR UPDATE SKIP LOCKED),
+		checked AS (
+			-- (a message claimed before, whose lease ran out, passed the guard
+			-- rails then and is counted already: only consent and goal again)
+			SELECT x.message_id, x.channel, x.due_at, g.golden, z.tz, x.purpose <> 'service' AND x.claimed_at IS NULL AS guarded,
+			       CASE WHEN NOT crm.consent_allows(x.customer_id, x.channel, x.purpose, t) THEN 'consent revoked'
+			            WHEN x.unless_ordered_after IS NOT NULL AND EXISTS (
+			                 SELECT 1 FROM crm.orders o WHERE o.customer_id = g.golden
+			                 AND o.status = 'paid' AND o.ordered_at > x.unless_ordered_after) THEN 'goal reached' END AS refused
+			FROM crm.outbox x
+			JOIN due d ON d.message_id = x.message_id
+			CROSS JOIN LATERAL (SELECT crm.golden_customer(x.customer_id) AS golden) g
+			CROSS JOIN LATERAL (SELECT CASE WHEN x.purpose <> 'service' THEN crm.customer_time_zone(g.golden) END AS tz) z)
+		SELECT c.*,
+		       -- the end of the quiet hours, when it is quiet time where the customer lives
+		       CASE WHEN c.refused IS NULL AND c.guarded AND s.quiet_from IS NOT NULL
+		                 AND CASE WHEN s.quiet_from < s.quiet_until THEN l.local_time >= s.quiet_from AND l.local_time < s.quiet_until
+		                          ELSE l.local_time >= s.quiet_from OR l.local_time < s.quiet_until END
+		            THEN ((l.local_day + CASE WHEN l.local_time >= s.quiet_until THEN 1 ELSE 0 END) + s.quiet_until) AT TIME ZONE c.tz END AS defer_to,
+		       b.day, b.channel_day, b.week
+		FROM checked c
+		CROSS JOIN LATERAL (SELECT (t AT TIME ZONE c.tz)::time AS local_time, (t AT TIME ZONE c.tz)::date AS local_day) l
+		-- what the caps count from before: this customer's marketing and
+		-- research messages claimed in its local day and in 7 days
+		LEFT JOIN LATERAL (
+			SELECT pg_catalog.count(*) FILTER (WHERE y.claimed_at >= (l.local_day::timestamp AT TIME ZONE c.tz)) AS day,
+			       pg_catalog.count(*) FILTER (WHERE y.claimed_at >= (l.local_day::timestamp AT TIME ZONE c.tz) AND y.channel = c.channel) AS channel_day,
+			       pg_catalog.count(*) AS week
+			FROM crm.outbox y
+			WHERE caps AND c.guarded AND y.customer_id = c.golden AND y.purpose <> 'service' AND y.claimed_at IS NOT NULL
+			  AND y.claimed_at > t - interval '7 days' AND y.message_id <> c.message_id) b ON true
+		ORDER BY c.due_at, c.message_id
+	LOOP
+		IF r.refused IS NOT NULL THEN
+			refused_ids := refused_ids || r.message_id;
+			refused_why := refused_why || r.refused;
+		ELSIF r.defer_to IS NOT NULL THEN
+			deferred_ids := deferred_ids || r.message_id;
+			deferred_to := deferred_to || r.defer_to;
+		ELSIF r.guarded AND caps THEN
+			k_all := r.golden::text;
+			k_channel := r.golden::text || ':' || r.channel;
+			IF r.day + COALESCE((taken ->> k_all)::integer, 0) >= COALESCE(s.cap_day, 2147483647)
+			   OR r.channel_day + COALESCE((taken ->> k_channel)::integer, 0) >= COALESCE(s.cap_channel_day, 2147483647)
+			   OR r.week + COALESCE((taken ->> k_all)::integer, 0) >= COALESCE(s.cap_7_days, 2147483647) THEN
+				refused_ids := refused_ids || r.message_id;
+				refused_why := refused_why || 'capped'::text;
+			ELSE
+				leased := leased || r.message_id;
+				taken := taken || pg_catalog.jsonb_build_object(k_all, COALESCE((taken ->> k_all)::integer, 0) + 1,
+				                                                k_channel, COALESCE((taken ->> k_channel)::integer, 0) + 1);
+			END IF;
+		ELSE
+			leased := leased || r.message_id;
+		END IF;
+	END LOOP;
+	UPDATE crm.outbox o SET status = 'suppressed', suppressed_reason = u.why, due_at = NULL, finished_at = t
+	FROM ROWS FROM (pg_catalog.unnest(refused_ids), pg_catalog.unnest(refused_why)) u(id, why)
+	WHERE o.message_id = u.id;
+	UPDATE crm.outbox o SET status = 'pending', due_at = u.until, deferrals = o.deferrals + 1
+	FROM ROWS FROM (pg_catalog.unnest(deferred_ids), pg_catalog.unnest(deferred_to)) u(id, until)
+	WHERE o.message_id = u.id;
 	RETURN QUERY
-	WITH due AS (
-		SELECT x.message_id FROM crm.outbox x
-		WHERE x.status IN ('pending', 'leased') AND x.due_at <= t
-		ORDER BY x.due_at, x.message_id
-		LIMIT n
-		FOR UPDATE SKIP LOCKED),
-	decided AS (
-		SELECT x.message_id,
-		       CASE WHEN NOT crm.consent_allows(x.customer_id, x.channel, x.purpose, t) THEN 'consent revoked'
-		            WHEN x.unless_ordered_after IS NOT NULL AND EXISTS (
-		                 SELECT 1 FROM crm.orders o WHERE o.customer_id = crm.golden_customer(x.customer_id)
-		                 AND o.status = 'paid' AND o.ordered_at > x.unless_ordered_after) THEN 'goal reached' END AS refused
-		FROM crm.outbox x JOIN due d ON d.message_id = x.message_id),
-	claimed AS (
-	UPDATE crm.outbox o
-	SET status = CASE WHEN d.refused IS NULL THEN 'leased' ELSE 'suppressed' END,
-	    consumer = CASE WHEN d.refused IS NULL THEN outbox_claim.consumer ELSE o.consumer END,
-	    attempts = o.attempts + CASE WHEN d.refused IS NULL THEN 1 ELSE 0 END,
-	    due_at = CASE WHEN d.refused IS NULL THEN t + lease END,
-	    suppressed_reason = d.refused,
-	    finished_at = CASE WHEN d.refused IS NULL THEN NULL ELSE t END
-	FROM decided d
-	WHERE o.message_id = d.message_id
-	RETURNING o.*)
-	SELECT c.* FROM claimed c WHERE c.status = 'leased' ORDER BY c.due_at, c.message_id;
+	UPDATE crm.outbox o SET status = 'leased', consumer = outbox_claim.consumer, attempts = o.attempts + 1,
+	                        claimed_at = COALESCE(o.claimed_at, t), due_at = t + lease
+	WHERE o.message_id = ANY (leased)
+	RETURNING o.*;
 END
 $$;
-COMMENT ON FUNCTION crm.outbox_claim(text, integer, interval) IS
-	'Claims up to n due messages for a consumer (FOR UPDATE SKIP LOCKED: consumers never get the same message at once) and leases them until clock_timestamp() + lease; a message whose customer''s consent no longer allows it (consent revoked) or whose customer ordered after its unless_ordered_after (goal reached) is suppressed instead and not returned; returns the leased messages.  A lease that runs out before crm.outbox_ack makes the message due again (at-least-once delivery)';
+COMMENT ON FUNCTION crm.outbox_claim(text, integer, interval, timestamptz) IS
+	'Claims up to n due messages for a consumer (FOR UPDATE SKIP LOCKED: consumers never get the same message at once) and leases them until clock_timestamp() (or "at") + lease; a message whose customer''s consent no longer allows it (consent revoked), whose customer ordered after its unless_ordered_after (goal reached) or that would go over a frequency cap (capped) is suppressed instead, and a marketing or research message in the customer''s quiet hours is deferred to their end; neither is returned; returns the leased messages.  A lease that runs out before crm.outbox_ack makes the message due again (at-least-once delivery)';
 
 CREATE FUNCTION crm.outbox_ack(message_ids bigint[]) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
@@ -6072,11 +6174,12 @@ INSERT INTO crm.tick_task (task, run_order, fn, builtin)
 
 CREATE VIEW crm.v_outbox_stats AS
 SELECT o.source, o.channel, o.status, o.suppressed_reason, pg_catalog.count(*) AS messages,
+       pg_catalog.sum(o.deferrals) AS quiet_hours_deferrals,
        pg_catalog.min(o.created_at) AS first_at, pg_catalog.max(o.created_at) AS last_at
 FROM crm.outbox o
 GROUP BY 1, 2, 3, 4;
 COMMENT ON VIEW crm.v_outbox_stats IS
-	'Messages per source (journey, campaign, ...), channel, status and suppression reason (no consent at enqueue, consent revoked before the claim), until purged';
+	'Messages per source (journey, campaign, ...), channel, status and suppression reason (no consent at enqueue; consent revoked, goal reached or capped at the claim), with the quiet-hours deferrals, until purged';
 -- (end of engagement/outbox.sql)
 
 
