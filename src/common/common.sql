@@ -223,6 +223,21 @@ COMMENT ON FUNCTION crm.move_rows_on_citus(regclass, text, text, bigint[], bigin
 
 -- Work that spans customers refuses to run on a distributed crm_ext until it
 -- has been made to (src/common/shard.c; README, "Scaling out with Citus").
+-- Trigger for append-only tables (ledgers, histories): an edit is refused
+-- with 55000; a correction is a new row.
+CREATE FUNCTION crm.refuse_edit_of_history() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+		      HINT = 'Record a new row instead (a refund, a new answer); the history keeps every change.';
+END
+$$;
+COMMENT ON FUNCTION crm.refuse_edit_of_history() IS
+	'Trigger: refuses UPDATE, DELETE and TRUNCATE on an append-only table (crm.wallet_txn, crm.wallet_journal, crm.consent_event) with 55000';
+
 CREATE FUNCTION crm.refuse_on_citus(what text) RETURNS void
 	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'crm_refuse_on_citus_sql';
 COMMENT ON FUNCTION crm.refuse_on_citus(text) IS

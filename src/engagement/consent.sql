@@ -38,21 +38,10 @@ COMMENT ON TABLE crm.consent_event IS
 SELECT pg_catalog.pg_extension_config_dump('crm.consent_event', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.consent_event_id_seq', '');
 
-CREATE FUNCTION crm.consent_refuse_edit() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RAISE EXCEPTION 'consent_event is append-only: % refused', TG_OP
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-		      HINT = 'Record a new answer with crm.set_consent(); the history keeps every answer.';
-END
-$$;
-COMMENT ON FUNCTION crm.consent_refuse_edit() IS 'Trigger: refuses UPDATE, DELETE and TRUNCATE on crm.consent_event (55000)';
 CREATE TRIGGER consent_event_append_only BEFORE UPDATE OR DELETE ON crm.consent_event
-	FOR EACH ROW EXECUTE FUNCTION crm.consent_refuse_edit();
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER consent_event_no_truncate BEFORE TRUNCATE ON crm.consent_event
-	FOR EACH STATEMENT EXECUTE FUNCTION crm.consent_refuse_edit();
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.refuse_edit_of_history();
 
 -- Refuses a channel or purpose consent does not know (22023).
 CREATE FUNCTION crm.consent_check_kind(channel text, purpose text) RETURNS void

@@ -4389,6 +4389,21 @@ COMMENT ON FUNCTION crm.citus_one_connection_per_worker() IS
 	'Internal (Citus): multi-shard statements of this transaction run over one connection per worker, the one holding its row locks';
 
 
+-- Trigger for append-only tables (ledgers, histories): an edit is refused
+-- with 55000; a correction is a new row.
+CREATE FUNCTION crm.refuse_edit_of_history() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
+		USING ERRCODE = 'object_not_in_prerequisite_state',
+		      HINT = 'Record a new row instead (a refund, a new answer); the history keeps every change.';
+END
+$$;
+COMMENT ON FUNCTION crm.refuse_edit_of_history() IS
+	'Trigger: refuses UPDATE, DELETE and TRUNCATE on an append-only table (crm.wallet_txn, crm.wallet_journal, crm.consent_event) with 55000';
+
 -- ===========================================================================
 -- wallet/wallet.sql: stored value (issue 16).
 --
@@ -4526,25 +4541,14 @@ COMMENT ON TABLE crm.wallet_journal IS
 SELECT pg_catalog.pg_extension_config_dump('crm.wallet_journal', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.wallet_journal_id_seq', '');
 
-CREATE FUNCTION crm.wallet_refuse_edit() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-		      HINT = 'Correct a movement with a new one (a refund, a top-up); the journal keeps every change.';
-END
-$$;
-COMMENT ON FUNCTION crm.wallet_refuse_edit() IS 'Trigger: refuses UPDATE, DELETE and TRUNCATE on crm.wallet_txn and crm.wallet_journal (55000)';
 CREATE TRIGGER wallet_txn_append_only BEFORE UPDATE OR DELETE ON crm.wallet_txn
-	FOR EACH ROW EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER wallet_txn_no_truncate BEFORE TRUNCATE ON crm.wallet_txn
-	FOR EACH STATEMENT EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER wallet_journal_append_only BEFORE UPDATE OR DELETE ON crm.wallet_journal
-	FOR EACH ROW EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER wallet_journal_no_truncate BEFORE TRUNCATE ON crm.wallet_journal
-	FOR EACH STATEMENT EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.refuse_edit_of_history();
 
 -- ---------------------------------------------------------------------------
 -- The ledger's owner: entries in, caches updated, balance checked
@@ -5685,21 +5689,10 @@ COMMENT ON TABLE crm.consent_event IS
 SELECT pg_catalog.pg_extension_config_dump('crm.consent_event', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.consent_event_id_seq', '');
 
-CREATE FUNCTION crm.consent_refuse_edit() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RAISE EXCEPTION 'consent_event is append-only: % refused', TG_OP
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-		      HINT = 'Record a new answer with crm.set_consent(); the history keeps every answer.';
-END
-$$;
-COMMENT ON FUNCTION crm.consent_refuse_edit() IS 'Trigger: refuses UPDATE, DELETE and TRUNCATE on crm.consent_event (55000)';
 CREATE TRIGGER consent_event_append_only BEFORE UPDATE OR DELETE ON crm.consent_event
-	FOR EACH ROW EXECUTE FUNCTION crm.consent_refuse_edit();
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER consent_event_no_truncate BEFORE TRUNCATE ON crm.consent_event
-	FOR EACH STATEMENT EXECUTE FUNCTION crm.consent_refuse_edit();
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.refuse_edit_of_history();
 
 -- Refuses a channel or purpose consent does not know (22023).
 CREATE FUNCTION crm.consent_check_kind(channel text, purpose text) RETURNS void
@@ -5920,10 +5913,10 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 -- Not STRICT: NULLs are errors (unless_ordered_after may be NULL).  The
--- golden customer gets the message; a
--- dedupe key enqueued before returns that message (exactly once per key,
--- also against a concurrent enqueue, which waits for the first to commit;
--- CR002 when the key was used for another customer, channel or template).
+-- golden customer gets the message; a dedupe key enqueued before returns
+-- that message (exactly once per key, also against a concurrent enqueue,
+-- which waits for the first to commit; CR002 when the key was used for
+-- another customer, channel or template).
 -- Without consent the message is written suppressed, so the occasion is
 -- decided and counted.  Returns the message id.
 DECLARE
@@ -6152,6 +6145,9 @@ DECLARE
 	n bigint := 0;
 	batch bigint;
 BEGIN
+	IF crm.on_citus() THEN
+		RETURN 0;					-- engagement does not run on a cluster yet
+	END IF;
 	SELECT * INTO s FROM crm.outbox_settings x;
 	LOOP
 		DELETE FROM crm.outbox o

@@ -136,25 +136,14 @@ COMMENT ON TABLE crm.wallet_journal IS
 SELECT pg_catalog.pg_extension_config_dump('crm.wallet_journal', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.wallet_journal_id_seq', '');
 
-CREATE FUNCTION crm.wallet_refuse_edit() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
-		USING ERRCODE = 'object_not_in_prerequisite_state',
-		      HINT = 'Correct a movement with a new one (a refund, a top-up); the journal keeps every change.';
-END
-$$;
-COMMENT ON FUNCTION crm.wallet_refuse_edit() IS 'Trigger: refuses UPDATE, DELETE and TRUNCATE on crm.wallet_txn and crm.wallet_journal (55000)';
 CREATE TRIGGER wallet_txn_append_only BEFORE UPDATE OR DELETE ON crm.wallet_txn
-	FOR EACH ROW EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER wallet_txn_no_truncate BEFORE TRUNCATE ON crm.wallet_txn
-	FOR EACH STATEMENT EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER wallet_journal_append_only BEFORE UPDATE OR DELETE ON crm.wallet_journal
-	FOR EACH ROW EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_edit_of_history();
 CREATE TRIGGER wallet_journal_no_truncate BEFORE TRUNCATE ON crm.wallet_journal
-	FOR EACH STATEMENT EXECUTE FUNCTION crm.wallet_refuse_edit();
+	FOR EACH STATEMENT EXECUTE FUNCTION crm.refuse_edit_of_history();
 
 -- ---------------------------------------------------------------------------
 -- The ledger's owner: entries in, caches updated, balance checked
