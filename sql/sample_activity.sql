@@ -49,6 +49,11 @@ CREATE FUNCTION pg_temp.activity_checksum() RETURNS text LANGUAGE sql AS $$
 		FROM crm.wallet_txn t LEFT JOIN crm.wallet_txn p ON p.txn_id = t.ref_txn_id
 		UNION ALL
 		SELECT pg_catalog.format('W|%s|%s|%s|%s|%s', customer_id, cash, bonus, held_cash, held_bonus) FROM crm.wallet
+		UNION ALL
+		SELECT pg_catalog.format('k|%s|%s|%s|%s|%s|%s', customer_id, channel, purpose, granted, source, EXTRACT(epoch FROM at)) FROM crm.consent_event
+		UNION ALL
+		SELECT pg_catalog.format('J|%s|%s|%s|%s|%s', j.name, j.entry, s.step_no, s.kind, s.template)
+		FROM crm.journey j JOIN crm.journey_step s USING (journey_id)
 	) AS rows(t)
 $$;
 SET TimeZone = 'UTC';
@@ -140,6 +145,12 @@ SELECT count(*) FILTER (WHERE t.kind IN ('pay', 'capture') AND o.status = 'refun
 FROM crm.wallet_txn t JOIN crm.orders o ON o.order_id = t.order_id;
 SELECT changed AS wallet_tick FROM crm.tick(crm.sample_as_of()) WHERE task = 'wallet_expire';
 SELECT account, balance FROM crm.v_wallet_accounts ORDER BY account;
+
+-- 4c. Consent (six in ten opt in to SMS, three in ten to e-mail, some
+--     reply STOP) and the programme's journeys, which that tick ran: who
+--     entered, who was held out, what was queued and what consent held back.
+SELECT channel, granted, count(*) FROM crm.consent_event GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT name, entered, control, active, done, messages, suppressed FROM crm.v_journey_funnel ORDER BY journey_id;
 
 -- 5. Once per sample.
 SELECT pg_temp.expect_error($$SELECT * FROM crm.generate_sample_activity(1)$$) AS second_call;

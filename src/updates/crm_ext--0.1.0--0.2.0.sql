@@ -5591,6 +5591,43 @@ BEGIN
 	      WHERE crm.sample_uniform(seed, 213, x.customer_id) < 0.05
 	      GROUP BY 1 ORDER BY 1) m;
 
+	-- Consent and journeys -------------------------------------------------------
+	-- Six customers in ten opt in to SMS marketing when they register (on
+	-- the app, at the till or on the web), three in ten to e-mail; one in
+	-- ten of the SMS ones replies STOP later.  The journeys are the
+	-- programme's: crm.tick (the demo runs it at the sample's end) enters
+	-- customers and queues their messages.
+	INSERT INTO crm.consent_event (customer_id, channel, purpose, granted, source, at)
+	SELECT c.customer_id, v.channel, 'marketing', true, COALESCE(c.channel, 'pos'), c.created_at
+	FROM crm.customer c
+	CROSS JOIN (VALUES ('sms', 218, 0.6), ('email', 219, 0.3)) v(channel, stream, share)
+	WHERE crm.sample_uniform(seed, v.stream, c.customer_id) < v.share AND c.created_at < at
+	ORDER BY c.customer_id, v.channel;
+	INSERT INTO crm.consent_event (customer_id, channel, purpose, granted, source, at)
+	SELECT c.customer_id, 'sms', 'marketing', false, 'sms STOP',
+	       c.created_at + (at - c.created_at) * crm.sample_uniform(seed, 221, c.customer_id)
+	FROM crm.customer c
+	WHERE crm.sample_uniform(seed, 218, c.customer_id) < 0.6 AND crm.sample_uniform(seed, 220, c.customer_id) < 0.1
+	  AND c.created_at < at
+	ORDER BY c.customer_id;
+	WITH j AS (
+		INSERT INTO crm.journey (name, entry, entry_days, entry_hours, exit_on_purchase, control_percent, reentry_after)
+		VALUES ('win_back', 'dormant', 120, NULL, true, 10, '180 days'),
+		       ('cart_reminder', 'cart_abandoned', NULL, 4, true, 0, '7 days'),
+		       ('birthday', 'birthday', 14, NULL, false, 0, '300 days'),
+		       ('points_expiring', 'points_expiring', 45, NULL, false, 0, '25 days')
+		RETURNING journey_id, name)
+	INSERT INTO crm.journey_step (journey_id, step_no, kind, channel, template, coupon_template, points)
+	SELECT j.journey_id, s.step_no, s.kind, s.channel, s.template, CASE WHEN s.kind = 'coupon' THEN t_win_back END, s.points
+	FROM j JOIN (VALUES ('win_back', 1, 'send', 'sms', 'we miss you: 15% off', NULL::bigint),
+	                    ('win_back', 2, 'coupon', NULL, NULL, NULL),
+	                    ('cart_reminder', 1, 'send', 'sms', 'your cart is waiting', NULL),
+	                    ('birthday', 1, 'send', 'sms', 'happy birthday', NULL),
+	                    ('birthday', 2, 'points', NULL, NULL, 200),
+	                    ('points_expiring', 1, 'send', 'email', 'your points expire soon', NULL)) s(name, step_no, kind, channel, template, points)
+	  ON s.name = j.name
+	ORDER BY j.journey_id, s.step_no;
+
 	-- Refunds after all that -----------------------------------------------------------
 	-- A tenth of the members who spent points (at the till or for a reward)
 	-- return their biggest paid order of the year before they spent them:
@@ -5636,13 +5673,15 @@ BEGIN
 		UNION ALL SELECT 'crm.reward_exchange', (SELECT pg_catalog.count(*) FROM crm.reward_exchange e JOIN crm.reward r ON r.reward_id = e.reward_id
 		                                         WHERE r.name = ANY (reward_names))
 		UNION ALL SELECT 'crm.points_journal', (SELECT pg_catalog.count(*) FROM crm.points_journal j WHERE j.journal_id > journal_from)
+		UNION ALL SELECT 'crm.consent_event', (SELECT pg_catalog.count(*) FROM crm.consent_event)
+		UNION ALL SELECT 'crm.journey', (SELECT pg_catalog.count(*) FROM crm.journey)
 		UNION ALL SELECT 'crm.wallet_txn', (SELECT pg_catalog.count(*) FROM crm.wallet_txn w WHERE w.idempotency_key LIKE 'sample:wallet:%'
 		                                      OR w.idempotency_key LIKE 'order-refund:%')
 		UNION ALL SELECT 'crm.orders refunded', n_refunded;
 END
 $$;
 COMMENT ON FUNCTION crm.generate_sample_activity(integer, timestamptz) IS
-	'Adds deterministic activity to sample data (after crm.generate_sample, once): coupon templates issued to audiences and redeemed on orders (win-back, member vouchers, "5 off 40", the free-delivery tier benefit), points redemptions, a rewards catalogue and exchanges (a limited reward sells out), wallet top-ups with bonus, payments and POS holds, then refunds of orders after those (points clawed back, debt, vouchers and wallet payments restored); returns rows added per relation (crm.orders: orders refunded). Moves crm.loyalty_now to "at" while it runs (superuser). CR005 when it ran already';
+	'Adds deterministic activity to sample data (after crm.generate_sample, once): coupon templates issued to audiences and redeemed on orders (win-back, member vouchers, "5 off 40", the free-delivery tier benefit), points redemptions, a rewards catalogue and exchanges (a limited reward sells out), wallet top-ups with bonus, payments and POS holds, marketing consents (some revoked) and the programme''s journeys (win-back, cart reminder, birthday, points expiring: crm.tick runs them), then refunds of orders after those (points clawed back, debt, vouchers and wallet payments restored); returns rows added per relation (crm.orders: orders refunded). Moves crm.loyalty_now to "at" while it runs (superuser). CR005 when it ran already';
 
 
 -- Stores get a time zone (engagement: quiet hours and daily caps).
