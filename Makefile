@@ -85,7 +85,8 @@ WALLET_SQL = \
 ENGAGEMENT_SQL = \
 	src/engagement/consent.sql \
 	src/engagement/outbox.sql \
-	src/engagement/journey.sql
+	src/engagement/journey.sql \
+	src/engagement/campaign.sql
 SCALE_SQL = \
 	src/scale/distribute.sql
 # crm.verify checks where the features meet, so it comes after all of them.

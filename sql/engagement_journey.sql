@@ -77,7 +77,8 @@ INSERT INTO crm.event (customer_id, kind, at) VALUES
 SELECT crm.adjust_points(4, 300, 'goodwill', 'pts-4', '2025-06-15') IS NOT NULL AS points_that_expire_end_of_june;
 UPDATE crm.journey SET enabled = false WHERE name IN ('welcome', 'win_back');
 SELECT changed FROM crm.tick('2026-06-10 12:00+00') WHERE task = 'journeys';
-SELECT journey, customer_id, occasion, status FROM pg_temp.enrolled() WHERE journey IN ('birthday', 'cart', 'expiring');
+SELECT journey, customer_id, CASE WHEN journey = 'cart' THEN 'the cart event' ELSE occasion END AS occasion, status
+FROM pg_temp.enrolled() WHERE journey IN ('birthday', 'cart', 'expiring');
 SELECT changed FROM crm.tick('2026-06-11 12:00+00') WHERE task = 'journeys';   -- nothing new for the same occasions
 SELECT customer_id, template FROM pg_temp.sent() WHERE source IN ('journey:birthday', 'journey:cart', 'journey:expiring');
 SELECT customer_id, kind, points FROM crm.points_journal WHERE idempotency_key LIKE 'journey:birthday:%';
@@ -86,7 +87,7 @@ SELECT customer_id, kind, points FROM crm.points_journal WHERE idempotency_key L
 INSERT INTO crm.tag (name, kind) VALUES ('vip', 'manual');
 SELECT crm.tag_customer(1, 'vip', '2026-06-01');
 INSERT INTO crm.customer (customer_id, name, created_at) SELECT k, 'many ' || k, '2025-01-01' FROM generate_series(100, 199) k;
-INSERT INTO crm.orders (customer_id, channel, ordered_at, amount) SELECT k, 'web', '2026-01-01', 10.00 FROM generate_series(100, 199) k;
+INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) SELECT 1000 + k, k, 'web', '2026-01-01', 10.00 FROM generate_series(100, 199) k;
 INSERT INTO crm.journey (name, entry, entry_days, control_percent) VALUES ('dormant_half', 'dormant', 150, 20);
 INSERT INTO crm.journey (name, entry, entry_days, audience) VALUES ('dormant_vip', 'dormant', 1, 'vip');
 INSERT INTO crm.journey_step (journey_id, step_no, kind, channel, template)
@@ -94,7 +95,7 @@ SELECT journey_id, 1, 'send', 'sms', 'hello' FROM crm.journey WHERE name IN ('do
 SELECT changed FROM crm.tick('2026-06-20 00:00+00') WHERE task = 'journeys';
 SELECT journey, status, count(*) FROM pg_temp.enrolled() WHERE journey IN ('dormant_half', 'dormant_vip') GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT count(*) FILTER (WHERE e.status = 'control') AS control,
-       count(*) FILTER (WHERE e.status = 'control' AND crm.journey_in_control(e.journey_id, e.customer_id, 20)) AS control_by_hash,
+       count(*) FILTER (WHERE e.status = 'control' AND crm.held_out('journey', j.name, e.customer_id, 20)) AS control_by_hash,
        count(o.message_id) FILTER (WHERE e.status = 'control') AS control_sent
 FROM crm.journey_enrollment e JOIN crm.journey j USING (journey_id)
 LEFT JOIN crm.outbox o ON o.dedupe_key LIKE 'journey:dormant_half:' || e.enrollment_id || ':%'

@@ -92,15 +92,17 @@ COMMENT ON TABLE crm.journey_enrollment IS
 SELECT pg_catalog.pg_extension_config_dump('crm.journey_enrollment', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.journey_enrollment_id_seq', '');
 
--- Is golden customer g in journey j's control group: a stable hash of the
--- journey and the customer, below control_percent of 100.
-CREATE FUNCTION crm.journey_in_control(j integer, g bigint, control_percent integer) RETURNS boolean
+-- Is golden customer g held out of a campaign or journey: a stable hash of
+-- the kind, the name and the customer, below percent of 100 (the same
+-- customer is not always held out of everything; names, not ids, so that
+-- the same set-up holds out the same customers).
+CREATE FUNCTION crm.held_out(kind text, name text, g bigint, percent integer) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
-RETURN control_percent > 0
-   AND pg_catalog.abs(pg_catalog.hashtextextended(j::text || ':' || g::text, 17)) % 100 < control_percent;
-COMMENT ON FUNCTION crm.journey_in_control(integer, bigint, integer) IS
-	'Internal: whether a golden customer is in a journey''s control group (a stable hash of journey and customer below control_percent of 100)';
+RETURN percent > 0
+   AND pg_catalog.abs(pg_catalog.hashtextextended(kind || ':' || name || ':' || g::text, 17)) % 100 < percent;
+COMMENT ON FUNCTION crm.held_out(text, text, bigint, integer) IS
+	'Whether a golden customer is in the control group of a campaign or journey (kind, name): a stable hash below percent of 100';
 
 -- Enters golden customers (with their occasions) into journey j, each at
 -- its time: one row per occasion, and only if re-entry allows it (never
@@ -115,10 +117,10 @@ DECLARE
 BEGIN
 	INSERT INTO crm.journey_enrollment (journey_id, customer_id, occasion, entered_at, status, next_step, next_at, ended_at)
 	SELECT j.journey_id, u.c, u.o, u.t,
-	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN 'control' ELSE 'active' END,
-	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN NULL ELSE 1 END,
-	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN NULL ELSE u.t END,
-	       CASE WHEN crm.journey_in_control(j.journey_id, u.c, j.control_percent) THEN u.t END
+	       CASE WHEN crm.held_out('journey', j.name, u.c, j.control_percent) THEN 'control' ELSE 'active' END,
+	       CASE WHEN crm.held_out('journey', j.name, u.c, j.control_percent) THEN NULL ELSE 1 END,
+	       CASE WHEN crm.held_out('journey', j.name, u.c, j.control_percent) THEN NULL ELSE u.t END,
+	       CASE WHEN crm.held_out('journey', j.name, u.c, j.control_percent) THEN u.t END
 	FROM ROWS FROM (pg_catalog.unnest(customers), pg_catalog.unnest(occasions), pg_catalog.unnest(times)) u(c, o, t)
 	WHERE NOT EXISTS (
 		SELECT 1 FROM crm.journey_enrollment e
@@ -203,16 +205,22 @@ DECLARE
 	ran integer := 0;
 	key text;
 	ended text;
+	goal_after timestamptz;
 BEGIN
 	-- The goal: a purchase since entering (one the order's trigger did not
 	-- see, being in flight when the enrollment was made), or for a win-back
-	-- any purchase after the last order that made the customer dormant.
-	IF j.exit_on_purchase AND EXISTS (
-		SELECT 1 FROM crm.orders o
-		WHERE o.customer_id = crm.golden_customer(e.customer_id) AND o.status = 'paid'
-		  AND (o.ordered_at > e.entered_at
-		       OR (j.entry = 'dormant' AND o.ordered_at > e.occasion::timestamptz))) THEN
-		ended := 'purchase';
+	-- any purchase after the last order that made the customer dormant (its
+	-- occasion).
+	IF j.exit_on_purchase THEN
+		IF j.entry = 'dormant' THEN
+			goal_after := LEAST(e.occasion::timestamptz, e.entered_at);
+		ELSE
+			goal_after := e.entered_at;
+		END IF;
+		IF EXISTS (SELECT 1 FROM crm.orders o
+		           WHERE o.customer_id = crm.golden_customer(e.customer_id) AND o.status = 'paid' AND o.ordered_at > goal_after) THEN
+			ended := 'purchase';
+		END IF;
 	END IF;
 	WHILE ended IS NULL AND due <= at LOOP
 		SELECT * INTO s FROM crm.journey_step x WHERE x.journey_id = j.journey_id AND x.step_no = step;
@@ -228,9 +236,7 @@ BEGIN
 			-- time the message is claimed (the outbox checks it)
 			PERFORM crm.outbox_enqueue(e.customer_id, s.channel, s.purpose, s.template,
 				pg_catalog.jsonb_build_object('journey', j.name, 'occasion', e.occasion, 'step', s.step_no),
-				key, GREATEST(due, at), 'journey:' || j.name,
-				CASE WHEN j.exit_on_purchase THEN
-					CASE WHEN j.entry = 'dormant' THEN e.occasion::timestamptz ELSE e.entered_at END END);
+				key, GREATEST(due, at), 'journey:' || j.name, goal_after);
 		WHEN 'coupon' THEN
 			PERFORM crm.issue_coupon(s.coupon_template, e.customer_id, key, at);
 		WHEN 'points' THEN

@@ -21,7 +21,7 @@ UNION ALL SELECT 'accounts', pg_catalog.md5(pg_catalog.string_agg(a::text, '|' O
 UNION ALL SELECT 'journal', pg_catalog.md5(pg_catalog.string_agg(j::text, '|' ORDER BY j.journal_id)) FROM crm.points_journal j
 UNION ALL SELECT 'orders', pg_catalog.md5(pg_catalog.string_agg(o::text, '|' ORDER BY o.order_id)) FROM crm.orders o;
 
-SELECT is((SELECT pg_catalog.count(*)::int FROM crm.distribute(4) WHERE placement = 'distributed by customer_id'), 25,
+SELECT is((SELECT pg_catalog.count(*)::int FROM crm.distribute(4) WHERE placement = 'distributed by customer_id'), 26,
 	'a loaded installation distributes');
 SELECT results_eq($$SELECT order_id, customer_id FROM crm.order_line ORDER BY 1$$,
 	$$VALUES (101::bigint, 1::bigint), (102, 1), (103, 3)$$,
