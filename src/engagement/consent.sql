@@ -72,6 +72,7 @@ AS $$
 DECLARE
 	id bigint;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.set_consent()');
 	IF customer_id IS NULL OR granted IS NULL OR source IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'consent needs a customer, an answer (granted true or false), a source and a time'
 			USING ERRCODE = 'null_value_not_allowed';

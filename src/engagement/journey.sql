@@ -376,6 +376,9 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF crm.on_citus() THEN
+		RETURN;						-- engagement does not run on a cluster yet
+	END IF;
 	UPDATE crm.journey_enrollment e
 	SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = pg_catalog.now(), end_reason = 'merged'
 	WHERE e.customer_id = merged AND e.status = 'active'

@@ -113,6 +113,7 @@ DECLARE
 	g bigint;
 	id bigint;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_enqueue()');
 	IF customer_id IS NULL OR template IS NULL OR payload IS NULL OR dedupe_key IS NULL OR available_at IS NULL OR source IS NULL THEN
 		RAISE EXCEPTION 'a message needs a customer, a template, a payload, a dedupe key and a time' USING ERRCODE = 'null_value_not_allowed',
 			HINT = 'The dedupe key names the occasion (journey:welcome:42:1): a second enqueue for it returns the first message.';
@@ -185,6 +186,7 @@ DECLARE
 	deferred_to timestamptz[] := '{}';
 	caps boolean;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_claim()');
 	IF consumer IS NULL OR n IS NULL OR lease IS NULL OR n < 1 OR n > 10000 OR lease <= interval '0' OR pg_catalog.btrim(consumer) = '' THEN
 		RAISE EXCEPTION 'outbox_claim needs a consumer name, 1 to 10000 messages and a positive lease' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -275,6 +277,7 @@ AS $$
 DECLARE
 	n bigint;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_ack()');
 	UPDATE crm.outbox o SET status = 'delivered', due_at = NULL, finished_at = pg_catalog.clock_timestamp(), last_error = NULL
 	WHERE o.message_id = ANY (message_ids) AND o.status = 'leased';
 	GET DIAGNOSTICS n = ROW_COUNT;
@@ -302,6 +305,7 @@ DECLARE
 	status text;
 	t timestamptz := pg_catalog.clock_timestamp();
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_fail()');
 	SELECT * INTO s FROM crm.outbox_settings x;
 	UPDATE crm.outbox o
 	SET status = CASE WHEN o.attempts >= s.max_attempts THEN 'dead' ELSE 'pending' END,

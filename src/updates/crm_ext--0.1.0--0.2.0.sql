@@ -5259,7 +5259,9 @@ BEGIN ATOMIC
 	SELECT 'wallet transaction balances', t.customer_id,
 	       pg_catalog.format('%s %s (%s): entries sum to %s', t.kind, t.txn_id, t.idempotency_key, COALESCE(pg_catalog.sum(j.amount)::text, 'nothing'))
 	FROM crm.wallet_txn t LEFT JOIN crm.wallet_journal j ON j.txn_id = t.txn_id
-	GROUP BY t.txn_id
+	-- (every column grouped: a function that leans on the primary key would
+	-- depend on it, and crm.distribute() rebuilds that key on Citus)
+	GROUP BY t.txn_id, t.customer_id, t.kind, t.idempotency_key
 	HAVING COALESCE(pg_catalog.sum(j.amount), 1) <> 0
 	UNION ALL
 	SELECT 'wallet matches its journal', COALESCE(w.customer_id, e.customer_id),
@@ -5299,7 +5301,7 @@ BEGIN ATOMIC
 	SELECT 'wallet refunds within the payment', p.customer_id,
 	       pg_catalog.format('payment %s (%s) of %s: %s refunded', p.txn_id, p.idempotency_key, p.amount, pg_catalog.sum(r.amount))
 	FROM crm.wallet_txn p JOIN crm.wallet_txn r ON r.ref_txn_id = p.txn_id AND r.kind = 'refund'
-	GROUP BY p.txn_id
+	GROUP BY p.txn_id, p.customer_id, p.idempotency_key, p.amount
 	HAVING pg_catalog.sum(r.amount) > p.amount;
 END;
 COMMENT ON FUNCTION crm.verify_wallets() IS
@@ -5762,6 +5764,7 @@ AS $$
 DECLARE
 	id bigint;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.set_consent()');
 	IF customer_id IS NULL OR granted IS NULL OR source IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'consent needs a customer, an answer (granted true or false), a source and a time'
 			USING ERRCODE = 'null_value_not_allowed';
@@ -5962,6 +5965,7 @@ DECLARE
 	g bigint;
 	id bigint;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_enqueue()');
 	IF customer_id IS NULL OR template IS NULL OR payload IS NULL OR dedupe_key IS NULL OR available_at IS NULL OR source IS NULL THEN
 		RAISE EXCEPTION 'a message needs a customer, a template, a payload, a dedupe key and a time' USING ERRCODE = 'null_value_not_allowed',
 			HINT = 'The dedupe key names the occasion (journey:welcome:42:1): a second enqueue for it returns the first message.';
@@ -6034,6 +6038,7 @@ DECLARE
 	deferred_to timestamptz[] := '{}';
 	caps boolean;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_claim()');
 	IF consumer IS NULL OR n IS NULL OR lease IS NULL OR n < 1 OR n > 10000 OR lease <= interval '0' OR pg_catalog.btrim(consumer) = '' THEN
 		RAISE EXCEPTION 'outbox_claim needs a consumer name, 1 to 10000 messages and a positive lease' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -6124,6 +6129,7 @@ AS $$
 DECLARE
 	n bigint;
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_ack()');
 	UPDATE crm.outbox o SET status = 'delivered', due_at = NULL, finished_at = pg_catalog.clock_timestamp(), last_error = NULL
 	WHERE o.message_id = ANY (message_ids) AND o.status = 'leased';
 	GET DIAGNOSTICS n = ROW_COUNT;
@@ -6151,6 +6157,7 @@ DECLARE
 	status text;
 	t timestamptz := pg_catalog.clock_timestamp();
 BEGIN
+	PERFORM crm.refuse_on_citus('crm.outbox_fail()');
 	SELECT * INTO s FROM crm.outbox_settings x;
 	UPDATE crm.outbox o
 	SET status = CASE WHEN o.attempts >= s.max_attempts THEN 'dead' ELSE 'pending' END,
@@ -6595,6 +6602,9 @@ LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF crm.on_citus() THEN
+		RETURN;						-- engagement does not run on a cluster yet
+	END IF;
 	UPDATE crm.journey_enrollment e
 	SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = pg_catalog.now(), end_reason = 'merged'
 	WHERE e.customer_id = merged AND e.status = 'active'

@@ -854,7 +854,9 @@ BEGIN ATOMIC
 	SELECT 'wallet transaction balances', t.customer_id,
 	       pg_catalog.format('%s %s (%s): entries sum to %s', t.kind, t.txn_id, t.idempotency_key, COALESCE(pg_catalog.sum(j.amount)::text, 'nothing'))
 	FROM crm.wallet_txn t LEFT JOIN crm.wallet_journal j ON j.txn_id = t.txn_id
-	GROUP BY t.txn_id
+	-- (every column grouped: a function that leans on the primary key would
+	-- depend on it, and crm.distribute() rebuilds that key on Citus)
+	GROUP BY t.txn_id, t.customer_id, t.kind, t.idempotency_key
 	HAVING COALESCE(pg_catalog.sum(j.amount), 1) <> 0
 	UNION ALL
 	SELECT 'wallet matches its journal', COALESCE(w.customer_id, e.customer_id),
@@ -894,7 +896,7 @@ BEGIN ATOMIC
 	SELECT 'wallet refunds within the payment', p.customer_id,
 	       pg_catalog.format('payment %s (%s) of %s: %s refunded', p.txn_id, p.idempotency_key, p.amount, pg_catalog.sum(r.amount))
 	FROM crm.wallet_txn p JOIN crm.wallet_txn r ON r.ref_txn_id = p.txn_id AND r.kind = 'refund'
-	GROUP BY p.txn_id
+	GROUP BY p.txn_id, p.customer_id, p.idempotency_key, p.amount
 	HAVING pg_catalog.sum(r.amount) > p.amount;
 END;
 COMMENT ON FUNCTION crm.verify_wallets() IS
