@@ -16,10 +16,11 @@ SELECT to_char(month, 'YYYY-MM') AS month, topped_up, bonus_given, spent, refund
 FROM crm.v_wallet_liability WHERE month < crm.sample_as_of() ORDER BY month;
 
 \echo 'Trial balance (crm.v_wallet_accounts: the accounts sum to zero):'
-SELECT account, transactions, to_char(balance, 'FM999,999,990.00') AS balance FROM crm.v_wallet_accounts
-UNION ALL
-SELECT 'sum', NULL, to_char(sum(balance), 'FM999,999,990.00') FROM crm.v_wallet_accounts
-ORDER BY 1 = 'sum', 1;
+SELECT t.account, t.transactions, to_char(t.balance, 'FM999,999,990.00') AS balance
+FROM (SELECT account, transactions, balance FROM crm.v_wallet_accounts
+      UNION ALL
+      SELECT 'sum', NULL, sum(balance) FROM crm.v_wallet_accounts) t
+ORDER BY t.account = 'sum', t.account;
 
 \echo 'Checks (crm.verify_wallets(): every wallet equals its journal, every movement balances):'
 SELECT count(*) AS problems FROM crm.verify_wallets();
