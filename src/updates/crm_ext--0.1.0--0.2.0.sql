@@ -6568,17 +6568,25 @@ DECLARE
 	j crm.journey;
 	firsts bigint[];
 	times timestamptz[];
+	any_exit boolean;
+	any_first boolean;
 BEGIN
-	IF crm.on_citus() OR NOT EXISTS (SELECT 1 FROM crm.journey x WHERE x.enabled) THEN
+	IF crm.on_citus() THEN
 		RETURN NULL;
 	END IF;
-	UPDATE crm.journey_enrollment e
-	SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = n.ordered_at, end_reason = 'purchase'
-	FROM (SELECT x.customer_id, pg_catalog.min(x.ordered_at) AS ordered_at FROM crm_new x WHERE x.status = 'paid' GROUP BY 1) n,
-	     crm.journey j2
-	WHERE e.customer_id = n.customer_id AND e.status = 'active' AND e.entered_at < n.ordered_at
-	  AND j2.journey_id = e.journey_id AND j2.exit_on_purchase;
-	IF EXISTS (SELECT 1 FROM crm.journey x WHERE x.enabled AND x.entry = 'first_purchase') THEN
+	-- one look at the journeys decides what this statement has to do
+	SELECT pg_catalog.bool_or(x.exit_on_purchase), pg_catalog.bool_or(x.entry = 'first_purchase')
+	INTO any_exit, any_first
+	FROM crm.journey x WHERE x.enabled;
+	IF any_exit THEN
+		UPDATE crm.journey_enrollment e
+		SET status = 'exited', next_step = NULL, next_at = NULL, ended_at = n.ordered_at, end_reason = 'purchase'
+		FROM (SELECT x.customer_id, pg_catalog.min(x.ordered_at) AS ordered_at FROM crm_new x WHERE x.status = 'paid' GROUP BY 1) n,
+		     crm.journey j2
+		WHERE e.customer_id = n.customer_id AND e.status = 'active' AND e.entered_at < n.ordered_at
+		  AND j2.journey_id = e.journey_id AND j2.exit_on_purchase;
+	END IF;
+	IF any_first THEN
 		-- each customer enters at its first order's time
 		SELECT pg_catalog.array_agg(f.customer_id ORDER BY f.customer_id), pg_catalog.array_agg(f.first_at ORDER BY f.customer_id)
 		INTO firsts, times
