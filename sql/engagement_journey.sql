@@ -101,5 +101,35 @@ FROM crm.journey_enrollment e JOIN crm.journey j USING (journey_id)
 LEFT JOIN crm.outbox o ON o.dedupe_key LIKE 'journey:dormant_half:' || e.enrollment_id || ':%'
 WHERE j.name = 'dormant_half';
 SELECT name, entered, control, active, done, exited_on_purchase, exited_otherwise, messages, suppressed FROM crm.v_journey_funnel ORDER BY journey_id;
+
+-- 5. Member day (the 15th), a tier raised, a post-purchase survey 3 days
+--    after an order, a staple due for replenishment.
+UPDATE crm.journey SET enabled = false;
+INSERT INTO crm.journey (name, entry, entry_days, reentry_after) VALUES
+	('member_day', 'member_day', 15, '20 days'), ('tier_up', 'tier_up', 2, NULL),
+	('survey', 'post_purchase', 3, '30 days'), ('restock', 'replenishment_due', 7, '20 days');
+INSERT INTO crm.journey_step (journey_id, step_no, kind, channel, template)
+SELECT journey_id, 1, 'send', 'sms', name FROM crm.journey WHERE enabled;
+SELECT pg_temp.expect_error($$INSERT INTO crm.journey (name, entry, entry_days) VALUES ('x', 'member_day', 32)$$) AS member_day_32;
+INSERT INTO crm.customer (customer_id, name, created_at) VALUES (7, 'gus', '2025-01-01'), (8, 'hal', '2025-01-01');
+INSERT INTO crm.orders (order_id, customer_id, channel, ordered_at, amount) VALUES
+	(801, 8, 'web', '2026-06-29 10:00+00', 60000.00),                        -- a big spender: raised a tier
+	(701, 7, 'web', '2026-05-01 10:00+00', 20.00), (702, 7, 'web', '2026-05-11 10:00+00', 20.00),
+	(703, 7, 'web', '2026-05-21 10:00+00', 20.00), (704, 7, 'web', '2026-05-31 10:00+00', 20.00),
+	(705, 7, 'web', '2026-06-10 10:00+00', 20.00), (706, 7, 'web', '2026-06-20 10:00+00', 20.00);
+INSERT INTO crm.order_line (order_id, line_no, sku, category, qty, amount)
+SELECT o.order_id, 1, 'RICE-5KG', 'staples', 1, 20.00 FROM crm.orders o WHERE o.customer_id = 7;
+SELECT to_tier, reason FROM crm.tier_history WHERE customer_id = 8;
+SELECT changed FROM crm.tick('2026-06-30 12:00+00') WHERE task = 'journeys';
+SELECT changed FROM crm.tick('2026-07-02 12:00+00') WHERE task = 'journeys';   -- 3 days after hal's order
+-- (a tier change's occasion is its tier_history id, which earlier tests' sequences move)
+SELECT journey, customer_id, CASE WHEN journey = 'tier_up' THEN 'the change' ELSE occasion END AS occasion
+FROM pg_temp.enrolled() WHERE journey IN ('tier_up', 'survey', 'restock') ORDER BY 1, 2;
+SELECT changed FROM crm.tick('2026-07-15 08:00+00') WHERE task = 'journeys';
+SELECT count(*) AS members_on_member_day, count(*) = (SELECT count(*) FROM crm.loyalty_account a JOIN crm.customer c USING (customer_id)
+                                                     WHERE c.merged_into IS NULL) AS every_member,
+       min(occasion) AS occasion
+FROM pg_temp.enrolled() WHERE journey = 'member_day';
+SELECT changed FROM crm.tick('2026-07-15 20:00+00') WHERE task = 'journeys';   -- the same day again: nothing
 SELECT * FROM crm.verify();
 ROLLBACK;

@@ -6250,6 +6250,14 @@ COMMENT ON VIEW crm.v_outbox_stats IS
 --   dormant          no order for entry_days (occasion: the last order's time)
 --   cart_abandoned   a cart event without a checkout event or an order
 --                    within entry_hours (occasion: the cart event)
+--   member_day       on day entry_days of the month, every member with a
+--                    loyalty account (occasion: the month)
+--   tier_up, tier_down  a tier raised or lowered within the last
+--                    entry_days (occasion: the change)
+--   replenishment_due  a staple due within entry_days (crm.replenishment_due;
+--                    occasion: the sku and its expected day)
+--   post_purchase    entry_days after a paid order, within a week (a survey;
+--                    occasion: the order)
 -- the time-driven ones in crm.tick (task journeys), idempotently.  A
 -- purchase ends the active enrollments of journeys with exit_on_purchase
 -- in the purchase's own transaction.  The audience is checked when the
@@ -6263,7 +6271,8 @@ CREATE TABLE crm.journey (
 	journey_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	name			text NOT NULL UNIQUE CONSTRAINT journey_name_format CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
 	entry			text NOT NULL CONSTRAINT journey_entry_valid
-					CHECK (entry IN ('first_purchase', 'birthday', 'points_expiring', 'dormant', 'cart_abandoned')),
+					CHECK (entry IN ('first_purchase', 'birthday', 'points_expiring', 'dormant', 'cart_abandoned',
+					                 'member_day', 'tier_up', 'tier_down', 'replenishment_due', 'post_purchase')),
 	entry_days		integer CONSTRAINT journey_entry_days_range CHECK (entry_days BETWEEN 0 AND 3650),
 	entry_hours		integer CONSTRAINT journey_entry_hours_range CHECK (entry_hours BETWEEN 1 AND 720),
 	audience		text,
@@ -6274,10 +6283,11 @@ CREATE TABLE crm.journey (
 	CONSTRAINT journey_entry_params CHECK (
 		CASE entry WHEN 'first_purchase' THEN entry_days IS NULL AND entry_hours IS NULL
 		           WHEN 'cart_abandoned' THEN entry_hours IS NOT NULL AND entry_days IS NULL
-		           ELSE entry_days IS NOT NULL AND entry_hours IS NULL END)
+		           ELSE entry_days IS NOT NULL AND entry_hours IS NULL END),
+	CONSTRAINT journey_member_day_valid CHECK (entry <> 'member_day' OR entry_days BETWEEN 1 AND 31)
 );
 COMMENT ON TABLE crm.journey IS
-	'Journeys: an entry trigger (first_purchase; birthday, points_expiring, dormant with entry_days; cart_abandoned with entry_hours), an audience (tag expression, NULL: everyone), re-entry (reentry_after; NULL: never again), exit_on_purchase, a control group (control_percent of entrants held out), and the steps in crm.journey_step';
+	'Journeys: an entry trigger (first_purchase; birthday, points_expiring, dormant, replenishment_due with entry_days; member_day on day entry_days of the month; tier_up, tier_down within entry_days of the change; post_purchase entry_days after a paid order; cart_abandoned with entry_hours), an audience (tag expression, NULL: everyone), re-entry (reentry_after; NULL: never again), exit_on_purchase, a control group (control_percent of entrants held out), and the steps in crm.journey_step';
 SELECT pg_catalog.pg_extension_config_dump('crm.journey', '');
 SELECT pg_catalog.pg_extension_config_dump('crm.journey_journey_id_seq', '');
 
@@ -6406,6 +6416,34 @@ BEGIN
 		FROM crm.customer_stats s
 		JOIN crm.customer c ON c.customer_id = s.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL
 		WHERE s.last_order_at <= at - pg_catalog.make_interval(days => j.entry_days);
+	ELSIF j.entry = 'member_day' THEN
+		IF pg_catalog.date_part('day', today) = j.entry_days THEN
+			RETURN QUERY
+			SELECT a.customer_id, pg_catalog.to_char(today, 'YYYY-MM')
+			FROM crm.loyalty_account a
+			JOIN crm.customer c ON c.customer_id = a.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL;
+		END IF;
+	ELSIF j.entry IN ('tier_up', 'tier_down') THEN
+		RETURN QUERY
+		SELECT DISTINCT ON (h.customer_id) crm.golden_customer(h.customer_id), h.tier_history_id::text
+		FROM crm.tier_history h
+		WHERE h.reason = CASE j.entry WHEN 'tier_up' THEN 'upgrade' ELSE 'downgrade' END
+		  AND h.changed_at <= journey_candidates.at AND h.changed_at > journey_candidates.at - pg_catalog.make_interval(days => j.entry_days)
+		ORDER BY h.customer_id, h.changed_at DESC, h.tier_history_id DESC;
+	ELSIF j.entry = 'replenishment_due' THEN
+		RETURN QUERY
+		SELECT DISTINCT ON (r.customer_id) r.customer_id, COALESCE(r.sku, r.category) || ':' || pg_catalog.to_char(r.next_expected, 'YYYY-MM-DD')
+		FROM crm.replenishment_due(at, pg_catalog.make_interval(days => j.entry_days)) r
+		ORDER BY r.customer_id, r.next_expected, r.sku;
+	ELSIF j.entry = 'post_purchase' THEN
+		RETURN QUERY
+		SELECT DISTINCT ON (o.customer_id) o.customer_id, o.order_id::text
+		FROM crm.orders o
+		JOIN crm.customer c ON c.customer_id = o.customer_id AND c.merged_into IS NULL AND c.forgotten_at IS NULL
+		WHERE o.status = 'paid'
+		  AND o.ordered_at <= journey_candidates.at - pg_catalog.make_interval(days => j.entry_days)
+		  AND o.ordered_at > journey_candidates.at - pg_catalog.make_interval(days => j.entry_days) - interval '7 days'
+		ORDER BY o.customer_id, o.ordered_at DESC, o.order_id DESC;
 	ELSIF j.entry = 'cart_abandoned' THEN
 		-- carts of the last 7 days older than entry_hours with neither a
 		-- checkout event nor an order of the customer after them
@@ -6424,7 +6462,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION crm.journey_candidates(crm.journey, timestamptz) IS
-	'Internal: the golden customers a time-driven journey entry finds at a time, with their occasions (birthday: the year; points_expiring: the month; dormant: the last order''s time, UTC; cart_abandoned: the cart event)';
+	'Internal: the golden customers a time-driven journey entry finds at a time, with their occasions (birthday: the year; points_expiring, member_day: the month; dormant: the last order''s time, UTC; cart_abandoned: the cart event; tier_up, tier_down: the tier change; replenishment_due: the sku and its expected day; post_purchase: the order)';
 
 -- Runs enrollment e's steps that are due at "at", up to the next wait or
 -- the end.  Returns how many steps ran.
