@@ -54,6 +54,9 @@ CREATE FUNCTION pg_temp.activity_checksum() RETURNS text LANGUAGE sql AS $$
 		UNION ALL
 		SELECT pg_catalog.format('J|%s|%s|%s|%s|%s', j.name, j.entry, s.step_no, s.kind, s.template)
 		FROM crm.journey j JOIN crm.journey_step s USING (journey_id)
+		UNION ALL
+		SELECT pg_catalog.format('m|%s|%s|%s', c.name, m.customer_id, m.control)
+		FROM crm.campaign c JOIN crm.campaign_member m USING (campaign_id)
 	) AS rows(t)
 $$;
 SET TimeZone = 'UTC';
@@ -151,6 +154,7 @@ SELECT account, balance FROM crm.v_wallet_accounts ORDER BY account;
 --     entered, who was held out, what was queued and what consent held back.
 SELECT channel, granted, count(*) FROM crm.consent_event GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT name, entered, control, active, done, messages, suppressed FROM crm.v_journey_funnel ORDER BY journey_id;
+SELECT name, treated, control, treated_rate, control_rate, uplift, uplift_low, uplift_high FROM crm.v_campaign_effect;
 
 -- 5. Once per sample.
 SELECT pg_temp.expect_error($$SELECT * FROM crm.generate_sample_activity(1)$$) AS second_call;

@@ -17,3 +17,8 @@ FROM crm.v_journey_funnel ORDER BY journey_id;
 \echo 'The outbox by journey and reason (crm.v_outbox_stats):'
 SELECT source, channel, status, COALESCE(suppressed_reason, '') AS reason, messages
 FROM crm.v_outbox_stats ORDER BY 1, 2, 3, 4;
+
+\echo 'A campaign''s effect (crm.v_campaign_effect: treated against held out, 14 days after the send; the sample''s orders were made without it, so the interval around the uplift should hold 0):'
+SELECT name, treated, control, treated_rate, control_rate, uplift, uplift_low, uplift_high,
+       treated_revenue_per_customer, control_revenue_per_customer, incremental_revenue
+FROM crm.v_campaign_effect ORDER BY campaign_id;
