@@ -48,6 +48,15 @@ SELECT count(*) AS claimed_by_slow FROM crm.outbox_claim('slow', 10, '1 millisec
 SELECT pg_sleep(0.05);
 SELECT consumer, attempts FROM crm.outbox_claim('fast', 10, '1 minute');
 SELECT crm.outbox_ack(:m2) AS slow_ack, crm.outbox_ack(:m2) AS fast_ack;
+-- a consumer that dies on a message every time: after max_attempts (2
+-- here) runs out of lease, it is dead, not claimed forever
+SELECT crm.outbox_enqueue(2, 'sms', 'service', 'poison', '{}', 'poison:1') AS m3 \gset
+SELECT count(*) AS first_claim FROM crm.outbox_claim('crashy', 10, '1 millisecond') WHERE message_id = :m3;
+SELECT pg_sleep(0.05);
+SELECT count(*) AS second_claim FROM crm.outbox_claim('crashy', 10, '1 millisecond') WHERE message_id = :m3;
+SELECT pg_sleep(0.05);
+SELECT count(*) AS third_claim FROM crm.outbox_claim('crashy', 10, '1 millisecond') WHERE message_id = :m3;
+SELECT status, attempts, last_error FROM crm.outbox WHERE message_id = :m3;
 
 -- 5. Consent revoked after enqueue: suppressed at claim, not delivered.
 SELECT crm.outbox_enqueue(1, 'sms', 'marketing', 'offer', '{}', 'campaign:offer:1', source => 'campaign:offer') IS NOT NULL AS queued;

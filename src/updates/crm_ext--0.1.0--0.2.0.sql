@@ -6036,6 +6036,8 @@ AS $$
 --     a frequency cap, counting what was claimed before and what this
 --     claim leased ahead of it (per golden customer, in due order),
 --   else leased to this consumer until the clock + lease.
+-- A message whose lease ran out max_attempts times (a consumer that dies on
+-- it each time) is dead instead.
 -- Leases and retries run on the wall clock (clock_timestamp), not on the
 -- time the caller's transaction started; "at" replaces the clock (tests,
 -- replays).  Not STRICT: at may be NULL.
@@ -6051,6 +6053,7 @@ DECLARE
 	refused_why text[] := '{}';
 	deferred_ids bigint[] := '{}';
 	deferred_to timestamptz[] := '{}';
+	dead_ids bigint[] := '{}';
 	caps boolean;
 BEGIN
 	PERFORM crm.refuse_on_citus('crm.outbox_claim()');
@@ -6070,6 +6073,7 @@ BEGIN
 			-- (a message claimed before, whose lease ran out, passed the guard
 			-- rails then and is counted already: only consent and goal again)
 			SELECT x.message_id, x.channel, x.due_at, g.golden, z.tz, x.purpose <> 'service' AND x.claimed_at IS NULL AS guarded,
+			       x.status = 'leased' AND x.attempts >= s.max_attempts AS worn_out,
 			       CASE WHEN NOT crm.consent_allows(x.customer_id, x.channel, x.purpose, t) THEN 'consent revoked'
 			            WHEN x.unless_ordered_after IS NOT NULL AND EXISTS (
 			                 SELECT 1 FROM crm.orders o WHERE o.customer_id = g.golden
@@ -6098,7 +6102,10 @@ BEGIN
 			  AND y.claimed_at > t - interval '7 days' AND y.message_id <> c.message_id) b ON true
 		ORDER BY c.due_at, c.message_id
 	LOOP
-		IF r.refused IS NOT NULL THEN
+		IF r.worn_out THEN
+			-- its lease ran out max_attempts times (a consumer that dies on it)
+			dead_ids := dead_ids || r.message_id;
+		ELSIF r.refused IS NOT NULL THEN
 			refused_ids := refused_ids || r.message_id;
 			refused_why := refused_why || r.refused;
 		ELSIF r.defer_to IS NOT NULL THEN
@@ -6124,6 +6131,9 @@ BEGIN
 	UPDATE crm.outbox o SET status = 'suppressed', suppressed_reason = u.why, due_at = NULL, finished_at = t
 	FROM ROWS FROM (pg_catalog.unnest(refused_ids), pg_catalog.unnest(refused_why)) u(id, why)
 	WHERE o.message_id = u.id;
+	UPDATE crm.outbox o SET status = 'dead', due_at = NULL, finished_at = t,
+	                        last_error = pg_catalog.format('its lease ran out %s times', o.attempts)
+	WHERE o.message_id = ANY (dead_ids);
 	UPDATE crm.outbox o SET status = 'pending', due_at = u.until, deferrals = o.deferrals + 1
 	FROM ROWS FROM (pg_catalog.unnest(deferred_ids), pg_catalog.unnest(deferred_to)) u(id, until)
 	WHERE o.message_id = u.id;
