@@ -6208,7 +6208,8 @@ COMMENT ON FUNCTION crm.outbox_fail(bigint, text, text) IS
 	'A consumer could not deliver a leased message: it is retried after retry_after, doubling per attempt up to retry_max, or dead after max_attempts attempts; returns its status (a message not leased, or, when consumer is given, leased to another consumer, is left as it is); 23503 unknown message';
 
 -- crm.tick task: finished messages past the retention period go, in
--- batches of purge_batch rows (row locks only, on rows nobody uses).
+-- batches of purge_batch rows (row locks only, on rows nobody uses), at
+-- most ten batches per tick.
 CREATE FUNCTION crm.outbox_purge(at timestamptz) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
@@ -6231,13 +6232,15 @@ BEGIN
 			FOR UPDATE SKIP LOCKED);
 		GET DIAGNOSTICS batch = ROW_COUNT;
 		n := n + batch;
-		EXIT WHEN batch < s.purge_batch;
+		-- at most ten batches a tick: the tick's transaction stays short and
+		-- a large backlog goes over the next ticks
+		EXIT WHEN batch < s.purge_batch OR n >= 10 * s.purge_batch;
 	END LOOP;
 	RETURN n;
 END
 $$;
 COMMENT ON FUNCTION crm.outbox_purge(timestamptz) IS
-	'crm.tick task: deletes delivered, dead and suppressed messages finished more than outbox_settings.retention before "at", purge_batch rows at a time; returns how many';
+	'crm.tick task: deletes delivered, dead and suppressed messages finished more than outbox_settings.retention before "at", purge_batch rows at a time and at most ten batches per tick (a backlog goes over the next ticks); returns how many';
 INSERT INTO crm.tick_task (task, run_order, fn, builtin)
 	VALUES ('outbox_purge', 170, 'crm.outbox_purge(timestamptz)'::regprocedure, true);
 
