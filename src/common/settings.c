@@ -6,6 +6,7 @@
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -42,7 +43,11 @@ crm_check_time_setting(char **newval, void **extra, GucSource source)
 {
 	TimestampTz t;
 
-	if (*newval == NULL || (*newval)[0] == '\0' || crm_parse_timestamptz_quietly(*newval, &t))
+	/*
+	 * A parallel worker restores the leader's (checked) settings before the
+	 * ones date parsing needs (timezone_abbreviations): parsing there crashed.
+	 */
+	if (*newval == NULL || (*newval)[0] == '\0' || InitializingParallelWorker || crm_parse_timestamptz_quietly(*newval, &t))
 		return true;
 	GUC_check_errdetail("The value must be empty (the transaction start) or a finite timestamp with time zone.");
 	return false;

@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -37,25 +38,45 @@ LoyaltyConf loyalty_conf;
  */
 static char *loyalty_now_text = NULL;
 static bool loyalty_now_set = false;
+static bool loyalty_now_unparsed = false;
 static TimestampTz loyalty_now_value = 0;
 
-/* GUC check hook: empty or a finite timestamptz, kept parsed in *extra with whether it is set. */
+/* What *extra holds after the check hook: the time, and whether it is set. */
+#define LOYALTY_NOW_EMPTY		0
+#define LOYALTY_NOW_PARSED		1
+#define LOYALTY_NOW_UNPARSED	2
+
+/*
+ * GUC check hook: empty or a finite timestamptz, kept parsed in *extra with
+ * whether it is set.  A parallel worker restores the leader's settings before
+ * the ones date parsing needs (timezone_abbreviations): parsing then crashed
+ * the worker, so there the value (which the leader checked) is taken as it is
+ * and parsed when it is first read.
+ */
 static bool
 check_loyalty_now(char **newval, void **extra, GucSource source)
 {
 	TimestampTz *keep;
 	TimestampTz t = 0;
+	char		state = LOYALTY_NOW_EMPTY;
 
-	if (*newval != NULL && (*newval)[0] != '\0' && !crm_parse_timestamptz_quietly(*newval, &t))
+	if (*newval != NULL && (*newval)[0] != '\0')
 	{
-		GUC_check_errdetail("crm.loyalty_now must be empty or a finite timestamp with time zone.");
-		return false;
+		if (InitializingParallelWorker)
+			state = LOYALTY_NOW_UNPARSED;
+		else if (crm_parse_timestamptz_quietly(*newval, &t))
+			state = LOYALTY_NOW_PARSED;
+		else
+		{
+			GUC_check_errdetail("crm.loyalty_now must be empty or a finite timestamp with time zone.");
+			return false;
+		}
 	}
 	keep = (TimestampTz *) malloc(sizeof(TimestampTz) + 1);
 	if (keep == NULL)
 		return false;
 	*keep = t;
-	((char *) keep)[sizeof(TimestampTz)] = (*newval != NULL && (*newval)[0] != '\0');
+	((char *) keep)[sizeof(TimestampTz)] = state;
 	*extra = keep;
 	return true;
 }
@@ -63,8 +84,11 @@ check_loyalty_now(char **newval, void **extra, GucSource source)
 static void
 assign_loyalty_now(const char *newval, void *extra)
 {
+	char		state = ((char *) extra)[sizeof(TimestampTz)];
+
 	loyalty_now_value = *(TimestampTz *) extra;
-	loyalty_now_set = ((char *) extra)[sizeof(TimestampTz)] != 0;
+	loyalty_now_set = state != LOYALTY_NOW_EMPTY;
+	loyalty_now_unparsed = state == LOYALTY_NOW_UNPARSED;
 }
 
 void
@@ -84,6 +108,15 @@ crm_loyalty_init(void)
 TimestampTz
 loyalty_now(void)
 {
+	/* a parallel worker's copy of the setting, parsed now that it can be */
+	if (loyalty_now_unparsed)
+	{
+		if (!crm_parse_timestamptz_quietly(loyalty_now_text, &loyalty_now_value))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("crm.loyalty_now is not a finite timestamp with time zone: \"%s\"", loyalty_now_text)));
+		loyalty_now_unparsed = false;
+	}
 	return loyalty_now_set ? loyalty_now_value : GetCurrentTransactionStartTimestamp();
 }
 
