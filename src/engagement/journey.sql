@@ -232,7 +232,8 @@ COMMENT ON FUNCTION crm.journey_candidates(crm.journey, timestamptz) IS
 
 -- Runs enrollment e's steps that are due at "at", up to the next wait or
 -- the end.  Returns how many steps ran.
-CREATE FUNCTION crm.journey_run(e crm.journey_enrollment, j crm.journey, at timestamptz) RETURNS integer
+CREATE FUNCTION crm.journey_run(e crm.journey_enrollment, j crm.journey, at timestamptz,
+	OUT ran integer, OUT coupon_templates integer[], OUT coupon_keys text[])
 LANGUAGE plpgsql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -240,11 +241,13 @@ DECLARE
 	s crm.journey_step;
 	step integer := e.next_step;
 	due timestamptz := e.next_at;
-	ran integer := 0;
 	key text;
 	ended text;
 	goal_after timestamptz;
 BEGIN
+	ran := 0;
+	coupon_templates := '{}';
+	coupon_keys := '{}';
 	-- The goal: a purchase since entering (one the order's trigger did not
 	-- see, being in flight when the enrollment was made), or for a win-back
 	-- any purchase after the last order that made the customer dormant (its
@@ -276,7 +279,11 @@ BEGIN
 				pg_catalog.jsonb_build_object('journey', j.name, 'occasion', e.occasion, 'step', s.step_no),
 				key, GREATEST(due, at), 'journey:' || j.name, goal_after);
 		WHEN 'coupon' THEN
-			PERFORM crm.issue_coupon(s.coupon_template, e.customer_id, key, at);
+			-- returned to crm.journeys_tick, which issues all of a template at
+			-- once (one issue at a time updates the template's counter row
+			-- once per coupon in one transaction: quadratic)
+			coupon_templates := coupon_templates || s.coupon_template;
+			coupon_keys := coupon_keys || key;
 		WHEN 'points' THEN
 			PERFORM crm.adjust_points(e.customer_id, s.points, 'journey ' || j.name, key, at);
 		WHEN 'wait' THEN
@@ -300,11 +307,10 @@ BEGIN
 	ELSE
 		UPDATE crm.journey_enrollment x SET next_step = step, next_at = due WHERE x.enrollment_id = e.enrollment_id;
 	END IF;
-	RETURN ran;
 END
 $$;
 COMMENT ON FUNCTION crm.journey_run(crm.journey_enrollment, crm.journey, timestamptz) IS
-	'Internal: runs an enrollment''s due steps up to the next wait or the end (each step''s effect keyed by journey, enrollment and step, so it happens once); checks the purchase goal before every run; returns how many steps ran';
+	'Internal: runs an enrollment''s due steps up to the next wait or the end (each step''s effect keyed by journey, enrollment and step, so it happens once); checks the purchase goal before every run; returns how many steps ran and the coupons to issue (template and issue key each), which crm.journeys_tick issues together';
 
 CREATE FUNCTION crm.journeys_tick(at timestamptz) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT
@@ -318,7 +324,14 @@ DECLARE
 	e crm.journey_enrollment;
 	customers bigint[];
 	occasions text[];
+	keys text[];
+	tpl integer;
+	r record;
 	n bigint := 0;
+	-- the coupon steps of this run (template, customer, issue key), issued together at the end
+	c_templates integer[] := '{}';
+	c_customers bigint[] := '{}';
+	c_keys text[] := '{}';
 BEGIN
 	IF crm.on_citus() THEN
 		RETURN 0;					-- engagement does not run on a cluster yet
@@ -349,7 +362,19 @@ BEGIN
 	         FOR UPDATE SKIP LOCKED LOOP
 		SELECT * INTO j FROM crm.journey x WHERE x.journey_id = e.journey_id;
 		CONTINUE WHEN NOT j.enabled;
-		n := n + crm.journey_run(e, j, at);
+		r := crm.journey_run(e, j, at);
+		n := n + r.ran;
+		c_templates := c_templates || r.coupon_templates;
+		c_customers := c_customers || pg_catalog.array_fill(e.customer_id, ARRAY[pg_catalog.cardinality(r.coupon_templates)]);
+		c_keys := c_keys || r.coupon_keys;
+	END LOOP;
+	FOR tpl IN SELECT DISTINCT u.t FROM pg_catalog.unnest(c_templates) u(t) ORDER BY 1 LOOP
+		SELECT pg_catalog.array_agg(crm.golden_customer(u.c) ORDER BY u.k), pg_catalog.array_agg(u.k ORDER BY u.k)
+		INTO customers, keys
+		FROM ROWS FROM (pg_catalog.unnest(c_templates), pg_catalog.unnest(c_customers), pg_catalog.unnest(c_keys)) u(t, c, k)
+		WHERE u.t = tpl;
+		PERFORM crm.lock_rows('crm.customer', ARRAY(SELECT DISTINCT u FROM pg_catalog.unnest(customers) u ORDER BY 1), 'SHARE');
+		PERFORM crm.coupon_insert(crm.coupon_take_stock(tpl, pg_catalog.cardinality(customers), at), customers, keys, at);
 	END LOOP;
 	RETURN n;
 END
