@@ -248,6 +248,21 @@ $$;
 COMMENT ON FUNCTION crm.wallet_lock(bigint[]) IS
 	'Internal: locks the wallet rows of customer records FOR UPDATE in customer_id order';
 
+-- Locks the wallets that transactions moved (a hold's, a payment's: an
+-- unmerge may have put them under another golden since), all at once in
+-- customer_id order.
+CREATE FUNCTION crm.wallet_lock_txns(txns bigint[]) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j
+	                              WHERE j.txn_id = ANY (txns) AND j.account = 'wallet'));
+END
+$$;
+COMMENT ON FUNCTION crm.wallet_lock_txns(bigint[]) IS
+	'Internal: locks the wallet rows that wallet transactions moved, in customer_id order (crm.wallet_lock)';
+
 -- The order a payment or top-up is for, locked (so a payment and a top-up
 -- of one order are decided one after the other), refused unless it is the
 -- golden customer's and not refunded, and refused when the wallet's own
@@ -483,7 +498,7 @@ BEGIN
 	IF order_id IS NOT NULL THEN
 		PERFORM 1 FROM crm.orders x WHERE x.order_id = wallet_lock_hold.order_id FOR NO KEY UPDATE;
 	END IF;
-	PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j WHERE j.txn_id = hold.txn_id));
+	PERFORM crm.wallet_lock_txns(ARRAY[hold.txn_id]);
 	SELECT * INTO closed FROM crm.wallet_txn x WHERE x.ref_txn_id = hold.txn_id AND x.kind IN ('capture', 'release');
 END
 $$;
@@ -674,7 +689,7 @@ BEGIN
 			HINT = 'A hold is refunded through its capture, whose key is capture:<hold key>.';
 	END IF;
 	PERFORM crm.lock_customer(p.customer_id);
-	PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j WHERE j.txn_id = p.txn_id AND j.account = 'wallet'));
+	PERFORM crm.wallet_lock_txns(ARRAY[p.txn_id]);
 	t := crm.wallet_retry(idempotency_key, 'refund', crm.golden_customer(p.customer_id), amount);
 	IF t.txn_id IS NOT NULL THEN
 		IF t.ref_txn_id <> p.txn_id THEN
@@ -717,8 +732,7 @@ BEGIN
 	-- payment's after another's could lock them out of order).  No customer
 	-- lock: the UPDATE holds the order rows (step 2 of the lock order),
 	-- which a merge waits for while holding its customers.
-	PERFORM crm.wallet_lock(ARRAY(SELECT DISTINCT j.customer_id FROM crm.wallet_journal j
-	                              WHERE j.txn_id IN (SELECT u.txn_id FROM pg_catalog.unnest(payments) u) AND j.account = 'wallet'));
+	PERFORM crm.wallet_lock_txns(ARRAY(SELECT u.txn_id FROM pg_catalog.unnest(payments) u));
 	FOREACH p IN ARRAY payments LOOP
 		SELECT COALESCE(pg_catalog.sum(u.amount), 0) INTO left_to_refund FROM crm.wallet_unrefunded(p.txn_id) u;
 		IF left_to_refund > 0 AND NOT EXISTS (SELECT 1 FROM crm.wallet_txn x WHERE x.idempotency_key = 'order-refund:' || p.txn_id) THEN
